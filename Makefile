@@ -1,0 +1,26 @@
+# Two entry points: `make demo` runs the demo campaign, `make test` runs the tests.
+# Both create the virtual environment in .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test venv clean
+
+$(BIN)/nas: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/nas
+
+venv: $(BIN)/nas
+
+demo: venv
+	$(BIN)/nas demo --out runs/demo
+
+test: venv
+	$(BIN)/python -m pytest -q -m "not gpu" tests
+
+clean:
+	rm -rf $(VENV) runs
