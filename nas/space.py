@@ -1,0 +1,323 @@
+"""Search spaces: plain Python that samples candidate architectures.
+
+A search space subclasses :class:`SearchSpace` and implements one method,
+:meth:`SearchSpace.build`, which asks an Optuna-style ``trial`` for its choices
+(``suggest_categorical``, ``suggest_int``, ``suggest_float``) and returns an
+:class:`~nas.graph.ArchGraph` (define-by-run). The same definition serves three
+callers:
+
+* :meth:`SearchSpace.sample`: random sampling with a seed and no study, fast
+  enough for meta-training (thousands of candidates per second);
+* an :class:`optuna.trial.Trial` of a study, for the campaign;
+* :meth:`SearchSpace.from_params`: a fixed dict of choices, to rebuild a
+  stored candidate (through :class:`optuna.trial.FixedTrial`).
+
+Example:
+    >>> from nas.graph import GraphBuilder
+    >>> from nas.space import SearchSpace
+    >>> class Tiny(SearchSpace):
+    ...     def build(self, trial):
+    ...         b = GraphBuilder(self.input_shape)
+    ...         width = trial.suggest_categorical("width", [4, 8])
+    ...         x = b.add("relu_conv_bn", b.input, out_channels=width, kernel=3)
+    ...         x = b.add("global_avg_pool", x)
+    ...         return b.build(b.add("linear", x, out_features=self.num_classes))
+    >>> Tiny(input_shape=(1, 8, 8)).sample(seed=0).graph.num_classes
+    10
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import importlib.util
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from optuna.trial import FixedTrial
+
+from nas.exceptions import GraphError, SpaceError
+from nas.graph import ArchGraph
+
+__all__ = ["SearchSpace", "Candidate", "RandomTrial", "load_space", "builtin_spaces"]
+
+
+class Candidate(NamedTuple):
+    """A sampled architecture and the choices that produced it."""
+
+    graph: ArchGraph
+    params: dict[str, Any]
+
+
+class RandomTrial:
+    """A minimal trial that draws every choice uniformly at random.
+
+    It implements the part of :class:`optuna.trial.Trial` that search spaces
+    use, without a study, so sampling costs microseconds. Asking the same name
+    twice returns the first answer, as Optuna does.
+
+    Args:
+        rng: A NumPy random generator or an integer seed.
+    """
+
+    def __init__(self, rng: np.random.Generator | int | None = None) -> None:
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.params: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        if name not in self.params:
+            if len(choices) == 0:
+                raise SpaceError(f"`choices` of {name!r} must not be empty.")
+            value = choices[int(self.rng.integers(len(choices)))]
+            self.params[name] = value.item() if isinstance(value, np.generic) else value
+        return self.params[name]
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        if name not in self.params:
+            if high < low:
+                raise SpaceError(f"suggest_int({name!r}): `high` {high} is below `low` {low}.")
+            if log:
+                value = int(round(math.exp(self.rng.uniform(math.log(low), math.log(high + 1)) - 1e-12)))
+                value = min(max(value, low), high)
+            else:
+                value = low + step * int(self.rng.integers((high - low) // step + 1))
+            self.params[name] = value
+        return self.params[name]
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        if name not in self.params:
+            if log:
+                value = float(math.exp(self.rng.uniform(math.log(low), math.log(high))))
+            elif step is not None:
+                value = low + step * int(self.rng.integers(int(round((high - low) / step)) + 1))
+            else:
+                value = float(self.rng.uniform(low, high))
+            self.params[name] = value
+        return self.params[name]
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        """Ignored: random sampling has no storage."""
+
+
+class SearchSpace(abc.ABC):
+    """Base class of search spaces; subclasses implement :meth:`build`.
+
+    Args:
+        input_shape: Shape ``(C, H, W)`` of one input example of the dataset.
+        num_classes: Number of classes the candidates predict.
+        **settings: Space-specific settings (recorded by :meth:`describe`).
+    """
+
+    #: Name used by :func:`load_space` and in checkpoints.
+    name: str = "custom"
+
+    def __init__(
+        self, *, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, **settings: Any
+    ) -> None:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"`input_shape` must be (C, H, W) of positive ints, but got {tuple(input_shape)}.")
+        if num_classes < 2:
+            raise ValueError(f"`num_classes` must be at least 2, but got {num_classes}.")
+        self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
+        self.num_classes = int(num_classes)
+        self.settings: dict[str, Any] = dict(settings)
+
+    @abc.abstractmethod
+    def build(self, trial: Any) -> ArchGraph:
+        """Ask ``trial`` for choices and return the candidate graph."""
+
+    def size(self) -> int | None:
+        """Number of distinct choice combinations, when known."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Plain dict naming the space, its data shape and settings (stored in checkpoints)."""
+        return {
+            "space": self.name,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "settings": dict(self.settings),
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"{type(self).__name__}({args})"
+
+    def _build_checked(self, trial: Any) -> ArchGraph:
+        try:
+            graph = self.build(trial)
+        except (GraphError, SpaceError):
+            raise
+        except Exception as err:  # a user's build() raising is a space error, named as such
+            raise SpaceError(f"search space {self.name!r} build() raised {type(err).__name__}: {err}") from err
+        if not isinstance(graph, ArchGraph):
+            raise SpaceError(
+                f"search space {self.name!r} build() must return an ArchGraph, but returned {type(graph).__name__}."
+            )
+        return graph
+
+    def sample(self, seed: int | np.random.Generator | None = None) -> Candidate:
+        """Sample one candidate uniformly at random, without a study."""
+        trial = RandomTrial(seed)
+        graph = self._build_checked(trial)
+        return Candidate(graph, dict(trial.params))
+
+    def sample_many(self, n: int, *, seed: int = 0, unique: bool = True, max_tries: int | None = None) -> list[Candidate]:
+        """Sample ``n`` candidates with one seeded generator.
+
+        Args:
+            n: How many.
+            seed: Seed of the generator; the same seed gives the same list.
+            unique: Drop candidates whose canonical key was already drawn.
+            max_tries: Give up after this many draws (default ``50 * n``).
+
+        Raises:
+            SpaceError: Fewer than ``n`` distinct candidates were found.
+        """
+        if n < 0:
+            raise ValueError(f"`n` must be non-negative, but got {n}.")
+        rng = np.random.default_rng(seed)
+        out: list[Candidate] = []
+        seen: set[str] = set()
+        tries = 0
+        limit = max_tries if max_tries is not None else 50 * max(n, 1)
+        while len(out) < n:
+            if tries >= limit:
+                raise SpaceError(
+                    f"search space {self.name!r} gave only {len(out)} distinct candidates in {tries} draws; "
+                    f"asked for {n}."
+                )
+            tries += 1
+            cand = self.sample(rng)
+            if unique:
+                if cand.graph.key in seen:
+                    continue
+                seen.add(cand.graph.key)
+            out.append(cand)
+        return out
+
+    def from_params(self, params: dict[str, Any]) -> ArchGraph:
+        """Rebuild the candidate that ``params`` (a dict of choices) describes.
+
+        Raises:
+            SpaceError: A choice is missing from ``params``.
+        """
+        try:
+            return self._build_checked(FixedTrial(dict(params)))
+        except SpaceError as err:
+            if isinstance(err.__cause__, ValueError) and "not contained" in str(err.__cause__):
+                raise SpaceError(f"`params` lacks a choice of space {self.name!r}: {err.__cause__}") from None
+            raise
+
+
+class FunctionSpace(SearchSpace):
+    """A search space from a plain function ``build(trial, space) -> ArchGraph``."""
+
+    def __init__(self, fn: Callable[..., ArchGraph], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fn = fn
+        self.name = getattr(fn, "__name__", "custom")
+
+    def build(self, trial: Any) -> ArchGraph:
+        return self.fn(trial, self)
+
+
+def builtin_spaces() -> dict[str, type[SearchSpace]]:
+    """The built-in spaces of the ``search_spaces`` package, by name."""
+    from search_spaces import BUILTIN_SPACES
+
+    return dict(BUILTIN_SPACES)
+
+
+def _import_attr(spec: str) -> Any:
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise SpaceError(f"space {spec!r} must be a built-in name, 'module:attr' or 'path/to/file.py:attr'.")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise SpaceError(f"space file {str(path)!r} does not exist.")
+        mod_name = f"_nas_user_space_{abs(hash(str(path.resolve())))}"
+        if mod_name in sys.modules:
+            module = sys.modules[mod_name]
+        else:
+            module_spec = importlib.util.spec_from_file_location(mod_name, path)
+            if module_spec is None or module_spec.loader is None:
+                raise SpaceError(f"space file {str(path)!r} cannot be imported as Python.")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except Exception as err:
+                del sys.modules[mod_name]
+                raise SpaceError(f"importing space file {str(path)!r} raised {type(err).__name__}: {err}") from err
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise SpaceError(f"space module {target!r} cannot be imported: {err}") from err
+    if not hasattr(module, attr):
+        raise SpaceError(f"space {target!r} has no attribute {attr!r}.")
+    return getattr(module, attr)
+
+
+def load_space(
+    spec: str | SearchSpace | type[SearchSpace],
+    *,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    **settings: Any,
+) -> SearchSpace:
+    """Resolve a search space from a name, an import path, a class or an instance.
+
+    Args:
+        spec: A built-in name (``"nb201"``), ``"module:attr"``,
+            ``"path/to/file.py:attr"``, a :class:`SearchSpace` subclass or an instance.
+            ``attr`` may name a subclass, an instance or a function
+            ``build(trial, space)``.
+        input_shape: Data shape ``(C, H, W)``; defaults to the space's own default.
+        num_classes: Number of classes; defaults to the space's own default.
+        **settings: Space settings passed to the class (e.g. ``C=16, N=5``).
+
+    Raises:
+        SpaceError: Unknown name (the message lists the built-ins), a missing
+            file or attribute, or an object that is not a space.
+    """
+    kwargs: dict[str, Any] = dict(settings)
+    if input_shape is not None:
+        kwargs["input_shape"] = tuple(input_shape)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    obj: Any = spec
+    if isinstance(spec, str):
+        builtins = builtin_spaces()
+        if spec in builtins:
+            obj = builtins[spec]
+        elif ":" in spec:
+            obj = _import_attr(spec)
+        else:
+            raise SpaceError(
+                f"unknown search space {spec!r}; built-in spaces: {', '.join(sorted(builtins))} "
+                "(or give 'module:attr' / 'path/to/file.py:attr')."
+            )
+    if isinstance(obj, SearchSpace):
+        if input_shape is not None:
+            obj.input_shape = tuple(int(s) for s in input_shape)  # type: ignore[assignment]
+        if num_classes is not None:
+            obj.num_classes = int(num_classes)
+        return obj
+    if isinstance(obj, type) and issubclass(obj, SearchSpace):
+        try:
+            return obj(**kwargs)
+        except TypeError as err:
+            raise SpaceError(f"search space {obj.__name__} rejects its settings: {err}") from err
+    if callable(obj):
+        return FunctionSpace(obj, **kwargs)
+    raise SpaceError(f"space {spec!r} is a {type(obj).__name__}, not a SearchSpace subclass, instance or function.")
