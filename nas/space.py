@@ -212,7 +212,9 @@ class SearchSpace(abc.ABC):
         try:
             return self._build_checked(FixedTrial(dict(params)))
         except SpaceError as err:
-            if isinstance(err.__cause__, ValueError) and "not contained" in str(err.__cause__):
+            if isinstance(err.__cause__, ValueError) and any(
+                s in str(err.__cause__) for s in ("not contained", "is not found")  # Optuna 4 / 5 wording
+            ):
                 raise SpaceError(f"`params` lacks a choice of space {self.name!r}: {err.__cause__}") from None
             raise
 

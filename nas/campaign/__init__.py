@@ -1,0 +1,92 @@
+"""The search campaign: rank candidates with the GHN, fine-tune the best, report.
+
+A campaign is two Optuna studies in one storage:
+
+1. ``<study>-rank``: an Optuna sampler (TPE by default) proposes candidates
+   through the search space; the GHN predicts their weights and the
+   validation loss with those weights is the score (``nas.campaign._rank``).
+2. ``<study>-finetune``: the top-k distinct candidates are enqueued once and
+   fine-tuned from their predicted weights by any number of workers
+   (``nas.campaign._finetune``).
+
+Results come as DataFrames and plots (``nas.campaign._report``); the storage
+URL schemes and the handling of dead workers are in ``nas.campaign._storage``.
+
+Example:
+    >>> from nas.campaign import Campaign
+    >>> result = Campaign(space="nb201", dataset="mnist5k", trials=300, top_k=5,
+    ...                   out="runs/x").run()  # doctest: +SKIP
+    >>> result.finetuned[["key", "val_acc"]].head()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from nas.campaign._campaign import CAMPAIGN_ATTR, IDENTITY_KEYS, Campaign, CampaignResult
+from nas.campaign._finetune import (
+    FINETUNE_METRICS,
+    FinetuneStats,
+    enqueue_candidates,
+    run_finetune_worker,
+    select_candidates,
+)
+from nas.campaign._rank import OBJECTIVES, SAMPLERS, RankStats, resolve_objectives, resolve_sampler, run_rank_stage
+from nas.campaign._report import (
+    CANDIDATE_COLUMNS,
+    FINETUNED_COLUMNS,
+    best_record,
+    candidates_frame,
+    finetuned_frame,
+    plot_history,
+    plot_pareto,
+    plot_score_vs_finetuned,
+    plot_self_check,
+    rank_trials_frame,
+    write_report,
+)
+from nas.campaign._selfcheck import RELIABLE_TAU, SelfCheck, run_self_check
+from nas.campaign._storage import (
+    STORAGE_SCHEMES,
+    default_storage_url,
+    mask_url,
+    open_storage,
+    reap_stale_trials,
+    requeue_trial,
+)
+
+__all__ = [
+    "CAMPAIGN_ATTR",
+    "CANDIDATE_COLUMNS",
+    "Campaign",
+    "CampaignResult",
+    "FINETUNED_COLUMNS",
+    "FINETUNE_METRICS",
+    "FinetuneStats",
+    "IDENTITY_KEYS",
+    "OBJECTIVES",
+    "RELIABLE_TAU",
+    "RankStats",
+    "SAMPLERS",
+    "STORAGE_SCHEMES",
+    "SelfCheck",
+    "best_record",
+    "candidates_frame",
+    "default_storage_url",
+    "enqueue_candidates",
+    "finetuned_frame",
+    "mask_url",
+    "open_storage",
+    "plot_history",
+    "plot_pareto",
+    "plot_score_vs_finetuned",
+    "plot_self_check",
+    "rank_trials_frame",
+    "reap_stale_trials",
+    "requeue_trial",
+    "resolve_objectives",
+    "resolve_sampler",
+    "run_finetune_worker",
+    "run_rank_stage",
+    "run_self_check",
+    "select_candidates",
+    "write_report",
+]

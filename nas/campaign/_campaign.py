@@ -1,0 +1,725 @@
+"""The :class:`Campaign`: rank with the GHN, fine-tune the best, report.
+
+Both stages are Optuna studies in one storage (``<name>-rank`` and
+``<name>-finetune``), so a campaign resumes where it stopped and several
+processes or machines can work on it at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import torch
+from optuna.samplers import BaseSampler
+
+from nas.data import Dataset, load_dataset
+from nas.exceptions import CheckpointError, StorageError
+from nas.space import SearchSpace, builtin_spaces, load_space
+from nas.training import TrainConfig
+
+from nas.campaign._finetune import (
+    FINETUNE_METRICS,
+    FinetuneStats,
+    directions_for,
+    enqueue_candidates,
+    run_finetune_worker,
+    select_candidates,
+    wait_for_running,
+)
+from nas.campaign._rank import RankStats, objectives_spec, resolve_objectives, resolve_sampler, run_rank_stage
+from nas.campaign._report import (
+    best_record,
+    candidates_frame,
+    finetuned_frame,
+    rank_trials_frame,
+    write_report,
+)
+from nas.campaign._selfcheck import SelfCheck, run_self_check
+from nas.campaign._storage import default_storage_url, mask_url, open_storage, worker_session
+
+__all__ = ["Campaign", "CampaignResult", "CAMPAIGN_ATTR", "IDENTITY_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+#: Rank-study user attribute holding the campaign's settings.
+CAMPAIGN_ATTR = "nas_campaign"
+
+#: Settings that must agree for a process to join an existing campaign.
+IDENTITY_KEYS: tuple[str, ...] = ("space_info", "dataset", "data_seed", "objectives", "finetune")
+
+_FORMAT = 1
+
+
+@dataclass
+class CampaignResult:
+    """What :meth:`Campaign.run` returns.
+
+    Attributes:
+        candidates: One row per distinct ranked candidate
+            (:func:`~nas.campaign.candidates_frame`), best GHN score first.
+        finetuned: One row per fine-tuned candidate
+            (:func:`~nas.campaign.finetuned_frame`), best first.
+        best: The best fine-tuned architecture (as in ``best.json``), or ``None``.
+        trials: One row per rank trial (:func:`~nas.campaign.rank_trials_frame`).
+        self_check: The self-check, when one was run.
+        rank_stats: What this process did in stage 1.
+        finetune_stats: What this process did in stage 2.
+        out: The output folder.
+        files: The files written.
+        storage: The storage URL, password masked.
+        study: The campaign name (studies ``<study>-rank`` and ``<study>-finetune``).
+    """
+
+    candidates: pd.DataFrame
+    finetuned: pd.DataFrame
+    best: dict[str, Any] | None
+    trials: pd.DataFrame
+    self_check: SelfCheck | None = None
+    rank_stats: RankStats | None = None
+    finetune_stats: FinetuneStats | None = None
+    out: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    storage: str = ""
+    study: str = ""
+
+    @property
+    def pareto(self) -> pd.DataFrame:
+        """The candidates on the Pareto front (empty for a single objective)."""
+        return self.candidates[self.candidates["pareto"]]
+
+    def summary(self, rows: int = 10) -> str:
+        """A plain-text table of the fine-tuned candidates and the verdict of the self-check."""
+        lines = [
+            f"campaign {self.study!r}: {len(self.trials)} rank trials, {len(self.candidates)} distinct candidates, "
+            f"{len(self.finetuned)} fine-tuned"
+        ]
+        if len(self.finetuned):
+            cols = ["rank", "rank_trial", "key", "num_params", "flops", "ghn_loss", "val_acc", "test_acc", "failed"]
+            table = self.finetuned[cols].head(rows).copy()
+            table["key"] = table["key"].str[:10]
+            lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if self.best is not None:
+            m = self.best["metrics"]
+            lines.append(
+                f"best: rank trial {self.best['rank_trial']}, key {self.best['key'][:10]}, "
+                f"{self.best['num_params']} params, val acc {m['val_acc']:.4f}, test acc {m['test_acc']:.4f}"
+            )
+        if self.self_check is not None:
+            lines.append(self.self_check.message)
+        if self.out is not None:
+            lines.append(f"results in {self.out}")
+        return "\n".join(lines)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
+    return value
+
+
+def _positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number, but got {value!r}.")
+    return float(value)
+
+
+def _normalise(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _space_spec(space: str | SearchSpace) -> str | None:
+    """A string that :func:`load_space` resolves back to the same space class."""
+    if isinstance(space, str):
+        return space
+    cls = type(space)
+    for name, builtin in builtin_spaces().items():
+        if builtin is cls:
+            return name
+    module = cls.__module__
+    if module == "__main__" or "<locals>" in cls.__qualname__ or module.startswith("_nas_user_space_"):
+        return None
+    return f"{module}:{cls.__qualname__}"
+
+
+class Campaign:
+    """A two-stage architecture search: GHN ranking, then fine-tuning of the top-k.
+
+    Stage 1 (study ``<study>-rank``): an Optuna sampler proposes candidates
+    through the search space; the GHN predicts each one's weights and the
+    validation loss with those weights is its score (minimised). Candidates are
+    scored in batches, and a candidate seen before (same canonical key) reuses
+    its stored score. With two objectives, the second (parameters or FLOPs) is
+    minimised too and fine-tuning candidates come from the Pareto front.
+
+    Stage 2 (study ``<study>-finetune``): the ``top_k`` best distinct candidates
+    are enqueued once; workers (this process and any ``nas worker``) claim them,
+    initialise each from its predicted weights and fine-tune it for
+    ``finetune_epochs``; the trial value is the validation accuracy (or loss).
+
+    Running the same campaign again resumes it: finished trials are kept, the
+    trials of dead workers are re-queued, nothing is scored or trained twice.
+
+    Args:
+        space: A built-in space name (``"nb201"``), ``"module:attr"``,
+            ``"path/file.py:attr"`` or a :class:`~nas.space.SearchSpace`.
+        dataset: A dataset name for :func:`nas.data.load_dataset` or a loaded
+            :class:`~nas.data.Dataset`.
+        ghn: A trained GHN, the path of a GHN checkpoint, or ``None`` to
+            meta-train the default recipe into ``<out>/ghn.pt`` (reused when there).
+        trials: Complete rank trials the study must hold.
+        top_k: Distinct candidates to fine-tune.
+        finetune_epochs: Fine-tuning budget per candidate (epochs, may be fractional).
+        sampler: ``"tpe"``, ``"random"``, ``"gp"``, ``"nsga2"`` or an Optuna sampler.
+        objectives: ``"loss"``, ``"loss,params"`` or ``"loss,flops"``.
+        out: Output folder (tables, plots, best architecture, default storage).
+        storage: Optuna storage URL; default ``sqlite:///<out>/campaign.db``.
+        study: Campaign name; default ``<space>-<dataset>``.
+        device: ``"cpu"`` or ``"cuda"``.
+        seed: Seed of the sampler, fine-tuning and self-check.
+        batch_size: Candidates scored per GHN forward pass.
+        self_check: Random candidates to train from scratch for the self-check
+            (0 = none, else at least 3).
+        self_check_epochs: Their training budget (default ``finetune_epochs``).
+        space_args: Settings of the search space (e.g. ``{"C": 16}``).
+        finetune_metric: ``"acc"`` (maximise validation accuracy) or ``"loss"``.
+        finetune_lr: Peak learning rate of fine-tuning.
+        finetune_batch_size: Images per fine-tuning step.
+        data_seed: Seed of the dataset split (must match the GHN's meta-training split).
+        heartbeat_interval: Seconds between heartbeats of running trials.
+        grace_period: Seconds without heartbeat after which a worker counts as dead.
+        progress: Show tqdm progress bars.
+
+    Raises:
+        ValueError: A setting is out of range (the message names it).
+
+    Example:
+        >>> campaign = Campaign(space="nb201", dataset="mnist5k", trials=300, top_k=5,
+        ...                     out="runs/x")  # doctest: +SKIP
+        >>> result = campaign.run()  # doctest: +SKIP
+        >>> result.best["metrics"]["val_acc"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        space: str | SearchSpace = "nb201",
+        dataset: str | Dataset = "mnist5k",
+        ghn: Any = None,
+        trials: int = 300,
+        top_k: int = 5,
+        finetune_epochs: float = 3,
+        sampler: str | BaseSampler = "tpe",
+        objectives: str | tuple[str, ...] = "loss",
+        out: str | Path = "runs/campaign",
+        storage: str | None = None,
+        study: str | None = None,
+        device: str = "cpu",
+        seed: int = 0,
+        batch_size: int = 32,
+        self_check: int = 0,
+        self_check_epochs: float | None = None,
+        space_args: dict[str, Any] | None = None,
+        finetune_metric: str = "acc",
+        finetune_lr: float = 0.05,
+        finetune_batch_size: int = 64,
+        data_seed: int = 0,
+        heartbeat_interval: int = 30,
+        grace_period: int = 120,
+        progress: bool = True,
+    ) -> None:
+        self.trials = _positive_int("trials", trials)
+        self.top_k = _positive_int("top_k", top_k)
+        self.finetune_epochs = _positive_float("finetune_epochs", finetune_epochs)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        if isinstance(self_check, bool) or not isinstance(self_check, int) or self_check < 0 or 0 < self_check < 3:
+            raise ValueError(f"`self_check` must be 0 or an int of at least 3, but got {self_check!r}.")
+        self.self_check_n = self_check
+        self.self_check_epochs = (
+            self.finetune_epochs if self_check_epochs is None else _positive_float("self_check_epochs", self_check_epochs)
+        )
+        if finetune_metric not in FINETUNE_METRICS:
+            raise ValueError(f"`finetune_metric` must be one of {', '.join(FINETUNE_METRICS)}, but got {finetune_metric!r}.")
+        self.finetune_metric = finetune_metric
+        self.finetune_lr = _positive_float("finetune_lr", finetune_lr)
+        self.finetune_batch_size = _positive_int("finetune_batch_size", finetune_batch_size)
+        self.objectives = resolve_objectives(objectives)
+        self.sampler_spec = sampler
+        if isinstance(sampler, str):
+            resolve_sampler(sampler, seed=seed)  # fail now on a bad name
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"`seed` must be an int, but got {seed!r}.")
+        self.seed = seed
+        self.data_seed = data_seed
+        self.device = _check_device(device)
+        if study is not None and (not isinstance(study, str) or not study.strip()):
+            raise ValueError(f"`study` must be a non-empty name, but got {study!r}.")
+        self.out = Path(out)
+        self.storage_url = storage if storage is not None else default_storage_url(self.out)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.progress = progress
+        self.space_args = dict(space_args or {})
+        self._space_in = space
+        self._dataset_in = dataset
+        self._ghn_in = ghn
+        self._study_in = study
+        self._space: SearchSpace | None = None
+        self._data: Dataset | None = None
+        self._ghn: Any = None
+        self._storage: Any = None
+        self._rank_study: optuna.Study | None = None
+        self._ft_study: optuna.Study | None = None
+        self.rank_stats: RankStats | None = None
+        self.finetune_stats: FinetuneStats | None = None
+        self._joined = False
+
+    # ------------------------------------------------------------ resources
+
+    @property
+    def dataset_name(self) -> str:
+        return self._dataset_in if isinstance(self._dataset_in, str) else self._dataset_in.name
+
+    @property
+    def data(self) -> Dataset:
+        """The dataset (loaded on first use)."""
+        if self._data is None:
+            if isinstance(self._dataset_in, str):
+                self._data = load_dataset(self._dataset_in, seed=self.data_seed)
+            else:
+                self._data = self._dataset_in
+        return self._data
+
+    @property
+    def space(self) -> SearchSpace:
+        """The search space, shaped to the dataset (built on first use)."""
+        if self._space is None:
+            data = self.data
+            space = load_space(
+                self._space_in, input_shape=data.input_shape, num_classes=data.num_classes, **self.space_args
+            )
+            size = space.size()
+            if size is not None and size < self.top_k:
+                raise ValueError(
+                    f"`top_k` is {self.top_k}, but search space {space.name!r} has only {size} candidates."
+                )
+            self._space = space
+        return self._space
+
+    @property
+    def study_name(self) -> str:
+        if self._study_in is not None:
+            return self._study_in.strip()
+        space_name = self._space_in if isinstance(self._space_in, str) else self._space_in.name
+        name = f"{Path(str(space_name)).stem.split(':')[-1]}-{self.dataset_name}"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+    @property
+    def ghn(self) -> Any:
+        """The GHN (loaded or meta-trained on first use), checked against the space."""
+        if self._ghn is None:
+            self._ghn = self._resolve_ghn()
+        return self._ghn
+
+    def _ghn_path(self) -> Path | None:
+        if self._ghn_in is None:
+            return (self.out / "ghn.pt").resolve()
+        if isinstance(self._ghn_in, (str, Path)):
+            return Path(self._ghn_in).expanduser().resolve()
+        return None
+
+    def _resolve_ghn(self) -> Any:
+        import nas.ghn as ghn_mod
+
+        ghn = self._ghn_in
+        if ghn is None:
+            path = self._ghn_path()
+            assert path is not None
+            ensure = getattr(ghn_mod, "ensure_ghn", None)
+            if ensure is not None:
+                ghn = ensure(self.space, self.data, path=path, progress=self.progress)
+            elif path.is_file():
+                ghn = ghn_mod.GHN.load(path, map_location=self.device)
+            else:
+                logger.info("meta-training the default GHN into %s (done once, then reused)", path)
+                config = ghn_mod.MetaTrainConfig(device=self.device)
+                ghn = ghn_mod.meta_train(self.space, self.data, config, out=path, progress=self.progress)
+                ghn.save(path)
+        elif isinstance(ghn, (str, Path)):
+            path = Path(ghn).expanduser()
+            if not path.is_file():
+                raise CheckpointError(f"GHN checkpoint {str(path)!r} does not exist.")
+            ghn = ghn_mod.GHN.load(path, map_location=self.device)
+        if hasattr(ghn, "check_compatible"):
+            ghn.check_compatible(self.space)
+        trained_on = getattr(ghn, "space_info", {}).get("dataset")
+        if trained_on and trained_on != self.dataset_name:
+            logger.warning(
+                "the GHN was meta-trained on %r, the campaign searches on %r: its ranking may be poor",
+                trained_on,
+                self.dataset_name,
+            )
+        if isinstance(ghn, torch.nn.Module):
+            ghn.to(self.device)
+        return ghn
+
+    # ------------------------------------------------------------ storage
+
+    def settings(self) -> dict[str, Any]:
+        """The campaign's settings as stored in the rank study (user attribute ``nas_campaign``)."""
+        ghn_path = self._ghn_path()
+        return _normalise({
+            "format": _FORMAT,
+            "space": _space_spec(self._space_in),
+            "space_info": self.space.describe(),
+            "dataset": self.dataset_name,
+            "data_seed": self.data_seed,
+            "objectives": objectives_spec(self.objectives),
+            "finetune": {
+                "epochs": self.finetune_epochs,
+                "lr": self.finetune_lr,
+                "batch_size": self.finetune_batch_size,
+                "metric": self.finetune_metric,
+            },
+            "ghn": str(ghn_path) if ghn_path is not None else None,
+            "out": str(self.out.resolve()),
+            "trials": self.trials,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "sampler": self.sampler_spec if isinstance(self.sampler_spec, str) else type(self.sampler_spec).__name__,
+            "self_check": self.self_check_n,
+            "self_check_epochs": self.self_check_epochs,
+            "device": self.device,
+        })
+
+    def open(self) -> tuple[optuna.Study, optuna.Study]:
+        """Open (creating or joining) the two studies of the campaign.
+
+        Returns:
+            ``(rank_study, finetune_study)``.
+
+        Raises:
+            StorageError: Bad storage URL, or a study of this name exists with
+                different settings (space, dataset, objectives, fine-tuning).
+        """
+        if self._rank_study is not None and self._ft_study is not None:
+            return self._rank_study, self._ft_study
+        self._storage = open_storage(
+            self.storage_url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period
+        )
+        settings = self.settings()
+        name = self.study_name
+        rank, created = _create_or_load(
+            self._storage, f"{name}-rank", ["minimize"] * len(self.objectives), self.storage_url
+        )
+        self._joined = not created
+        stored = rank.user_attrs.get(CAMPAIGN_ATTR)
+        if stored is None:
+            rank.set_user_attr(CAMPAIGN_ATTR, settings)
+        else:
+            _check_identity(stored, settings, name, self.storage_url)
+        seed = self.seed if created else self.seed + os.getpid() + len(rank.trials)
+        rank.sampler = resolve_sampler(self.sampler_spec, seed=seed)
+        ft, _ = _create_or_load(
+            self._storage, f"{name}-finetune", list(directions_for(self.finetune_metric)), self.storage_url
+        )
+        self._rank_study, self._ft_study = rank, ft
+        return rank, ft
+
+    # ------------------------------------------------------------ stages
+
+    def rank(self, *, worker: str | None = None) -> RankStats:
+        """Stage 1: run the rank study up to ``trials`` complete trials."""
+        rank, _ = self.open()
+        ghn, space, data = self.ghn, self.space, self.data
+        with worker_session() as fresh:
+            self.rank_stats = run_rank_stage(
+                rank,
+                space,
+                ghn,
+                data,
+                n_trials=self.trials,
+                batch_size=self.batch_size,
+                objectives=self.objectives,
+                device=self.device,
+                worker=worker or fresh,
+                heartbeat_interval=self.heartbeat_interval,
+                grace_period=self.grace_period,
+                progress=self.progress,
+            )
+        return self.rank_stats
+
+    def enqueue(self) -> list[str]:
+        """Enqueue the top-k distinct candidates for fine-tuning (each key once per campaign).
+
+        Raises:
+            ValueError: Fewer distinct scored candidates than ``top_k``.
+        """
+        rank, ft = self.open()
+        candidates = candidates_frame(rank)
+        selected = select_candidates(candidates, self.top_k, pareto=len(self.objectives) > 1)
+        return enqueue_candidates(rank, ft, selected)
+
+    def train_config(self) -> TrainConfig:
+        """The fine-tuning settings."""
+        return TrainConfig(
+            epochs=self.finetune_epochs,
+            lr=self.finetune_lr,
+            batch_size=self.finetune_batch_size,
+            seed=self.seed,
+            device=self.device,
+        )
+
+    def finetune(self, *, wait: bool = True, worker: str | None = None) -> FinetuneStats:
+        """Stage 2: fine-tune queued candidates until the queue is empty.
+
+        Args:
+            wait: Then wait for trials other workers still run (re-queued
+                candidates of dead workers are fine-tuned here).
+            worker: Worker identity (a fresh one by default).
+        """
+        _, ft = self.open()
+        ghn, space, data = self.ghn, self.space, self.data
+        total = FinetuneStats()
+        with worker_session() as fresh:
+            while True:
+                stats = run_finetune_worker(
+                    ft,
+                    space,
+                    ghn,
+                    data,
+                    config=self.train_config(),
+                    metric=self.finetune_metric,
+                    weights_dir=self.out / "weights",
+                    worker=worker or fresh,
+                    heartbeat_interval=self.heartbeat_interval,
+                    grace_period=self.grace_period,
+                    progress=self.progress,
+                )
+                total.finetuned += stats.finetuned
+                total.failed += stats.failed
+                total.skipped += stats.skipped
+                if not wait or not wait_for_running(ft, grace_period=self.grace_period):
+                    break
+        self.finetune_stats = total
+        return total
+
+    def run_self_check(self) -> SelfCheck | None:
+        """Train ``self_check`` random candidates and compare with the GHN (cached in ``ground_truth.sqlite``)."""
+        if self.self_check_n == 0:
+            return None
+        return run_self_check(
+            self.space,
+            self.ghn,
+            self.data,
+            n=self.self_check_n,
+            epochs=self.self_check_epochs,
+            seed=self.seed,
+            device=self.device,
+            cache=self.out / "ground_truth.sqlite",
+            progress=self.progress,
+        )
+
+    def report(self, *, self_check: SelfCheck | None = None, write: bool = True) -> CampaignResult:
+        """Build the result tables from the studies and (by default) write the output files."""
+        rank, ft = self.open()
+        finetuned = finetuned_frame(ft, metric=self.finetune_metric)
+        candidates = candidates_frame(rank, finetuned_keys=list(finetuned["key"]))
+        trials = rank_trials_frame(rank)
+        extra = {"space": self.space.describe(), "dataset": self.dataset_name, "study": self.study_name}
+        best = best_record(finetuned, extra=extra)
+        files: list[Path] = []
+        if write:
+            best_state, best_graph = None, None
+            if best is not None:
+                from nas.graph import ArchGraph
+
+                best_graph = ArchGraph.from_dict(best["graph"]) if best["graph"] else None
+                weights = best.get("weights")
+                if weights and Path(weights).is_file():
+                    best_state = torch.load(weights, map_location="cpu", weights_only=True)
+                else:
+                    logger.warning(
+                        "best.pt not written: the weights of fine-tune trial %d are not on this machine (%s, by %s)",
+                        best["trial"],
+                        weights,
+                        best.get("worker"),
+                    )
+            cost = {"num_params": "num_params", "flops": "flops"}.get(self.objectives[-1]) if len(self.objectives) > 1 else None
+            files = write_report(
+                self.out,
+                trials=trials,
+                candidates=candidates,
+                finetuned=finetuned,
+                best=best,
+                best_state=best_state,
+                best_graph=best_graph,
+                self_check=self_check.table if self_check is not None else None,
+                multi_objective_cost=cost,
+            )
+        return CampaignResult(
+            candidates=candidates,
+            finetuned=finetuned,
+            best=best,
+            trials=trials,
+            self_check=self_check,
+            rank_stats=self.rank_stats,
+            finetune_stats=self.finetune_stats,
+            out=self.out,
+            files=files,
+            storage=mask_url(self.storage_url),
+            study=self.study_name,
+        )
+
+    def run(self) -> CampaignResult:
+        """Run (or resume) the whole campaign and write its results into ``out``.
+
+        Returns:
+            The tables, the best architecture and the self-check.
+
+        Raises:
+            StorageError: Bad storage, or a conflicting study of the same name.
+            ValueError: ``top_k`` exceeds the distinct candidates found.
+        """
+        self.out.mkdir(parents=True, exist_ok=True)
+        _ = self.space  # validate the space (and load the data) before anything slow
+        self.open()
+        _ = self.ghn
+        self.rank()
+        self.enqueue()
+        self.finetune(wait=True)
+        check = self.run_self_check()
+        return self.report(self_check=check)
+
+    # ------------------------------------------------------------ workers
+
+    @classmethod
+    def from_storage(
+        cls,
+        storage: str,
+        study: str,
+        *,
+        out: str | Path | None = None,
+        ghn: Any = None,
+        device: str | None = None,
+        progress: bool = True,
+        heartbeat_interval: int = 30,
+        grace_period: int = 120,
+    ) -> Campaign:
+        """Rebuild a campaign from the settings stored by the process that started it.
+
+        Args:
+            storage: The campaign's storage URL.
+            study: The campaign name.
+            out: Output folder of this worker (default: the campaign's own
+                folder when it exists on this machine, else ``runs/<study>``).
+            ghn: GHN (or checkpoint path) to use instead of the stored path.
+            device: Device (default: the stored one, CPU when CUDA is missing).
+            progress: Show progress bars.
+            heartbeat_interval: Seconds between heartbeats.
+            grace_period: Seconds after which a silent worker counts as dead.
+
+        Raises:
+            StorageError: No such campaign in the storage, or its settings are unreadable.
+        """
+        handle = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        try:
+            rank = optuna.load_study(study_name=f"{study}-rank", storage=handle)
+        except KeyError:
+            names = sorted(
+                s.study_name[: -len("-rank")]
+                for s in optuna.get_all_study_summaries(handle, include_best_trial=False)
+                if s.study_name.endswith("-rank")
+            )
+            raise StorageError(
+                f"no campaign {study!r} in storage {mask_url(storage)!r}; campaigns there: "
+                f"{', '.join(names) or 'none'}. Start one with `nas search`."
+            ) from None
+        info = rank.user_attrs.get(CAMPAIGN_ATTR)
+        if not isinstance(info, dict) or info.get("format") != _FORMAT:
+            raise StorageError(f"study {study!r}-rank in {mask_url(storage)!r} holds no readable campaign settings.")
+        if info.get("space") is None:
+            raise StorageError(
+                f"campaign {study!r} was started with a search space object that cannot be imported by name; "
+                "run the worker through the Python API with Campaign(space=...)."
+            )
+        space_info = info["space_info"]
+        stored_out = Path(info["out"])
+        if out is None:
+            out = stored_out if stored_out.is_dir() else Path("runs") / study
+        ft = info["finetune"]
+        return cls(
+            space=info["space"],
+            dataset=info["dataset"],
+            ghn=ghn if ghn is not None else info.get("ghn"),
+            trials=int(info["trials"]),
+            top_k=int(info["top_k"]),
+            finetune_epochs=float(ft["epochs"]),
+            sampler=info.get("sampler") if info.get("sampler") in ("tpe", "random", "gp", "nsga2") else "tpe",
+            objectives=info["objectives"],
+            out=out,
+            storage=storage,
+            study=study,
+            device=device or (info.get("device") or "cpu"),
+            seed=int(info["seed"]),
+            space_args=dict(space_info.get("settings", {})),
+            finetune_metric=ft["metric"],
+            finetune_lr=float(ft["lr"]),
+            finetune_batch_size=int(ft["batch_size"]),
+            data_seed=int(info["data_seed"]),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            progress=progress,
+        )
+
+    def work(self) -> FinetuneStats:
+        """Fine-tune what is queued and return (the job of ``nas worker``); does not rank or wait."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.open()
+        if self._ghn_in is None and not (self.out / "ghn.pt").is_file():
+            raise CheckpointError(
+                f"campaign {self.study_name!r} stores no GHN path usable here; pass --ghn PATH."
+            )
+        return self.finetune(wait=False)
+
+
+def _check_device(device: str) -> str:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"`device` must be a torch device such as 'cpu' or 'cuda', but got {device!r}.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` is {device!r}, but CUDA is not available on this machine.")
+    return str(device)
+
+
+def _create_or_load(storage: Any, name: str, directions: list[str], url: str) -> tuple[optuna.Study, bool]:
+    try:
+        return optuna.create_study(storage=storage, study_name=name, directions=directions), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+    want = [optuna.study.StudyDirection.MINIMIZE if d == "minimize" else optuna.study.StudyDirection.MAXIMIZE for d in directions]
+    if list(study.directions) != want:
+        raise StorageError(
+            f"study {name!r} in {mask_url(url)!r} exists with directions "
+            f"{[d.name.lower() for d in study.directions]}, not {directions}; use another --study name."
+        )
+    return study, False
+
+
+def _check_identity(stored: dict[str, Any], settings: dict[str, Any], name: str, url: str) -> None:
+    diffs = [key for key in IDENTITY_KEYS if _normalise(stored.get(key)) != settings.get(key)]
+    if diffs:
+        detail = "; ".join(f"{k}: stored {stored.get(k)!r}, requested {settings.get(k)!r}" for k in diffs)
+        raise StorageError(
+            f"campaign {name!r} in {mask_url(url)!r} exists with different settings ({detail}); "
+            "use another --study name or --out folder, or repeat the original settings."
+        )

@@ -1,0 +1,349 @@
+"""Stage 1: rank candidates by the validation loss of their GHN-predicted weights.
+
+Each trial of the ``<name>-rank`` study builds a candidate through the search
+space (define-by-run), and the graph hypernetwork predicts its weights; the
+score is the validation loss of the network with those weights, no SGD. Trials
+are asked in batches so the GHN scores many graphs in one forward pass; a
+candidate whose canonical key was scored before (by any worker) is not scored
+again: its trial is told the stored score.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from nas.exceptions import GraphError, SpaceError
+from nas.graph import ArchGraph
+from nas.space import SearchSpace
+
+from nas.campaign._storage import Heartbeat, reap_stale_trials
+
+__all__ = [
+    "OBJECTIVES",
+    "SAMPLERS",
+    "RankStats",
+    "resolve_objectives",
+    "resolve_sampler",
+    "run_rank_stage",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _tpe(seed: int | None) -> BaseSampler:
+    # The constant liar keeps the trials of one batch (asked before any is told) apart.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def _random(seed: int | None) -> BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _gp(seed: int | None) -> BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed)
+
+
+def _nsga2(seed: int | None) -> BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+#: Sampler names accepted by :func:`resolve_sampler` (and ``nas search --sampler``).
+SAMPLERS: dict[str, Callable[[int | None], BaseSampler]] = {
+    "tpe": _tpe,
+    "random": _random,
+    "gp": _gp,
+    "nsga2": _nsga2,
+}
+
+
+def resolve_sampler(sampler: str | BaseSampler, *, seed: int | None = None) -> BaseSampler:
+    """Turn a sampler name into an Optuna sampler (instances pass through).
+
+    Args:
+        sampler: ``"tpe"`` (default of a campaign), ``"random"``, ``"gp"``,
+            ``"nsga2"``, or any :class:`optuna.samplers.BaseSampler`.
+        seed: Seed of a sampler built from a name.
+
+    Returns:
+        The sampler.
+
+    Raises:
+        ValueError: Unknown name; the message lists the valid ones.
+    """
+    if isinstance(sampler, BaseSampler):
+        return sampler
+    if not isinstance(sampler, str) or sampler.strip().lower() not in SAMPLERS:
+        raise ValueError(f"`sampler` must be one of {', '.join(SAMPLERS)}, but got {sampler!r}.")
+    return SAMPLERS[sampler.strip().lower()](seed)
+
+
+#: Objective specs: the trial values of the rank study, each minimised.
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "loss": ("ghn_loss",),
+    "loss,params": ("ghn_loss", "num_params"),
+    "loss,flops": ("ghn_loss", "flops"),
+}
+
+
+def resolve_objectives(objectives: str | Sequence[str]) -> tuple[str, ...]:
+    """Normalise an objective spec to the trial-value columns it names.
+
+    Args:
+        objectives: ``"loss"``, ``"loss,params"``, ``"loss,flops"`` or the same
+            as a sequence (``("loss", "params")``).
+
+    Returns:
+        The names of the values the rank study minimises, e.g. ``("ghn_loss", "num_params")``.
+
+    Raises:
+        ValueError: Unknown spec; the message lists the valid ones.
+    """
+    text = objectives if isinstance(objectives, str) else ",".join(str(o) for o in objectives)
+    spec = ",".join(part.strip().lower() for part in text.split(","))
+    if spec not in OBJECTIVES:
+        raise ValueError(f"`objectives` must be one of {', '.join(OBJECTIVES)}, but got {objectives!r}.")
+    return OBJECTIVES[spec]
+
+
+def objectives_spec(names: Sequence[str]) -> str:
+    """The spec string (``"loss,params"``) of resolved objective names."""
+    for spec, value in OBJECTIVES.items():
+        if tuple(names) == value:
+            return spec
+    raise ValueError(f"`objectives` {tuple(names)!r} is not a known objective combination.")
+
+
+@dataclass
+class RankStats:
+    """What one process did in the rank stage.
+
+    Attributes:
+        told: Trials this process finished (complete or failed).
+        evaluated: Graphs this process sent to the GHN (distinct keys).
+        duplicates: Trials answered from an earlier score of the same key.
+        failed: Trials whose candidate could not be built or scored.
+        ghn_calls: Calls of ``ghn.evaluate`` (one per batch).
+    """
+
+    told: int = 0
+    evaluated: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    ghn_calls: int = 0
+
+
+def _values(attrs: Mapping[str, Any], objectives: Sequence[str]) -> list[float]:
+    return [float(attrs[name]) for name in objectives]
+
+
+def known_scores(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Map each scored canonical key to the first trial that scored it (complete or failed)."""
+    known: dict[str, FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        key = trial.user_attrs.get("key")
+        if key is None or "ghn_loss" not in trial.user_attrs or "duplicate_of" in trial.user_attrs:
+            continue
+        if key not in known or trial.number < known[key].number:
+            known[key] = trial
+    return known
+
+
+def _count(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    done = sum(t.state == TrialState.COMPLETE for t in trials)
+    return done, len(trials) - done
+
+
+def _score_batch(
+    study: optuna.Study,
+    trials: list[optuna.Trial],
+    space: SearchSpace,
+    ghn: Any,
+    data: Any,
+    *,
+    objectives: Sequence[str],
+    device: str,
+    stats: RankStats,
+) -> None:
+    """Build, deduplicate, score and tell one batch of asked trials."""
+    known = known_scores(study)
+    built: list[tuple[optuna.Trial, ArchGraph]] = []
+    for trial in trials:
+        try:
+            graph = space.build(trial)
+            if not isinstance(graph, ArchGraph):
+                raise SpaceError(f"search space {space.name!r} build() returned {type(graph).__name__}, not an ArchGraph.")
+        except (GraphError, SpaceError) as err:
+            trial.set_user_attr("error", " ".join(str(err).split()))
+            study.tell(trial, state=TrialState.FAIL)
+            stats.failed += 1
+            stats.told += 1
+            logger.warning("rank trial %d: candidate cannot be built: %s", trial.number, err)
+            continue
+        built.append((trial, graph))
+
+    fresh: dict[str, ArchGraph] = {}
+    for trial, graph in built:
+        if graph.key not in known and graph.key not in fresh:
+            fresh[graph.key] = graph
+    scores: dict[str, dict[str, Any]] = {}
+    if fresh:
+        graphs = list(fresh.values())
+        results = ghn.evaluate(graphs, data, split="val", device=device)
+        stats.ghn_calls += 1
+        stats.evaluated += len(graphs)
+        if len(results) != len(graphs):
+            raise RuntimeError(f"ghn.evaluate returned {len(results)} results for {len(graphs)} graphs.")
+        for graph, result in zip(graphs, results):
+            scores[graph.key] = {
+                "graph": graph.to_json(),
+                "num_params": int(graph.num_params()),
+                "flops": int(graph.flops()),
+                "ghn_loss": float(result["loss"]),
+                "ghn_acc": float(result["acc"]),
+            }
+
+    first_in_batch: dict[str, int] = {}
+    for trial, graph in built:
+        key = graph.key
+        trial.set_user_attr("key", key)
+        if key in known:
+            source = known[key]
+            _tell_duplicate(study, trial, source.number, source.user_attrs, source.state, objectives)
+            stats.duplicates += 1
+        elif key in first_in_batch:
+            attrs = scores[key]
+            state = TrialState.COMPLETE if math.isfinite(attrs["ghn_loss"]) else TrialState.FAIL
+            _tell_duplicate(study, trial, first_in_batch[key], attrs, state, objectives)
+            stats.duplicates += 1
+        else:
+            attrs = scores[key]
+            first_in_batch[key] = trial.number
+            for name, value in attrs.items():
+                trial.set_user_attr(name, value)
+            if math.isfinite(attrs["ghn_loss"]):
+                values = _values(attrs, objectives)
+                trial.set_user_attr("ghn_score", values[0])
+                study.tell(trial, values if len(values) > 1 else values[0])
+            else:
+                trial.set_user_attr("error", f"predicted-weight loss is not finite ({attrs['ghn_loss']})")
+                study.tell(trial, state=TrialState.FAIL)
+                stats.failed += 1
+        stats.told += 1
+
+
+def _tell_duplicate(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    source: int,
+    attrs: Mapping[str, Any],
+    state: TrialState,
+    objectives: Sequence[str],
+) -> None:
+    trial.set_user_attr("duplicate_of", int(source))
+    for name in ("num_params", "flops", "ghn_loss", "ghn_acc"):
+        if name in attrs:
+            trial.set_user_attr(name, attrs[name])
+    if state == TrialState.COMPLETE:
+        values = _values(attrs, objectives)
+        study.tell(trial, values if len(values) > 1 else values[0])
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def run_rank_stage(
+    study: optuna.Study,
+    space: SearchSpace,
+    ghn: Any,
+    data: Any,
+    *,
+    n_trials: int,
+    batch_size: int = 32,
+    objectives: Sequence[str] = ("ghn_loss",),
+    device: str = "cpu",
+    worker: str,
+    heartbeat_interval: float = 30.0,
+    grace_period: float = 120.0,
+    poll_interval: float = 2.0,
+    progress: bool = True,
+) -> RankStats:
+    """Run the rank study until it holds ``n_trials`` complete trials.
+
+    Several processes may run this on one study at once; each asks only what
+    is still missing, and all wait until the running trials are told.
+
+    Args:
+        study: The ``<name>-rank`` study (directions: one ``minimize`` per objective).
+        space: The search space.
+        ghn: A GHN with ``evaluate(graphs, data, split=, device=)``.
+        data: The dataset scored on (its validation split).
+        n_trials: Complete trials the study must hold at the end.
+        batch_size: Trials asked, built and scored together.
+        objectives: Names of the trial values (see :data:`OBJECTIVES`).
+        device: Device of the GHN evaluation.
+        worker: This process's worker identity.
+        heartbeat_interval: Seconds between heartbeats of held trials.
+        grace_period: Seconds after which another worker's silent trial is dead.
+        poll_interval: Seconds between checks while waiting for other workers.
+        progress: Show a tqdm bar.
+
+    Returns:
+        What this process did.
+    """
+    stats = RankStats()
+    reap_stale_trials(study, grace_period=grace_period)
+    done, running = _count(study)
+    with tqdm(total=n_trials, initial=min(done, n_trials), desc="rank (GHN)", unit="trial", disable=not progress) as bar:
+        while True:
+            done, running = _count(study)
+            bar.n = min(done, n_trials)
+            bar.refresh()
+            missing = n_trials - done - running
+            if missing <= 0:
+                if done >= n_trials:
+                    break
+                # Other workers hold the last trials: wait for them, or for them to die.
+                if reap_stale_trials(study, grace_period=grace_period):
+                    continue
+                time.sleep(poll_interval)
+                continue
+            asked = [study.ask() for _ in range(min(batch_size, missing))]
+            try:
+                with Heartbeat(asked, worker, interval=heartbeat_interval):
+                    _score_batch(study, asked, space, ghn, data, objectives=objectives, device=device, stats=stats)
+            except BaseException:
+                _abandon(study, asked)
+                raise
+            bar.set_postfix(scored=stats.evaluated, dup=stats.duplicates, refresh=False)
+            if stats.failed > max(10, n_trials) and stats.failed > stats.told // 2:
+                raise SpaceError(
+                    f"{stats.failed} of {stats.told} candidates of search space {space.name!r} could not be "
+                    "built or scored; see the warnings above."
+                )
+    return stats
+
+
+def _abandon(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
+    """Fail and re-queue the trials of an interrupted batch, so a rerun scores them."""
+    from nas.campaign._storage import requeue_trial
+
+    for trial in trials:
+        try:
+            frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        except Exception:  # the storage itself may be what failed
+            continue
+        if frozen.state == TrialState.FAIL and not ({"ghn_loss", "error"} & set(frozen.user_attrs)):
+            try:
+                requeue_trial(study, frozen)
+            except Exception:
+                pass

@@ -1,0 +1,528 @@
+"""Results of a campaign: tables from the studies, plots from the tables, files on disk.
+
+Reporting comes in two steps, as in :mod:`optuna.visualization.matplotlib`:
+pure functions turn studies into :class:`pandas.DataFrame` tables, and plotting
+functions take a table, draw on an ``Axes`` and return it. :func:`write_report`
+writes everything to the output folder, each file atomically (a temporary file
+then ``os.replace``), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+__all__ = [
+    "CANDIDATE_COLUMNS",
+    "FINETUNED_COLUMNS",
+    "best_record",
+    "candidates_frame",
+    "finetuned_frame",
+    "plot_history",
+    "plot_pareto",
+    "plot_score_vs_finetuned",
+    "plot_self_check",
+    "rank_trials_frame",
+    "write_report",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Leading columns of :func:`candidates_frame` (then one column per choice, then ``choices`` and ``graph``).
+CANDIDATE_COLUMNS: tuple[str, ...] = (
+    "rank",
+    "trial",
+    "key",
+    "num_params",
+    "flops",
+    "ghn_loss",
+    "ghn_acc",
+    "ghn_score",
+    "n_trials",
+    "pareto",
+    "finetuned",
+)
+
+#: Leading columns of :func:`finetuned_frame` (then one column per choice, then ``choices`` and ``graph``).
+FINETUNED_COLUMNS: tuple[str, ...] = (
+    "rank",
+    "trial",
+    "rank_trial",
+    "key",
+    "num_params",
+    "flops",
+    "ghn_loss",
+    "ghn_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "train_loss",
+    "steps",
+    "wall_time",
+    "failed",
+    "error",
+    "worker",
+    "weights",
+)
+
+_TAIL = ("choices", "graph")
+
+
+def _choice_columns(rows: Sequence[Mapping[str, Any]], reserved: Sequence[str]) -> dict[str, str]:
+    """Choice name -> column name (``choice_<name>`` when the name clashes with a fixed column)."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for name in row["_choices"]:
+            names.setdefault(name, None)
+    taken = set(reserved) | set(_TAIL)
+    return {name: (f"choice_{name}" if name in taken else name) for name in names}
+
+
+def _finish(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    mapping = _choice_columns(rows, columns)
+    records = []
+    for row in rows:
+        choices = row.pop("_choices")
+        rec = {col: row.get(col) for col in columns}
+        for name, col in mapping.items():
+            rec[col] = choices.get(name)
+        rec["choices"] = json.dumps(choices, sort_keys=True)
+        rec["graph"] = row.get("graph")
+        records.append(rec)
+    return pd.DataFrame.from_records(records, columns=[*columns, *mapping.values(), *_TAIL])
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def rank_trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per finished rank trial that built a candidate (duplicates included).
+
+    Args:
+        study: The ``<name>-rank`` study.
+
+    Returns:
+        Columns ``trial``, ``state``, ``key``, ``duplicate_of`` (trial number or
+        ``<NA>``), ``num_params``, ``flops``, ``ghn_loss``, ``ghn_acc``,
+        ``value`` (first objective value; ``nan`` when failed), ``datetime_complete``;
+        sorted by trial number.
+    """
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if "key" not in t.user_attrs:
+            continue
+        a = t.user_attrs
+        rows.append({
+            "trial": t.number,
+            "state": t.state.name,
+            "key": a["key"],
+            "duplicate_of": a.get("duplicate_of"),
+            "num_params": a.get("num_params"),
+            "flops": a.get("flops"),
+            "ghn_loss": _num(a.get("ghn_loss")),
+            "ghn_acc": _num(a.get("ghn_acc")),
+            "value": float(t.values[0]) if t.values else math.nan,
+            "datetime_complete": t.datetime_complete,
+        })
+    frame = pd.DataFrame(
+        rows,
+        columns=["trial", "state", "key", "duplicate_of", "num_params", "flops", "ghn_loss", "ghn_acc", "value", "datetime_complete"],
+    )
+    frame["duplicate_of"] = frame["duplicate_of"].astype("Int64")
+    return frame.sort_values("trial", kind="stable").reset_index(drop=True)
+
+
+def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per distinct candidate the rank stage scored, best predicted-weight loss first.
+
+    Args:
+        study: The ``<name>-rank`` study.
+        finetuned_keys: Keys of fine-tuned candidates (fills the ``finetuned`` column).
+
+    Returns:
+        Columns :data:`CANDIDATE_COLUMNS`: ``rank`` (1 = lowest ``ghn_loss``;
+        ``<NA>`` when the loss is not finite), ``trial`` (the trial that scored
+        it), ``key``, ``num_params``, ``flops``, ``ghn_loss``, ``ghn_acc``,
+        ``ghn_score`` (first objective value), ``n_trials`` (trials that
+        proposed it), ``pareto`` (on the Pareto front of a multi-objective
+        study; ``False`` otherwise), ``finetuned``; then one column per
+        choice of the search space, ``choices`` (JSON of the choices) and
+        ``graph`` (the graph JSON).
+    """
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    front: set[str] = set()
+    if len(study.directions) > 1:
+        front = {t.user_attrs.get("key") for t in study.best_trials}
+    counts: dict[str, int] = {}
+    firsts: dict[str, Any] = {}
+    for t in trials:
+        key = t.user_attrs.get("key")
+        if key is None or "ghn_loss" not in t.user_attrs:
+            continue
+        counts[key] = counts.get(key, 0) + 1
+        if "duplicate_of" not in t.user_attrs and (key not in firsts or t.number < firsts[key].number):
+            firsts[key] = t
+    done = set(finetuned_keys)
+    rows = []
+    for key, t in firsts.items():
+        a = t.user_attrs
+        rows.append({
+            "trial": t.number,
+            "key": key,
+            "num_params": a.get("num_params"),
+            "flops": a.get("flops"),
+            "ghn_loss": _num(a.get("ghn_loss")),
+            "ghn_acc": _num(a.get("ghn_acc")),
+            "ghn_score": _num(a.get("ghn_score")),
+            "n_trials": counts[key],
+            "pareto": key in front,
+            "finetuned": key in done,
+            "graph": a.get("graph"),
+            "_choices": dict(t.params),
+        })
+    frame = _finish(rows, CANDIDATE_COLUMNS)
+    frame = frame.sort_values(["ghn_loss", "trial"], kind="stable", na_position="last").reset_index(drop=True)
+    finite = frame["ghn_loss"].map(math.isfinite) if len(frame) else frame["ghn_loss"]
+    rank = pd.Series(pd.NA, index=frame.index, dtype="Int64")
+    rank[finite.astype(bool)] = np.arange(1, int(finite.sum()) + 1)
+    frame["rank"] = rank
+    for col in ("trial", "num_params", "flops", "n_trials"):
+        frame[col] = frame[col].astype("Int64")
+    frame["pareto"] = frame["pareto"].astype(bool)
+    frame["finetuned"] = frame["finetuned"].astype(bool)
+    return frame
+
+
+def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame:
+    """One row per fine-tuned candidate, best first.
+
+    Args:
+        study: The ``<name>-finetune`` study.
+        metric: ``"acc"`` (sort by ``val_acc`` descending) or ``"loss"`` (``val_loss`` ascending).
+
+    Returns:
+        Columns :data:`FINETUNED_COLUMNS`: ``rank`` (1 = best; ``<NA>`` for
+        diverged runs), ``trial`` (fine-tune trial), ``rank_trial`` (the rank
+        trial that scored it), ``key``, ``num_params``, ``flops``, ``ghn_loss``,
+        ``ghn_acc``, the training results ``val_loss``, ``val_acc``,
+        ``test_loss``, ``test_acc``, ``train_loss``, ``steps``, ``wall_time``,
+        ``failed``, ``error``, ``worker`` (who trained it), ``weights`` (path of
+        its state_dict on that worker); then one column per choice,
+        ``choices`` and ``graph``.
+    """
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        a = t.user_attrs
+        if "key" not in a or "val_loss" not in a:
+            continue
+        rows.append({
+            "trial": t.number,
+            "rank_trial": a.get("rank_trial"),
+            "key": a["key"],
+            "num_params": a.get("num_params"),
+            "flops": a.get("flops"),
+            "ghn_loss": _num(a.get("ghn_loss")),
+            "ghn_acc": _num(a.get("ghn_acc")),
+            "val_loss": _num(a.get("val_loss")),
+            "val_acc": _num(a.get("val_acc")),
+            "test_loss": _num(a.get("test_loss")),
+            "test_acc": _num(a.get("test_acc")),
+            "train_loss": _num(a.get("train_loss")),
+            "steps": a.get("steps"),
+            "wall_time": _num(a.get("wall_time")),
+            "failed": bool(a.get("failed", t.state == TrialState.FAIL)),
+            "error": a.get("error"),
+            "worker": a.get("nas_worker_done", a.get("nas_worker")),
+            "weights": a.get("weights"),
+            "graph": a.get("graph"),
+            "_choices": dict(a.get("choices") or t.params),
+        })
+    frame = _finish(rows, FINETUNED_COLUMNS)
+    by, ascending = ("val_acc", False) if metric == "acc" else ("val_loss", True)
+    frame = frame.sort_values([by, "trial"], ascending=[ascending, True], kind="stable", na_position="last")
+    frame = frame.reset_index(drop=True)
+    ok = ~frame["failed"].astype(bool) & frame[by].map(math.isfinite) if len(frame) else frame["failed"]
+    rank = pd.Series(pd.NA, index=frame.index, dtype="Int64")
+    rank[ok.astype(bool)] = np.arange(1, int(ok.sum()) + 1)
+    frame["rank"] = rank
+    for col in ("trial", "rank_trial", "num_params", "flops", "steps"):
+        frame[col] = frame[col].astype("Int64")
+    frame["failed"] = frame["failed"].astype(bool)
+    return frame
+
+
+def best_record(finetuned: pd.DataFrame, *, extra: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The best fine-tuned candidate as a plain dict (for ``best.json``).
+
+    Args:
+        finetuned: :func:`finetuned_frame` output.
+        extra: More entries to include (space description, dataset, ...).
+
+    Returns:
+        ``{"key", "trial", "rank_trial", "choices", "graph", "num_params",
+        "flops", "metrics": {...}, "weights", "worker", ...extra}``, or ``None``
+        when no candidate was fine-tuned successfully.
+    """
+    ok = finetuned[finetuned["rank"].notna()] if len(finetuned) else finetuned
+    if not len(ok):
+        return None
+    row = ok.iloc[0]
+    metrics = {
+        name: float(row[name])
+        for name in ("ghn_loss", "ghn_acc", "val_loss", "val_acc", "test_loss", "test_acc", "train_loss")
+    }
+    record: dict[str, Any] = {
+        "key": row["key"],
+        "trial": int(row["trial"]),
+        "rank_trial": None if pd.isna(row["rank_trial"]) else int(row["rank_trial"]),
+        "choices": json.loads(row["choices"]),
+        "graph": json.loads(row["graph"]) if isinstance(row["graph"], str) else None,
+        "num_params": None if pd.isna(row["num_params"]) else int(row["num_params"]),
+        "flops": None if pd.isna(row["flops"]) else int(row["flops"]),
+        "metrics": metrics,
+        "weights": row["weights"],
+        "worker": row["worker"],
+    }
+    record.update(dict(extra or {}))
+    return record
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _axes(ax: Any) -> Any:
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots(figsize=(6, 4))
+    return ax
+
+
+def plot_history(trials: pd.DataFrame, ax: Any = None) -> Any:
+    """Rank-stage optimisation history: each trial's predicted-weight loss and the best so far.
+
+    Args:
+        trials: :func:`rank_trials_frame` output.
+        ax: Axes to draw on (a new figure when ``None``).
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    ax = _axes(ax)
+    ok = trials[trials["ghn_loss"].map(math.isfinite)] if len(trials) else trials
+    dup = ok["duplicate_of"].notna() if len(ok) else ok["trial"].astype(bool)
+    ax.scatter(ok.loc[~dup, "trial"], ok.loc[~dup, "ghn_loss"], s=10, color="tab:blue", label="scored by the GHN")
+    if dup.any():
+        ax.scatter(ok.loc[dup, "trial"], ok.loc[dup, "ghn_loss"], s=10, color="tab:gray", alpha=0.5, label="duplicate")
+    if len(ok):
+        ax.step(ok["trial"], ok["ghn_loss"].cummin(), where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("rank trial")
+    ax.set_ylabel("predicted-weight validation loss")
+    ax.set_title("Stage 1: GHN ranking history")
+    ax.legend(loc="upper right", fontsize="small")
+    return ax
+
+
+def plot_score_vs_finetuned(finetuned: pd.DataFrame, ax: Any = None, *, metric: str = "val_acc") -> Any:
+    """GHN predicted-weight loss against the fine-tuned result of each fine-tuned candidate.
+
+    Args:
+        finetuned: :func:`finetuned_frame` output.
+        ax: Axes to draw on (a new figure when ``None``).
+        metric: Fine-tune column on the y axis (``"val_acc"``, ``"val_loss"``, ``"test_acc"``, ...).
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    from scipy.stats import kendalltau
+
+    ax = _axes(ax)
+    ok = finetuned[~finetuned["failed"]] if len(finetuned) else finetuned
+    ax.scatter(ok["ghn_loss"], ok[metric], color="tab:blue")
+    for _, row in ok.iterrows():
+        ax.annotate(f"#{row['rank_trial']}", (row["ghn_loss"], row[metric]), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    title = f"GHN score vs fine-tuned {metric}"
+    if len(ok) >= 3:
+        tau = kendalltau(ok["ghn_loss"], ok[metric]).statistic
+        title += f" (Kendall tau {tau:.2f}, n={len(ok)})"
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("predicted-weight validation loss (stage 1)")
+    ax.set_ylabel(f"{metric} after fine-tuning (stage 2)")
+    return ax
+
+
+def plot_pareto(candidates: pd.DataFrame, ax: Any = None, *, cost: str = "num_params") -> Any:
+    """Predicted-weight loss against a cost column, the Pareto front highlighted.
+
+    Args:
+        candidates: :func:`candidates_frame` output.
+        ax: Axes to draw on (a new figure when ``None``).
+        cost: ``"num_params"`` or ``"flops"``.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    ax = _axes(ax)
+    ok = candidates[candidates["ghn_loss"].map(math.isfinite)] if len(candidates) else candidates
+    front = ok[ok["pareto"]].sort_values(cost)
+    ax.scatter(ok[cost], ok["ghn_loss"], s=10, color="tab:gray", alpha=0.6, label="candidates")
+    ax.plot(front[cost], front["ghn_loss"], "o-", color="tab:red", label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(cost)
+    ax.set_ylabel("predicted-weight validation loss")
+    ax.set_title("Stage 1: Pareto front")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_self_check(table: pd.DataFrame, ax: Any = None) -> Any:
+    """Self-check: GHN predicted-weight loss against the trained loss of random candidates.
+
+    Args:
+        table: The self-check table (columns ``ghn_loss``, ``val_loss``).
+        ax: Axes to draw on (a new figure when ``None``).
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    from scipy.stats import kendalltau
+
+    ax = _axes(ax)
+    ok = table[table["val_loss"].map(math.isfinite) & table["ghn_loss"].map(math.isfinite)]
+    ax.scatter(ok["ghn_loss"], ok["val_loss"], color="tab:green")
+    title = "Self-check: GHN score vs trained loss"
+    if len(ok) >= 3:
+        title += f" (Kendall tau {kendalltau(ok['ghn_loss'], ok['val_loss']).statistic:.2f}, n={len(ok)})"
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("predicted-weight validation loss")
+    ax.set_ylabel("validation loss after training from scratch")
+    return ax
+
+
+# ---------------------------------------------------------------- files
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` through ``write(tmp)`` and ``os.replace`` (the temporary keeps the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _save_figure(
+    draw: Callable[[Any], Any],
+    out: Path,
+    stem: str,
+    size: tuple[float, float] = (6, 4),
+    suffixes: Sequence[str] = (".png", ".pdf"),
+) -> list[Path]:
+    # A bare Figure (no pyplot): no GUI backend, no global figure registry.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    ax = fig.add_subplot()
+    draw(ax)
+    fig.tight_layout()
+    paths = []
+    for suffix in suffixes:
+        paths.append(atomic_write(out / f"{stem}{suffix}", lambda p: fig.savefig(p, dpi=120)))
+    return paths
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def write_report(
+    out: str | Path,
+    *,
+    trials: pd.DataFrame,
+    candidates: pd.DataFrame,
+    finetuned: pd.DataFrame,
+    best: Mapping[str, Any] | None,
+    best_state: Mapping[str, Any] | None = None,
+    best_graph: Any = None,
+    self_check: pd.DataFrame | None = None,
+    multi_objective_cost: str | None = None,
+) -> list[Path]:
+    """Write the campaign's tables, best architecture and plots into ``out``.
+
+    Files: ``candidates.csv`` / ``.parquet``, ``finetuned.csv`` / ``.parquet``,
+    ``best.json``, ``best.pt`` (when ``best_state`` is given), ``best.png``
+    (when ``best_graph`` is given and :mod:`nas.draw` is available),
+    ``history.png`` / ``.pdf``, ``score_vs_finetuned.png`` / ``.pdf``,
+    ``pareto.png`` / ``.pdf`` (multi-objective), ``selfcheck.csv`` and
+    ``selfcheck.png`` / ``.pdf`` (with a self-check).
+
+    Args:
+        out: Output folder.
+        trials: :func:`rank_trials_frame` output.
+        candidates: :func:`candidates_frame` output.
+        finetuned: :func:`finetuned_frame` output.
+        best: :func:`best_record` output.
+        best_state: The best candidate's fine-tuned ``state_dict``.
+        best_graph: The best candidate's :class:`~nas.graph.ArchGraph`.
+        self_check: The self-check table.
+        multi_objective_cost: ``"num_params"`` or ``"flops"`` for a Pareto plot.
+
+    Returns:
+        The paths written.
+    """
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, frame in (("candidates", candidates), ("finetuned", finetuned)):
+        written.append(atomic_write(out / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False)))
+        written.append(atomic_write(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False)))
+    if self_check is not None and len(self_check):
+        written.append(atomic_write(out / "selfcheck.csv", lambda p: self_check.to_csv(p, index=False)))
+    if best is not None:
+        text = json.dumps(dict(best), indent=2, default=_json_default)
+        written.append(atomic_write(out / "best.json", lambda p: p.write_text(text + "\n")))
+    if best_state is not None:
+        state = {k: v.detach().cpu() for k, v in best_state.items()}
+        written.append(atomic_write(out / "best.pt", lambda p: torch.save(state, p)))
+    if best_graph is not None:
+        try:
+            from nas.draw import draw_graph
+        except ImportError:
+            logger.warning("best.png not written: nas.draw is not available")
+        else:
+            written.extend(_save_figure(lambda ax: draw_graph(best_graph, ax), out, "best", (8, 10), (".png",)))
+    if len(trials):
+        written.extend(_save_figure(lambda ax: plot_history(trials, ax), out, "history"))
+    if len(finetuned):
+        written.extend(_save_figure(lambda ax: plot_score_vs_finetuned(finetuned, ax), out, "score_vs_finetuned"))
+    if multi_objective_cost is not None and len(candidates):
+        written.extend(_save_figure(lambda ax: plot_pareto(candidates, ax, cost=multi_objective_cost), out, "pareto"))
+    if self_check is not None and len(self_check):
+        written.extend(_save_figure(lambda ax: plot_self_check(self_check, ax), out, "selfcheck"))
+    return written

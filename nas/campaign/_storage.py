@@ -1,0 +1,403 @@
+"""Optuna storage URLs, worker identities and the re-queueing of dead workers' trials.
+
+A campaign keeps both of its studies in one Optuna storage, named by a URL:
+
+* ``sqlite:///relative/file.db`` or ``sqlite:////absolute/file.db``: one file,
+  the default (``sqlite:///<out>/campaign.db``). Good for one process, or a few
+  on one machine.
+* ``journal:///absolute/path/file.log`` or ``journal://relative/path/file.log``:
+  Optuna's append-only journal file (:class:`optuna.storages.JournalStorage`
+  over :class:`optuna.storages.journal.JournalFileBackend`). Everything after
+  ``journal://`` is the file path. Best for several worker processes on one
+  machine (or on a shared file system that supports locking).
+* ``postgresql://user:password@host:port/db`` (and ``postgresql+driver://``,
+  ``mysql://``, ``mysql+driver://``): a database server shared by workers on
+  several machines. Needs the driver (``pip install ghn-nas[postgres]``).
+
+SQL storages record Optuna heartbeats; on every storage each trial also records
+the worker that holds it (``host:pid:token``) and a heartbeat time in its user
+attributes. A RUNNING trial whose worker process is gone (same host) or whose
+heartbeat is older than the grace period is marked FAIL and its candidate is
+put back in the queue, so nothing is lost and nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.exceptions import StorageError
+
+__all__ = [
+    "STORAGE_SCHEMES",
+    "Heartbeat",
+    "default_storage_url",
+    "mask_url",
+    "is_stale",
+    "new_worker_id",
+    "open_storage",
+    "reap_stale_trials",
+    "requeue_trial",
+    "worker_session",
+]
+
+logger = logging.getLogger(__name__)
+
+#: URL schemes :func:`open_storage` accepts (a ``+driver`` suffix is allowed on SQL ones).
+STORAGE_SCHEMES: tuple[str, ...] = ("sqlite", "journal", "postgresql", "mysql")
+
+#: User attributes a campaign writes on trials for its own bookkeeping.
+WORKER_ATTR = "nas_worker"
+HEARTBEAT_ATTR = "nas_heartbeat"
+RETRIES_ATTR = "nas_retries"
+RETRY_OF_ATTR = "nas_retry_of"
+
+#: User attributes set when a candidate is queued (kept when it is re-queued).
+QUEUE_ATTRS = frozenset(
+    {"key", "graph", "choices", "num_params", "flops", "ghn_loss", "ghn_acc", "ghn_score", "rank_trial"}
+)
+
+#: How many times the candidate of a dead worker's trial is put back in the queue.
+MAX_RETRIES = 3
+
+_SECRET_QUERY_KEYS = frozenset({"password", "pass", "pwd", "passwd", "secret", "token", "sslpassword"})
+
+# Tokens of the workers running in this process: a RUNNING trial held by a
+# token of this pid that is not in this set belongs to an earlier, interrupted
+# run inside this same process.
+_ACTIVE_TOKENS: set[str] = set()
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a storage URL, for messages and logs.
+
+    Args:
+        url: Any URL (or text that failed to parse as one).
+
+    Returns:
+        The URL with the password in its user info and any password-like query
+        parameter replaced by ``***``.
+
+    Example:
+        >>> mask_url("postgresql://nas:s3cret@db:5432/nas")
+        'postgresql://nas:***@db:5432/nas'
+    """
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", text)
+    netloc = re.sub(r"^([^:@]*):[^@]*@", r"\1:***@", parts.netloc) if "@" in parts.netloc else parts.netloc
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _scrub(message: str, url: str) -> str:
+    """One line of ``message`` with the URL's password removed wherever it appears."""
+    line = " ".join(str(message).split())
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        line = line.replace(password, "***")
+    return line.replace(url, mask_url(url))
+
+
+def default_storage_url(out: str | Path) -> str:
+    """The default storage of a campaign: ``sqlite:///<out>/campaign.db`` (absolute path)."""
+    return f"sqlite:///{(Path(out) / 'campaign.db').resolve()}"
+
+
+def open_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int = 120) -> BaseStorage:
+    """Open (creating when needed) the Optuna storage a URL names.
+
+    Args:
+        url: A storage URL; see the module docstring for the schemes.
+        heartbeat_interval: Seconds between heartbeats of a running trial.
+        grace_period: Seconds without a heartbeat after which a running trial
+            is considered dead.
+
+    Returns:
+        An :class:`optuna.storages.RDBStorage` (with heartbeats) or an
+        :class:`optuna.storages.JournalStorage`.
+
+    Raises:
+        StorageError: The URL is malformed, has an unsupported scheme, or the
+            storage cannot be opened or reached. The message shows the URL with
+            its password masked.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise StorageError(f"`storage` must be a non-empty URL, but got {url!r}.")
+    for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
+    if grace_period <= heartbeat_interval:
+        raise ValueError(
+            f"`grace_period` ({grace_period}) must exceed `heartbeat_interval` ({heartbeat_interval})."
+        )
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    base = scheme.split("+", 1)[0].lower()
+    if not sep or base not in STORAGE_SCHEMES:
+        raise StorageError(
+            f"storage URL {mask_url(url)!r} has an unsupported scheme; use one of "
+            "sqlite:///FILE.db, journal:///FILE.log, postgresql://USER:PASSWORD@HOST/DB, mysql://..."
+        )
+    if base == "journal":
+        return _open_journal(url, rest)
+    if base == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path or path == ":memory:":
+            raise StorageError(
+                f"storage URL {mask_url(url)!r} must name a file (sqlite:///FILE.db); an in-memory "
+                "database cannot be shared or resumed."
+            )
+        try:
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot create the folder of storage {mask_url(url)!r}: {err.strerror}.") from None
+    return _open_rdb(url, base, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+
+
+def _open_journal(url: str, path_text: str) -> BaseStorage:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not path_text:
+        raise StorageError(f"storage URL {mask_url(url)!r} must name a file: journal:///path/to/file.log.")
+    path = Path(path_text).expanduser()
+    if path.is_dir():
+        raise StorageError(f"journal storage {str(path)!r} is a folder; name a file such as {str(path / 'campaign.log')!r}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as err:
+        raise StorageError(f"cannot open journal storage {str(path)!r}: {err.strerror or err}.") from None
+
+
+def _open_rdb(url: str, base: str, *, heartbeat_interval: int, grace_period: int) -> BaseStorage:
+    import sqlalchemy.exc
+
+    engine_kwargs: dict[str, Any] = {}
+    if base == "sqlite":
+        # Several processes may write the same file: wait for the lock rather than fail at once.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=requeue_trial,
+            )
+    except ImportError as err:
+        driver = {"postgresql": "psycopg2-binary (pip install 'ghn-nas[postgres]')", "mysql": "PyMySQL"}.get(base, "")
+        raise StorageError(
+            f"storage {mask_url(url)!r} needs a database driver that is not installed"
+            + (f": install {driver}" if driver else "")
+            + f" ({_scrub(str(err.__cause__ or err), url)})."
+        ) from None
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError, OSError) as err:
+        detail = _scrub(str(getattr(err, "orig", None) or err), url).split(" (Background on this error")[0]
+        raise StorageError(f"cannot open storage {mask_url(url)!r}: {type(err).__name__}: {detail}") from None
+
+
+# ---------------------------------------------------------------- liveness
+
+
+def new_worker_id() -> str:
+    """A fresh worker identity ``host:pid:token`` for the trials this process runs."""
+    token = uuid.uuid4().hex[:8]
+    return f"{socket.gethostname()}:{os.getpid()}:{token}"
+
+
+@contextlib.contextmanager
+def worker_session() -> Iterator[str]:
+    """Yield a new worker identity that counts as alive until the block ends.
+
+    A RUNNING trial held by an identity of this process whose block has ended
+    (an interrupted run in the same Python session) is stale at once.
+    """
+    worker = new_worker_id()
+    token = worker.rsplit(":", 1)[-1]
+    _ACTIVE_TOKENS.add(token)
+    try:
+        yield worker
+    finally:
+        _ACTIVE_TOKENS.discard(token)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def _worker_dead(worker: Any) -> bool:
+    """Whether ``worker`` (``host:pid:token``) certainly no longer runs."""
+    if not isinstance(worker, str) or worker.count(":") < 2:
+        return False
+    host, pid_text, token = worker.rsplit(":", 2)
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return token not in _ACTIVE_TOKENS
+    return not _pid_alive(pid)
+
+
+def is_stale(trial: FrozenTrial, *, grace_period: float, now: float | None = None) -> bool:
+    """Whether a RUNNING trial belongs to a worker that died.
+
+    It is stale when its worker was a process on this host that is gone, or when
+    its last heartbeat (or, without one, its start) is older than ``grace_period``.
+    """
+    if trial.state != TrialState.RUNNING:
+        return False
+    if _worker_dead(trial.user_attrs.get(WORKER_ATTR)):
+        return True
+    now = time.time() if now is None else now
+    beat = trial.user_attrs.get(HEARTBEAT_ATTR)
+    if isinstance(beat, (int, float)):
+        return now - float(beat) > grace_period
+    if trial.datetime_start is not None:
+        return now - trial.datetime_start.timestamp() > grace_period
+    return False
+
+
+def requeue_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Put the candidate of a failed trial back in the queue as a WAITING trial.
+
+    Used as the ``heartbeat_stale_trial_callback`` of SQL storages and by
+    :func:`reap_stale_trials`. The new trial gets the same choices and the
+    campaign's user attributes (not the worker's), plus ``nas_retry_of``.
+
+    Args:
+        study: The study of the trial.
+        trial: The trial, already in state FAIL.
+
+    Returns:
+        Whether a trial was enqueued (not when the choices are unknown or the
+        candidate was retried :data:`MAX_RETRIES` times already).
+    """
+    params = trial.user_attrs.get("choices") or trial.params
+    if not params:
+        logger.info("trial %d of %s failed before its choices were made; not re-queued", trial.number, study.study_name)
+        return False
+    retries = int(trial.user_attrs.get(RETRIES_ATTR, 0)) + 1
+    if retries > MAX_RETRIES:
+        logger.warning(
+            "trial %d of %s failed %d times; its candidate is not re-queued again", trial.number, study.study_name, retries
+        )
+        return False
+    keep = {k: v for k, v in trial.user_attrs.items() if k in QUEUE_ATTRS}
+    keep.update({RETRIES_ATTR: retries, RETRY_OF_ATTR: trial.number})
+    study.enqueue_trial(params=dict(params), user_attrs=keep, skip_if_exists=False)
+    logger.info("re-queued the candidate of dead trial %d of %s", trial.number, study.study_name)
+    return True
+
+
+def reap_stale_trials(study: optuna.Study, *, grace_period: float) -> list[int]:
+    """Fail the RUNNING trials of dead workers and re-queue their candidates.
+
+    Args:
+        study: The study to clean.
+        grace_period: Seconds without a heartbeat after which a trial is dead.
+
+    Returns:
+        The numbers of the trials this call failed.
+    """
+    now = time.time()
+    failed: list[int] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_stale(trial, grace_period=grace_period, now=now):
+            continue
+        try:
+            frozen = study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another process finished or reaped it first
+        logger.warning(
+            "trial %d of %s was left RUNNING by a dead worker (%s); marked FAIL",
+            trial.number,
+            study.study_name,
+            trial.user_attrs.get(WORKER_ATTR, "unknown"),
+        )
+        requeue_trial(study, frozen)
+        failed.append(trial.number)
+    return failed
+
+
+class Heartbeat:
+    """Mark trials as held by this worker and refresh their heartbeat in a thread.
+
+    Args:
+        trials: The trials held (``optuna.Trial`` objects from ``ask``/``optimize``).
+        worker: This worker's identity (:func:`new_worker_id`).
+        interval: Seconds between heartbeats.
+
+    Example:
+        >>> with Heartbeat([trial], worker, interval=30):  # doctest: +SKIP
+        ...     long_computation()
+    """
+
+    def __init__(self, trials: Sequence[optuna.Trial], worker: str, *, interval: float) -> None:
+        self.trials = list(trials)
+        self.worker = worker
+        self.interval = float(interval)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _beat(self, trials: Iterable[optuna.Trial]) -> None:
+        now = time.time()
+        for trial in trials:
+            try:
+                trial.set_user_attr(HEARTBEAT_ATTR, now)
+            except Exception as err:  # a finished trial or a storage hiccup must not kill the worker
+                logger.debug("heartbeat of trial %d skipped: %s", trial.number, err)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat(self.trials)
+
+    def __enter__(self) -> Heartbeat:
+        for trial in self.trials:
+            trial.set_user_attr(WORKER_ATTR, self.worker)
+        self._beat(self.trials)
+        self._thread = threading.Thread(target=self._run, name="nas-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

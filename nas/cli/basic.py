@@ -1,0 +1,302 @@
+"""Basic subcommands: ``nas spaces``, ``nas sample``, ``nas draw`` and ``nas train``.
+
+``--space`` takes a built-in name (see ``nas spaces``), ``module:attr`` or
+``path/to/file.py:attr``; ``--space-arg KEY=VALUE`` (repeatable) passes a
+setting to the space, the value read as an int, a float, a bool
+(``true``/``false``) or else a string. ``--dataset`` names a dataset of
+:func:`nas.data.load_dataset`; the space is then built for its image shape and
+number of classes.
+
+Examples::
+
+    nas spaces
+    nas sample --space nb201 -n 5 --seed 0 > candidates.jsonl
+    nas draw --space darts --seed 3 -o cell.png
+    nas train --space nb201 --dataset digits --epochs 1 --space-arg C=16
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nas.space import SearchSpace, builtin_spaces, load_space
+
+__all__ = [
+    "add_parsers",
+    "add_space_arguments",
+    "parse_space_args",
+    "space_from_args",
+    "run_draw",
+    "run_sample",
+    "run_spaces",
+    "run_train",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File types ``nas draw`` writes, by suffix.
+DRAW_FORMATS = (".png", ".pdf")
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def add_space_arguments(parser: argparse.ArgumentParser, *, default: str | None = "nb201") -> None:
+    """Add ``--space`` and ``--space-arg`` to ``parser`` (shared by the subcommands that need a space)."""
+    parser.add_argument(
+        "--space",
+        default=default,
+        required=default is None,
+        metavar="SPACE",
+        help=f"built-in space ({', '.join(builtin_spaces())}), 'module:attr' or 'file.py:attr'"
+        + (f" (default: {default})" if default else ""),
+    )
+    parser.add_argument(
+        "--space-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the space, e.g. C=16 (repeatable)",
+    )
+
+
+def _parse_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def parse_space_args(items: Sequence[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings into space settings.
+
+    Args:
+        items: Strings such as ``"C=16"``; values become int, float, bool or str.
+
+    Returns:
+        The settings by key.
+
+    Raises:
+        ValueError: An item has no ``=``, an empty key, or repeats a key.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"`--space-arg` must be KEY=VALUE with KEY a name, but got {item!r}.")
+        if key in out:
+            raise ValueError(f"`--space-arg` sets {key!r} twice.")
+        out[key] = _parse_value(value.strip())
+    return out
+
+
+def space_from_args(args: argparse.Namespace, data: Any = None) -> SearchSpace:
+    """Resolve ``args.space`` with ``args.space_arg`` settings, shaped for ``data`` when given.
+
+    Args:
+        args: Parsed arguments holding ``space`` and ``space_arg``.
+        data: A :class:`nas.data.Dataset` whose ``input_shape`` and
+            ``num_classes`` the space must use, or ``None`` for the space's defaults.
+
+    Returns:
+        The search space.
+
+    Raises:
+        SpaceError: The space cannot be resolved or rejects its settings.
+    """
+    settings = parse_space_args(args.space_arg)
+    if data is not None:
+        return load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes, **settings)
+    return load_space(args.space, **settings)
+
+
+def _load_data(name: str | None, *, seed: int = 0, max_train: int | None = None) -> Any:
+    if name is None:
+        return None
+    from nas.data import load_dataset
+
+    return load_dataset(name, seed=seed, max_train=max_train)
+
+
+def _format_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    return f"{size:,}" if size < 10**9 else f"{size:.2e}"
+
+
+def _summary(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return doc.strip().splitlines()[0].replace("``", "") if doc.strip() else ""
+
+
+# --------------------------------------------------------------------------- spaces
+
+
+def run_spaces(args: argparse.Namespace) -> int:
+    """Print a table of the built-in spaces: name, size, description and default settings."""
+    rows = []
+    for name, cls in builtin_spaces().items():
+        space = cls()
+        rows.append(
+            {
+                "name": name,
+                "size": _format_size(space.size()),
+                "description": _summary(cls),
+                "settings": ", ".join(f"{k}={v}" for k, v in space.settings.items()),
+            }
+        )
+    table = pd.DataFrame(rows, columns=["name", "size", "description", "settings"])
+    widths = {col: max(len(col), *(len(v) for v in table[col])) for col in table.columns}
+    left = {col: (lambda v, w=w: f"{v:<{w}}") for col, w in widths.items()}
+    print(table.to_string(index=False, justify="left", formatters=left))
+    return 0
+
+
+# --------------------------------------------------------------------------- sample
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """Print ``-n`` distinct candidates as JSON lines ``{"key", "params", "graph"}``."""
+    if args.n < 1:
+        raise ValueError(f"`-n` must be positive, but got {args.n}.")
+    space = space_from_args(args, _load_data(args.dataset))
+    for cand in space.sample_many(args.n, seed=args.seed):
+        line = {"key": cand.graph.key, "params": cand.params, "graph": cand.graph.to_dict()}
+        print(json.dumps(line, sort_keys=False))
+    return 0
+
+
+# --------------------------------------------------------------------------- draw
+
+
+def _output_path(path: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in DRAW_FORMATS:
+        raise ValueError(f"`-o` must end in {' or '.join(DRAW_FORMATS)}, but got {path!r}.")
+    folder = out.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder {str(folder)!r} does not exist; create it first.")
+    return out
+
+
+def run_draw(args: argparse.Namespace) -> int:
+    """Draw the candidate of ``--seed`` to a PNG or PDF file."""
+    from nas.draw import draw_graph
+
+    out = _output_path(args.output)
+    space = space_from_args(args, _load_data(args.dataset))
+    cand = space.sample(args.seed)
+    ax = draw_graph(cand.graph)
+    ax.figure.savefig(out, bbox_inches="tight", dpi=args.dpi)
+    print(f"wrote {out} ({len(cand.graph)} nodes, key {cand.graph.key[:12]})")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train the candidate of ``--seed`` and print its size and metrics."""
+    import torch
+
+    from nas.network import Network
+    from nas.training import TrainConfig, train
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        progress=sys.stderr.isatty() and not args.json,
+    )
+    data = _load_data(args.dataset, seed=args.data_seed, max_train=args.max_train)
+    space = space_from_args(args, data)
+    cand = space.sample(args.seed)
+    graph = cand.graph
+    torch.manual_seed(args.seed)
+    model = Network(graph)
+    logger.info("training candidate %s of %r on %s", graph.key[:12], space, data.name)
+    result = train(model, data, config)
+    report: dict[str, Any] = {
+        "space": space.name,
+        "dataset": data.name,
+        "seed": args.seed,
+        "key": graph.key,
+        "params": graph.num_params(),
+        "flops": graph.flops(),
+        "val_acc": result.val_acc,
+        "val_loss": result.val_loss,
+        "test_acc": result.test_acc,
+        "test_loss": result.test_loss,
+        "train_loss": result.train_loss,
+        "steps": result.steps,
+        "wall_time": result.wall_time,
+        "failed": result.failed,
+    }
+    if result.error:
+        report["error"] = result.error
+    if args.json:
+        report["choices"] = cand.params
+        print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}))
+    else:
+        shown = dict(report, key=graph.key[:12], params=f"{report['params']:,}", flops=f"{report['flops']:,}")
+        for name in ("val_acc", "val_loss", "test_acc", "test_loss", "train_loss"):
+            shown[name] = f"{report[name]:.4f}"
+        shown["wall_time"] = f"{report['wall_time']:.1f} s"
+        print(pd.Series(shown, dtype=object).to_string())
+    return 1 if result.failed else 0
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``spaces``, ``sample``, ``draw`` and ``train`` on the ``nas`` parser's subparsers."""
+    p = subparsers.add_parser("spaces", help="list the built-in search spaces", description=run_spaces.__doc__)
+    p.set_defaults(func=run_spaces)
+
+    p = subparsers.add_parser(
+        "sample", help="print random candidates as JSON lines", description=run_sample.__doc__
+    )
+    add_space_arguments(p)
+    p.add_argument("-n", type=int, default=1, help="number of distinct candidates (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--dataset", default=None, help="shape the space for this dataset (default: 1x28x28, 10 classes)")
+    p.set_defaults(func=run_sample)
+
+    p = subparsers.add_parser("draw", help="draw one candidate's graph", description=run_draw.__doc__)
+    add_space_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the candidate (default: 0)")
+    p.add_argument("-o", "--output", required=True, help="output file, .png or .pdf")
+    p.add_argument("--dataset", default=None, help="shape the space for this dataset (default: 1x28x28, 10 classes)")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of a PNG (default: 100)")
+    p.set_defaults(func=run_draw)
+
+    p = subparsers.add_parser("train", help="train one sampled candidate", description=run_train.__doc__)
+    add_space_arguments(p)
+    p.add_argument("--dataset", default="mnist5k", help="dataset name (default: mnist5k)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidate and of training (default: 0)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default: 0)")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
+    p.add_argument("--epochs", type=float, default=3, help="training epochs (default: 3)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default: 0.05)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=run_train)

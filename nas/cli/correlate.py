@@ -1,0 +1,196 @@
+"""``nas correlate``: rank correlation of the GHN and the baselines with trained ground truth.
+
+Example:
+    nas correlate --space nb201 --dataset mnist5k --archs 100 --epochs 3 --seeds 2 --out runs/corr
+
+Samples ``--archs`` candidates, trains each ``--seeds`` times for ``--epochs``
+(cached in ``OUT/ground_truth.sqlite``, so a rerun resumes), scores them with
+every method, prints the summary table and writes ``candidates.csv``,
+``summary.csv``, ``summary.json`` and ``figures/`` to ``OUT``. Without
+``--ghn`` a default GHN is meta-trained (or reused) at ``OUT/ghn.pt`` with the
+evaluated candidates held out of meta-training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers", "run_correlate"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``nas correlate``."""
+    p = subparsers.add_parser(
+        "correlate",
+        help="rank correlation of the GHN and baselines with trained ground truth",
+        description=__doc__.split("\n\n", 1)[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--space", required=True, help="search space: built-in name, module:attr or file.py:attr")
+    p.add_argument("--dataset", required=True, help="dataset name (digits, mnist5k, mnist:PATH, cifar10:PATH)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (tables, figures, caches)")
+    p.add_argument("--archs", type=int, default=100, help="candidates to sample and evaluate")
+    p.add_argument("--epochs", type=float, default=3.0, help="ground-truth training epochs")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per candidate")
+    p.add_argument("--ghn", type=Path, default=None, help="GHN checkpoint for 'ghn' (default: train or reuse OUT/ghn.pt)")
+    p.add_argument("--ghn-plain", type=Path, default=None, help="GHN checkpoint for 'ghn_plain'")
+    p.add_argument(
+        "--methods", default=None,
+        help="comma-separated scorers (default: every built-in; 'ghn_plain' only with --ghn-plain); "
+        "see nas.evaluation.scorer_names()",
+    )
+    p.add_argument("--workers", type=int, default=1, help="parallel processes training the ground truth")
+    p.add_argument("--space-arg", action="append", default=[], metavar="K=V", help="search-space setting (repeatable)")
+    p.add_argument("--device", default="cpu", help="torch device to train and score on")
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidate sample, scorers and bootstrap")
+    p.add_argument("--cache", type=Path, default=None, help="ground-truth cache (default OUT/ground_truth.sqlite)")
+    p.add_argument("--batch-size", type=int, default=64, help="minibatch size of the zero-cost proxies")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
+    p.add_argument("--no-figures", action="store_true", help="write the tables only")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run_correlate)
+
+
+def _space_args(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"`--space-arg` must be K=V, but got {item!r}.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a bare word is a string
+        out[key.strip()] = value
+    return out
+
+
+def _load_ghn(path: Path, space: Any, device: str) -> Any:
+    try:
+        from nas.ghn import GHN
+    except ImportError as err:
+        raise ValueError(f"`--ghn` needs the nas.ghn package, which cannot be imported: {err}") from None
+    ghn = GHN.load(path, map_location=device)
+    ghn.check_compatible(space)
+    return ghn
+
+
+def _default_ghn(space: Any, data: Any, path: Path, held_out: list[Any], *, progress: bool) -> Any:
+    """Load or meta-train the default GHN at ``path``, never training on ``held_out``.
+
+    The checkpoint lives in the output folder, not the shared default path:
+    a GHN there was meta-trained with exactly these candidates held out.
+    """
+    try:
+        from nas.ghn import ensure_ghn, meta_train
+    except ImportError as err:
+        raise ValueError(
+            f"the default GHN needs the nas.ghn package, which cannot be imported ({err}); "
+            "pass `--ghn PATH`, or `--methods` without ghn."
+        ) from None
+    logger.info("default GHN at %s (the %d evaluated candidates are held out)", path, len(held_out))
+    if "held_out" in inspect.signature(ensure_ghn).parameters:
+        return ensure_ghn(space, data, path=path, progress=progress, held_out=held_out)
+    # ensure_ghn without `held_out`: meta_train resumes or reuses the checkpoint itself.
+    return meta_train(space, data, None, out=path, resume=True, progress=progress, held_out=held_out).eval()
+
+
+def run_correlate(args: argparse.Namespace) -> int:
+    """Run ``nas correlate``; returns the exit code."""
+    import pandas as pd
+
+    from nas.data import load_dataset
+    from nas.evaluation import (
+        DEFAULT_METHODS,
+        correlate,
+        sample_candidates,
+        scorer_names,
+        write_results,
+    )
+    from nas.space import load_space
+    from nas.training import TrainConfig
+
+    for name in ("archs", "seeds", "workers", "batch_size"):
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"`--{name.replace('_', '-')}` must be at least 1, but got {value}.")
+    if args.archs < 2:
+        raise ValueError(f"`--archs` must be at least 2, but got {args.archs}.")
+    if not args.epochs > 0:
+        raise ValueError(f"`--epochs` must be positive, but got {args.epochs}.")
+    progress = not args.no_progress
+
+    if args.methods is not None:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in scorer_names()]
+        if unknown or not methods:
+            raise ValueError(
+                f"`--methods` has unknown scorers {unknown or [args.methods]}; valid: {', '.join(scorer_names())}."
+            )
+    else:
+        methods = [m for m in DEFAULT_METHODS if m != "ghn_plain" or args.ghn_plain is not None]
+    if "ghn_plain" in methods and args.ghn_plain is None:
+        raise ValueError("method 'ghn_plain' needs a checkpoint: pass `--ghn-plain PATH`.")
+
+    data = load_dataset(args.dataset, seed=0, max_train=args.max_train)
+    space = load_space(
+        args.space, input_shape=data.input_shape, num_classes=data.num_classes, **_space_args(args.space_arg)
+    )
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    graphs = sample_candidates(space, args.archs, seed=args.seed)
+
+    ghns: dict[str, Any] = {}
+    if "ghn" in methods:
+        if args.ghn is not None:
+            ghns["ghn"] = _load_ghn(args.ghn, space, args.device)
+        else:
+            ghns["ghn"] = _default_ghn(space, data, out / "ghn.pt", graphs, progress=progress)
+    if "ghn_plain" in methods:
+        ghns["ghn_plain"] = _load_ghn(args.ghn_plain, space, args.device)
+
+    result = correlate(
+        space,
+        data,
+        archs=graphs,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        scorers=methods,
+        cache_path=args.cache or out / "ground_truth.sqlite",
+        ghn=ghns or None,
+        seed=args.seed,
+        progress=progress,
+        workers=args.workers,
+        train_config=TrainConfig(device=args.device),
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    paths = write_results(result, out, figures=not args.no_figures)
+
+    gt = result.summary_json["ground_truth"]
+    ceiling = result.summary_json["noise_ceiling"]
+    table = result.summary[["kendall", "kendall_lo", "kendall_hi", "spearman", "top10_precision", "seconds_per_candidate"]]
+    table = table.sort_values("kendall", ascending=False)
+    with pd.option_context("display.width", 120, "display.max_rows", 200):
+        print(
+            f"{len(graphs)} candidates ({gt['n_failed']} failed), {args.epochs:g} epochs x {args.seeds} seeds on "
+            f"{data.name}; training one candidate once: {gt['seconds_per_run'] or float('nan'):.2f} s"
+        )
+        print(
+            f"noise ceiling (seed vs seed): kendall {_fmt(ceiling['kendall'])} "
+            f"[{_fmt(ceiling['kendall_lo'])}, {_fmt(ceiling['kendall_hi'])}], spearman {_fmt(ceiling['spearman'])}"
+        )
+        print(table.to_string(float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {paths['summary_json']} and {len(paths) - 3} figure files to {out}")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,95 @@
+"""Evaluation: how well do cheap scorers rank candidates, compared with training them?
+
+The flow: sample candidates -> train each from scratch (cached ground truth,
+:mod:`~nas.evaluation.ground_truth`) -> score them with every method
+(:mod:`~nas.evaluation.scorers`, zero-cost :mod:`~nas.evaluation.proxies`, the
+GHN) -> rank agreement with confidence intervals (:mod:`~nas.evaluation.metrics`)
+-> tables (:mod:`~nas.evaluation.correlate`) -> figures (:mod:`~nas.evaluation.plots`).
+"""
+
+from __future__ import annotations
+
+from nas.evaluation.correlate import (
+    DEFAULT_METHODS,
+    GHN_METHODS,
+    REPORTED_METHODS,
+    CorrelationResult,
+    correlate,
+    sample_candidates,
+    summarize,
+    write_results,
+)
+from nas.evaluation.ground_truth import (
+    GroundTruthCache,
+    GroundTruthRecord,
+    budget_key,
+    dataset_key,
+    train_candidate,
+)
+from nas.evaluation.metrics import Estimate, kendall, noise_ceiling, ranking_scores, spearman, top_k_precision
+from nas.evaluation.plots import plot_method_bars, plot_score_vs_truth, save_figure
+from nas.evaluation.proxies import (
+    PROXIES,
+    ProxyScorer,
+    grad_norm,
+    jacob_cov,
+    naswot,
+    prunable_weights,
+    snip,
+    synflow,
+)
+from nas.evaluation.scorers import (
+    FlopsScorer,
+    GHNScorer,
+    ParamsScorer,
+    RandomScorer,
+    Scorer,
+    ShortTrainingScorer,
+    build_scorers,
+    get_scorer,
+    register_scorer,
+    scorer_names,
+)
+
+__all__ = [
+    "CorrelationResult",
+    "DEFAULT_METHODS",
+    "Estimate",
+    "FlopsScorer",
+    "GHNScorer",
+    "GHN_METHODS",
+    "GroundTruthCache",
+    "GroundTruthRecord",
+    "PROXIES",
+    "ParamsScorer",
+    "ProxyScorer",
+    "REPORTED_METHODS",
+    "RandomScorer",
+    "Scorer",
+    "ShortTrainingScorer",
+    "budget_key",
+    "build_scorers",
+    "correlate",
+    "dataset_key",
+    "get_scorer",
+    "grad_norm",
+    "jacob_cov",
+    "kendall",
+    "naswot",
+    "noise_ceiling",
+    "plot_method_bars",
+    "plot_score_vs_truth",
+    "prunable_weights",
+    "ranking_scores",
+    "register_scorer",
+    "sample_candidates",
+    "save_figure",
+    "scorer_names",
+    "snip",
+    "spearman",
+    "summarize",
+    "synflow",
+    "top_k_precision",
+    "train_candidate",
+    "write_results",
+]

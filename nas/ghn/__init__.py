@@ -1,0 +1,48 @@
+"""The graph hypernetwork (GHN): parameters for unseen architectures in one forward pass.
+
+A GHN-2-style model (Knyazev et al., "Parameter Prediction for Unseen Deep
+Architectures", NeurIPS 2021) built on PyTorch Geometric. It reads a batch of
+:class:`~nas.graph.ArchGraph` candidates and predicts every parameter tensor
+of their compiled :class:`~nas.network.Network`, so that candidates can be
+ranked by their accuracy with predicted weights, without training each one.
+
+Modules, in the order data flows through them:
+
+* ``_graphs``: graph -> PyG ``Data`` (with virtual edges) + parameter list, cached;
+* ``_encoder``: node embeddings (op + parameter shape + numeric features);
+* ``_message_passing``: direction-aware gated message passing (``GatedDAGConv``);
+* ``_decoder``: node state -> parameter tensors of any shape, normalised per op;
+* ``_model``: :class:`GHN`, :class:`GHNConfig`, prediction and checkpoints;
+* ``_predicted``: running networks with predicted weights (batch-norm statistics
+  from training images, see that module's docstring);
+* ``_meta_train``: :class:`MetaTrainConfig`, :func:`meta_train`;
+* ``_default``: :func:`default_ghn_path`, :func:`ensure_ghn`.
+
+Example:
+    >>> from nas.ghn import GHN, GHNConfig
+    >>> ghn = GHN(GHNConfig(hidden=32, layers=2), space_info={})
+"""
+
+from __future__ import annotations
+
+from nas.ghn._decoder import WeightDecoder
+from nas.ghn._default import default_ghn_path, ensure_ghn
+from nas.ghn._encoder import NodeEncoder, ShapeEncoder
+from nas.ghn._message_passing import GatedDAGConv
+from nas.ghn._meta_train import MetaTrainConfig, meta_train
+from nas.ghn._model import GHN, GHNConfig
+from nas.ghn._predicted import calibrate_batch_norm
+
+__all__ = [
+    "GHN",
+    "GHNConfig",
+    "GatedDAGConv",
+    "MetaTrainConfig",
+    "NodeEncoder",
+    "ShapeEncoder",
+    "WeightDecoder",
+    "calibrate_batch_norm",
+    "default_ghn_path",
+    "ensure_ghn",
+    "meta_train",
+]

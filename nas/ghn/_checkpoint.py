@@ -1,0 +1,95 @@
+"""Reading and writing GHN checkpoint files safely.
+
+A checkpoint is a ``torch.save`` file holding only plain containers, strings,
+numbers and tensors, so it is read with ``torch.load(weights_only=True)``:
+a file that tries to unpickle a class (code) is refused. Writes are atomic: the
+payload goes to a temporary file in the target folder, which then replaces the
+target with :func:`os.replace`, so a run killed mid-write leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas.exceptions import CheckpointError
+
+__all__ = ["FORMAT", "VERSION", "read_checkpoint", "write_checkpoint"]
+
+#: Value of the ``"format"`` entry of every GHN checkpoint.
+FORMAT = "ghn-nas/ghn"
+#: Newest checkpoint version this code reads and the one it writes.
+VERSION = 1
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    first = text.split(". ")[0]
+    return (first[:200] + "...") if len(first) > 200 else first or type(err).__name__
+
+
+def write_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomically write ``payload`` to ``path`` (parent folders are created).
+
+    Args:
+        path: Target file.
+        payload: Plain containers, numbers, strings and tensors only.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check the envelope of a GHN checkpoint.
+
+    Args:
+        path: Checkpoint file.
+        map_location: Where tensors are loaded.
+
+    Returns:
+        The payload; its ``format`` and ``version`` were checked and it has
+        ``config``, ``space_info`` and ``state_dict`` entries of the right types.
+
+    Raises:
+        CheckpointError: The file is missing, unreadable, truncated, corrupt,
+            holds pickled code, is not a GHN checkpoint of this package or is
+            from a newer version. The message is one line naming the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"GHN checkpoint {str(path)!r} does not exist or is not a file.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, pickled classes, garbage bytes, ... all mean "not ours"
+        raise CheckpointError(
+            f"GHN checkpoint {str(path)!r} cannot be read safely ({type(err).__name__}: {_one_line(err)})."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{str(path)!r} is not a ghn-nas GHN checkpoint (format {found!r}, expected {FORMAT!r})."
+        )
+    version = payload.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
+        raise CheckpointError(
+            f"GHN checkpoint {str(path)!r} has version {version!r}; this ghn-nas reads versions 1..{VERSION}."
+        )
+    for key, kind in (("config", dict), ("space_info", dict), ("state_dict", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(f"GHN checkpoint {str(path)!r} lacks a valid {key!r} entry.")
+    return payload

@@ -1,0 +1,169 @@
+"""Weight decoder: from a node's state to the parameter tensors the node owns.
+
+Every node state goes through a shared MLP; a head per parameter kind (see
+:data:`nas.ops.PARAM_KINDS`) then produces the tensor. Heads are factorised so
+that one set of weights serves every shape a search space produces:
+
+* ``conv`` ``(O, I, kh, kw)``: a Tucker factorisation
+  ``W[o, i] = sum_ab U[o, a] C[a, b] V[i, b] / r``, where the out factor
+  ``U [M, r]``, in factor ``V [M, r]`` and core ``C [r, r, K, K]`` come from
+  the node state (``M = max_channels``, ``K = max_kernel``, ``r = rank``). The
+  core is cropped to the centre ``kh x kw`` window, and channel ``o`` uses row
+  ``o mod M`` of ``U`` (likewise for ``V``): targets up to ``M`` channels are
+  slices of the max-size tensor, larger ones tile it, as in GHN-2.
+* ``linear`` ``(O, I)``: the same without the spatial part.
+* ``bias``, ``norm_weight``, ``norm_bias`` ``(C,)``: a vector of ``M``
+  entries, sliced or tiled to ``C``.
+
+Only the slice a target needs is ever computed: decoding is batched per
+``(kind, shape)`` group, one einsum over all tensors of the group.
+
+The raw output is normalised per operation as in GHN-2 (Knyazev et al.,
+NeurIPS 2021, "operation-dependent normalisation"): ``conv`` weights are
+scaled by ``sqrt(2 / fan_in)`` (He/Kaiming), ``linear`` weights by
+``sqrt(1 / fan_in)``, norm weights are squashed to ``1 + tanh(raw)`` (near 1)
+and biases to ``tanh(raw)`` (near 0). The decoder is initialised so that the
+raw tensors have about unit variance, which makes freshly initialised
+predictions look like a standard initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nas.exceptions import CheckpointError
+from nas.ops import PARAM_KINDS
+
+__all__ = ["WeightDecoder", "normalise"]
+
+VECTOR_KINDS = ("bias", "norm_weight", "norm_bias")
+
+
+def normalise(kind: str, raw: Tensor, shape: Sequence[int]) -> Tensor:
+    """GHN-2 operation-dependent normalisation of a raw decoded tensor.
+
+    Args:
+        kind: Parameter kind.
+        raw: Raw tensors ``[P, *shape]`` of about unit variance.
+        shape: Target shape of one tensor.
+
+    Returns:
+        The normalised tensors, same shape.
+    """
+    if kind == "conv":
+        fan_in = math.prod(shape[1:])
+        return raw * math.sqrt(2.0 / fan_in)
+    if kind == "linear":
+        return raw * math.sqrt(1.0 / shape[1])
+    if kind == "norm_weight":
+        return 1.0 + torch.tanh(raw)
+    if kind in ("bias", "norm_bias"):
+        return torch.tanh(raw)
+    raise ValueError(f"`kind` must be one of {PARAM_KINDS}, but got {kind!r}.")
+
+
+def _tile(n: int, m: int, device: torch.device) -> Tensor:
+    """Row indices ``0..n-1 mod m``: slices when ``n <= m``, tiles beyond."""
+    return torch.arange(n, device=device) % m
+
+
+class WeightDecoder(nn.Module):
+    """Decodes parameter tensors of any shape from node states.
+
+    Args:
+        hidden: Width of node states.
+        max_channels: ``M``: channels decoded before tiling starts.
+        max_kernel: ``K``: largest kernel size a ``conv`` tensor may have.
+        rank: ``r``: rank of the channel factors.
+        max_slots: Distinct tensors of one kind a node may own.
+
+    Shapes:
+        - input: ``h [P, hidden]`` states of the nodes owning the ``P`` tensors
+          of one ``(kind, shape)`` group
+        - output: ``[P, *shape]``
+    """
+
+    def __init__(self, hidden: int, *, max_channels: int, max_kernel: int, rank: int, max_slots: int = 4) -> None:
+        super().__init__()
+        self.hidden, self.max_channels, self.max_kernel, self.rank = hidden, max_channels, max_kernel, rank
+        M, K, r = max_channels, max_kernel, rank
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden), nn.LayerNorm(hidden)
+        )
+        self.slot = nn.Embedding(max_slots, hidden)
+        self.conv_out = nn.Linear(hidden, M * r)
+        self.conv_in = nn.Linear(hidden, M * r)
+        self.conv_core = nn.Linear(hidden, r * r * K * K)
+        self.linear_out = nn.Linear(hidden, M * r)
+        self.linear_in = nn.Linear(hidden, M * r)
+        self.linear_core = nn.Linear(hidden, r * r)
+        self.vector = nn.ModuleDict({kind: nn.Linear(hidden, M) for kind in VECTOR_KINDS})
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in self.mlp:
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        nn.init.zeros_(self.slot.weight)
+        std = 1.0 / math.sqrt(self.hidden)  # unit-variance outputs from layer-normed inputs
+        for head in (self.conv_out, self.conv_in, self.conv_core, self.linear_out, self.linear_in, self.linear_core):
+            nn.init.normal_(head.weight, std=std)
+            nn.init.zeros_(head.bias)
+        for head in self.vector.values():
+            nn.init.normal_(head.weight, std=0.1 * std)  # norms start near 1, biases near 0
+            nn.init.zeros_(head.bias)
+
+    def forward(self, h: Tensor, kind: str, shape: Sequence[int], slot: int = 0) -> Tensor:
+        z = self.mlp(h)
+        if slot:
+            z = z + self.slot.weight[min(slot, self.slot.num_embeddings - 1)]
+        if kind == "conv":
+            raw = self._conv(z, shape)
+        elif kind == "linear":
+            raw = self._linear(z, shape)
+        elif kind in VECTOR_KINDS:
+            (C,) = shape
+            raw = self.vector[kind](z)[:, _tile(C, self.max_channels, z.device)]
+        else:
+            raise ValueError(f"`kind` must be one of {PARAM_KINDS}, but got {kind!r}.")
+        return normalise(kind, raw, shape)
+
+    def _factors(self, z: Tensor, out_head: nn.Linear, in_head: nn.Linear, O: int, I: int) -> tuple[Tensor, Tensor]:
+        P, M, r = z.size(0), self.max_channels, self.rank  # tensors, max channels, rank
+        U = out_head(z).view(P, M, r)[:, _tile(O, M, z.device)]  # [P, O, r]
+        V = in_head(z).view(P, M, r)[:, _tile(I, M, z.device)]  # [P, I, r]
+        return U, V
+
+    def _conv(self, z: Tensor, shape: Sequence[int]) -> Tensor:
+        O, I, kh, kw = shape  # out channels, in channels per group, kernel
+        K, r = self.max_kernel, self.rank
+        if kh > K or kw > K:
+            raise CheckpointError(f"the GHN decodes kernels up to {K}x{K}, but a tensor needs {kh}x{kw}.")
+        U, V = self._factors(z, self.conv_out, self.conv_in, O, I)
+        # rows of the core head for the centre kh x kw window of the K x K kernel
+        rows = torch.arange(r * r * K * K, device=z.device).view(r * r, K, K)
+        h0, w0 = (K - kh) // 2, (K - kw) // 2
+        rows = rows[:, h0 : h0 + kh, w0 : w0 + kw].reshape(-1)
+        core = F.linear(z, self.conv_core.weight[rows], self.conv_core.bias[rows])
+        core = core.view(-1, r, r, kh * kw)  # [P, r, r, kh*kw]
+        W = torch.einsum("poa,pabs->pobs", U, core)  # [P, O, r, kh*kw]
+        W = torch.einsum("pobs,pib->pois", W, V) / r  # [P, O, I, kh*kw]
+        return W.reshape(-1, O, I, kh, kw)
+
+    def _linear(self, z: Tensor, shape: Sequence[int]) -> Tensor:
+        O, I = shape  # out features, in features
+        r = self.rank
+        U, V = self._factors(z, self.linear_out, self.linear_in, O, I)
+        core = self.linear_core(z).view(-1, r, r)
+        return torch.einsum("poa,pab,pib->poi", U, core, V) / r
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden={self.hidden}, max_channels={self.max_channels}, max_kernel={self.max_kernel}, "
+            f"rank={self.rank}"
+        )

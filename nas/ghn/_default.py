@@ -1,0 +1,108 @@
+"""Where the default GHN of a space and dataset lives, and getting one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nas.exceptions import CheckpointError
+from nas.ghn._meta_train import MetaTrainConfig, meta_train
+from nas.ghn._model import GHN, GHNConfig
+
+if TYPE_CHECKING:
+    from nas.data import Dataset
+    from nas.space import SearchSpace
+
+__all__ = ["default_ghn_path", "ensure_ghn"]
+
+logger = logging.getLogger(__name__)
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("NAS_CACHE_DIR"):
+        return Path(os.environ["NAS_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "ghn-nas"
+
+
+def default_ghn_path(space: SearchSpace | dict[str, Any], dataset_name: str) -> Path:
+    """Path of the auto-trained default GHN for a space and a dataset.
+
+    The file lives in ``$NAS_CACHE_DIR`` (else ``$XDG_CACHE_HOME/ghn-nas``,
+    else ``~/.cache/ghn-nas``) and its name carries the space name, the
+    dataset and a hash of ``space.describe()``, so every space setting, input
+    shape and class count gets its own file.
+
+    Args:
+        space: The search space, or its ``describe()`` dict.
+        dataset_name: Name the dataset was loaded by.
+
+    Returns:
+        The path (which may not exist yet).
+    """
+    info = space if isinstance(space, dict) else space.describe()
+    digest = hashlib.sha256(
+        json.dumps({"space": info, "dataset": dataset_name}, sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{info.get('space', 'space')}-{dataset_name}").strip("_")
+    return _cache_dir() / f"ghn-{slug}-{digest}.pt"
+
+
+def ensure_ghn(
+    space: SearchSpace,
+    data: Dataset,
+    *,
+    path: str | Path | None = None,
+    config: MetaTrainConfig | None = None,
+    ghn_config: GHNConfig | None = None,
+    progress: bool = True,
+) -> GHN:
+    """Load the GHN at ``path`` if it fits ``space`` and ``data``; else meta-train one there.
+
+    A finished, compatible checkpoint is loaded as is. An unfinished
+    meta-training checkpoint (a killed run) is resumed. A corrupt or
+    incompatible one is logged and replaced by a fresh run of the default
+    recipe (or ``config``).
+
+    Args:
+        space: The search space.
+        data: The dataset.
+        path: Checkpoint file (default :func:`default_ghn_path`).
+        config: Meta-training settings (default :class:`MetaTrainConfig`).
+        ghn_config: Model settings (default :class:`GHNConfig`).
+        progress: Show progress bars while meta-training.
+
+    Returns:
+        The GHN, in eval mode.
+    """
+    path = Path(path) if path is not None else default_ghn_path(space, data.name)
+    resume = True
+    if path.exists():
+        try:
+            ghn = GHN.load(path)
+            ghn.check_compatible(space)
+            if ghn.space_info.get("dataset") not in (None, data.name):
+                raise CheckpointError(
+                    f"GHN checkpoint {str(path)!r} was trained on dataset {ghn.space_info.get('dataset')!r}, "
+                    f"not {data.name!r}."
+                )
+            state = ghn.training_state
+            if state is None or state.get("step", 0) >= state.get("steps", 0):
+                logger.info("using the GHN at %s", path)
+                return ghn.eval()
+            logger.info("resuming the unfinished meta-training at %s", path)
+        except CheckpointError as err:
+            logger.warning("%s; meta-training a new GHN at %s", err, path)
+            resume = False
+    else:
+        logger.info("no GHN at %s; meta-training the default recipe (this takes a while)", path)
+    try:
+        return meta_train(space, data, config, ghn_config=ghn_config, out=path, resume=resume, progress=progress)
+    except CheckpointError as err:
+        logger.warning("%s; starting the meta-training over", err)
+        return meta_train(space, data, config, ghn_config=ghn_config, out=path, resume=False, progress=progress)

@@ -1,0 +1,367 @@
+"""The graph hypernetwork: settings, model, prediction and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+
+from nas.exceptions import CheckpointError
+from nas.ghn._checkpoint import FORMAT, VERSION, read_checkpoint, write_checkpoint
+from nas.ghn._decoder import WeightDecoder
+from nas.ghn._encoder import NodeEncoder
+from nas.ghn._graphs import NUM_SHAPE_FEATURES, GraphCache, GraphEntry, graph_entry, graph_id
+from nas.ghn._message_passing import GatedDAGConv, message_adjacency
+from nas.graph import ArchGraph
+from nas.network import Network
+from nas.ops import op_names
+
+if TYPE_CHECKING:
+    from nas.data import Dataset
+    from nas.space import SearchSpace
+
+__all__ = ["GHN", "GHNConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(kw_only=True)
+class GHNConfig:
+    """Settings of a :class:`GHN`; saved in every checkpoint.
+
+    Args:
+        hidden: Width of node embeddings.
+        layers: Rounds of message passing (each round sends messages along
+            data-flow, reversed and virtual edges at once).
+        s_max: Longest shortest-path distance joined by a virtual edge
+            (GHN-2's ``s_max``); 1 disables virtual edges.
+        rank: Rank of the decoder's channel factors.
+        max_channels: Channels decoded before tiling starts; also the last
+            distinct channel bucket of the shape encoder.
+        max_kernel: Largest kernel size the GHN can produce.
+        max_positions: Distinct input positions (of ``concat`` inputs) told apart.
+        ops: Op vocabulary the GHN embeds (defaults to every op of :mod:`nas.ops`).
+        num_features: Width of the numeric node features it reads.
+
+    Raises:
+        ValueError: A setting is out of range.
+    """
+
+    hidden: int = 64
+    layers: int = 4
+    s_max: int = 5
+    rank: int = 8
+    max_channels: int = 64
+    max_kernel: int = 7
+    max_positions: int = 8
+    ops: tuple[str, ...] = dataclasses.field(default_factory=lambda: tuple(op_names()))
+    num_features: int = NUM_SHAPE_FEATURES
+
+    def __post_init__(self) -> None:
+        self.ops = tuple(self.ops)
+        for name in ("hidden", "layers", "s_max", "rank", "max_channels", "max_kernel", "max_positions", "num_features"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "layers" else 1):
+                raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
+        if not self.ops or len(set(self.ops)) != len(self.ops) or not all(isinstance(o, str) for o in self.ops):
+            raise ValueError(f"`ops` must be distinct op names, but got {self.ops!r}.")
+
+
+class GHN(nn.Module):
+    """Graph hypernetwork predicting all parameters of an architecture graph.
+
+    A GHN-2-style model (Knyazev, Drozdzal, Taylor and Romero-Soriano,
+    "Parameter Prediction for Unseen Deep Architectures", NeurIPS 2021) on
+    PyTorch Geometric:
+
+    1. :class:`~nas.ghn._encoder.NodeEncoder`: op embedding + shape encoding of
+       the parameter each node needs + its numeric features;
+    2. ``layers`` rounds of :class:`~nas.ghn._message_passing.GatedDAGConv`
+       over a PyG ``Batch`` of graphs, along data-flow edges, reversed edges and
+       virtual edges (``1 / distance`` weighted, up to ``s_max`` hops);
+    3. :class:`~nas.ghn._decoder.WeightDecoder`: every parameter tensor of every
+       node, decoded per ``(kind, shape)`` group and normalised per operation.
+
+    Graph conversion (``to_pyg``, virtual edges, parameter lists) is cached per
+    graph in a bounded LRU, and so are the compiled :class:`~nas.network.Network`
+    objects used by :meth:`evaluate` and meta-training.
+
+    Args:
+        config: Model settings.
+        space_info: ``space.describe()`` plus ``{"dataset": name}``; stored in
+            checkpoints and checked by :meth:`check_compatible`.
+        cache_size: Graphs (and compiled networks) kept in the caches.
+
+    Shapes:
+        - forward input: a PyG ``Batch`` of :class:`~nas.ghn._graphs.GraphEntry` data
+        - forward output: node states ``[N, hidden]``
+        - :meth:`predict`: one dict per graph, ``name -> tensor`` of the shapes in
+          ``graph.param_specs``
+
+    Example:
+        >>> ghn = GHN(GHNConfig(hidden=16, layers=1), space_info={})
+        >>> from nas.graph import GraphBuilder
+        >>> b = GraphBuilder((1, 8, 8))
+        >>> x = b.add("relu_conv_bn", b.input, out_channels=4, kernel=3)
+        >>> g = b.build(b.add("linear", b.add("global_avg_pool", x), out_features=10))
+        >>> {k: tuple(v.shape) for k, v in ghn.predict([g])[0].items()}["ops.n1.conv.weight"]
+        (4, 1, 3, 3)
+    """
+
+    def __init__(self, config: GHNConfig, *, space_info: dict[str, Any], cache_size: int = 8192) -> None:
+        super().__init__()
+        self.config = config
+        self.space_info: dict[str, Any] = dict(space_info)
+        #: Meta-training evaluations (filled by ``meta_train`` and restored by :meth:`load`).
+        self.history: list[dict[str, Any]] = []
+        #: ``{"step", "steps", "elapsed"}`` of the meta-training run that wrote the checkpoint, if any.
+        self.training_state: dict[str, Any] | None = None
+        c = config
+        self.encoder = NodeEncoder(
+            num_ops=len(c.ops), num_features=c.num_features, hidden=c.hidden,
+            max_channels=c.max_channels, max_kernel=c.max_kernel,
+        )
+        self.layers = nn.ModuleList(GatedDAGConv(c.hidden, max_positions=c.max_positions) for _ in range(c.layers))
+        self.decoder = WeightDecoder(c.hidden, max_channels=c.max_channels, max_kernel=c.max_kernel, rank=c.rank)
+        vocab = {name: i for i, name in enumerate(c.ops)}
+        self.register_buffer(
+            "op_map", torch.tensor([vocab.get(name, -1) for name in op_names()], dtype=torch.long), persistent=False
+        )
+        self._entries: GraphCache[Any, GraphEntry] = GraphCache(cache_size)
+        self._networks: GraphCache[Any, Network] = GraphCache(cache_size)
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the GHN's parameters."""
+        return self.op_map.device
+
+    def extra_repr(self) -> str:
+        space = self.space_info.get("space", "?")
+        return f"space={space!r}, dataset={self.space_info.get('dataset', '?')!r}"
+
+    def entry(self, graph: ArchGraph) -> GraphEntry:
+        """The cached :class:`~nas.ghn._graphs.GraphEntry` of ``graph``."""
+        return self._entries.get(
+            graph_id(graph), lambda: graph_entry(graph, s_max=self.config.s_max, max_positions=self.config.max_positions)
+        )
+
+    def network(self, graph: ArchGraph, device: str | torch.device | None = None) -> Network:
+        """A cached compiled :class:`~nas.network.Network` of ``graph`` on ``device``.
+
+        Its own parameters are never used by the GHN (predicted tensors are
+        passed with :func:`torch.func.functional_call`); its batch-norm buffers
+        are overwritten by every evaluation.
+        """
+        dev = torch.device(device) if device is not None else self.device
+        return self._networks.get((graph_id(graph), str(dev)), lambda: Network(graph).to(dev))
+
+    def _check_ops(self, graph: ArchGraph) -> None:
+        for node in graph.nodes:
+            if node.op not in self.config.ops:
+                raise CheckpointError(
+                    f"the GHN cannot predict op {node.op!r}: its vocabulary is {', '.join(self.config.ops)}."
+                )
+            kernel = node.attrs.get("kernel", 1) if node.op in ("conv", "relu_conv_bn") else 1
+            if kernel > self.config.max_kernel:
+                raise CheckpointError(
+                    f"the GHN decodes kernels up to {self.config.max_kernel}, but a {node.op!r} node has kernel {kernel}."
+                )
+
+    # ------------------------------------------------------------------ model
+
+    def forward(self, batch: Batch) -> Tensor:
+        op = self.op_map[batch.op]  # -1 (outside the vocabulary) fails in the embedding; predict() checks first
+        h = self.encoder(op, batch.param_shape, batch.x)
+        adj = message_adjacency(batch)
+        for layer in self.layers:
+            h = layer(h, adj, batch.position_counts)
+        return h
+
+    def predict(self, graphs: Sequence[ArchGraph]) -> list[dict[str, Tensor]]:
+        """Predict every parameter of every graph in one batched forward pass.
+
+        Tensors keep their graph to the GHN's parameters when gradients are
+        enabled; under ``torch.autocast`` the work runs in reduced precision
+        and the tensors are cast back to float32.
+
+        Args:
+            graphs: The architectures.
+
+        Returns:
+            One dict per graph mapping each name of ``graph.param_specs`` (in
+            that order) to a float32 tensor of its shape, on the GHN's device.
+
+        Raises:
+            CheckpointError: A graph has an op outside the GHN's vocabulary or a
+                kernel larger than ``config.max_kernel``.
+        """
+        graphs = list(graphs)
+        if not graphs:
+            return []
+        entries = []
+        for graph in graphs:
+            self._check_ops(graph)
+            entries.append(self.entry(graph))
+        batch = Batch.from_data_list([e.data for e in entries]).to(self.device)
+        h = self(batch)
+        # Group the tensors of all graphs by (kind, shape, slot); one decoder call per group.
+        groups: dict[tuple[str, tuple[int, ...], int], tuple[list[int], list[tuple[int, str]]]] = {}
+        offset = 0
+        for g, e in enumerate(entries):
+            for key, (pos, names) in e.groups.items():
+                positions, owners = groups.setdefault(key, ([], []))
+                positions.extend(p + offset for p in pos)
+                owners.extend((g, name) for name in names)
+            offset += e.data.num_nodes
+        found: list[dict[str, Tensor]] = [{} for _ in graphs]
+        for (kind, shape, slot), (positions, owners) in groups.items():
+            idx = torch.tensor(positions, dtype=torch.long, device=self.device)
+            tensors = self.decoder(h[idx], kind, shape, slot).float()
+            for (g, name), tensor in zip(owners, tensors.unbind(0)):
+                found[g][name] = tensor
+        return [{p.name: got[p.name] for p in e.params} for got, e in zip(found, entries)]
+
+    # ------------------------------------------------------------------ predicted weights in use
+
+    def evaluate(
+        self,
+        graphs: Sequence[ArchGraph],
+        data: Dataset,
+        *,
+        split: str = "val",
+        bn_images: int = 256,
+        batch_size: int = 512,
+        device: str | torch.device | None = None,
+    ) -> list[dict[str, float]]:
+        """Loss and accuracy of each graph with predicted weights only (no SGD).
+
+        Batch-norm statistics come from the first ``bn_images`` *training*
+        images, never from the split being scored; see :mod:`nas.ghn._predicted`.
+
+        Args:
+            graphs: The architectures.
+            data: The dataset.
+            split: ``"val"`` or ``"test"``.
+            bn_images: Training images used for batch-norm statistics.
+            batch_size: Images per forward pass.
+            device: Where the networks run (default: the GHN's device).
+
+        Returns:
+            One ``{"loss": ..., "acc": ...}`` per graph.
+        """
+        from nas.ghn._predicted import evaluate_predicted
+
+        return evaluate_predicted(
+            self, graphs, data, split=split, bn_images=bn_images, batch_size=batch_size, device=device
+        )
+
+    def materialize(self, graph: ArchGraph, data: Dataset | None = None, *, bn_images: int = 256) -> Network:
+        """A fresh :class:`~nas.network.Network` holding the predicted weights.
+
+        Args:
+            graph: The architecture.
+            data: When given, batch-norm running statistics are set from its
+                first ``bn_images`` training images; otherwise they keep their
+                defaults (mean 0, variance 1) until the network is trained.
+            bn_images: Training images used for the statistics.
+
+        Returns:
+            The network (detached copies of the predictions), in eval mode, on
+            the GHN's device, ready for :func:`nas.training.train`.
+        """
+        from nas.ghn._predicted import materialize_predicted
+
+        return materialize_predicted(self, graph, data, bn_images=bn_images)
+
+    # ------------------------------------------------------------------ compatibility
+
+    def check_compatible(self, space: SearchSpace, *, samples: int = 64, seed: int = 0) -> None:
+        """Check that this GHN can serve ``space``.
+
+        Compares the input shape and number of classes with those it was
+        trained for, then samples ``samples`` candidates (seeded) and checks
+        that their ops are in the GHN's vocabulary and their kernels within
+        ``config.max_kernel``. A different space name only logs a warning (a
+        GHN can transfer across spaces of the same ops).
+
+        Raises:
+            CheckpointError: The space needs something the GHN cannot produce or
+                differs in input shape or number of classes.
+        """
+        info = self.space_info
+        for key, mine in (("input_shape", list(space.input_shape)), ("num_classes", space.num_classes)):
+            theirs = info.get(key)
+            if theirs is not None and (list(theirs) if key == "input_shape" else theirs) != mine:
+                raise CheckpointError(
+                    f"the GHN was trained for {key} {theirs}, but space {space.name!r} has {mine}."
+                )
+        if info.get("space") not in (None, space.name):
+            logger.warning("the GHN was trained on space %r and is used on space %r.", info.get("space"), space.name)
+        for cand in space.sample_many(samples, seed=seed, unique=False):
+            self._check_ops(cand.graph)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """The dict :meth:`save` writes (meta-training adds its own entries)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": dataclasses.asdict(self.config),
+            "space_info": self.space_info,
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "history": list(self.history),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the GHN to ``path`` atomically (temporary file + ``os.replace``)."""
+        payload = self.checkpoint_payload()
+        if self.training_state is not None:
+            payload["training_state"] = dict(self.training_state)
+        write_checkpoint(path, payload)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], *, path: str | Path = "<memory>") -> GHN:
+        """Rebuild a GHN from a checked checkpoint payload (see :func:`read_checkpoint`)."""
+        try:
+            config = GHNConfig(**payload["config"])
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"GHN checkpoint {str(path)!r} has an invalid config: {err}") from None
+        ghn = cls(config, space_info=payload["space_info"])
+        try:
+            ghn.load_state_dict(payload["state_dict"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            first = " ".join(str(err).split())[:200]
+            raise CheckpointError(f"GHN checkpoint {str(path)!r} does not match its config: {first}") from None
+        history = payload.get("history", [])
+        ghn.history = list(history) if isinstance(history, list) else []
+        state = payload.get("training_state")
+        ghn.training_state = dict(state) if isinstance(state, dict) else None
+        return ghn
+
+    @classmethod
+    def load(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> GHN:
+        """Load a GHN saved by :meth:`save` or by meta-training.
+
+        The file is read with ``torch.load(weights_only=True)``.
+
+        Raises:
+            CheckpointError: The file is missing, corrupt, truncated, foreign,
+                holds pickled code, or its weights do not fit its config (one
+                line naming the path).
+        """
+        payload = read_checkpoint(path, map_location="cpu")
+        return cls.from_payload(payload, path=path).to(map_location)
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters of the GHN."""
+        return sum(math.prod(p.shape) for p in self.parameters())

@@ -1,0 +1,171 @@
+"""Running networks with predicted weights, and their batch-norm statistics.
+
+Batch normalisation with predicted weights
+------------------------------------------
+A GHN predicts the *parameters* of a network (conv/linear weights, biases,
+batch-norm scales and shifts) but not the batch-norm *running statistics*,
+which are properties of the data flowing through those weights. They are
+handled as follows:
+
+* **Meta-training** runs every sampled network in train mode, so batch norm
+  normalises with the statistics of the current training batch, as GHN-2 does.
+* **Evaluation** (:meth:`GHN.evaluate <nas.ghn.GHN.evaluate>`) and
+  :meth:`GHN.materialize <nas.ghn.GHN.materialize>` first run the network in
+  train mode, with ``momentum=None`` (an exact average) and no gradients,
+  over the first ``bn_images`` *training* images; this sets the running mean
+  and variance. The network is then switched to eval mode and scored with
+  those statistics. The images being scored (validation or test) never
+  influence the statistics, so a validation image gets the same score alone as
+  inside a batch, and scores do not depend on the evaluation batch size.
+
+Many candidates are scored without copying weights: each graph's compiled
+:class:`~nas.network.Network` is cached by the GHN and run with
+:func:`torch.func.functional_call` on the predicted tensors; only its
+batch-norm buffers are rewritten per evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from nas.graph import ArchGraph
+from nas.network import Network
+
+if TYPE_CHECKING:
+    from nas.data import Dataset
+    from nas.ghn._model import GHN
+
+__all__ = ["calibrate_batch_norm", "score", "evaluate_predicted", "materialize_predicted"]
+
+#: Graphs whose weights are predicted in one forward pass during evaluation.
+PREDICT_CHUNK = 256
+
+
+def _batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _run(net: nn.Module, params: dict[str, Tensor] | None, x: Tensor) -> Tensor:
+    return net(x) if params is None else functional_call(net, params, (x,))
+
+
+@torch.no_grad()
+def calibrate_batch_norm(
+    net: nn.Module, params: dict[str, Tensor] | None, x: Tensor, *, batch_size: int = 512
+) -> None:
+    """Set batch-norm running statistics from images ``x``, then switch to eval mode.
+
+    Runs ``net`` (with ``params`` through ``functional_call`` when given) in
+    train mode with ``momentum=None`` over ``x``, so the running mean and
+    variance become the average of the batch statistics of ``x``. Momenta are
+    restored afterwards.
+
+    Args:
+        net: The network.
+        params: Predicted parameters, or ``None`` to use the network's own.
+        x: Training images ``[B, C, H, W]``.
+        batch_size: Images per forward pass.
+    """
+    norms = _batch_norms(net)
+    if norms and x.shape[0] > 0:
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        net.train()
+        try:
+            for start in range(0, x.shape[0], batch_size):
+                _run(net, params, x[start : start + batch_size])
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+    net.eval()
+
+
+@torch.no_grad()
+def score(
+    net: nn.Module, params: dict[str, Tensor] | None, x: Tensor, y: Tensor, *, batch_size: int = 512
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``net`` in eval mode.
+
+    Args:
+        net: The network (already calibrated, see :func:`calibrate_batch_norm`).
+        params: Predicted parameters, or ``None`` to use the network's own.
+        x: Images ``[N, C, H, W]``.
+        y: Labels ``[N]``.
+        batch_size: Images per forward pass.
+
+    Returns:
+        ``(loss, accuracy)``; both ``nan`` for an empty split.
+    """
+    N = x.shape[0]  # images
+    if N == 0:
+        return math.nan, math.nan
+    net.eval()
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, N, batch_size):
+        logits = _run(net, params, x[start : start + batch_size]).float()
+        yb = y[start : start + batch_size]
+        total += F.cross_entropy(logits, yb, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == yb).sum()
+    return total.item() / N, correct.item() / N
+
+
+def _check(split: str, bn_images: int, batch_size: int) -> None:
+    if split not in ("val", "test"):
+        raise ValueError(f"`split` must be 'val' or 'test', but got {split!r}.")
+    if isinstance(bn_images, bool) or not isinstance(bn_images, int) or bn_images < 1:
+        raise ValueError(f"`bn_images` must be a positive int, but got {bn_images!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, but got {batch_size!r}.")
+
+
+@torch.no_grad()
+def evaluate_predicted(
+    ghn: GHN,
+    graphs: Sequence[ArchGraph],
+    data: Dataset,
+    *,
+    split: str = "val",
+    bn_images: int = 256,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> list[dict[str, float]]:
+    """Implementation of :meth:`GHN.evaluate <nas.ghn.GHN.evaluate>` (see there)."""
+    _check(split, bn_images, batch_size)
+    dev = torch.device(device) if device is not None else ghn.device
+    x_bn = data.x_train[:bn_images].to(dev)
+    x, y = getattr(data, f"x_{split}").to(dev), getattr(data, f"y_{split}").to(dev)
+    graphs = list(graphs)
+    results: list[dict[str, float]] = []
+    for start in range(0, len(graphs), PREDICT_CHUNK):
+        chunk = graphs[start : start + PREDICT_CHUNK]
+        for graph, params in zip(chunk, ghn.predict(chunk)):
+            params = {k: v.to(dev) for k, v in params.items()}
+            net = ghn.network(graph, dev)
+            calibrate_batch_norm(net, params, x_bn, batch_size=batch_size)
+            loss, acc = score(net, params, x, y, batch_size=batch_size)
+            results.append({"loss": loss, "acc": acc})
+    return results
+
+
+@torch.no_grad()
+def materialize_predicted(ghn: GHN, graph: ArchGraph, data: Dataset | None, *, bn_images: int = 256) -> Network:
+    """Implementation of :meth:`GHN.materialize <nas.ghn.GHN.materialize>` (see there)."""
+    if isinstance(bn_images, bool) or not isinstance(bn_images, int) or bn_images < 1:
+        raise ValueError(f"`bn_images` must be a positive int, but got {bn_images!r}.")
+    (params,) = ghn.predict([graph])
+    net = Network(graph).to(ghn.device)
+    missing, unexpected = net.load_state_dict({k: v.detach().clone() for k, v in params.items()}, strict=False)
+    assert not unexpected and not [k for k in missing if k in dict(net.named_parameters())], (missing, unexpected)
+    if data is not None:
+        calibrate_batch_norm(net, None, data.x_train[:bn_images].to(ghn.device))
+    return net.eval()

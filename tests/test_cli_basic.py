@@ -1,0 +1,175 @@
+"""The basic subcommands, run in-process through ``nas.cli.main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from nas.cli import main
+from nas.cli.basic import parse_space_args
+from nas.graph import ArchGraph
+from search_spaces import BUILTIN_SPACES, NB201Space
+
+MY_SPACE = f"{ROOT / 'examples' / 'my_space.py'}:MySpace"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_spaces_lists_every_builtin(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "spaces")
+    assert code == 0
+    header, *rows = out.strip().splitlines()
+    assert header.split() == ["name", "size", "description", "settings"]
+    assert [r.split()[0] for r in rows] == list(BUILTIN_SPACES)
+    nb201 = rows[list(BUILTIN_SPACES).index("nb201")]
+    assert "15,625" in nb201 and "C=8, N=1" in nb201 and "NAS-Bench-201" in nb201
+
+
+def test_sample_prints_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "sample", "--space", "nb201", "-n", "4", "--seed", "3")
+    assert code == 0
+    lines = _lines(out)
+    assert len(lines) == 4
+    assert len({d["key"] for d in lines}) == 4
+    space = NB201Space()
+    for d in lines:
+        assert set(d) == {"key", "params", "graph"}
+        graph = ArchGraph.from_dict(d["graph"])
+        assert graph.key == d["key"]
+        assert space.from_params(d["params"]).key == d["key"]
+    assert lines[0]["key"] == space.sample(3).graph.key  # the first line is sample(seed)
+
+
+def test_sample_is_deterministic_and_seeded(capsys: pytest.CaptureFixture[str]) -> None:
+    keys = []
+    for seed in ("0", "0", "1"):
+        _, out, _ = _run(capsys, "sample", "--space", "macro", "-n", "3", "--seed", seed)
+        keys.append([d["key"] for d in _lines(out)])
+    assert keys[0] == keys[1]
+    assert keys[0] != keys[2]
+
+
+def test_sample_for_a_dataset_and_with_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys, "sample", "--space", "nb201", "--dataset", "digits", "--space-arg", "C=4", "--space-arg", "N=2"
+    )
+    assert code == 0
+    (line,) = _lines(out)
+    graph = ArchGraph.from_dict(line["graph"])
+    assert graph.input_shape == (1, 8, 8)
+    assert graph.nodes[1].attrs["out_channels"] == 4
+    assert graph == NB201Space(input_shape=(1, 8, 8), C=4, N=2).sample(0).graph
+
+
+def test_sample_user_space_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "sample", "--space", MY_SPACE, "-n", "2", "--space-arg", "max_depth=1")
+    assert code == 0
+    lines = _lines(out)
+    assert len(lines) == 2 and all(d["params"]["depth"] == 1 for d in lines)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf"])
+def test_draw_writes_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str) -> None:
+    out_file = tmp_path / f"cell{suffix}"
+    code, out, _ = _run(capsys, "draw", "--space", "nb201", "--seed", "2", "-o", str(out_file), "--dataset", "digits")
+    assert code == 0
+    magic = {".png": b"\x89PNG", ".pdf": b"%PDF"}[suffix]
+    assert out_file.read_bytes()[:4] == magic
+    assert str(out_file) in out
+
+
+def test_draw_user_space(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out_file = tmp_path / "mine.png"
+    assert _run(capsys, "draw", "--space", MY_SPACE, "-o", str(out_file))[0] == 0
+    assert out_file.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing/cell.png", "output folder '{tmp}/missing' does not exist"),
+        ("cell.jpg", "`-o` must end in .png or .pdf, but got '{tmp}/cell.jpg'"),
+    ],
+)
+def test_draw_refuses_bad_outputs(capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, message: str) -> None:
+    code, _, err = _run(capsys, "draw", "-o", str(tmp_path / name))
+    assert code == 2
+    assert err.strip() == f"nas draw: error: {message.format(tmp=tmp_path)}" + (
+        "; create it first." if "folder" in message else "."
+    )
+    assert not (tmp_path / "missing").exists()
+
+
+def test_train_json_on_digits(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys, "train", "--space", "nb201", "--dataset", "digits", "--epochs", "1", "--max-train", "256",
+        "--batch-size", "32", "--space-arg", "C=4", "--json",
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out)
+    graph = NB201Space(input_shape=(1, 8, 8), C=4).sample(0).graph
+    assert report["key"] == graph.key
+    assert report["params"] == graph.num_params()
+    assert report["flops"] == graph.flops() > 0
+    assert report["steps"] == 256 // 32
+    assert 0.0 <= report["val_acc"] <= 1.0 and 0.0 <= report["test_acc"] <= 1.0
+    assert report["failed"] is False
+    assert report["choices"] == NB201Space().sample(0).params
+
+
+def test_train_table_for_user_space(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys, "train", "--space", MY_SPACE, "--dataset", "digits", "--epochs", "1", "--max-train", "128",
+        "--space-arg", "max_depth=1",
+    )  # fmt: skip
+    assert code == 0
+    rows = dict(line.split(None, 1) for line in out.strip().splitlines())
+    assert rows["space"] == "my_space" and rows["dataset"] == "digits"
+    assert {"params", "flops", "val_acc", "test_acc", "wall_time"} <= set(rows)
+    assert 0.0 <= float(rows["val_acc"]) <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["sample", "--space", "nb2001"], "unknown search space 'nb2001'; built-in spaces: darts, macro, nb201"),
+        (["train", "--space", "resnet", "--dataset", "digits"], "built-in spaces: darts, macro, nb201"),
+        (["draw", "--space", "nope", "-o", "x.png"], "built-in spaces: darts, macro, nb201"),
+        (["sample", "--space-arg", "C"], "`--space-arg` must be KEY=VALUE with KEY a name, but got 'C'"),
+        (["sample", "--space-arg", "depth=2"], "NB201Space rejects its settings"),
+        (["sample", "--space", "no/file.py:Space"], "space file 'no/file.py' does not exist"),
+        (["sample", "-n", "0"], "`-n` must be positive, but got 0"),
+        (["sample", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    ],
+)
+def test_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+    code, out, err = _run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"nas {argv[0]}: error: ")
+    assert needle in err
+    assert "Traceback" not in err
+
+
+def test_parse_space_args_types() -> None:
+    assert parse_space_args(["C=16", "lr=0.5", "flag=true", "name=wide", "neg=-2"]) == {
+        "C": 16,
+        "lr": 0.5,
+        "flag": True,
+        "name": "wide",
+        "neg": -2,
+    }
+    with pytest.raises(ValueError, match="sets 'C' twice"):
+        parse_space_args(["C=1", "C=2"])
