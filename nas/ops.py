@@ -219,6 +219,37 @@ class ReLUConvBN(nn.Module):
         return self.bn(self.conv(torch.relu(x)))
 
 
+class AvgPool(nn.Module):
+    """Average pooling that ignores padding (``count_include_pad=False``).
+
+    Computed as a depthwise convolution with a box kernel divided by the
+    number of in-bounds pixels: the same values as
+    ``nn.AvgPool2d(..., count_include_pad=False)``, several times faster on
+    CPU for the small maps of NAS candidates.
+    """
+
+    def __init__(self, channels: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.channels, self.kernel, self.stride = channels, kernel, stride
+        self.padding = (kernel - 1) // 2
+        self.register_buffer("box", torch.ones(channels, 1, kernel, kernel), persistent=False)
+        self._count: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]  # height, width
+        key = (H, W, x.device, x.dtype)
+        count = self._count.get(key)
+        if count is None:
+            ones = torch.ones(1, 1, H, W, device=x.device, dtype=x.dtype)
+            count = nn.functional.conv2d(ones, self.box[:1].to(x.dtype), stride=self.stride, padding=self.padding)
+            self._count[key] = count
+        box = self.box.to(x.dtype)
+        return nn.functional.conv2d(x, box, stride=self.stride, padding=self.padding, groups=self.channels) / count
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, stride={self.stride}"
+
+
 class Zero(nn.Module):
     """The ``none`` op: zeros of the (possibly strided) input shape."""
 
@@ -317,7 +348,7 @@ def _pool(name: str) -> OpSpec:
         p = (a["kernel"] - 1) // 2
         if name == "max_pool":
             return nn.MaxPool2d(a["kernel"], a["stride"], p)
-        return nn.AvgPool2d(a["kernel"], a["stride"], p, count_include_pad=False)
+        return AvgPool(s[0][0], a["kernel"], a["stride"])
 
     return OpSpec(name, 1, 1, attrs, infer=infer, params=_no_params, build=build,
                   description=f"{name.replace('_', ' ')}ing (kernel, stride)")
