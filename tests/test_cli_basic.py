@@ -114,7 +114,7 @@ def test_draw_refuses_bad_outputs(capsys: pytest.CaptureFixture[str], tmp_path: 
 def test_train_json_on_digits(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(
         capsys, "train", "--space", "nb201", "--dataset", "digits", "--epochs", "1", "--max-train", "256",
-        "--batch-size", "32", "--space-arg", "C=4", "--json",
+        "--batch-size", "32", "--space-arg", "C=4", "--threads", "1", "--json",
     )  # fmt: skip
     assert code == 0
     report = json.loads(out)
@@ -151,6 +151,7 @@ def test_train_table_for_user_space(capsys: pytest.CaptureFixture[str]) -> None:
         (["sample", "--space", "no/file.py:Space"], "space file 'no/file.py' does not exist"),
         (["sample", "-n", "0"], "`-n` must be positive, but got 0"),
         (["sample", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["train", "--dataset", "digits", "--threads", "0"], "`--threads` must be positive, but got 0"),
     ],
 )
 def test_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
@@ -173,3 +174,25 @@ def test_parse_space_args_types() -> None:
     }
     with pytest.raises(ValueError, match="sets 'C' twice"):
         parse_space_args(["C=1", "C=2"])
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_SPACES))
+def test_layered_layout_and_drawing(name: str) -> None:
+    from matplotlib.axes import Axes
+
+    from nas.draw import draw_graph, layered_layout, node_label
+
+    graph = BUILTIN_SPACES[name](input_shape=(1, 8, 8)).sample(4).graph
+    pos = layered_layout(graph)
+    assert set(pos) == set(range(len(graph)))
+    assert len(set(pos.values())) == len(graph)  # no two nodes on one spot
+    assert pos[graph.input_index][1] == 0.0
+    for i, node in enumerate(graph.nodes):
+        for j in node.inputs:
+            assert pos[j][1] > pos[i][1]  # every edge points down
+    ax = draw_graph(graph)
+    assert isinstance(ax, Axes)
+    labels = [t.get_text() for t in ax.texts]
+    for i in range(len(graph)):
+        assert node_label(graph, i) in labels
+    assert node_label(graph, graph.input_index) == "input\n1x8x8"

@@ -190,7 +190,13 @@ def test_nb201_arch_string() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["|none~0|+|none~0|none~1|", "|none~0|+|none~0|+|none~0|none~1|none~2|", "|conv~0|+|none~0|none~1|+|a~0|b~1|c~2|"]
+    "text",
+    [
+        "|none~0|+|none~0|none~1|",  # two nodes
+        "|none~0|+|none~0|+|none~0|none~1|none~2|",  # node 2 lists one edge
+        "|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|",  # unknown op
+        "|none~1|+|none~0|none~1|+|none~0|none~1|none~2|",  # wrong source
+    ],
 )
 def test_nb201_bad_arch_string(text: str) -> None:
     with pytest.raises(SpaceError, match="NAS-Bench-201 arch string"):

@@ -186,7 +186,7 @@ def test_load_space_passes_settings() -> None:
 def test_load_space_by_module_attr() -> None:
     space = load_space("search_spaces.nb201:NB201Space", input_shape=(1, 8, 8))
     assert isinstance(space, NB201Space)
-    fn_space = load_space("test_space:tiny_build", input_shape=(1, 8, 8), num_classes=3)
+    fn_space = load_space(f"{__name__}:tiny_build", input_shape=(1, 8, 8), num_classes=3)  # this module
     assert fn_space.name == "tiny_build"
     assert fn_space.sample(0).params["hidden"] in (4, 5, 6)
 

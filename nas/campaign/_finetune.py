@@ -11,6 +11,7 @@ predicted weights (``ghn.materialize``) and trains it with
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -124,9 +125,12 @@ def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, s
         key = row["key"]
         if key in done:
             continue
-        attrs = {name: _plain(row[name]) for name in QUEUE_ATTRS if name in row and name != "rank_trial"}
-        attrs["rank_trial"] = int(row["trial"])
-        finetune_study.enqueue_trial(params=dict(row["choices"]), user_attrs=attrs, skip_if_exists=False)
+        choices = json.loads(row["choices"]) if isinstance(row["choices"], str) else dict(row["choices"])
+        attrs = {
+            name: _plain(row[name]) for name in QUEUE_ATTRS if name in row and name not in ("rank_trial", "choices")
+        }
+        attrs.update(choices=choices, rank_trial=int(row["trial"]))
+        finetune_study.enqueue_trial(params=choices, user_attrs=attrs, skip_if_exists=False)
         done.add(key)
         new.append(key)
     if new:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -317,7 +318,10 @@ def run_rank_stage(
                     continue
                 time.sleep(poll_interval)
                 continue
-            asked = [study.ask() for _ in range(min(batch_size, missing))]
+            with warnings.catch_warnings():
+                # Heartbeats are recorded by our own thread (Heartbeat) for ask/tell trials.
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                asked = [study.ask() for _ in range(min(batch_size, missing))]
             try:
                 with Heartbeat(asked, worker, interval=heartbeat_interval):
                     _score_batch(study, asked, space, ghn, data, objectives=objectives, device=device, stats=stats)

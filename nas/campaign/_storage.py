@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import optuna
 from optuna.storages import BaseStorage
@@ -101,14 +101,20 @@ def mask_url(url: str) -> str:
     try:
         parts = urlsplit(text)
     except ValueError:
-        return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", text)
+        return re.sub(r"(^|//)([^:/@]*):[^@/]*@", r"\1\2:***@", text)
+    if "@" in text and "@" not in parts.netloc:
+        # Not a URL with user info (a malformed one): mask anything shaped like user:password@.
+        return re.sub(r"(^|//)([^:/@]*):[^@/]*@", r"\1\2:***@", text)
     netloc = re.sub(r"^([^:@]*):[^@]*@", r"\1:***@", parts.netloc) if "@" in parts.netloc else parts.netloc
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
             query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if netloc == parts.netloc and query == parts.query:
+        return text
+    prefix = f"{parts.scheme}://" if parts.scheme else "//"
+    return prefix + netloc + parts.path + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def _scrub(message: str, url: str) -> str:
@@ -198,6 +204,11 @@ def _open_journal(url: str, path_text: str) -> BaseStorage:
 def _open_rdb(url: str, base: str, *, heartbeat_interval: int, grace_period: int) -> BaseStorage:
     import sqlalchemy.exc
 
+    shown = url
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() == "postgresql" and not _importable("psycopg") and _importable("psycopg2"):
+        # SQLAlchemy 2.1 defaults to psycopg 3; fall back to the psycopg2 driver when only that one is there.
+        url = f"postgresql+psycopg2://{rest}"
     engine_kwargs: dict[str, Any] = {}
     if base == "sqlite":
         # Several processes may write the same file: wait for the lock rather than fail at once.
@@ -215,15 +226,21 @@ def _open_rdb(url: str, base: str, *, heartbeat_interval: int, grace_period: int
                 heartbeat_stale_trial_callback=requeue_trial,
             )
     except ImportError as err:
-        driver = {"postgresql": "psycopg2-binary (pip install 'ghn-nas[postgres]')", "mysql": "PyMySQL"}.get(base, "")
+        driver = {"postgresql": "psycopg[binary] or psycopg2-binary", "mysql": "PyMySQL"}.get(base, "")
         raise StorageError(
-            f"storage {mask_url(url)!r} needs a database driver that is not installed"
+            f"storage {mask_url(shown)!r} needs a database driver that is not installed"
             + (f": install {driver}" if driver else "")
             + f" ({_scrub(str(err.__cause__ or err), url)})."
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError, OSError) as err:
         detail = _scrub(str(getattr(err, "orig", None) or err), url).split(" (Background on this error")[0]
-        raise StorageError(f"cannot open storage {mask_url(url)!r}: {type(err).__name__}: {detail}") from None
+        raise StorageError(f"cannot open storage {mask_url(shown)!r}: {type(err).__name__}: {detail}") from None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 # ---------------------------------------------------------------- liveness

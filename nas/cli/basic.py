@@ -217,6 +217,10 @@ def run_train(args: argparse.Namespace) -> int:
     from nas.network import Network
     from nas.training import TrainConfig, train
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"`--threads` must be positive, but got {args.threads}.")
+        torch.set_num_threads(args.threads)
     config = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -253,7 +257,8 @@ def run_train(args: argparse.Namespace) -> int:
         report["error"] = result.error
     if args.json:
         report["choices"] = cand.params
-        print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}))
+        finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
+        print(json.dumps(finite))  # NaN (a failed run) becomes null, which JSON readers accept
     else:
         shown = dict(report, key=graph.key[:12], params=f"{report['params']:,}", flops=f"{report['flops']:,}")
         for name in ("val_acc", "val_loss", "test_acc", "test_loss", "train_loss"):
@@ -298,5 +303,8 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default: 0.05)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads of torch (default: torch's; 1 is fastest for tiny nets)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run_train)

@@ -1,9 +1,239 @@
-"""Placeholder until the subcommands of this module land."""
+"""``nas search``, ``nas worker`` and ``nas demo``: the search campaign from the command line.
+
+``nas search`` ranks candidates with the GHN (stage 1), fine-tunes the top-k
+(stage 2) and writes the results into ``--out``. Running the same command
+again resumes the campaign. Several machines join one campaign by giving the
+same ``--storage URL --study NAME``; ``nas worker`` only fine-tunes what is
+queued.
+
+Storage URLs: ``sqlite:///FILE.db`` (default ``sqlite:///<out>/campaign.db``),
+``journal:///FILE.log`` (several processes on one machine),
+``postgresql://USER:PASSWORD@HOST/DB`` (several machines).
+
+Examples::
+
+    nas search --space nb201 --dataset mnist5k --trials 300 --top-k 5 --out runs/nb201
+    nas search --dataset mnist5k --storage journal:///tmp/c.log --study c1 --out runs/c1
+    nas worker --storage journal:///tmp/c.log --study c1
+    nas demo --out runs/demo
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
+import time
+import types
+from pathlib import Path
 from typing import Any
+
+__all__ = ["DEMO", "add_parsers", "run_demo", "run_search", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+#: Settings of ``nas demo`` (nb201 on mnist5k, about 15 minutes on 2 CPU cores).
+DEMO: dict[str, Any] = {
+    "space": "nb201",
+    "dataset": "mnist5k",
+    "trials": 300,
+    "top_k": 3,
+    "finetune_epochs": 2.0,
+    "self_check": 8,
+    "self_check_epochs": 2.0,
+    "batch_size": 50,
+}
+
+
+def _one_line_error(self: argparse.ArgumentParser, message: str) -> None:
+    """Report a bad flag in one line (no usage block) and exit with code 2."""
+    self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _parser(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, **kwargs)
+    p.error = types.MethodType(_one_line_error, p)  # type: ignore[method-assign]
+    return p
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--heartbeat", type=int, default=30, metavar="S", help="seconds between heartbeats (default 30)")
+    p.add_argument(
+        "--grace", type=int, default=120, metavar="S",
+        help="seconds without heartbeat after which a worker counts as dead (default 120)",
+    )
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register no subcommands yet."""
+    """Register ``search``, ``worker`` and ``demo``."""
+    from nas.campaign import FINETUNE_METRICS, OBJECTIVES, SAMPLERS
+    from nas.cli.basic import add_space_arguments
+
+    p = _parser(
+        subparsers,
+        "search",
+        help="search a space: rank with the GHN, fine-tune the top-k",
+        description="Rank candidates of a search space by the validation loss of GHN-predicted weights "
+        "(Optuna study <study>-rank), then fine-tune the top-k from their predicted weights (<study>-finetune). "
+        "Running it again resumes; several processes may join with the same --storage and --study.",
+    )
+    add_space_arguments(p)
+    p.add_argument("--dataset", default="mnist5k", help="digits, mnist5k, mnist:PATH or cifar10:PATH (default mnist5k)")
+    p.add_argument("--ghn", default=None, metavar="PATH", help="GHN checkpoint (default: meta-train one into OUT/ghn.pt)")
+    p.add_argument("--trials", type=int, default=300, metavar="N", help="rank trials (default 300)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to fine-tune (default 5)")
+    p.add_argument("--finetune-epochs", type=float, default=3.0, metavar="E", help="fine-tuning epochs (default 3)")
+    p.add_argument("--sampler", default="tpe", help=f"{' | '.join(SAMPLERS)} (default tpe)")
+    p.add_argument("--objectives", default="loss", help=f"{' | '.join(OBJECTIVES)} (default loss)")
+    p.add_argument(
+        "--finetune-metric", default="acc", help=f"fine-tune trial value: {' | '.join(FINETUNE_METRICS)} (default acc)"
+    )
+    p.add_argument("--storage", default=None, metavar="URL", help="Optuna storage (default sqlite:///OUT/campaign.db)")
+    p.add_argument("--study", default=None, metavar="NAME", help="campaign name (default SPACE-DATASET)")
+    p.add_argument("--self-check", type=int, default=0, metavar="N", help="train N random candidates to check the GHN (default 0)")
+    p.add_argument("--self-check-epochs", type=float, default=None, metavar="E", help="their epochs (default --finetune-epochs)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="B", help="candidates per GHN forward pass (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    _add_common(p)
+    p.set_defaults(func=run_search)
+
+    p = _parser(
+        subparsers,
+        "worker",
+        help="fine-tune the queued candidates of a campaign",
+        description="Join a campaign started by `nas search` and fine-tune queued candidates until none is left.",
+    )
+    p.add_argument("--storage", required=True, metavar="URL", help="the campaign's Optuna storage")
+    p.add_argument("--study", required=True, metavar="NAME", help="the campaign name")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="where to keep fine-tuned weights (default: the campaign's folder)")
+    p.add_argument("--ghn", default=None, metavar="PATH", help="GHN checkpoint (default: the campaign's)")
+    _add_common(p)
+    p.set_defaults(func=run_worker)
+
+    p = _parser(
+        subparsers,
+        "demo",
+        help="the demo: search nb201 on mnist5k end to end",
+        description="Meta-train the default GHN (or reuse OUT/ghn.pt), rank 300 nb201 candidates on mnist5k, "
+        "fine-tune the top 3, run a self-check and write tables and plots into OUT (about 15 minutes on 2 CPU cores).",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="output folder (default runs/demo)")
+    p.add_argument("--trials", type=int, default=DEMO["trials"], metavar="N", help=f"rank trials (default {DEMO['trials']})")
+    p.add_argument("--top-k", type=int, default=DEMO["top_k"], metavar="K", help=f"candidates to fine-tune (default {DEMO['top_k']})")
+    p.add_argument(
+        "--self-check", type=int, default=DEMO["self_check"], metavar="N",
+        help=f"random candidates trained for the self-check (default {DEMO['self_check']})",
+    )
+    _add_common(p)
+    p.set_defaults(func=run_demo)
+
+
+def _positive(flag: str, value: float | int | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"`{flag}` must be positive, but got {value}.")
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _print_result(result: Any, started: float) -> None:
+    print(result.summary())
+    print(f"wall time {time.perf_counter() - started:.0f} s")
+    if result.self_check is not None and not result.self_check.reliable:
+        print(f"WARNING: {result.self_check.message}", file=sys.stderr)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Run ``nas search``; prints the summary table and returns the exit code."""
+    from nas.campaign import Campaign
+    from nas.cli.basic import parse_space_args
+
+    for flag in ("trials", "top_k", "finetune_epochs", "batch_size", "heartbeat", "grace"):
+        _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    _positive("--self-check-epochs", args.self_check_epochs)
+    if args.self_check < 0 or 0 < args.self_check < 3:
+        raise ValueError(f"`--self-check` must be 0 or at least 3, but got {args.self_check}.")
+    _quiet_optuna()
+    started = time.perf_counter()
+    campaign = Campaign(
+        space=args.space,
+        dataset=args.dataset,
+        ghn=args.ghn,
+        trials=args.trials,
+        top_k=args.top_k,
+        finetune_epochs=args.finetune_epochs,
+        sampler=args.sampler,
+        objectives=args.objectives,
+        out=args.out,
+        storage=args.storage,
+        study=args.study,
+        device=args.device,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        self_check=args.self_check,
+        self_check_epochs=args.self_check_epochs,
+        space_args=parse_space_args(args.space_arg),
+        finetune_metric=args.finetune_metric,
+        heartbeat_interval=args.heartbeat,
+        grace_period=args.grace,
+        progress=not args.no_progress,
+    )
+    _print_result(campaign.run(), started)
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Run ``nas worker``; fine-tunes queued candidates and prints what it did."""
+    from nas.campaign import Campaign
+
+    _positive("--heartbeat", args.heartbeat)
+    _positive("--grace", args.grace)
+    _quiet_optuna()
+    started = time.perf_counter()
+    campaign = Campaign.from_storage(
+        args.storage,
+        args.study,
+        out=args.out,
+        ghn=args.ghn,
+        device=args.device,
+        progress=not args.no_progress,
+        heartbeat_interval=args.heartbeat,
+        grace_period=args.grace,
+    )
+    stats = campaign.work()
+    print(
+        f"worker fine-tuned {stats.finetuned} candidates of campaign {args.study!r} "
+        f"({stats.failed} diverged, {stats.skipped} skipped) in {time.perf_counter() - started:.0f} s; "
+        f"weights in {campaign.out / 'weights'}"
+    )
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run ``nas demo``: nb201 on mnist5k, default GHN, rank, fine-tune, self-check, report."""
+    from nas.campaign import Campaign
+
+    for flag in ("trials", "top_k", "heartbeat", "grace"):
+        _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    if args.self_check < 0 or 0 < args.self_check < 3:
+        raise ValueError(f"`--self-check` must be 0 or at least 3, but got {args.self_check}.")
+    _quiet_optuna()
+    started = time.perf_counter()
+    settings = {**DEMO, "trials": args.trials, "top_k": args.top_k, "self_check": args.self_check}
+    campaign = Campaign(
+        **settings,
+        ghn=None,
+        out=args.out,
+        device=args.device,
+        heartbeat_interval=args.heartbeat,
+        grace_period=args.grace,
+        progress=not args.no_progress,
+    )
+    _print_result(campaign.run(), started)
+    return 0

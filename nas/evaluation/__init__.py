@@ -5,9 +5,16 @@ The flow: sample candidates -> train each from scratch (cached ground truth,
 (:mod:`~nas.evaluation.scorers`, zero-cost :mod:`~nas.evaluation.proxies`, the
 GHN) -> rank agreement with confidence intervals (:mod:`~nas.evaluation.metrics`)
 -> tables (:mod:`~nas.evaluation.correlate`) -> figures (:mod:`~nas.evaluation.plots`).
+
+The plotting functions are imported from :mod:`~nas.evaluation.plots` on
+first use (PEP 562), so that importing the package (as a spawned ground-truth
+training worker does) does not pay for matplotlib.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from nas.evaluation.correlate import (
     DEFAULT_METHODS,
@@ -27,7 +34,6 @@ from nas.evaluation.ground_truth import (
     train_candidate,
 )
 from nas.evaluation.metrics import Estimate, kendall, noise_ceiling, ranking_scores, spearman, top_k_precision
-from nas.evaluation.plots import plot_method_bars, plot_score_vs_truth, save_figure
 from nas.evaluation.proxies import (
     PROXIES,
     ProxyScorer,
@@ -49,6 +55,11 @@ from nas.evaluation.scorers import (
     get_scorer,
     register_scorer,
     scorer_names,
+)
+
+#: Names imported on first use.
+_LAZY: dict[str, str] = dict.fromkeys(
+    ("plot_method_bars", "plot_score_vs_truth", "save_figure"), "nas.evaluation.plots"
 )
 
 __all__ = [
@@ -93,3 +104,20 @@ __all__ = [
     "train_candidate",
     "write_results",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nas.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nas.evaluation.plots import plot_method_bars, plot_score_vs_truth, save_figure

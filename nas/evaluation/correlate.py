@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -38,8 +38,10 @@ from nas.evaluation import metrics
 from nas.evaluation.ground_truth import GroundTruthCache
 from nas.evaluation.scorers import Scorer, build_scorers
 from nas.graph import ArchGraph
-from nas.space import Candidate, SearchSpace
 from nas.training import TrainConfig
+
+if TYPE_CHECKING:
+    from nas.space import Candidate, SearchSpace
 
 __all__ = [
     "CorrelationResult",
@@ -195,7 +197,7 @@ def correlate(
     if isinstance(archs, int):
         graphs = sample_candidates(space, archs, seed=seed)
     else:
-        graphs = [c.graph if isinstance(c, Candidate) else c for c in archs]
+        graphs = [getattr(c, "graph", c) for c in archs]  # nas.space.Candidate or ArchGraph
         keys = [g.key for g in graphs]
         if len(set(keys)) != len(keys) or len(graphs) < 2:
             raise ValueError(f"`archs` must hold at least 2 distinct candidates, but got {len(graphs)} ({len(set(keys))} distinct).")

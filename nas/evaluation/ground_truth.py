@@ -41,9 +41,8 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -51,8 +50,15 @@ from nas.data import Dataset
 from nas.exceptions import StorageError
 from nas.graph import ArchGraph
 from nas.network import Network
-from nas.space import Candidate
 from nas.training import TrainConfig, train
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from nas.space import Candidate
+
+# pandas and nas.space (optuna) are imported where used: a spawned training
+# worker imports this module and should start fast.
 
 __all__ = [
     "GroundTruthCache",
@@ -164,7 +170,7 @@ def _as_seeds(seeds: int | Sequence[int]) -> list[int]:
 def _as_graphs(candidates: Iterable[ArchGraph | Candidate]) -> list[ArchGraph]:
     out = []
     for c in candidates:
-        graph = c.graph if isinstance(c, Candidate) else c
+        graph = getattr(c, "graph", c)  # a nas.space.Candidate or a graph
         if not isinstance(graph, ArchGraph):
             raise ValueError(f"`candidates` must hold ArchGraph or Candidate objects, but got {type(c).__name__}.")
         out.append(graph)
@@ -473,6 +479,8 @@ class GroundTruthCache:
         Returns:
             Columns ``key``, ``seed`` and the :class:`GroundTruthRecord` fields.
         """
+        import pandas as pd
+
         graphs = _as_graphs(candidates)
         dkey, bkey = dataset_key(data), budget_key(_as_config(budget))
         rows = []
@@ -517,6 +525,8 @@ class GroundTruthCache:
         Raises:
             ValueError: ``workers`` is below 1, or bad ``budget`` / ``seeds``.
         """
+        import pandas as pd
+
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"`workers` must be a positive int, but got {workers!r}.")
         graphs = _as_graphs(candidates)

@@ -195,10 +195,10 @@ def spearman(
     return Estimate(value, lo, hi)
 
 
-def _top_set(values: np.ndarray, k: int) -> np.ndarray:
+def _top_set(values: np.ndarray, k: int, axis: int = -1) -> np.ndarray:
     """Boolean mask of the items ranked in the top ``k``; ties at the boundary all join."""
     # rank 1 = best; tied items share the best (lowest) rank of their group.
-    ranks = stats.rankdata(-values, method="min")
+    ranks = stats.rankdata(-values, method="min", axis=axis)
     return ranks <= k
 
 
@@ -207,12 +207,12 @@ def _top_k_count(fraction: float, n: int) -> int:
     return max(1, math.ceil(round(fraction * n, 9)))
 
 
-def _top_k_stat(fraction: float) -> Callable[[np.ndarray, np.ndarray], float]:
-    def statistic(s: np.ndarray, t: np.ndarray) -> float:
-        k = _top_k_count(fraction, s.size)
-        predicted = _top_set(s, k)
-        true = _top_set(t, k)
-        return float(np.sum(predicted & true) / np.sum(predicted))
+def _top_k_stat(fraction: float) -> Callable[..., np.ndarray]:
+    def statistic(s: np.ndarray, t: np.ndarray, axis: int = -1) -> np.ndarray:
+        k = _top_k_count(fraction, s.shape[axis])
+        predicted = _top_set(s, k, axis)
+        true = _top_set(t, k, axis)
+        return np.sum(predicted & true, axis=axis) / np.sum(predicted, axis=axis)
 
     return statistic
 
@@ -253,8 +253,8 @@ def top_k_precision(
     if s.size == 0:
         return Estimate(math.nan, math.nan, math.nan)
     statistic = _top_k_stat(fraction)
-    lo, hi = bootstrap_ci(statistic, (s, t), n_resamples=n_resamples, seed=seed)
-    return Estimate(statistic(s, t), lo, hi)
+    lo, hi = bootstrap_ci(statistic, (s, t), vectorized=True, n_resamples=n_resamples, seed=seed)
+    return Estimate(float(statistic(s, t)), lo, hi)
 
 
 def noise_ceiling(

@@ -52,6 +52,8 @@ def prunable_weights(model: nn.Module) -> list[nn.Parameter]:
 
 
 def _grads(output: Tensor, weights: Sequence[Tensor]) -> list[Tensor]:
+    if not output.requires_grad:  # nothing trainable reaches the output
+        return [torch.zeros_like(w) for w in weights]
     grads = torch.autograd.grad(output, list(weights), allow_unused=True)
     return [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
 

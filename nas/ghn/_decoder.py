@@ -80,7 +80,9 @@ class WeightDecoder(nn.Module):
         max_channels: ``M``: channels decoded before tiling starts.
         max_kernel: ``K``: largest kernel size a ``conv`` tensor may have.
         rank: ``r``: rank of the channel factors.
-        max_slots: Distinct tensors of one kind a node may own.
+
+    ``forward(h, kind, shape, slot)`` decodes the ``P`` tensors of one group;
+    ``slot`` tells apart several tensors of the same kind owned by one node.
 
     Shapes:
         - input: ``h [P, hidden]`` states of the nodes owning the ``P`` tensors
@@ -88,14 +90,13 @@ class WeightDecoder(nn.Module):
         - output: ``[P, *shape]``
     """
 
-    def __init__(self, hidden: int, *, max_channels: int, max_kernel: int, rank: int, max_slots: int = 4) -> None:
+    def __init__(self, hidden: int, *, max_channels: int, max_kernel: int, rank: int) -> None:
         super().__init__()
         self.hidden, self.max_channels, self.max_kernel, self.rank = hidden, max_channels, max_kernel, rank
         M, K, r = max_channels, max_kernel, rank
         self.mlp = nn.Sequential(
             nn.Linear(hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden), nn.LayerNorm(hidden)
         )
-        self.slot = nn.Embedding(max_slots, hidden)
         self.conv_out = nn.Linear(hidden, M * r)
         self.conv_in = nn.Linear(hidden, M * r)
         self.conv_core = nn.Linear(hidden, r * r * K * K)
@@ -109,7 +110,6 @@ class WeightDecoder(nn.Module):
         for layer in self.mlp:
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
-        nn.init.zeros_(self.slot.weight)
         std = 1.0 / math.sqrt(self.hidden)  # unit-variance outputs from layer-normed inputs
         for head in (self.conv_out, self.conv_in, self.conv_core, self.linear_out, self.linear_in, self.linear_core):
             nn.init.normal_(head.weight, std=std)
@@ -120,8 +120,8 @@ class WeightDecoder(nn.Module):
 
     def forward(self, h: Tensor, kind: str, shape: Sequence[int], slot: int = 0) -> Tensor:
         z = self.mlp(h)
-        if slot:
-            z = z + self.slot.weight[min(slot, self.slot.num_embeddings - 1)]
+        if slot:  # a second tensor of one kind on one node (no op owns one today): a shifted code
+            z = torch.roll(z, shifts=slot, dims=1)
         if kind == "conv":
             raw = self._conv(z, shape)
         elif kind == "linear":

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nas.exceptions import CheckpointError
 from nas.ghn._meta_train import MetaTrainConfig, meta_train
 from nas.ghn._model import GHN, GHNConfig
+from nas.graph import ArchGraph
 
 if TYPE_CHECKING:
     from nas.data import Dataset
@@ -61,13 +64,16 @@ def ensure_ghn(
     config: MetaTrainConfig | None = None,
     ghn_config: GHNConfig | None = None,
     progress: bool = True,
+    held_out: Sequence[ArchGraph] = (),
+    device: str | None = None,
 ) -> GHN:
     """Load the GHN at ``path`` if it fits ``space`` and ``data``; else meta-train one there.
 
     A finished, compatible checkpoint is loaded as is. An unfinished
     meta-training checkpoint (a killed run) is resumed. A corrupt or
-    incompatible one is logged and replaced by a fresh run of the default
-    recipe (or ``config``).
+    incompatible one (other space or dataset, or one that did not hold out
+    every graph of ``held_out``) is logged and replaced by a fresh run of the
+    default recipe (or ``config``).
 
     Args:
         space: The search space.
@@ -76,16 +82,27 @@ def ensure_ghn(
         config: Meta-training settings (default :class:`MetaTrainConfig`).
         ghn_config: Model settings (default :class:`GHNConfig`).
         progress: Show progress bars while meta-training.
+        held_out: Architectures that must never have been sampled for meta-training.
+        device: Device to load onto and train on (default ``config.device``).
 
     Returns:
         The GHN, in eval mode.
     """
+    config = config or MetaTrainConfig()
+    if device is not None:
+        config = dataclasses.replace(config, device=device)
     path = Path(path) if path is not None else default_ghn_path(space, data.name)
     resume = True
     if path.exists():
         try:
-            ghn = GHN.load(path)
+            ghn = GHN.load(path, map_location=config.device)
             ghn.check_compatible(space)
+            missing = {g.key for g in held_out} - set(ghn.held_out_keys)
+            if missing:
+                raise CheckpointError(
+                    f"GHN checkpoint {str(path)!r} did not hold out {len(missing)} of the {len(held_out)} "
+                    "given architectures"
+                )
             if ghn.space_info.get("dataset") not in (None, data.name):
                 raise CheckpointError(
                     f"GHN checkpoint {str(path)!r} was trained on dataset {ghn.space_info.get('dataset')!r}, "
@@ -102,7 +119,13 @@ def ensure_ghn(
     else:
         logger.info("no GHN at %s; meta-training the default recipe (this takes a while)", path)
     try:
-        return meta_train(space, data, config, ghn_config=ghn_config, out=path, resume=resume, progress=progress)
+        return meta_train(
+            space, data, config, ghn_config=ghn_config, out=path, resume=resume, progress=progress, held_out=held_out
+        )
     except CheckpointError as err:
+        if not resume:
+            raise
         logger.warning("%s; starting the meta-training over", err)
-        return meta_train(space, data, config, ghn_config=ghn_config, out=path, resume=False, progress=progress)
+        return meta_train(
+            space, data, config, ghn_config=ghn_config, out=path, resume=False, progress=progress, held_out=held_out
+        )

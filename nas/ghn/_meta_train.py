@@ -213,7 +213,6 @@ class _State:
     def payload(self, config: MetaTrainConfig, extra_held_out: Sequence[ArchGraph]) -> dict[str, Any]:
         payload = self.ghn.checkpoint_payload()
         payload["training_state"] = {"step": self.step, "steps": config.steps, "elapsed": self.elapsed}
-        payload["held_out_keys"] = sorted({g.key for g in [*self.held_out, *extra_held_out]})
         payload["training"] = {
             "config": dataclasses.asdict(config),
             "step": self.step,
@@ -341,6 +340,12 @@ def meta_train(
     extra = [g for g in held_out if g.key not in {h.key for h in state.held_out}]
     evaluate_on = [*state.held_out, *extra]
     exclude = {g.key for g in evaluate_on} | {g.key for g, _ in reference}
+    if state.step > 0 and not exclude <= set(ghn.held_out_keys):
+        raise CheckpointError(
+            f"GHN checkpoint {str(path)!r} did not hold out all the given held-out/reference architectures "
+            "(it may have trained on them); pass resume=False (--no-resume) or choose another path."
+        )
+    ghn.held_out_keys = sorted(exclude)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     batches = _step_batches(data, config, state.batch_rng)
     logger.info(

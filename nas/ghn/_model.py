@@ -123,6 +123,8 @@ class GHN(nn.Module):
         self.history: list[dict[str, Any]] = []
         #: ``{"step", "steps", "elapsed"}`` of the meta-training run that wrote the checkpoint, if any.
         self.training_state: dict[str, Any] | None = None
+        #: Canonical keys of the architectures held out of meta-training (never sampled).
+        self.held_out_keys: list[str] = []
         c = config
         self.encoder = NodeEncoder(
             num_ops=len(c.ops), num_features=c.num_features, hidden=c.hidden,
@@ -320,6 +322,7 @@ class GHN(nn.Module):
             "space_info": self.space_info,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "history": list(self.history),
+            "held_out_keys": sorted(self.held_out_keys),
         }
 
     def save(self, path: str | Path) -> None:
@@ -346,6 +349,8 @@ class GHN(nn.Module):
         ghn.history = list(history) if isinstance(history, list) else []
         state = payload.get("training_state")
         ghn.training_state = dict(state) if isinstance(state, dict) else None
+        keys = payload.get("held_out_keys", [])
+        ghn.held_out_keys = [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
         return ghn
 
     @classmethod

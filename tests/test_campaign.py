@@ -1,0 +1,427 @@
+"""Tests of the search campaign (nas.campaign): both stages, resume, dedupe, storage, reports.
+
+Everything runs on ``digits`` with nb201 at ``C=4`` and a tiny GHN meta-trained
+for a few steps (shared with tests/test_cli_search.py through a file in pytest's
+session temp folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from nas.campaign import (
+    CANDIDATE_COLUMNS,
+    FINETUNED_COLUMNS,
+    Campaign,
+    candidates_frame,
+    mask_url,
+    open_storage,
+    reap_stale_trials,
+    resolve_objectives,
+    resolve_sampler,
+    select_candidates,
+)
+from nas.campaign._storage import HEARTBEAT_ATTR, WORKER_ATTR, is_stale
+from nas.data import load_dataset
+from nas.exceptions import StorageError
+from nas.graph import ArchGraph
+from nas.network import Network
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPACE_ARGS = {"C": 4}
+NB201_CHOICES = ["edge_1_0", "edge_2_0", "edge_2_1", "edge_3_0", "edge_3_1", "edge_3_2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two shared cores: oversubscribed intra-op threads make tiny convs 10x slower.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def make_tiny_ghn(path: Path) -> Path:
+    """Meta-train (once per session) a tiny GHN for nb201 C=4 on digits."""
+    from nas.exceptions import CheckpointError
+    from nas.ghn import GHN, GHNConfig, MetaTrainConfig, meta_train
+    from nas.space import load_space
+
+    if path.is_file():
+        try:
+            GHN.load(path)
+            return path
+        except CheckpointError:
+            pass
+    data = load_dataset("digits")
+    space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes, **SPACE_ARGS)
+    config = MetaTrainConfig(steps=6, meta_batch=4, batch_size=32, eval_every=6, num_held_out=2, warmup_steps=1)
+    meta_train(
+        space, data, config, ghn_config=GHNConfig(hidden=16, layers=1, s_max=2), out=path, resume=False, progress=False
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def ghn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_ghn(tmp_path_factory.getbasetemp() / "tiny_ghn.pt")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+class CountingGHN:
+    """The real GHN, counting what it scores and fine-tunes; can raise KeyboardInterrupt on a given call."""
+
+    def __init__(self, ghn: Any, *, interrupt_evaluate: int | None = None, interrupt_materialize: int | None = None):
+        self.ghn = ghn
+        self.space_info = ghn.space_info
+        self.evaluated: list[str] = []
+        self.materialized: list[str] = []
+        self.evaluate_calls = 0
+        self.materialize_calls = 0
+        self.interrupt_evaluate = interrupt_evaluate
+        self.interrupt_materialize = interrupt_materialize
+
+    def check_compatible(self, space: Any) -> None:
+        self.ghn.check_compatible(space)
+
+    def evaluate(self, graphs, data, **kwargs):
+        self.evaluate_calls += 1
+        if self.evaluate_calls == self.interrupt_evaluate:
+            raise KeyboardInterrupt
+        self.evaluated.extend(g.key for g in graphs)
+        return self.ghn.evaluate(graphs, data, **kwargs)
+
+    def materialize(self, graph, data=None, **kwargs):
+        self.materialize_calls += 1
+        if self.materialize_calls == self.interrupt_materialize:
+            raise KeyboardInterrupt
+        self.materialized.append(graph.key)
+        return self.ghn.materialize(graph, data, **kwargs)
+
+
+def load_ghn(path: Path) -> Any:
+    from nas.ghn import GHN
+
+    return GHN.load(path)
+
+
+def small_campaign(out: Path, ghn: Any, **overrides: Any) -> Campaign:
+    settings: dict[str, Any] = dict(
+        space="nb201",
+        dataset="digits",
+        ghn=ghn,
+        trials=12,
+        top_k=2,
+        finetune_epochs=0.3,
+        out=out,
+        batch_size=6,
+        space_args=SPACE_ARGS,
+        progress=False,
+        heartbeat_interval=5,
+        grace_period=60,
+    )
+    settings.update(overrides)
+    return Campaign(**settings)
+
+
+def complete_rank_trials(campaign: Campaign) -> list[optuna.trial.FrozenTrial]:
+    rank, _ = campaign.open()
+    return rank.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_path: Path) -> None:
+    out = tmp_path / "run"
+    counting = CountingGHN(load_ghn(ghn_path))
+    result = small_campaign(out, counting, self_check=3, self_check_epochs=0.2).run()
+
+    # Stage 1: the study holds the requested trials; every distinct key was scored exactly once,
+    # in batches (one GHN call scores several graphs).
+    trials = complete_rank_trials(small_campaign(out, ghn_path))
+    assert len(trials) == 12
+    keys = {t.user_attrs["key"] for t in trials}
+    ranked = counting.evaluated[:-3]  # the last call scored the 3 self-check candidates
+    assert sorted(ranked) == sorted(keys)
+    assert counting.evaluate_calls - 1 < len(ranked)
+    for t in trials:
+        for attr in ("key", "num_params", "flops", "ghn_loss", "ghn_acc"):
+            assert attr in t.user_attrs
+        if "duplicate_of" not in t.user_attrs:
+            graph = ArchGraph.from_json(t.user_attrs["graph"])
+            assert graph.key == t.user_attrs["key"]
+            assert t.user_attrs["num_params"] == graph.num_params()
+            assert t.values[0] == pytest.approx(t.user_attrs["ghn_loss"])
+
+    # The candidates table: one row per distinct key, documented columns, sorted by GHN loss.
+    cand = result.candidates
+    assert list(cand.columns[: len(CANDIDATE_COLUMNS)]) == list(CANDIDATE_COLUMNS)
+    assert list(cand.columns[len(CANDIDATE_COLUMNS) :]) == [*NB201_CHOICES, "choices", "graph"]
+    assert len(cand) == len(keys) and cand["key"].is_unique
+    assert cand["ghn_loss"].is_monotonic_increasing
+    assert list(cand["rank"]) == list(range(1, len(cand) + 1))
+    assert cand["n_trials"].sum() == 12
+
+    # Stage 2: the top-2 distinct candidates, fine-tuned once each from predicted weights.
+    ft = result.finetuned
+    assert list(ft.columns[: len(FINETUNED_COLUMNS)]) == list(FINETUNED_COLUMNS)
+    assert len(ft) == 2 and ft["key"].is_unique
+    assert set(ft["key"]) == set(cand["key"].head(2))
+    assert sorted(counting.materialized) == sorted(ft["key"])
+    assert ft["val_acc"].is_monotonic_decreasing
+    assert set(cand.loc[cand["finetuned"], "key"]) == set(ft["key"])
+
+    # Files.
+    for name in (
+        "candidates.csv", "candidates.parquet", "finetuned.csv", "finetuned.parquet", "best.json", "best.pt",
+        "best.png", "history.png", "history.pdf", "score_vs_finetuned.png", "score_vs_finetuned.pdf",
+        "selfcheck.csv", "campaign.db",
+    ):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*tmp*"))
+    csv = pd.read_csv(out / "candidates.csv")
+    assert len(csv) == len(cand) and list(csv.columns) == list(cand.columns)
+    assert len(pd.read_parquet(out / "finetuned.parquet")) == 2
+
+    # best.json is the top fine-tuned row and best.pt loads into its network.
+    best = json.loads((out / "best.json").read_text())
+    assert best["key"] == ft["key"].iloc[0] == result.best["key"]
+    assert best["metrics"]["val_acc"] == pytest.approx(ft["val_acc"].iloc[0])
+    graph = ArchGraph.from_dict(best["graph"])
+    assert graph.key == best["key"]
+    state = torch.load(out / "best.pt", weights_only=True)
+    Network(graph).load_state_dict(state, strict=True)
+
+    # Self-check table and a tau in [-1, 1] (or nan when a side is constant).
+    assert result.self_check is not None and len(result.self_check.table) == 3
+    assert math.isnan(result.self_check.tau) or -1 <= result.self_check.tau <= 1
+
+    # Rerun: resumes, scores and fine-tunes nothing, same tables.
+    again = CountingGHN(load_ghn(ghn_path))
+    result2 = small_campaign(out, again).run()
+    assert again.evaluated == [] and again.materialized == []
+    assert list(result2.candidates["key"]) == list(cand["key"])
+    assert list(result2.finetuned["key"]) == list(ft["key"])
+
+
+def test_resume_after_interrupts_scores_and_trains_nothing_twice(tmp_path: Path, ghn_path: Path) -> None:
+    out = tmp_path / "run"
+    ghn = load_ghn(ghn_path)
+    first = CountingGHN(ghn, interrupt_evaluate=2)
+    with pytest.raises(KeyboardInterrupt):
+        small_campaign(out, first, trials=14, top_k=3).run()
+    rank, _ = small_campaign(out, ghn).open()
+    assert not rank.get_trials(states=(TrialState.RUNNING,))  # the interrupted batch went back to the queue
+    assert len(rank.get_trials(states=(TrialState.WAITING,))) == 6
+
+    second = CountingGHN(ghn, interrupt_materialize=2)
+    with pytest.raises(KeyboardInterrupt):
+        small_campaign(out, second, trials=14, top_k=3).run()
+    third = CountingGHN(ghn)
+    result = small_campaign(out, third, trials=14, top_k=3).run()
+
+    scored = first.evaluated + second.evaluated + third.evaluated
+    assert len(scored) == len(set(scored))  # no candidate scored twice across the three runs
+    assert set(scored) == {t.user_attrs["key"] for t in complete_rank_trials(small_campaign(out, ghn))}
+    assert third.evaluated == []
+    trained = first.materialized + second.materialized + third.materialized
+    assert len(trained) == len(set(trained)) == 3
+    assert len(result.finetuned) == 3 and set(result.finetuned["key"]) == set(trained)
+    _, ft = small_campaign(out, ghn).open()
+    failed = ft.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1  # the interrupted fine-tune, re-queued once
+    retried = [t for t in ft.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("nas_retry_of") == failed[0].number]
+    assert len(retried) == 1 and retried[0].user_attrs["key"] == failed[0].user_attrs["key"]
+
+
+def test_duplicates_are_not_rescored(tmp_path: Path, ghn_path: Path) -> None:
+    out = tmp_path / "run"
+    counting = CountingGHN(load_ghn(ghn_path))
+    campaign = small_campaign(out, counting, trials=3, batch_size=8, sampler="random")
+    rank, _ = campaign.open()
+    a = {name: "nor_conv_3x3" for name in NB201_CHOICES}
+    b = {**a, "edge_3_2": "skip_connect"}
+    for params in (a, a, b):
+        rank.enqueue_trial(params, skip_if_exists=False)
+    campaign.rank()
+    assert counting.evaluate_calls == 1 and len(counting.evaluated) == 2  # a twice in one batch: scored once
+    trials = rank.get_trials(states=(TrialState.COMPLETE,))
+    dup = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len(dup) == 1
+    source = [t for t in trials if t.number == dup[0].user_attrs["duplicate_of"]][0]
+    assert dup[0].value == source.value and dup[0].user_attrs["key"] == source.user_attrs["key"]
+
+    # Across runs: the same choices again reuse the stored score.
+    rank.enqueue_trial(b, skip_if_exists=False)
+    counting2 = CountingGHN(load_ghn(ghn_path))
+    small_campaign(out, counting2, trials=4, batch_size=8, sampler="random").rank()
+    assert counting2.evaluate_calls == 0
+    last = max(rank.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    assert last.params == b and "duplicate_of" in last.user_attrs
+
+    # The table still has one row per distinct candidate.
+    table = candidates_frame(rank)
+    assert len(table) == 2 and sorted(table["n_trials"]) == [2, 2]
+
+
+def test_multi_objective_takes_candidates_from_the_pareto_front(tmp_path: Path, ghn_path: Path) -> None:
+    campaign = small_campaign(tmp_path / "mo", ghn_path, objectives="loss,params", trials=10, top_k=2, batch_size=10)
+    campaign.rank()
+    enqueued = campaign.enqueue()
+    rank, ft = campaign.open()
+    assert len(rank.directions) == 2
+    table = candidates_frame(rank)
+    front = table[table["pareto"]]
+    assert len(front) >= 1
+    front_keys = {t.user_attrs["key"] for t in rank.best_trials}
+    assert set(front["key"]) == front_keys
+    expected = select_candidates(table, 2, pareto=True)
+    assert enqueued == list(expected["key"])
+    assert set(enqueued) & front_keys == set(list(front.sort_values("ghn_loss")["key"])[:2])
+    assert len(ft.get_trials(states=(TrialState.WAITING,))) == 2
+    assert campaign.enqueue() == []  # enqueued once only
+
+
+# ---------------------------------------------------------------- storage and workers
+
+
+def test_mask_url_hides_passwords() -> None:
+    assert mask_url("postgresql://nas:s3cret@db:5432/nas") == "postgresql://nas:***@db:5432/nas"
+    assert mask_url("postgresql+psycopg2://u:p@h/db?sslmode=require") == "postgresql+psycopg2://u:***@h/db?sslmode=require"
+    assert "zz" not in mask_url("postgresql://h/db?password=zz")
+    assert mask_url("sqlite:////abs/c.db") == "sqlite:////abs/c.db"
+    assert mask_url("journal:///tmp/c.log") == "journal:///tmp/c.log"
+    assert "pw" not in mask_url("postgresql://u:pw@[::1/db")
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("ftp://u:pw@host/x", "unsupported scheme"),
+        ("sqlite:///:memory:", "must name a file"),
+        ("nonsense", "unsupported scheme"),
+        ("postgresql://u:pw@127.0.0.1:1/db", "127.0.0.1"),
+    ],
+)
+def test_bad_storage_is_one_masked_line(url: str, fragment: str) -> None:
+    with pytest.raises(StorageError) as info:
+        open_storage(url)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message and ":pw@" not in message
+
+
+def test_journal_storage_and_conflicting_settings(tmp_path: Path) -> None:
+    url = f"journal://{tmp_path / 'sub' / 'c.log'}"
+    storage = open_storage(url)
+    assert isinstance(storage, optuna.storages.JournalStorage)
+    first = small_campaign(tmp_path / "a", None, storage=url, study="c")
+    rank, ft = first.open()
+    assert rank.study_name == "c-rank" and ft.study_name == "c-finetune"
+    assert rank.user_attrs["nas_campaign"]["space_info"]["settings"]["C"] == 4
+    with pytest.raises(StorageError, match="space_info"):
+        small_campaign(tmp_path / "b", None, storage=url, study="c", space_args={"C": 8}).open()
+    with pytest.raises(StorageError, match="objectives|directions"):
+        small_campaign(tmp_path / "b", None, storage=url, study="c", objectives="loss,flops").open()
+    # Same settings join (e.g. from another process).
+    small_campaign(tmp_path / "b", None, storage=url, study="c", trials=99, top_k=4).open()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def test_trials_of_dead_workers_are_failed_and_requeued(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    host = socket.gethostname()
+    dead = study.ask()
+    dead.suggest_categorical("x", ["a", "b"])
+    dead.set_user_attr(WORKER_ATTR, f"{host}:{_dead_pid()}:deadbeef")
+    dead.set_user_attr(HEARTBEAT_ATTR, time.time())
+    silent = study.ask()
+    silent.suggest_categorical("x", ["a", "b"])
+    silent.set_user_attr(WORKER_ATTR, "other-host:1:cafe")
+    silent.set_user_attr(HEARTBEAT_ATTR, time.time() - 1000)
+    alive = study.ask()
+    alive.suggest_categorical("x", ["a", "b"])
+    alive.set_user_attr(WORKER_ATTR, "other-host:2:f00d")
+    alive.set_user_attr(HEARTBEAT_ATTR, time.time())
+    mine = study.ask()
+    mine.set_user_attr(WORKER_ATTR, f"{host}:{os.getpid()}:notactive")  # an ended run of this process
+
+    failed = reap_stale_trials(study, grace_period=120)
+    assert sorted(failed) == sorted([dead.number, silent.number, mine.number])
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[alive.number] == TrialState.RUNNING
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    # Re-queued with the same choices (the trial without choices is not).
+    assert sorted(t.system_attrs["fixed_params"]["x"] for t in waiting) == sorted(
+        [dead.params["x"], silent.params["x"]]
+    )
+    assert {t.user_attrs["nas_retry_of"] for t in waiting} == {dead.number, silent.number}
+    assert reap_stale_trials(study, grace_period=120) == []
+    assert not is_stale(study.get_trials()[alive.number], grace_period=120)
+
+
+# ---------------------------------------------------------------- resolvers and validation
+
+
+def test_resolvers_list_valid_names() -> None:
+    assert isinstance(resolve_sampler("tpe", seed=0), optuna.samplers.TPESampler)
+    assert isinstance(resolve_sampler("random"), optuna.samplers.RandomSampler)
+    assert isinstance(resolve_sampler("gp"), optuna.samplers.GPSampler)
+    assert isinstance(resolve_sampler("NSGA2"), optuna.samplers.NSGAIISampler)
+    sampler = optuna.samplers.QMCSampler()
+    assert resolve_sampler(sampler) is sampler
+    with pytest.raises(ValueError, match="tpe, random, gp, nsga2.*'cmaes'"):
+        resolve_sampler("cmaes")
+    assert resolve_objectives("loss") == ("ghn_loss",)
+    assert resolve_objectives(("loss", "params")) == ("ghn_loss", "num_params")
+    assert resolve_objectives("loss, flops") == ("ghn_loss", "flops")
+    with pytest.raises(ValueError, match="loss,params"):
+        resolve_objectives("acc")
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"trials": 0}, "trials"),
+        ({"top_k": -1}, "top_k"),
+        ({"finetune_epochs": 0}, "finetune_epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"self_check": 2}, "self_check"),
+        ({"sampler": "bogus"}, "sampler"),
+        ({"finetune_metric": "f1"}, "finetune_metric"),
+    ],
+)
+def test_campaign_rejects_bad_settings(tmp_path: Path, kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValueError, match=f"`{name}`.*{kwargs[name]!r}"):
+        small_campaign(tmp_path, None, **kwargs)
+
+
+def test_top_k_larger_than_distinct_candidates_is_a_clear_error() -> None:
+    table = pd.DataFrame({"trial": [0, 1], "key": ["a", "b"], "ghn_loss": [1.0, 0.5], "pareto": [False, False]})
+    assert list(select_candidates(table, 2)["key"]) == ["b", "a"]
+    with pytest.raises(ValueError, match="`top_k` is 3.*only 2 distinct"):
+        select_candidates(table, 3)

@@ -1,0 +1,229 @@
+"""The correlation pipeline, its summary.json, figures and the ``nas correlate`` CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from nas.cli import main
+from nas.data import Dataset, load_dataset
+from nas.evaluation import (
+    REPORTED_METHODS,
+    CorrelationResult,
+    GroundTruthCache,
+    Scorer,
+    correlate,
+    ground_truth,
+    plot_method_bars,
+    plot_score_vs_truth,
+    write_results,
+)
+from nas.graph import ArchGraph
+from nas.space import SearchSpace, load_space
+from nas.training import TrainConfig
+
+SPACE_SOURCE = '''
+from nas.graph import GraphBuilder
+from nas.space import SearchSpace
+
+
+class Tiny(SearchSpace):
+    name = "tiny"
+
+    def build(self, trial):
+        b = GraphBuilder(self.input_shape)
+        width = trial.suggest_categorical("width", [2, 4, 8])
+        x = b.add("conv", b.input, out_channels=width, kernel=trial.suggest_categorical("kernel", [1, 3]))
+        block = trial.suggest_categorical("block", ["rcb", "relu", "pool"])
+        if block == "rcb":
+            x = b.add("relu_conv_bn", x, out_channels=width, kernel=3)
+        elif block == "relu":
+            x = b.add("relu", x)
+        else:
+            x = b.add("max_pool", x, kernel=3, stride=1)
+        x = b.add("global_avg_pool", x)
+        return b.build(b.add("linear", x, out_features=self.num_classes))
+'''
+
+ARCHS, EPOCHS, SEEDS, MAX_TRAIN = 6, 1, 2, 192
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "tiny_space.py"
+    path.write_text(SPACE_SOURCE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return load_dataset("digits", max_train=MAX_TRAIN)
+
+
+@pytest.fixture(scope="module")
+def space(space_file: Path, data: Dataset) -> SearchSpace:
+    return load_space(f"{space_file}:Tiny", input_shape=data.input_shape, num_classes=data.num_classes)
+
+
+class Oracle(Scorer):
+    """Reads the trained losses from the cache: a scorer subclass in a few lines."""
+
+    def __init__(self, cache: Path, *, sign: float = 1.0, name: str = "oracle") -> None:
+        self.cache, self.sign, self.name = GroundTruthCache(cache), sign, name
+
+    def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
+        budget = TrainConfig(epochs=EPOCHS)
+        losses = [[self.cache.get(g, data, budget, s).val_loss for s in range(SEEDS)] for g in graphs]
+        return [-self.sign * sum(v) / SEEDS for v in losses]
+
+
+class FakeGHN:
+    """Duck-typed GHN: predicted loss 1 / num_params (so it ranks like ``params``)."""
+
+    def evaluate(self, graphs: Sequence[ArchGraph], data: Dataset, **kwargs: Any) -> list[dict[str, float]]:
+        return [{"loss": 1.0 / g.num_params(), "acc": 0.0} for g in graphs]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace, data: Dataset) -> CorrelationResult:
+    cache = tmp_path_factory.mktemp("gt") / "gt.sqlite"
+    return correlate(
+        space,
+        data,
+        archs=ARCHS,
+        epochs=EPOCHS,
+        seeds=SEEDS,
+        scorers=["ghn", "params", "random", "naswot", Oracle(cache), Oracle(cache, sign=-1, name="anti")],
+        ghn=FakeGHN(),
+        cache_path=cache,
+        progress=False,
+        n_resamples=200,
+    )
+
+
+def test_frame_has_one_row_per_candidate(result: CorrelationResult) -> None:
+    frame = result.frame
+    assert len(frame) == ARCHS and frame["key"].is_unique
+    for column in ("graph", "params", "flops", "gt_val_loss_s0", "gt_val_loss_s1", "gt_val_loss",
+                   "gt_val_acc_s0", "gt_val_acc", "score_ghn", "score_params", "score_oracle"):
+        assert column in frame.columns
+    mean = (frame["gt_val_loss_s0"] + frame["gt_val_loss_s1"]) / 2
+    assert frame["gt_val_loss"].tolist() == pytest.approx(mean.tolist())
+    assert ArchGraph.from_json(frame.loc[0, "graph"]).key == frame.loc[0, "key"]
+
+
+def test_summary_ranks_against_minus_loss(result: CorrelationResult) -> None:
+    summary = result.summary
+    assert list(summary.index) == ["ghn", "params", "random", "naswot", "oracle", "anti"]
+    assert summary.loc["oracle", "kendall"] == pytest.approx(1.0)
+    assert summary.loc["oracle", "spearman"] == pytest.approx(1.0)
+    assert summary.loc["oracle", "top10_precision"] == pytest.approx(1.0)
+    assert summary.loc["anti", "kendall"] == pytest.approx(-1.0)
+    assert summary.loc["anti", "top10_precision"] == pytest.approx(0.0)
+    # -loss of the fake GHN orders candidates exactly as their parameter counts.
+    assert summary.loc["ghn", "kendall"] == pytest.approx(summary.loc["params", "kendall"])
+    for method in summary.index:
+        row = summary.loc[method]
+        assert row["kendall_lo"] <= row["kendall"] + 1e-12 <= row["kendall_hi"] + 2e-12
+        assert row["seconds_per_candidate"] >= 0
+    assert summary.loc["naswot", "seconds_per_candidate"] > summary.loc["params", "seconds_per_candidate"]
+
+
+def test_summary_json_has_the_documented_shape(result: CorrelationResult, tmp_path: Path) -> None:
+    paths = write_results(result, tmp_path, figures=False)
+    on_disk = json.loads(paths["summary_json"].read_text())
+    assert on_disk == json.loads(json.dumps(result.summary_json))
+    assert {"noise_ceiling", "methods", "ground_truth", "n"} <= set(on_disk)
+    assert {"kendall", "spearman"} <= set(on_disk["noise_ceiling"])
+    assert -1 <= on_disk["noise_ceiling"]["kendall"] <= 1
+    assert set(REPORTED_METHODS) <= set(on_disk["methods"])
+    assert {"oracle", "anti"} <= set(on_disk["methods"])
+    for name, entry in on_disk["methods"].items():
+        assert {"kendall", "spearman", "top10_precision", "seconds_per_candidate"} <= set(entry), name
+    assert on_disk["methods"]["oracle"]["kendall"] == pytest.approx(1.0)
+    assert on_disk["methods"]["synflow"]["kendall"] is None  # documented but not run
+    gt = on_disk["ground_truth"]
+    assert gt["n"] == ARCHS and gt["seeds"] == [0, 1] and gt["epochs"] == EPOCHS
+    assert gt["seconds_per_run"] > 0 and gt["dataset"] == "digits"
+    assert len(pd.read_csv(paths["candidates"])) == ARCHS
+    assert list(pd.read_csv(paths["summary"], index_col="method").index) == list(result.summary.index)
+
+
+def test_plots_return_axes(result: CorrelationResult) -> None:
+    ax = plot_score_vs_truth(result.frame, method="oracle")
+    assert isinstance(ax, matplotlib.axes.Axes)
+    assert "1.000" in ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    ax = plot_method_bars(result.summary)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "oracle" and labels[-1] == "anti"  # sorted best first
+    ceiling = result.summary_json["noise_ceiling"]["kendall"]
+    assert any(line.get_ydata()[0] == pytest.approx(ceiling) for line in ax.get_lines())
+    with pytest.raises(ValueError, match="synflow"):
+        plot_score_vs_truth(result.frame, method="synflow")
+
+
+def test_cli_end_to_end_with_a_tiny_ghn(
+    space_file: Path, space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ghn_module = pytest.importorskip("nas.ghn", reason="nas.ghn is another engineer's package")
+    ghn = ghn_module.GHN(ghn_module.GHNConfig(hidden=8, layers=1), space_info={**space.describe(), "dataset": "digits"})
+    ckpt = tmp_path / "tiny_ghn.pt"
+    ghn.save(ckpt)
+    out = tmp_path / "out"
+    argv = [
+        "correlate", "--space", f"{space_file}:Tiny", "--dataset", "digits", "--max-train", str(MAX_TRAIN),
+        "--archs", str(ARCHS), "--epochs", str(EPOCHS), "--seeds", str(SEEDS), "--out", str(out),
+        "--methods", "ghn,params,synflow", "--ghn", str(ckpt), "--no-progress",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "noise ceiling" in printed and "synflow" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert math.isfinite(summary["methods"]["ghn"]["kendall"])
+    assert summary["methods"]["ghn"]["seconds_per_candidate"] > 0
+    for name in ("method_bars", "score_vs_truth_ghn", "score_vs_truth_synflow"):
+        for suffix in (".png", ".pdf"):
+            assert (out / "figures" / (name + suffix)).stat().st_size > 1000
+
+    # A rerun resumes from the cache in OUT: nothing is trained again.
+    trained: list[str] = []
+    monkeypatch.setattr(ground_truth, "_train_one", lambda g, d, c: trained.append(g.key))
+    argv[argv.index("--methods") + 1] = "params"
+    assert main([*argv, "--no-figures"]) == 0
+    assert trained == []
+
+
+def test_cli_rejects_bad_methods(space_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["correlate", "--space", f"{space_file}:Tiny", "--dataset", "digits", "--out", str(tmp_path)]
+    assert main([*base, "--methods", "params,synflw"]) == 2
+    assert "synflw" in capsys.readouterr().err
+    assert main([*base, "--methods", "ghn_plain"]) == 2
+    assert "--ghn-plain" in capsys.readouterr().err
+
+
+def test_short_training_scorer_is_tse_of_a_seeded_run(space: SearchSpace, data: Dataset) -> None:
+    import torch
+
+    from nas.evaluation import get_scorer
+    from nas.network import Network
+    from nas.training import train
+
+    graph = space.sample(0).graph
+    base = TrainConfig(epochs=EPOCHS, lr=0.02)
+    tse = get_scorer("short_training_tse_k10", train_config=base, seed=3)
+    val = get_scorer("short_training_val_k10", train_config=base, seed=3)
+    assert tse.name == "short_training_tse_k10"
+    torch.manual_seed(3)
+    direct = train(Network(graph), data, TrainConfig(steps=10, lr=0.02, schedule="constant", seed=3))
+    assert direct.steps == 10
+    assert tse.score([graph], data) == pytest.approx([-sum(direct.train_losses)], rel=1e-5)
+    assert val.score([graph], data) == pytest.approx([-direct.val_loss], rel=1e-5)
+    assert get_scorer("short_training").name == "short_training"
