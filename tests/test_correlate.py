@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.figure
 import pandas as pd
 import pytest
 
@@ -167,6 +168,10 @@ def test_plots_return_axes(result: CorrelationResult) -> None:
     assert any(line.get_ydata()[0] == pytest.approx(ceiling) for line in ax.get_lines())
     with pytest.raises(ValueError, match="synflow"):
         plot_score_vs_truth(result.frame, method="synflow")
+    fig = matplotlib.figure.Figure()
+    left, right = fig.subplots(1, 2)
+    assert plot_score_vs_truth(result.frame, "params", right) is right and not left.has_data()
+    assert right.collections  # the scatter
 
 
 def test_cli_end_to_end_with_a_tiny_ghn(
@@ -227,3 +232,35 @@ def test_short_training_scorer_is_tse_of_a_seeded_run(space: SearchSpace, data: 
     assert tse.score([graph], data) == pytest.approx([-sum(direct.train_losses)], rel=1e-5)
     assert val.score([graph], data) == pytest.approx([-direct.val_loss], rel=1e-5)
     assert get_scorer("short_training").name == "short_training"
+
+
+def test_default_ghn_holds_the_evaluated_candidates_out(
+    space: SearchSpace, data: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ghn_module = pytest.importorskip("nas.ghn", reason="nas.ghn is another engineer's package")
+    from nas.cli.correlate import _default_ghn
+
+    graphs = [space.sample(s).graph for s in range(3)]
+    seen: dict[str, Any] = {}
+
+    def ensure_ghn(space: Any, data: Any, *, path: Path, progress: bool = True, held_out: Any = ()) -> str:
+        seen.update(path=path, held_out=[g.key for g in held_out])
+        return "ghn"
+
+    monkeypatch.setattr(ghn_module, "ensure_ghn", ensure_ghn)
+    assert _default_ghn(space, data, tmp_path / "ghn.pt", graphs, progress=False) == "ghn"
+    assert seen == {"path": tmp_path / "ghn.pt", "held_out": [g.key for g in graphs]}
+
+    # An ensure_ghn without `held_out` falls back to meta_train, which has it.
+    class Trained:
+        def eval(self) -> str:
+            return "trained"
+
+    def meta_train(space: Any, data: Any, config: Any, *, out: Path, held_out: Any = (), **kwargs: Any) -> Trained:
+        seen.update(path=out, held_out=[g.key for g in held_out], resume=kwargs.get("resume"))
+        return Trained()
+
+    monkeypatch.setattr(ghn_module, "ensure_ghn", lambda space, data, *, path, progress=True: "leaky")
+    monkeypatch.setattr(ghn_module, "meta_train", meta_train)
+    assert _default_ghn(space, data, tmp_path / "ghn.pt", graphs, progress=False) == "trained"
+    assert seen["held_out"] == [g.key for g in graphs] and seen["resume"] is True

@@ -30,28 +30,40 @@ def add_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "correlate",
         help="rank correlation of the GHN and baselines with trained ground truth",
-        description=__doc__.split("\n\n", 1)[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "Sample candidates, train each from scratch (cached: a rerun resumes), score them with the GHN "
+            "and the baselines, and report Kendall tau, Spearman rho and top-10% precision with bootstrap "
+            "CIs next to the seed-to-seed noise ceiling."
+        ),
     )
     p.add_argument("--space", required=True, help="search space: built-in name, module:attr or file.py:attr")
     p.add_argument("--dataset", required=True, help="dataset name (digits, mnist5k, mnist:PATH, cifar10:PATH)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (tables, figures, caches)")
-    p.add_argument("--archs", type=int, default=100, help="candidates to sample and evaluate")
-    p.add_argument("--epochs", type=float, default=3.0, help="ground-truth training epochs")
-    p.add_argument("--seeds", type=int, default=2, help="training seeds per candidate")
-    p.add_argument("--ghn", type=Path, default=None, help="GHN checkpoint for 'ghn' (default: train or reuse OUT/ghn.pt)")
-    p.add_argument("--ghn-plain", type=Path, default=None, help="GHN checkpoint for 'ghn_plain'")
+    p.add_argument("--out", required=True, type=Path, help="output folder for tables, figures and caches")
+    p.add_argument("--archs", type=int, default=100, help="candidates to sample and evaluate (default %(default)s)")
+    p.add_argument("--epochs", type=float, default=3.0, help="ground-truth training epochs (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per candidate (default %(default)s)")
+    p.add_argument(
+        "--ghn", type=Path, default=None,
+        help="GHN checkpoint for method 'ghn' (default: meta-train, or reuse, OUT/ghn.pt with the "
+        "evaluated candidates held out)",
+    )
+    p.add_argument("--ghn-plain", type=Path, default=None, help="GHN checkpoint for method 'ghn_plain'")
     p.add_argument(
         "--methods", default=None,
-        help="comma-separated scorers (default: every built-in; 'ghn_plain' only with --ghn-plain); "
-        "see nas.evaluation.scorer_names()",
+        help="comma-separated scorer names (default: every built-in method; 'ghn_plain' only with --ghn-plain)",
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel processes training the ground truth")
+    p.add_argument(
+        "--workers", type=int, default=1, help="parallel processes training the ground truth (default %(default)s)"
+    )
     p.add_argument("--space-arg", action="append", default=[], metavar="K=V", help="search-space setting (repeatable)")
-    p.add_argument("--device", default="cpu", help="torch device to train and score on")
-    p.add_argument("--seed", type=int, default=0, help="seed of the candidate sample, scorers and bootstrap")
-    p.add_argument("--cache", type=Path, default=None, help="ground-truth cache (default OUT/ground_truth.sqlite)")
-    p.add_argument("--batch-size", type=int, default=64, help="minibatch size of the zero-cost proxies")
+    p.add_argument("--device", default="cpu", help="torch device to train and score on (default %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the candidate sample, scorers and bootstrap (default %(default)s)"
+    )
+    p.add_argument("--cache", type=Path, default=None, help="ground-truth cache file (default OUT/ground_truth.sqlite)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="minibatch size of the zero-cost proxies (default %(default)s)"
+    )
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -72,14 +84,17 @@ def _space_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _load_ghn(path: Path, space: Any, device: str) -> Any:
+def _load_ghn(path: Path, space: Any, dataset: str, device: str) -> Any:
     try:
         from nas.ghn import GHN
     except ImportError as err:
         raise ValueError(f"`--ghn` needs the nas.ghn package, which cannot be imported: {err}") from None
     ghn = GHN.load(path, map_location=device)
     ghn.check_compatible(space)
-    return ghn
+    trained_on = ghn.space_info.get("dataset")
+    if trained_on not in (None, dataset):
+        logger.warning("GHN %s was meta-trained on %r, not %r: it is scored as given", path, trained_on, dataset)
+    return ghn.eval()
 
 
 def _default_ghn(space: Any, data: Any, path: Path, held_out: list[Any], *, progress: bool) -> Any:
@@ -150,11 +165,11 @@ def run_correlate(args: argparse.Namespace) -> int:
     ghns: dict[str, Any] = {}
     if "ghn" in methods:
         if args.ghn is not None:
-            ghns["ghn"] = _load_ghn(args.ghn, space, args.device)
+            ghns["ghn"] = _load_ghn(args.ghn, space, data.name, args.device)
         else:
             ghns["ghn"] = _default_ghn(space, data, out / "ghn.pt", graphs, progress=progress)
     if "ghn_plain" in methods:
-        ghns["ghn_plain"] = _load_ghn(args.ghn_plain, space, args.device)
+        ghns["ghn_plain"] = _load_ghn(args.ghn_plain, space, data.name, args.device)
 
     result = correlate(
         space,
@@ -176,7 +191,8 @@ def run_correlate(args: argparse.Namespace) -> int:
 
     gt = result.summary_json["ground_truth"]
     ceiling = result.summary_json["noise_ceiling"]
-    table = result.summary[["kendall", "kendall_lo", "kendall_hi", "spearman", "top10_precision", "seconds_per_candidate"]]
+    columns = ["kendall", "kendall_lo", "kendall_hi", "spearman", "top10_precision", "seconds_per_candidate"]
+    table = result.summary[columns]
     table = table.sort_values("kendall", ascending=False)
     with pd.option_context("display.width", 120, "display.max_rows", 200):
         print(

@@ -200,7 +200,9 @@ def correlate(
         graphs = [getattr(c, "graph", c) for c in archs]  # nas.space.Candidate or ArchGraph
         keys = [g.key for g in graphs]
         if len(set(keys)) != len(keys) or len(graphs) < 2:
-            raise ValueError(f"`archs` must hold at least 2 distinct candidates, but got {len(graphs)} ({len(set(keys))} distinct).")
+            raise ValueError(
+                f"`archs` must hold at least 2 distinct candidates, but got {len(graphs)} ({len(set(keys))} distinct)."
+            )
     if not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0):
         raise ValueError(f"`epochs` must be positive, but got {epochs!r}.")
     base = train_config or TrainConfig()
@@ -217,9 +219,9 @@ def correlate(
     # Ground truth.
     cache = GroundTruthCache(cache_path)
     table = cache.train_missing(graphs, data, config, seed_list, workers=workers, progress=progress)
-    frame = _candidate_frame(graphs, table, seed_list)
 
     # Scores.
+    scores_by_method: dict[str, np.ndarray] = {}
     costs: dict[str, float] = {}
     bar = tqdm(resolved, desc="scorers", unit="scorer", disable=not progress)
     for scorer in bar:
@@ -229,9 +231,14 @@ def correlate(
         elapsed = time.perf_counter() - start
         if len(scores) != len(graphs):
             raise ValueError(f"scorer {scorer.name!r} returned {len(scores)} scores for {len(graphs)} candidates.")
-        frame[f"score_{scorer.name}"] = np.asarray(scores, dtype=np.float64)
-        costs[scorer.name] = elapsed / len(graphs)
+        scores_by_method[scorer.name] = np.asarray(scores, dtype=np.float64)
+        costs[scorer.name] = scorer.cost = elapsed / len(graphs)
         logger.info("scored %d candidates with %s in %.2fs", len(graphs), scorer.name, elapsed)
+
+    # The table, after scoring: its FLOP counts must not pre-warm the `flops` scorer's cache.
+    frame = _candidate_frame(graphs, table, seed_list)
+    for name, values in scores_by_method.items():
+        frame[f"score_{name}"] = values
 
     summary, summary_json = summarize(
         frame, costs, seeds=seed_list, n_resamples=n_resamples, seed=seed,

@@ -589,7 +589,11 @@ class GroundTruthCache:
         finally:
             bar.close()
             if executor is not None:
-                executor.shutdown()
+                executor.shutdown()  # lets the runs in flight finish, cancels the rest
+            for future, job in list(in_flight.items()):  # keep what finished before an error
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self._put(job.graph, dkey, bkey, job.seed, GroundTruthRecord(**future.result()))
+                    del in_flight[future]
             if in_flight:
                 self._release(in_flight.values(), dkey, bkey)
         rows = []

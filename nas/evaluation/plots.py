@@ -45,7 +45,7 @@ def _label(method: str) -> str:
     return method.replace("_", " ")
 
 
-def plot_score_vs_truth(frame: pd.DataFrame, method: str = "ghn", *, ax: Axes | None = None) -> Axes:
+def plot_score_vs_truth(frame: pd.DataFrame, method: str = "ghn", ax: Axes | None = None) -> Axes:
     """Scatter a method's scores against the trained validation loss.
 
     Each point is a candidate: its score (higher = predicted better) against
@@ -107,10 +107,10 @@ def plot_score_vs_truth(frame: pd.DataFrame, method: str = "ghn", *, ax: Axes | 
 
 def plot_method_bars(
     summary: pd.DataFrame,
+    ax: Axes | None = None,
     *,
     noise_ceiling: float | Mapping[str, Any] | None = None,
     metric: str = "kendall",
-    ax: Axes | None = None,
 ) -> Axes:
     """Bar chart of every method's rank correlation, with CI error bars and the noise ceiling.
 
@@ -121,10 +121,10 @@ def plot_method_bars(
     Args:
         summary: A :attr:`CorrelationResult.summary` (index = method; columns
             ``<metric>``, ``<metric>_lo``, ``<metric>_hi``).
+        ax: Axes to draw on; a new figure when ``None``.
         noise_ceiling: The ceiling: a number, or the ``noise_ceiling`` mapping
             of ``summary.json``; default ``summary.attrs["noise_ceiling"]``.
         metric: ``"kendall"`` or ``"spearman"``.
-        ax: Axes to draw on; a new figure when ``None``.
 
     Returns:
         The axes.
@@ -134,7 +134,9 @@ def plot_method_bars(
     """
     for col in (metric, f"{metric}_lo", f"{metric}_hi"):
         if col not in summary.columns:
-            raise ValueError(f"`metric` {metric!r} needs column {col!r} in `summary`; columns: {list(summary.columns)}.")
+            raise ValueError(
+                f"`metric` {metric!r} needs column {col!r} in `summary`; columns: {list(summary.columns)}."
+            )
     data = summary.sort_values(metric, ascending=False, na_position="last")
     n = len(data)
     ax = ax if ax is not None else _new_axes((max(4.0, 0.45 * n + 1.5), 3.6))
@@ -159,7 +161,7 @@ def plot_method_bars(
     if math.isfinite(ceiling):
         ax.axhline(ceiling, color="0.3", linestyle="--", linewidth=1.0, label=f"noise ceiling ({ceiling:.2f})")
         if all(math.isfinite(b) for b in band):
-            ax.axhspan(band[0], band[1], color="0.5", alpha=0.15, linewidth=0)
+            ax.axhspan(band[0], band[1], color="0.5", alpha=0.15, linewidth=0, zorder=0)
         ax.legend(fontsize=7, loc="upper right", frameon=False)
     name = r"Kendall $\tau$" if metric == "kendall" else r"Spearman $\rho$"
     ax.set_ylabel(f"{name} vs trained (95% CI)")

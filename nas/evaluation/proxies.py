@@ -71,8 +71,8 @@ def synflow(model: nn.Module, x: Tensor, y: Tensor | None = None) -> float:
     mean 0 and variance 1, so each BN layer is the affine map
     ``|gamma| x / sqrt(1 + eps) + |beta|`` (``x / sqrt(1 + eps)`` at init), that
     is the zero-cost paper's choice of scoring synflow with BN disabled, up to
-    the ``sqrt(1 + eps)`` factor. (Training-mode BN would re-normalise the
-    constant input to zero.)
+    the ``sqrt(1 + eps)`` factor. (Training-mode BN would instead normalise
+    with the statistics of the single all-ones example.)
 
     References:
         Hidenori Tanaka, Daniel Kunin, Daniel L. K. Yamins and Surya Ganguli.

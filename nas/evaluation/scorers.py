@@ -65,9 +65,12 @@ class Scorer(abc.ABC):
 
     Attributes:
         name: Name of the scorer in tables and figures.
+        cost: Seconds per candidate of the last :meth:`score` call made by
+            :func:`nas.evaluation.correlate` (``None`` before).
     """
 
     name: str = "scorer"
+    cost: float | None = None
 
     @abc.abstractmethod
     def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
