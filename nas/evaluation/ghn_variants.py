@@ -1,0 +1,164 @@
+"""GHN-based ranking signals beyond the plain predicted-weight loss.
+
+The plain score of a graph hypernetwork, the validation loss of the weights it
+predicts, tends to erase the differences a ranking needs: a GHN that fits
+every candidate well hands them all a good solution. This module holds the
+variants measured against it (each is one row of ``nas correlate``):
+
+* :class:`GHNEnsembleScorer`: the predicted-weight loss averaged over several
+  checkpoints of one meta-training run. ``reduce="mean"`` over late
+  checkpoints is a checkpoint ensemble (it averages out the checkpoint-to-
+  checkpoint swings of the plain score); over checkpoints spread along the
+  whole run it is a *meta-training speed* estimate, the GHN analogue of the
+  training-speed estimate of Ru et al. (NeurIPS 2021): the area under each
+  candidate's predicted-weight loss curve while the GHN learns.
+* :func:`ghn_embeddings` and :func:`cross_validated_scores`: GHN-2's property
+  prediction (Knyazev et al., NeurIPS 2021, Sec. 5): a ridge regressor on
+  mean-pooled GHN node embeddings, fitted on trained candidates and scored
+  out of fold; :func:`op_count_features` gives the plain baseline the same
+  regressor must beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas.data import Dataset
+from nas.evaluation.scorers import Scorer
+from nas.graph import ArchGraph
+from nas.ops import op_names
+
+__all__ = [
+    "GHNEnsembleScorer",
+    "ghn_embeddings",
+    "op_count_features",
+    "cross_validated_scores",
+]
+
+
+class GHNEnsembleScorer(Scorer):
+    """Negative predicted-weight loss, combined over several GHN checkpoints.
+
+    Args:
+        ghns: Checkpoints of one meta-training run (loaded :class:`nas.ghn.GHN`).
+        name: Name of the scorer.
+        reduce: ``"mean"`` of the losses or ``"mean_rank"`` (average of the
+            per-checkpoint ranks, robust to checkpoints whose loss scale differs).
+        split: Split to score on.
+        chunk: Graphs per ``evaluate`` call.
+
+    Raises:
+        ValueError: ``ghns`` is empty or ``reduce`` is unknown.
+    """
+
+    name = "ghn_ensemble"
+
+    def __init__(
+        self,
+        ghns: Sequence[Any],
+        *,
+        name: str = "ghn_ensemble",
+        reduce: str = "mean",
+        split: str = "val",
+        chunk: int = 64,
+    ) -> None:
+        if not ghns:
+            raise ValueError("`ghns` must hold at least one GHN checkpoint, but got none.")
+        if reduce not in ("mean", "mean_rank"):
+            raise ValueError(f"`reduce` must be 'mean' or 'mean_rank', but got {reduce!r}.")
+        self.ghns = list(ghns)
+        self.name = name
+        self.reduce = reduce
+        self.split = split
+        self.chunk = chunk
+
+    def losses(self, graphs: Sequence[ArchGraph], data: Dataset) -> np.ndarray:
+        """Predicted-weight loss of every graph under every checkpoint, ``[K, B]``."""
+        out = np.empty((len(self.ghns), len(graphs)))
+        for k, ghn in enumerate(self.ghns):
+            for start in range(0, len(graphs), self.chunk):
+                part = list(graphs[start : start + self.chunk])
+                results = ghn.evaluate(part, data, split=self.split)
+                out[k, start : start + len(part)] = [r["loss"] for r in results]
+        return out
+
+    def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
+        losses = self.losses(graphs, data)  # [K, B]
+        if self.reduce == "mean":
+            return (-losses.mean(axis=0)).tolist()
+        from scipy.stats import rankdata
+
+        ranks = np.stack([rankdata(row) for row in losses])  # low loss -> low rank
+        return (-ranks.mean(axis=0)).tolist()
+
+
+@torch.no_grad()
+def ghn_embeddings(ghn: Any, graphs: Sequence[ArchGraph], *, chunk: int = 128) -> np.ndarray:
+    """Mean-pooled GHN node embeddings, one row per graph.
+
+    Args:
+        ghn: A :class:`nas.ghn.GHN`.
+        graphs: The architectures.
+        chunk: Graphs per forward pass.
+
+    Returns:
+        Array ``[B, hidden]``.
+    """
+    from torch_geometric.data import Batch
+    from torch_geometric.utils import scatter
+
+    rows = []
+    for start in range(0, len(graphs), chunk):
+        part = list(graphs[start : start + chunk])
+        batch = Batch.from_data_list([ghn.entry(g).data for g in part]).to(ghn.device)
+        h = ghn(batch)  # [N, hidden] node states
+        rows.append(scatter(h, batch.batch, dim=0, dim_size=len(part), reduce="mean").float().cpu())
+    return torch.cat(rows).numpy()
+
+
+def op_count_features(graphs: Sequence[ArchGraph]) -> np.ndarray:
+    """How often each op occurs, plus log parameter count: the plain baseline features ``[B, F]``."""
+    names = op_names()
+    return np.array(
+        [[g.op_counts()[n] for n in names] + [np.log(g.num_params() + 1)] for g in graphs], dtype=np.float64
+    )
+
+
+def cross_validated_scores(
+    features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """Out-of-fold predictions of a ridge regressor, negated (higher = better).
+
+    Each candidate's score comes from a model fitted on the other folds only,
+    so no candidate's own trained result enters its score.
+
+    Args:
+        features: ``[B, F]`` features.
+        target: ``[B]`` trained loss (lower is better).
+        folds: Number of folds (``B`` for leave-one-out).
+        seed: Seed of the fold assignment.
+
+    Returns:
+        ``[B]`` scores, ``-predicted loss``.
+
+    Raises:
+        ValueError: Fewer than 2 folds or more folds than candidates.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = len(target)
+    if not 2 <= folds <= n:
+        raise ValueError(f"`folds` must be in 2..{n}, but got {folds}.")
+    pred = np.empty(n)
+    for train_idx, test_idx in KFold(folds, shuffle=True, random_state=seed).split(features):
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+        model.fit(features[train_idx], target[train_idx])
+        pred[test_idx] = model.predict(features[test_idx])
+    return -pred
