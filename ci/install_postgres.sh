@@ -55,12 +55,18 @@ if [ -z "$(cluster_line)" ]; then
     log "creating cluster $version/main"
     "${SUDO[@]}" pg_createcluster "$version" main >&2 || die "pg_createcluster $version main failed."
 fi
-read -r PG_VERSION PG_CLUSTER PG_PORT PG_STATUS _ <<<"$(cluster_line)"
+read -r PG_VERSION PG_CLUSTER PG_PORT PG_STATUS _ PG_DATA _ <<<"$(cluster_line)"
 
-if [ "$PG_STATUS" != "online" ]; then
+if [[ "$PG_STATUS" != online* ]]; then
     log "starting cluster $PG_VERSION/$PG_CLUSTER on port $PG_PORT"
-    "${SUDO[@]}" pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start >&2 \
-        || die "pg_ctlcluster $PG_VERSION $PG_CLUSTER start failed; see /var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log."
+    if ! "${SUDO[@]}" pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start >&2; then
+        # A server killed with its machine leaves postmaster.pid behind; if that pid now belongs to
+        # another process the server refuses to start. The cluster is down, so the file is stale.
+        log "start failed; removing a stale $PG_DATA/postmaster.pid (if any) and retrying"
+        "${SUDO[@]}" rm -f "$PG_DATA/postmaster.pid"
+        "${SUDO[@]}" pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start >&2 \
+            || die "pg_ctlcluster $PG_VERSION $PG_CLUSTER start failed; see /var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log."
+    fi
 fi
 for _ in $(seq 1 60); do
     pg_isready -q -h 127.0.0.1 -p "$PG_PORT" && break

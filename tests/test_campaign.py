@@ -47,15 +47,6 @@ SPACE_ARGS = {"C": 4}
 NB201_CHOICES = ["edge_1_0", "edge_2_0", "edge_2_1", "edge_3_0", "edge_3_1", "edge_3_2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: oversubscribed intra-op threads make tiny convs 10x slower.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_tiny_ghn(path: Path) -> Path:
     """Meta-train (once per session) a tiny GHN for nb201 C=4 on digits."""
     from nas.exceptions import CheckpointError
@@ -70,7 +61,7 @@ def make_tiny_ghn(path: Path) -> Path:
             pass
     data = load_dataset("digits")
     space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes, **SPACE_ARGS)
-    config = MetaTrainConfig(steps=6, meta_batch=4, batch_size=32, eval_every=6, num_held_out=2, warmup_steps=1)
+    config = MetaTrainConfig(steps=2, meta_batch=2, batch_size=32, eval_every=2, num_held_out=1, warmup_steps=1)
     meta_train(
         space, data, config, ghn_config=GHNConfig(hidden=16, layers=1, s_max=2), out=path, resume=False, progress=False
     )
@@ -300,6 +291,16 @@ def test_multi_objective_takes_candidates_from_the_pareto_front(tmp_path: Path, 
     assert set(enqueued) & front_keys == set(list(front.sort_values("ghn_loss")["key"])[:2])
     assert len(ft.get_trials(states=(TrialState.WAITING,))) == 2
     assert campaign.enqueue() == []  # enqueued once only
+
+
+def test_diverged_finetune_is_a_failed_row_not_an_error(tmp_path: Path, ghn_path: Path) -> None:
+    out = tmp_path / "div"
+    result = small_campaign(out, ghn_path, trials=2, top_k=1, batch_size=2, finetune_lr=1e6).run()
+    ft = result.finetuned
+    assert len(ft) == 1 and bool(ft["failed"].iloc[0]) and pd.isna(ft["rank"].iloc[0])
+    assert "diverged" in ft["error"].iloc[0]
+    assert result.best is None and not (out / "best.json").exists()
+    assert (out / "finetuned.csv").is_file()
 
 
 # ---------------------------------------------------------------- storage and workers

@@ -197,6 +197,8 @@ class Campaign:
         heartbeat_interval: Seconds between heartbeats of running trials.
         grace_period: Seconds without heartbeat after which a worker counts as dead.
         progress: Show tqdm progress bars.
+        meta_train: A :class:`nas.ghn.MetaTrainConfig` for the GHN meta-trained
+            when ``ghn`` is ``None`` (default: the default recipe on ``device``).
 
     Raises:
         ValueError: A setting is out of range (the message names it).
@@ -235,6 +237,7 @@ class Campaign:
         heartbeat_interval: int = 30,
         grace_period: int = 120,
         progress: bool = True,
+        meta_train: Any = None,
     ) -> None:
         self.trials = _positive_int("trials", trials)
         self.top_k = _positive_int("top_k", top_k)
@@ -271,6 +274,7 @@ class Campaign:
         self._space_in = space
         self._dataset_in = dataset
         self._ghn_in = ghn
+        self.meta_train_config = meta_train
         self._study_in = study
         self._space: SearchSpace | None = None
         self._data: Dataset | None = None
@@ -343,20 +347,14 @@ class Campaign:
         if ghn is None:
             path = self._ghn_path()
             assert path is not None
-            ensure = getattr(ghn_mod, "ensure_ghn", None)
-            if ensure is not None:
-                ghn = ensure(self.space, self.data, path=path, progress=self.progress)
-            elif path.is_file():
-                ghn = ghn_mod.GHN.load(path, map_location=self.device)
-            else:
-                logger.info("meta-training the default GHN into %s (done once, then reused)", path)
-                config = ghn_mod.MetaTrainConfig(device=self.device)
-                ghn = ghn_mod.meta_train(self.space, self.data, config, out=path, progress=self.progress)
-                ghn.save(path)
+            config = self.meta_train_config or ghn_mod.MetaTrainConfig(device=self.device)
+            ghn = ghn_mod.ensure_ghn(self.space, self.data, path=path, config=config, progress=self.progress)
         elif isinstance(ghn, (str, Path)):
             path = Path(ghn).expanduser()
             if not path.is_file():
-                raise CheckpointError(f"GHN checkpoint {str(path)!r} does not exist.")
+                raise CheckpointError(
+                    f"GHN checkpoint {str(path)!r} does not exist (a worker on another machine: pass --ghn PATH)."
+                )
             ghn = ghn_mod.GHN.load(path, map_location=self.device)
         if hasattr(ghn, "check_compatible"):
             ghn.check_compatible(self.space)
@@ -412,6 +410,7 @@ class Campaign:
         """
         if self._rank_study is not None and self._ft_study is not None:
             return self._rank_study, self._ft_study
+        self.out.mkdir(parents=True, exist_ok=True)
         self._storage = open_storage(
             self.storage_url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period
         )
@@ -651,6 +650,10 @@ class Campaign:
                 f"campaign {study!r} was started with a search space object that cannot be imported by name; "
                 "run the worker through the Python API with Campaign(space=...)."
             )
+        if ghn is None and info.get("ghn") is None:
+            raise CheckpointError(
+                f"campaign {study!r} was started with a GHN object, not a checkpoint file; pass --ghn PATH."
+            )
         space_info = info["space_info"]
         stored_out = Path(info["out"])
         if out is None:
@@ -682,12 +685,7 @@ class Campaign:
 
     def work(self) -> FinetuneStats:
         """Fine-tune what is queued and return (the job of ``nas worker``); does not rank or wait."""
-        self.out.mkdir(parents=True, exist_ok=True)
         self.open()
-        if self._ghn_in is None and not (self.out / "ghn.pt").is_file():
-            raise CheckpointError(
-                f"campaign {self.study_name!r} stores no GHN path usable here; pass --ghn PATH."
-            )
         return self.finetune(wait=False)
 
 

@@ -54,10 +54,6 @@ FINETUNE_METRICS: dict[str, tuple[str, str]] = {
 ENQUEUED_ATTR = "nas_enqueued"
 
 
-class _FinetuneFailed(RuntimeError):
-    """Training diverged; the trial is recorded as FAIL and the worker goes on."""
-
-
 @dataclass
 class FinetuneStats:
     """What one worker did in the fine-tune stage.
@@ -222,8 +218,9 @@ def run_finetune_worker(
         try:
             with Heartbeat([trial], worker, interval=heartbeat_interval):
                 return _finetune_one(trial, key)
-        except KeyboardInterrupt:
-            # Optuna marks the trial FAIL; its candidate goes back in the queue for the rerun.
+        except BaseException:
+            # Interrupted or crashed: Optuna marks the trial FAIL and re-raises; the candidate goes
+            # back in the queue (at most MAX_RETRIES times) so a rerun fine-tunes it.
             requeue_trial(study, _frozen(study, trial.number))
             raise
 
@@ -245,7 +242,8 @@ def run_finetune_worker(
         stats.finetuned += 1
         if result.failed:
             stats.failed += 1
-            raise _FinetuneFailed(f"fine-tune trial {trial.number} (key {key[:12]}) diverged: {result.error}")
+            logger.warning("fine-tune trial %d (key %s) diverged: %s", trial.number, key[:12], result.error)
+            return math.nan  # Optuna records a NaN value as a FAIL trial; the worker goes on
         if folder is not None:
             path = folder / f"{key[:16]}-t{trial.number}.pt"
             state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
@@ -263,7 +261,7 @@ def run_finetune_worker(
                 if reap_stale_trials(study, grace_period=grace_period):
                     continue
                 break
-            study.optimize(objective, n_trials=1, catch=(_FinetuneFailed,), gc_after_trial=False)
+            study.optimize(objective, n_trials=1, gc_after_trial=False)
             claimed += 1
             bar.total = max(bar.total or 0, claimed)
             bar.update()

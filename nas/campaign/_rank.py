@@ -222,11 +222,13 @@ def _score_batch(
             source = known[key]
             _tell_duplicate(study, trial, source.number, source.user_attrs, source.state, objectives)
             stats.duplicates += 1
+            stats.failed += source.state == TrialState.FAIL
         elif key in first_in_batch:
             attrs = scores[key]
             state = TrialState.COMPLETE if math.isfinite(attrs["ghn_loss"]) else TrialState.FAIL
             _tell_duplicate(study, trial, first_in_batch[key], attrs, state, objectives)
             stats.duplicates += 1
+            stats.failed += state == TrialState.FAIL
         else:
             attrs = scores[key]
             first_in_batch[key] = trial.number

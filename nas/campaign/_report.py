@@ -228,8 +228,8 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         a = t.user_attrs
-        if "key" not in a or "val_loss" not in a:
-            continue
+        if "key" not in a or "val_loss" not in a or (t.state == TrialState.FAIL and not a.get("failed")):
+            continue  # not fine-tuned, or a dead worker's trial (its candidate was re-queued)
         rows.append({
             "trial": t.number,
             "rank_trial": a.get("rank_trial"),

@@ -32,7 +32,9 @@ __all__ = ["DEMO", "add_parsers", "run_demo", "run_search", "run_worker"]
 
 logger = logging.getLogger(__name__)
 
-#: Settings of ``nas demo`` (nb201 on mnist5k, about 15 minutes on 2 CPU cores).
+#: Settings of ``nas demo`` (nb201 on mnist5k, sized for about 15 minutes on 2 CPU cores:
+#: measured single-thread CPU costs are ~1.1 s per GHN meta-training step, ~0.65 s per
+#: rank trial, ~4 s per fine-tuning epoch and ~5 s per self-check epoch).
 DEMO: dict[str, Any] = {
     "space": "nb201",
     "dataset": "mnist5k",
@@ -40,8 +42,9 @@ DEMO: dict[str, Any] = {
     "top_k": 3,
     "finetune_epochs": 2.0,
     "self_check": 8,
-    "self_check_epochs": 2.0,
+    "self_check_epochs": 1.0,
     "batch_size": 50,
+    "ghn_steps": 600,
 }
 
 
@@ -82,6 +85,10 @@ def add_parsers(subparsers: Any) -> None:
     add_space_arguments(p)
     p.add_argument("--dataset", default="mnist5k", help="digits, mnist5k, mnist:PATH or cifar10:PATH (default mnist5k)")
     p.add_argument("--ghn", default=None, metavar="PATH", help="GHN checkpoint (default: meta-train one into OUT/ghn.pt)")
+    p.add_argument(
+        "--ghn-steps", type=int, default=None, metavar="N",
+        help="meta-training steps of the GHN trained when --ghn is not given (default: the default recipe)",
+    )
     p.add_argument("--trials", type=int, default=300, metavar="N", help="rank trials (default 300)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to fine-tune (default 5)")
     p.add_argument("--finetune-epochs", type=float, default=3.0, metavar="E", help="fine-tuning epochs (default 3)")
@@ -117,8 +124,9 @@ def add_parsers(subparsers: Any) -> None:
         subparsers,
         "demo",
         help="the demo: search nb201 on mnist5k end to end",
-        description="Meta-train the default GHN (or reuse OUT/ghn.pt), rank 300 nb201 candidates on mnist5k, "
-        "fine-tune the top 3, run a self-check and write tables and plots into OUT (about 15 minutes on 2 CPU cores).",
+        description="Meta-train a GHN (or reuse OUT/ghn.pt), rank 300 nb201 candidates on mnist5k, "
+        "fine-tune the top 3, run a self-check and write tables and plots into OUT (sized for about 15 minutes "
+        "on 2 CPU cores).",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="output folder (default runs/demo)")
     p.add_argument("--trials", type=int, default=DEMO["trials"], metavar="N", help=f"rank trials (default {DEMO['trials']})")
@@ -126,6 +134,10 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument(
         "--self-check", type=int, default=DEMO["self_check"], metavar="N",
         help=f"random candidates trained for the self-check (default {DEMO['self_check']})",
+    )
+    p.add_argument(
+        "--ghn-steps", type=int, default=DEMO["ghn_steps"], metavar="N",
+        help=f"meta-training steps of the GHN (default {DEMO['ghn_steps']}; reused from OUT/ghn.pt when there)",
     )
     _add_common(p)
     p.set_defaults(func=run_demo)
@@ -154,11 +166,25 @@ def run_search(args: argparse.Namespace) -> int:
     from nas.campaign import Campaign
     from nas.cli.basic import parse_space_args
 
-    for flag in ("trials", "top_k", "finetune_epochs", "batch_size", "heartbeat", "grace"):
+    from nas.campaign import FINETUNE_METRICS, resolve_objectives, resolve_sampler
+
+    for flag in ("trials", "top_k", "finetune_epochs", "batch_size", "heartbeat", "grace", "ghn_steps"):
         _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     _positive("--self-check-epochs", args.self_check_epochs)
     if args.self_check < 0 or 0 < args.self_check < 3:
         raise ValueError(f"`--self-check` must be 0 or at least 3, but got {args.self_check}.")
+    for flag, check in (
+        ("sampler", lambda: resolve_sampler(args.sampler)),
+        ("objectives", lambda: resolve_objectives(args.objectives)),
+    ):
+        try:
+            check()
+        except ValueError as err:
+            raise ValueError(str(err).replace(f"`{flag}`", f"`--{flag}`")) from None
+    if args.finetune_metric not in FINETUNE_METRICS:
+        raise ValueError(
+            f"`--finetune-metric` must be one of {', '.join(FINETUNE_METRICS)}, but got {args.finetune_metric!r}."
+        )
     _quiet_optuna()
     started = time.perf_counter()
     campaign = Campaign(
@@ -183,9 +209,21 @@ def run_search(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat,
         grace_period=args.grace,
         progress=not args.no_progress,
+        meta_train=_meta_train_config(args.ghn_steps, args.device),
     )
     _print_result(campaign.run(), started)
     return 0
+
+
+def _meta_train_config(steps: int | None, device: str) -> Any:
+    if steps is None:
+        return None
+    from nas.ghn import MetaTrainConfig
+
+    default = MetaTrainConfig()
+    return MetaTrainConfig(
+        steps=steps, device=device, warmup_steps=min(default.warmup_steps, steps), eval_every=min(default.eval_every, steps)
+    )
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -219,16 +257,18 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run ``nas demo``: nb201 on mnist5k, default GHN, rank, fine-tune, self-check, report."""
     from nas.campaign import Campaign
 
-    for flag in ("trials", "top_k", "heartbeat", "grace"):
+    for flag in ("trials", "top_k", "heartbeat", "grace", "ghn_steps"):
         _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     if args.self_check < 0 or 0 < args.self_check < 3:
         raise ValueError(f"`--self-check` must be 0 or at least 3, but got {args.self_check}.")
     _quiet_optuna()
     started = time.perf_counter()
-    settings = {**DEMO, "trials": args.trials, "top_k": args.top_k, "self_check": args.self_check}
+    settings = {k: v for k, v in DEMO.items() if k != "ghn_steps"}
+    settings.update(trials=args.trials, top_k=args.top_k, self_check=args.self_check)
     campaign = Campaign(
         **settings,
         ghn=None,
+        meta_train=_meta_train_config(args.ghn_steps, args.device),
         out=args.out,
         device=args.device,
         heartbeat_interval=args.heartbeat,

@@ -39,13 +39,25 @@ from torch import Tensor, nn
 from nas.exceptions import CheckpointError
 from nas.ops import PARAM_KINDS
 
-__all__ = ["WeightDecoder", "normalise"]
+__all__ = ["WeightDecoder", "fan_in_scale", "normalise"]
 
 VECTOR_KINDS = ("bias", "norm_weight", "norm_bias")
 
 
+def fan_in_scale(kind: str, shape: Sequence[int]) -> float:
+    """He/Kaiming scale of a ``conv`` (``sqrt(2 / fan_in)``) or ``linear`` (``sqrt(1 / fan_in)``) weight."""
+    if kind == "conv":
+        return math.sqrt(2.0 / math.prod(shape[1:]))
+    if kind == "linear":
+        return math.sqrt(1.0 / shape[1])
+    raise ValueError(f"`kind` must be 'conv' or 'linear', but got {kind!r}.")
+
+
 def normalise(kind: str, raw: Tensor, shape: Sequence[int]) -> Tensor:
     """GHN-2 operation-dependent normalisation of a raw decoded tensor.
+
+    (The decoder folds the ``conv``/``linear`` scale into a small factor
+    instead of scaling the large output; the result is the same.)
 
     Args:
         kind: Parameter kind.
@@ -55,11 +67,8 @@ def normalise(kind: str, raw: Tensor, shape: Sequence[int]) -> Tensor:
     Returns:
         The normalised tensors, same shape.
     """
-    if kind == "conv":
-        fan_in = math.prod(shape[1:])
-        return raw * math.sqrt(2.0 / fan_in)
-    if kind == "linear":
-        return raw * math.sqrt(1.0 / shape[1])
+    if kind in ("conv", "linear"):
+        return raw * fan_in_scale(kind, shape)
     if kind == "norm_weight":
         return 1.0 + torch.tanh(raw)
     if kind in ("bias", "norm_bias"):
@@ -81,8 +90,10 @@ class WeightDecoder(nn.Module):
         max_kernel: ``K``: largest kernel size a ``conv`` tensor may have.
         rank: ``r``: rank of the channel factors.
 
-    ``forward(h, kind, shape, slot)`` decodes the ``P`` tensors of one group;
-    ``slot`` tells apart several tensors of the same kind owned by one node.
+    ``forward(h, kind, shape, slot)`` decodes the ``P`` tensors of one group
+    (``decode(embed(h), ...)``: the shared MLP can run once per node and its
+    codes be reused for every tensor the node owns); ``slot`` tells apart
+    several tensors of the same kind owned by one node.
 
     Shapes:
         - input: ``h [P, hidden]`` states of the nodes owning the ``P`` tensors
@@ -118,26 +129,35 @@ class WeightDecoder(nn.Module):
             nn.init.normal_(head.weight, std=0.1 * std)  # norms start near 1, biases near 0
             nn.init.zeros_(head.bias)
 
+    def embed(self, h: Tensor) -> Tensor:
+        """Codes ``z [P, hidden]`` of node states (the shared MLP), for :meth:`decode`."""
+        return self.mlp(h)
+
     def forward(self, h: Tensor, kind: str, shape: Sequence[int], slot: int = 0) -> Tensor:
-        z = self.mlp(h)
+        return self.decode(self.embed(h), kind, shape, slot)
+
+    def decode(self, z: Tensor, kind: str, shape: Sequence[int], slot: int = 0) -> Tensor:
+        """Decode tensors of one ``(kind, shape)`` group from codes of :meth:`embed`."""
         if slot:  # a second tensor of one kind on one node (no op owns one today): a shifted code
             z = torch.roll(z, shifts=slot, dims=1)
         if kind == "conv":
-            raw = self._conv(z, shape)
-        elif kind == "linear":
-            raw = self._linear(z, shape)
-        elif kind in VECTOR_KINDS:
+            return self._conv(z, shape)  # normalised inside
+        if kind == "linear":
+            return self._linear(z, shape)  # normalised inside
+        if kind in VECTOR_KINDS:
             (C,) = shape
-            raw = self.vector[kind](z)[:, _tile(C, self.max_channels, z.device)]
-        else:
-            raise ValueError(f"`kind` must be one of {PARAM_KINDS}, but got {kind!r}.")
-        return normalise(kind, raw, shape)
+            return normalise(kind, self.vector[kind](z)[:, _tile(C, self.max_channels, z.device)], shape)
+        raise ValueError(f"`kind` must be one of {PARAM_KINDS}, but got {kind!r}.")
+
+    def _factor(self, z: Tensor, head: nn.Linear, n: int) -> Tensor:
+        """Rows ``0..n-1`` (mod ``M``) of a channel factor ``[P, M, r]``, computing only the rows needed."""
+        P, M, r = z.size(0), self.max_channels, self.rank  # tensors, max channels, rank
+        if n <= M:
+            return F.linear(z, head.weight[: n * r], head.bias[: n * r]).view(P, n, r)
+        return head(z).view(P, M, r)[:, _tile(n, M, z.device)]
 
     def _factors(self, z: Tensor, out_head: nn.Linear, in_head: nn.Linear, O: int, I: int) -> tuple[Tensor, Tensor]:
-        P, M, r = z.size(0), self.max_channels, self.rank  # tensors, max channels, rank
-        U = out_head(z).view(P, M, r)[:, _tile(O, M, z.device)]  # [P, O, r]
-        V = in_head(z).view(P, M, r)[:, _tile(I, M, z.device)]  # [P, I, r]
-        return U, V
+        return self._factor(z, out_head, O), self._factor(z, in_head, I)  # [P, O, r], [P, I, r]
 
     def _conv(self, z: Tensor, shape: Sequence[int]) -> Tensor:
         O, I, kh, kw = shape  # out channels, in channels per group, kernel
@@ -145,22 +165,23 @@ class WeightDecoder(nn.Module):
         if kh > K or kw > K:
             raise CheckpointError(f"the GHN decodes kernels up to {K}x{K}, but a tensor needs {kh}x{kw}.")
         U, V = self._factors(z, self.conv_out, self.conv_in, O, I)
+        P, S = z.size(0), kh * kw  # tensors, kernel positions
         # rows of the core head for the centre kh x kw window of the K x K kernel
         rows = torch.arange(r * r * K * K, device=z.device).view(r * r, K, K)
         h0, w0 = (K - kh) // 2, (K - kw) // 2
         rows = rows[:, h0 : h0 + kh, w0 : w0 + kw].reshape(-1)
         core = F.linear(z, self.conv_core.weight[rows], self.conv_core.bias[rows])
-        core = core.view(-1, r, r, kh * kw)  # [P, r, r, kh*kw]
-        W = torch.einsum("poa,pabs->pobs", U, core)  # [P, O, r, kh*kw]
-        W = torch.einsum("pobs,pib->pois", W, V) / r  # [P, O, I, kh*kw]
-        return W.reshape(-1, O, I, kh, kw)
+        core = core.view(P, r, r, S) * (fan_in_scale("conv", shape) / r)  # [P, a, b, S], normalisation folded in
+        X = torch.einsum("pib,pabs->pais", V, core)  # [P, r, I, S]: small
+        W = torch.bmm(U, X.reshape(P, r, I * S))  # [P, O, I * S]: the only large product, in final layout
+        return W.view(P, O, I, kh, kw)
 
     def _linear(self, z: Tensor, shape: Sequence[int]) -> Tensor:
         O, I = shape  # out features, in features
         r = self.rank
         U, V = self._factors(z, self.linear_out, self.linear_in, O, I)
-        core = self.linear_core(z).view(-1, r, r)
-        return torch.einsum("poa,pab,pib->poi", U, core, V) / r
+        core = self.linear_core(z).view(-1, r, r) * (fan_in_scale("linear", shape) / r)
+        return torch.bmm(U, torch.bmm(core, V.transpose(1, 2)))  # [P, O, I]
 
     def extra_repr(self) -> str:
         return (

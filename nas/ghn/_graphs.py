@@ -109,18 +109,25 @@ class GraphEntry:
             ``to_pyg().x``), ``op [N]``, ``param_shape [N, 4]``,
             ``edge_index [2, E]``, ``edge_pos [E]`` and the message edges.
         params: Every parameter tensor, in ``graph.param_specs`` order.
-        groups: ``(kind, shape, slot) -> (positions, names)``, the params
+        groups: ``(kind, shape, slot) -> (positions [P], names)``, the params
             grouped the way the decoder batches them.
+        layout: ``(name, group, j)`` per param in ``graph.param_specs`` order:
+            the param is the ``j``-th of its group in this graph.
     """
 
     data: GHNData
     params: tuple[ParamSlot, ...]
-    groups: dict[tuple[str, tuple[int, ...], int], tuple[tuple[int, ...], tuple[str, ...]]]
+    groups: dict[tuple[str, tuple[int, ...], int], tuple[np.ndarray, tuple[str, ...]]]
+    layout: tuple[tuple[str, tuple[str, tuple[int, ...], int], int], ...]
 
 
 def graph_id(graph: ArchGraph) -> tuple[str, tuple[tuple[object, ...], ...]]:
-    """Cache key of a graph: canonical key plus node numbering and attributes."""
-    return graph.key, tuple((n.op, n.inputs, tuple(sorted(n.attrs.items()))) for n in graph.nodes)
+    """Cache key of a graph: canonical key plus node numbering and attributes.
+
+    (Attributes are taken in their stored order: the same attributes stored in
+    another order only cost a second cache entry.)
+    """
+    return graph.key, tuple((n.op, n.inputs, tuple(n.attrs.items())) for n in graph.nodes)
 
 
 def virtual_edges(edge_index: Tensor, num_nodes: int, s_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,10 +214,16 @@ def graph_entry(graph: ArchGraph, *, s_max: int, max_positions: int) -> GraphEnt
         seen[(node, spec.kind)] = slot + 1
         params.append(ParamSlot(name, pos[node], spec.kind, tuple(spec.shape), slot))
     grouped: dict[tuple[str, tuple[int, ...], int], list[ParamSlot]] = {}
+    layout = []
     for p in params:
-        grouped.setdefault((p.kind, p.shape, p.slot), []).append(p)
-    groups = {key: (tuple(p.pos for p in ps), tuple(p.name for p in ps)) for key, ps in grouped.items()}
-    return GraphEntry(data=data, params=tuple(params), groups=groups)
+        key = (p.kind, p.shape, p.slot)
+        members = grouped.setdefault(key, [])
+        layout.append((p.name, key, len(members)))
+        members.append(p)
+    groups = {
+        key: (np.array([p.pos for p in ps], dtype=np.int64), tuple(p.name for p in ps)) for key, ps in grouped.items()
+    }
+    return GraphEntry(data=data, params=tuple(params), groups=groups, layout=tuple(layout))
 
 
 class GraphCache(Generic[K, V]):

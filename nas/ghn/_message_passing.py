@@ -28,7 +28,6 @@ one message per edge.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -75,9 +74,9 @@ class GatedDAGConv(MessagePassing):
     """One round of direction-aware gated message passing over all nodes at once.
 
     The message a node ``u`` sends along an edge of type ``t`` (see the module
-    docstring) is ``MLP_t(h_u) * w + P[t, pos]``: a per-type two-layer MLP of
-    the sender's state (GHN-2's separate forward, backward and virtual-edge
-    MLPs), scaled by the edge weight ``w`` (``1 / distance`` on virtual
+    docstring) is ``MLP_t(h_u) * w + P[t, pos]``: a two-layer MLP of the
+    sender's state with a shared first layer and a per-type second layer
+    (GHN-2's separate forward, backward and virtual-edge MLPs), scaled by the edge weight ``w`` (``1 / distance`` on virtual
     edges), plus a learned embedding of the edge's input position at the
     node that reads it (so the inputs of ``concat`` are told apart). Messages
     are summed at the receiver; a GRU cell and a layer norm update its state.
@@ -103,9 +102,8 @@ class GatedDAGConv(MessagePassing):
         self.hidden = hidden
         self.max_positions = max_positions
         T = NUM_EDGE_TYPES
-        self.lin1 = nn.Linear(hidden, T * hidden)
-        self.weight2 = nn.Parameter(torch.empty(T, hidden, hidden))
-        self.bias2 = nn.Parameter(torch.empty(T, 1, hidden))
+        self.lin1 = nn.Linear(hidden, hidden)
+        self.lin2 = nn.Linear(hidden, T * hidden)
         self.position = nn.Linear(T * max_positions, hidden, bias=False)
         self.gru = nn.GRUCell(hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
@@ -114,9 +112,7 @@ class GatedDAGConv(MessagePassing):
     def reset_parameters(self) -> None:
         super().reset_parameters()
         self.lin1.reset_parameters()
-        bound = 1.0 / math.sqrt(self.hidden)
-        nn.init.uniform_(self.weight2, -bound, bound)
-        nn.init.uniform_(self.bias2, -bound, bound)
+        self.lin2.reset_parameters()
         nn.init.normal_(self.position.weight, std=0.1)
         self.gru.reset_parameters()
         self.norm.reset_parameters()
@@ -124,10 +120,8 @@ class GatedDAGConv(MessagePassing):
     def messages(self, h: Tensor) -> Tensor:
         """Every node's message of every type, ``[N * T, hidden]`` (row ``u * T + t``)."""
         N, H = h.shape  # nodes, hidden
-        T = NUM_EDGE_TYPES
-        m = torch.relu(self.lin1(h)).view(N, T, H).transpose(0, 1)  # [T, N, H]
-        m = torch.baddbmm(self.bias2, m, self.weight2)  # [T, N, H]: per-type second layer
-        return m.transpose(0, 1).reshape(N * T, H)
+        m = self.lin2(torch.relu(self.lin1(h)))  # [N, T * H]: column block t is type t's message
+        return m.view(N * NUM_EDGE_TYPES, H)
 
     def forward(
         self, h: Tensor, adj: Tensor, position_counts: Tensor, edge_weight: Tensor | None = None

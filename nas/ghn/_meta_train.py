@@ -78,20 +78,22 @@ class MetaTrainConfig:
         device: Device to train on.
         amp: ``None``, ``"bf16"`` or ``"fp16"``: autocast precision of the forward pass.
         max_tries: Draws allowed to find one architecture that is not held out.
+        snapshot_every: Also keep a frozen copy of the GHN every this many steps
+            (next to ``out``, see :func:`snapshot_path`); 0 keeps none.
 
     Raises:
         ValueError: A setting is out of range.
     """
 
-    steps: int = 1500
+    steps: int = 1200
     meta_batch: int = 8
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-5
     grad_clip: float | None = 5.0
     schedule: str = "cosine"
-    warmup_steps: int = 50
-    eval_every: int = 250
+    warmup_steps: int = 100
+    eval_every: int = 300
     num_held_out: int = 32
     held_out_seed: int = 20_211_206
     bn_images: int = 256
@@ -99,6 +101,7 @@ class MetaTrainConfig:
     device: str = "cpu"
     amp: str | None = None
     max_tries: int = 1000
+    snapshot_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "meta_batch", "batch_size", "eval_every", "bn_images", "max_tries"):
@@ -208,6 +211,7 @@ class _State:
         self.step = 0
         self.elapsed = 0.0
         self.loss_ema = math.nan
+        self.loss_sum, self.loss_count = 0.0, 0
         self.held_out: list[ArchGraph] = []
 
     def payload(self, config: MetaTrainConfig, extra_held_out: Sequence[ArchGraph]) -> dict[str, Any]:
@@ -276,6 +280,12 @@ def _step_batches(data: Dataset, config: MetaTrainConfig, generator: torch.Gener
     N = data.x_train.shape[0]  # training images
     while True:
         yield torch.randint(N, (min(config.batch_size, N),), generator=generator)
+
+
+def snapshot_path(path: str | Path, step: int) -> Path:
+    """Where ``meta_train`` keeps the snapshot of step ``step`` of the checkpoint ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.step{step:06d}{path.suffix}")
 
 
 def meta_train(
@@ -382,12 +392,16 @@ def meta_train(
                     torch.nn.utils.clip_grad_norm_(ghn.parameters(), config.grad_clip)
                 scaler.step(state.optimizer)
                 scaler.update()
-                state.loss_ema = value if math.isnan(state.loss_ema) else 0.98 * state.loss_ema + 0.02 * value
+                state.loss_ema = value if math.isnan(state.loss_ema) else 0.9 * state.loss_ema + 0.1 * value
+                state.loss_sum, state.loss_count = state.loss_sum + value, state.loss_count + 1
             else:
                 skipped += 1
                 logger.warning("step %d: non-finite meta-training loss %s; step skipped", state.step + 1, value)
             state.scheduler.step()
             state.step += 1
+            if path is not None and config.snapshot_every and state.step % config.snapshot_every == 0:
+                # Frozen copies along the run, for checkpoint-ensemble and meta-training-speed scores.
+                ghn.save(snapshot_path(path, state.step))
             session_steps += 1
             now = time.perf_counter()
             state.elapsed += now - last_time
@@ -399,7 +413,9 @@ def meta_train(
                 refresh=False,
             )
             if state.step % config.eval_every == 0 or state.step == config.steps:
-                record: dict[str, Any] = {"step": state.step, "train_loss": state.loss_ema}
+                mean_loss = state.loss_sum / state.loss_count if state.loss_count else math.nan
+                state.loss_sum, state.loss_count = 0.0, 0
+                record: dict[str, Any] = {"step": state.step, "train_loss": mean_loss}
                 record.update(_evaluate(ghn, data, evaluate_on, reference, config))
                 now = time.perf_counter()
                 state.elapsed += now - last_time
@@ -408,7 +424,7 @@ def meta_train(
                 ghn.history.append(record)
                 logger.info(
                     "step %d/%d: train loss %.4f, held-out acc %s, tau %s, %.0fs",
-                    state.step, config.steps, state.loss_ema,
+                    state.step, config.steps, mean_loss,
                     f"{record['held_out_acc']:.4f}" if "held_out_acc" in record else "-",
                     f"{record['tau']:.3f}" if "tau" in record else "-", state.elapsed,
                 )

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from nas.space import SearchSpace
 
 __all__ = ["GHN", "GHNConfig"]
+
+#: ``(kind, shape, slot)``: tensors decoded together.
+GroupKey = tuple[str, tuple[int, ...], int]
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +156,11 @@ class GHN(nn.Module):
 
     def entry(self, graph: ArchGraph) -> GraphEntry:
         """The cached :class:`~nas.ghn._graphs.GraphEntry` of ``graph``."""
-        return self._entries.get(
-            graph_id(graph), lambda: graph_entry(graph, s_max=self.config.s_max, max_positions=self.config.max_positions)
-        )
+        return self._entries.get(graph_id(graph), lambda: self._make_entry(graph))
+
+    def _make_entry(self, graph: ArchGraph) -> GraphEntry:
+        self._check_ops(graph)
+        return graph_entry(graph, s_max=self.config.s_max, max_positions=self.config.max_positions)
 
     def network(self, graph: ArchGraph, device: str | torch.device | None = None) -> Network:
         """A cached compiled :class:`~nas.network.Network` of ``graph`` on ``device``.
@@ -209,28 +215,44 @@ class GHN(nn.Module):
         graphs = list(graphs)
         if not graphs:
             return []
-        entries = []
-        for graph in graphs:
-            self._check_ops(graph)
-            entries.append(self.entry(graph))
+        entries = [self.entry(graph) for graph in graphs]
         batch = Batch.from_data_list([e.data for e in entries]).to(self.device)
         h = self(batch)
-        # Group the tensors of all graphs by (kind, shape, slot); one decoder call per group.
-        groups: dict[tuple[str, tuple[int, ...], int], tuple[list[int], list[tuple[int, str]]]] = {}
-        offset = 0
-        for g, e in enumerate(entries):
-            for key, (pos, names) in e.groups.items():
-                positions, owners = groups.setdefault(key, ([], []))
-                positions.extend(p + offset for p in pos)
-                owners.extend((g, name) for name in names)
-            offset += e.data.num_nodes
-        found: list[dict[str, Tensor]] = [{} for _ in graphs]
-        for (kind, shape, slot), (positions, owners) in groups.items():
-            idx = torch.tensor(positions, dtype=torch.long, device=self.device)
-            tensors = self.decoder(h[idx], kind, shape, slot).float()
-            for (g, name), tensor in zip(owners, tensors.unbind(0)):
-                found[g][name] = tensor
-        return [{p.name: got[p.name] for p in e.params} for got, e in zip(found, entries)]
+        # Gather the owning nodes of every tensor, grouped by (kind, shape, slot): one decoder call per group.
+        positions: dict[GroupKey, list[np.ndarray]] = {}
+        offsets: dict[GroupKey, list[int]] = {}
+        counts: dict[GroupKey, int] = {}
+        base: list[dict[GroupKey, int]] = []  # graph -> group -> first row of its block
+        node_offset = 0
+        for e in entries:
+            first = {}
+            for key, (pos, _) in e.groups.items():
+                first[key] = counts.get(key, 0)
+                counts[key] = first[key] + len(pos)
+                positions.setdefault(key, []).append(pos)
+                offsets.setdefault(key, []).append(node_offset)
+            base.append(first)
+            node_offset += e.data.num_nodes
+        keys = list(positions)
+        if not keys:  # no graph has parameters
+            return [{} for _ in entries]
+        flat = np.concatenate(
+            [np.concatenate(positions[k]) + np.repeat(offsets[k], [len(b) for b in positions[k]]) for k in keys]
+        )
+        # The decoder's shared MLP runs once per parameter-owning node.
+        owner_nodes, row_of = torch.unique(torch.from_numpy(flat), return_inverse=True)
+        z = self.decoder.embed(h[owner_nodes.to(self.device)])
+        row_of = row_of.to(self.device)
+        decoded: dict[GroupKey, tuple[Tensor, ...]] = {}
+        start = 0
+        for key in keys:
+            kind, shape, slot = key
+            n = counts[key]
+            decoded[key] = self.decoder.decode(z[row_of[start : start + n]], kind, shape, slot).float().unbind(0)
+            start += n
+        return [
+            {name: decoded[key][first[key] + j] for name, key, j in e.layout} for e, first in zip(entries, base)
+        ]
 
     # ------------------------------------------------------------------ predicted weights in use
 

@@ -46,6 +46,9 @@ __all__ = ["calibrate_batch_norm", "score", "evaluate_predicted", "materialize_p
 
 #: Graphs whose weights are predicted in one forward pass during evaluation.
 PREDICT_CHUNK = 256
+#: Training images per forward pass when batch-norm statistics are set (independent of
+#: the scoring batch size, so that scores do not depend on it).
+BN_CHUNK = 512
 
 
 def _batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -58,14 +61,14 @@ def _run(net: nn.Module, params: dict[str, Tensor] | None, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def calibrate_batch_norm(
-    net: nn.Module, params: dict[str, Tensor] | None, x: Tensor, *, batch_size: int = 512
+    net: nn.Module, params: dict[str, Tensor] | None, x: Tensor, *, batch_size: int = BN_CHUNK
 ) -> None:
     """Set batch-norm running statistics from images ``x``, then switch to eval mode.
 
     Runs ``net`` (with ``params`` through ``functional_call`` when given) in
     train mode with ``momentum=None`` over ``x``, so the running mean and
-    variance become the average of the batch statistics of ``x``. Momenta are
-    restored afterwards.
+    variance become the average of the batch statistics of ``x`` (exactly the
+    statistics of ``x`` when it fits one batch). Momenta are restored afterwards.
 
     Args:
         net: The network.
@@ -151,7 +154,7 @@ def evaluate_predicted(
         for graph, params in zip(chunk, ghn.predict(chunk)):
             params = {k: v.to(dev) for k, v in params.items()}
             net = ghn.network(graph, dev)
-            calibrate_batch_norm(net, params, x_bn, batch_size=batch_size)
+            calibrate_batch_norm(net, params, x_bn)
             loss, acc = score(net, params, x, y, batch_size=batch_size)
             results.append({"loss": loss, "acc": acc})
     return results

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ GHN_ARGS = ["--hidden", "8", "--layers", "1", "--meta-batch", "2", "--batch-size
 
 #: A tiny campaign: 80 random rank trials see all 6 candidates (a miss has probability 6 * (5/6)**80 < 3e-6).
 SEARCH_ARGS = [
-    "--space", TINY, "--dataset", "digits", "--trials", "80", "--top-k", "3", "--finetune-epochs", "0.2",
+    "--space", TINY, "--dataset", "digits", "--trials", "80", "--top-k", "3", "--finetune-epochs", "1",
     "--sampler", "random", "--batch-size", "8", "--seed", "0", "--no-progress",
 ]
 
@@ -39,7 +40,7 @@ SEARCH_ARGS = [
 #: and file paths do).
 CANDIDATE_VALUE_COLUMNS = ["key", "num_params", "flops", "ghn_loss", "ghn_acc", "finetuned"]
 FINETUNED_VALUE_COLUMNS = [
-    "rank", "key", "num_params", "flops", "ghn_loss", "ghn_acc", "val_loss", "val_acc", "test_loss",
+    "key", "num_params", "flops", "ghn_loss", "ghn_acc", "val_loss", "val_acc", "test_loss",
     "test_acc", "train_loss", "steps", "failed",
 ]
 
@@ -167,17 +168,38 @@ def nth(kind: str, event: str, n: int) -> Callable[[list[dict[str, Any]]], dict[
     return when
 
 
+def _sqlite_digest(path: Path) -> str:
+    """Hash of an SQLite database's content (rows and schema, WAL included), not of its bytes."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return hashlib.sha256("\n".join(conn.iterdump()).encode()).hexdigest()
+    finally:
+        conn.close()
+
+
 def snapshot(folder: Path) -> dict[str, str]:
-    """Relative path -> sha256 (and mode) of every file under ``folder`` (empty when it is missing)."""
+    """Relative path -> content hash and mode of every file under ``folder`` (empty when it is missing).
+
+    SQLite databases are hashed by content (a dump), since SQLite may rewrite
+    their bytes (WAL checkpoints) without changing a row; their ``-wal``,
+    ``-shm`` and ``-journal`` companions are covered by that dump.
+    """
     if not folder.exists():
         return {}
     out: dict[str, str] = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            out[str(path.relative_to(folder))] = f"{digest}:{oct(path.stat().st_mode)}"
+        rel = str(path.relative_to(folder))
+        if path.is_symlink():
+            out[rel] = f"link:{os.readlink(path)}"
         elif path.is_dir():
-            out[str(path.relative_to(folder)) + "/"] = "dir"
+            out[rel + "/"] = "dir"
+        elif path.name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        elif path.is_file():
+            with path.open("rb") as handle:
+                head = handle.read(16)
+            digest = _sqlite_digest(path) if head == b"SQLite format 3\x00" else hashlib.sha256(path.read_bytes()).hexdigest()
+            out[rel] = f"{digest}:{oct(path.stat().st_mode)}"
     return out
 
 

@@ -23,6 +23,8 @@ Environment:
         logs ``save/mid`` and sleeps ``NAS_TEST_UNIT_DELAY`` before the rest.
     NAS_TEST_FAKE_HOST: host name this process reports (``socket.gethostname``),
         so other processes cannot see that it died and must rely on heartbeats.
+    NAS_TEST_BARRIER: ``FOLDER:N``; after its imports the process waits until N
+        processes have arrived in FOLDER, so that concurrent workers start together.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def install() -> None:
     def hooked_step_batches(*args: Any, **kwargs: Any) -> Any:
         for idx in step_batches(*args, **kwargs):
             emit("meta", "step")
+            if DELAY:
+                time.sleep(DELAY)
             yield idx
 
     _meta_train._step_batches = hooked_step_batches
@@ -160,8 +164,20 @@ def install() -> None:
         torch.save = slow_save
 
 
+def barrier(spec: str, timeout: float = 180.0) -> None:
+    """Wait until ``N`` processes have called this with the same ``FOLDER:N``."""
+    folder, _, count = spec.rpartition(":")
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(folder)) < int(count) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def main(argv: list[str]) -> int:
     install()
+    if os.environ.get("NAS_TEST_BARRIER"):
+        barrier(os.environ["NAS_TEST_BARRIER"])
     from nas.cli import main as nas_main
 
     emit("process", "start", argv=argv)

@@ -150,10 +150,136 @@ def test_search_survives_kills_during_ranking_finetuning_and_checkpoint_write(
 
     # The tables equal those of the uninterrupted run with the same seed.
     _assert_same_table(
-        _value_frame(out / "finetuned.csv", FINETUNED_VALUE_COLUMNS, "rank"),
-        _value_frame(finished_campaign / "finetuned.csv", FINETUNED_VALUE_COLUMNS, "rank"),
+        _value_frame(out / "finetuned.csv", FINETUNED_VALUE_COLUMNS, "key"),
+        _value_frame(finished_campaign / "finetuned.csv", FINETUNED_VALUE_COLUMNS, "key"),
     )
     _assert_same_table(
         _value_frame(out / "candidates.csv", CANDIDATE_VALUE_COLUMNS, "key"),
         _value_frame(finished_campaign / "candidates.csv", CANDIDATE_VALUE_COLUMNS, "key"),
     )
+
+
+CORRELATE_ARGS = [
+    "correlate", "--space", TINY, "--dataset", "digits", "--archs", str(TINY_SIZE), "--epochs", "0.3",
+    "--seeds", "2", "--methods", "params,flops,ghn", "--no-figures", "--no-progress",
+]
+
+
+def _cache_rows(path: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(path) as conn:
+        return [(k, int(s)) for k, s in conn.execute("SELECT arch_key, seed FROM results")]
+
+
+def test_correlate_ground_truth_survives_kills(tmp_path: Path, tiny_ghn: Path) -> None:
+    out, log = tmp_path / "corr", tmp_path / "work.log"
+    argv = [*CORRELATE_ARGS, "--ghn", str(tiny_ghn), "--out", str(out)]
+    rng = random.Random(7)
+    plan = [
+        ("ground-truth training", nth("train", "start", 3), UNIT_DELAY, KILL_WINDOW),
+        # Right after a training finished: its result may or may not be in the cache yet.
+        ("between training and cache write", nth("train", "done", 2), 0.0, 0.05),
+    ]
+    committed: set[tuple[str, int]] = set()
+    for i, (stage, when, unit_delay, window) in enumerate(plan):
+        env = base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN=str(i), NAS_TEST_UNIT_DELAY=str(unit_delay))
+        run = run_and_kill(argv, env=env, log=log, when=when, rng=rng, delay=window)
+        assert run.killed, f"run {i} was to be killed during {stage} but exited {run.code}:\n{run.err[-3000:]}"
+        trained = {(e["key"], e["seed"]) for e in read_log(log) if e["run"] == str(i) and e["kind"] == "train"}
+        assert not trained & committed, f"run {i} re-trained cached results {trained & committed}"
+        committed |= set(_cache_rows(out / "ground_truth.sqlite"))
+
+    final = run_subprocess(argv, env=base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN="final"))
+    assert final.code == 0, final.err[-3000:]
+    trained = {(e["key"], e["seed"]) for e in read_log(log) if e["run"] == "final" and e["kind"] == "train"}
+    assert not trained & committed
+
+    rows = _cache_rows(out / "ground_truth.sqlite")
+    assert len(rows) == len(set(rows)) == 2 * TINY_SIZE  # one result per (candidate, seed)
+    done = Counter((e["key"], e["seed"]) for e in read_log(log) if e["kind"] == "train" and e["event"] == "done")
+    assert set(done) == set(rows)
+    assert sum(done.values()) <= len(rows) + 1  # at most the result finished just before the 2nd kill
+
+    # The tables equal those of an uninterrupted run (in this process, same seed).
+    ref = tmp_path / "ref"
+    result = run_inprocess([*CORRELATE_ARGS, "--ghn", str(tiny_ghn), "--out", str(ref)])
+    assert result.code == 0, result.err
+    for name, drop in (("summary.csv", ["seconds_per_candidate"]), ("candidates.csv", ["gt_seconds"])):
+        got = pd.read_csv(out / name).drop(columns=drop)
+        want = pd.read_csv(ref / name).drop(columns=drop)
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-6)
+
+
+GHN_STEPS = 12
+TRAIN_GHN_ARGS = [
+    "train-ghn", "--space", TINY, "--dataset", "digits", "--steps", str(GHN_STEPS), "--eval-every", "3",
+    *GHN_ARGS, "--no-progress",
+]
+
+
+def test_train_ghn_survives_kills_during_checkpoint_write_and_step(tmp_path: Path) -> None:
+    from nas.ghn import GHN
+
+    path, log = tmp_path / "ghn.pt", tmp_path / "work.log"
+    argv = [*TRAIN_GHN_ARGS, "--out", str(path)]
+    rng = random.Random(11)
+    plan = [
+        ("checkpoint write", nth("save", "mid", 2), {"NAS_TEST_SLOW_SAVE": "1"}),
+        ("meta-training step", nth("meta", "step", 5), {}),
+    ]
+    resume_points = []
+    for i, (stage, when, extra) in enumerate(plan):
+        env = base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN=str(i), NAS_TEST_UNIT_DELAY="0.4", **extra)
+        run = run_and_kill(argv, env=env, log=log, when=when, rng=rng, delay=0.3)
+        assert run.killed, f"run {i} was to be killed during {stage} but exited {run.code}:\n{run.err[-3000:]}"
+        # A killed run leaves a checkpoint that loads: the last one completely written.
+        checkpoints = [e["step"] for e in read_log(log) if e["kind"] == "ckpt" and e["event"] == "done"]
+        assert GHN.load(path).training_state["step"] == max(checkpoints)
+        resume_points.append(max(checkpoints))
+
+    final = run_subprocess(argv, env=base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN="final"))
+    assert final.code == 0, final.err[-3000:]
+
+    events = read_log(log)
+    # Each restart resumed from the last completed checkpoint, so no checkpointed step ran twice.
+    resumed = [e["step"] for e in events if e["kind"] == "meta" and e["event"] == "resume"]
+    assert resumed == resume_points
+    steps = Counter(e["run"] for e in events if e["kind"] == "meta" and e["event"] == "step")
+    assert steps["final"] == GHN_STEPS - resume_points[-1]
+    assert steps["1"] >= 1 and resume_points[1] > resume_points[0]
+
+    ghn = GHN.load(path)
+    assert ghn.training_state["step"] == GHN_STEPS
+    ref_path = tmp_path / "ref.pt"
+    result = run_inprocess([*TRAIN_GHN_ARGS, "--out", str(ref_path)])
+    assert result.code == 0, result.err
+    ref = GHN.load(ref_path)
+    got, want = ghn.state_dict(), ref.state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=f"parameter {name} differs")
+
+
+def test_optuna_heartbeat_requeues_the_trial_of_a_dead_worker(tmp_path: Path) -> None:
+    """A worker on another machine stops heart-beating: Optuna fails its trial and the callback re-queues it."""
+    from nas.campaign import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="hb", direction="maximize")
+    study.enqueue_trial({"width": 4}, user_attrs={"key": "k4", "choices": {"width": 4}})
+    trial = study.ask()  # the "remote worker" claims the queued candidate ...
+    assert trial.suggest_categorical("width", [2, 4, 8]) == 4
+    storage.record_heartbeat(trial._trial_id)  # ... beats once, then dies without a word
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))
+    assert states == {TrialState.FAIL: 1, TrialState.WAITING: 1}
+    retry = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
+    assert retry.system_attrs["fixed_params"] == {"width": 4}
+    assert retry.user_attrs["key"] == "k4" and retry.user_attrs["nas_retry_of"] == trial.number
+
+    def objective(t: optuna.Trial) -> float:
+        return float(t.suggest_categorical("width", [2, 4, 8]))
+
+    study.optimize(objective, n_trials=1)  # another worker finishes it
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert [(t.params, t.user_attrs["key"]) for t in done] == [({"width": 4}, "k4")]

@@ -1,0 +1,1 @@
+"""Reliability tests: kills, concurrency, bad input, properties and secrets (see conftest.py)."""

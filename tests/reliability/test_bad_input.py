@@ -1,0 +1,405 @@
+"""A corpus of bad inputs: each gives one error line naming the problem, exit code 2, no traceback,
+and leaves existing files and storage as they were.
+
+Most cases call ``nas.cli.main`` in this process against a private copy of a
+finished tiny campaign (``--out`` points at it, so the existing campaign
+database, tables and weights are in the snapshot compared before and after).
+Cases that would otherwise fail on the campaign's identity check use a fresh
+``--study`` name in that same storage, so that the check under test is the one
+that has to refuse. Disk-full cases run in a subprocess with a file-size limit.
+
+No ``nas`` command reads an architecture graph from a JSON file the user
+gives, so the graph-level cases (cycle, unknown op, mismatched shapes, ...) are
+tested on :meth:`ArchGraph.from_json`, the one reader of graph JSON, which must
+raise :class:`~nas.exceptions.GraphError` with a one-line message; the stored
+graph JSON of a campaign (read back by its report) is tested through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from _helpers import (
+    SEARCH_ARGS,
+    SPACE_FILE,
+    TINY,
+    CliResult,
+    assert_one_line_error,
+    base_env,
+    run_inprocess,
+    snapshot,
+)
+
+from nas.exceptions import GraphError
+
+
+@dataclass
+class Ctx:
+    """What a case may use: its folder, a finished campaign copy and a good GHN checkpoint."""
+
+    tmp: Path
+    campaign: Path
+    ghn: Path
+
+    def search(self, *extra: str, ghn: str | None = None, study: str | None = None) -> list[str]:
+        """``nas search`` of the finished campaign, with ``extra`` flags replacing or adding to its own."""
+        argv = ["search", *SEARCH_ARGS, "--ghn", ghn or str(self.ghn), "--out", str(self.campaign)]
+        if study:
+            argv += ["--study", study]
+        pairs = list(extra)
+        while pairs:
+            flag, value = pairs.pop(0), pairs.pop(0)
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+        return argv
+
+
+@dataclass
+class Case:
+    """One bad input: how to build the command, and words its error line must contain."""
+
+    name: str
+    argv: Callable[[Ctx], list[str]]
+    needles: tuple[str, ...]
+
+
+# ------------------------------------------------------------------ inputs built on disk
+
+
+def _space(attr: str) -> str:
+    return f"{SPACE_FILE}:{attr}"
+
+
+def _empty_folder(ctx: Ctx) -> str:
+    (ctx.tmp / "empty").mkdir()
+    return str(ctx.tmp / "empty")
+
+
+def _truncated_mnist(ctx: Ctx) -> str:
+    folder = ctx.tmp / "mnist"
+    folder.mkdir()
+    # A valid header that promises 60000 images of 28x28, followed by 100 bytes.
+    (folder / "train-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 60000, 28, 28) + bytes(100))
+    for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (folder / name).write_bytes(b"\x00\x00\x08\x01")
+    return str(folder)
+
+
+def _file(ctx: Ctx, name: str, data: bytes) -> str:
+    path = ctx.tmp / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def _truncated_ckpt(ctx: Ctx) -> str:
+    data = ctx.ghn.read_bytes()
+    return _file(ctx, "truncated.pt", data[: len(data) // 2])
+
+
+def _foreign_ckpt(ctx: Ctx) -> str:
+    torch.save({"model": {"weight": torch.zeros(3, 3)}, "epoch": 4}, ctx.tmp / "foreign.pt")
+    return str(ctx.tmp / "foreign.pt")
+
+
+class _Payload:
+    """Unpickling this runs a shell command (the attack that weights_only=True refuses)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _pickled_code_ckpt(ctx: Ctx) -> str:
+    payload = torch.load(ctx.ghn, weights_only=True)
+    payload["config"] = _Payload(ctx.tmp / "PWNED")
+    torch.save(payload, ctx.tmp / "code.pt")
+    return str(ctx.tmp / "code.pt")
+
+
+def _other_space_ckpt(ctx: Ctx) -> str:
+    from nas.ghn import GHN, GHNConfig
+
+    info = {"space": "nb201", "input_shape": [1, 28, 28], "num_classes": 10, "settings": {}, "dataset": "mnist5k"}
+    GHN(GHNConfig(hidden=8, layers=1), space_info=info).save(ctx.tmp / "nb201.pt")
+    return str(ctx.tmp / "nb201.pt")
+
+
+def _newer_ckpt(ctx: Ctx) -> str:
+    payload = torch.load(ctx.ghn, weights_only=True)
+    payload["version"] = 99
+    torch.save(payload, ctx.tmp / "newer.pt")
+    return str(ctx.tmp / "newer.pt")
+
+
+def _newer_graph_json_in_storage(ctx: Ctx) -> list[str]:
+    """A campaign whose stored candidate graphs were written by a newer ghn-nas (format_version 99)."""
+    with sqlite3.connect(ctx.campaign / "campaign.db") as conn:
+        rows = conn.execute("SELECT trial_user_attribute_id, value_json FROM trial_user_attributes WHERE key = 'graph'")
+        for attr_id, value_json in rows.fetchall():
+            graph = json.loads(json.loads(value_json))
+            graph["format_version"] = 99
+            conn.execute(
+                "UPDATE trial_user_attributes SET value_json = ? WHERE trial_user_attribute_id = ?",
+                (json.dumps(json.dumps(graph)), attr_id),
+            )
+    return ctx.search()
+
+
+def _under_a_file(ctx: Ctx) -> str:
+    (ctx.tmp / "a-file").write_text("not a folder")
+    return str(ctx.tmp / "a-file" / "out")
+
+
+def _full_png(ctx: Ctx) -> str:
+    (ctx.tmp / "full.png").symlink_to("/dev/full")  # every write fails with ENOSPC, even for root
+    return str(ctx.tmp / "full.png")
+
+
+PG_UNREACHABLE = "postgresql://nas:hunter2secret@127.0.0.1:1/nas"
+
+CASES: list[Case] = [
+    # -- numbers out of range
+    Case("trials-zero", lambda c: c.search("--trials", "0"), ("--trials", "0")),
+    Case("trials-negative", lambda c: c.search("--trials", "-3"), ("--trials", "-3")),
+    Case("trials-not-a-number", lambda c: c.search("--trials", "many"), ("--trials", "many")),
+    Case("top-k-zero", lambda c: c.search("--top-k", "0"), ("--top-k", "0")),
+    Case("top-k-negative", lambda c: c.search("--top-k", "-2"), ("--top-k", "-2")),
+    Case("top-k-above-space-size", lambda c: c.search("--top-k", "7"), ("top_k", "7", "6 candidates")),
+    Case("finetune-epochs-zero", lambda c: c.search("--finetune-epochs", "0"), ("--finetune-epochs", "0")),
+    Case("finetune-epochs-negative", lambda c: c.search("--finetune-epochs", "-1"), ("--finetune-epochs", "-1")),
+    Case("batch-size-zero", lambda c: c.search("--batch-size", "0"), ("--batch-size", "0")),
+    Case("grace-below-heartbeat", lambda c: c.search("--grace", "1"), ("grace", "heartbeat")),
+    Case("unknown-sampler", lambda c: c.search("--sampler", "annealing"), ("sampler", "annealing", "tpe")),
+    Case("unknown-objectives", lambda c: c.search("--objectives", "speed"), ("objectives", "speed")),
+    Case("space-arg-without-equals", lambda c: c.search("--space-arg", "width"), ("--space-arg", "width")),
+    Case("train-ghn-steps-zero", lambda c: ["train-ghn", "--space", TINY, "--dataset", "digits", "--out",
+                                            str(c.tmp / "g.pt"), "--steps", "0"], ("steps", "0")),
+    Case("train-epochs-zero", lambda c: ["train", "--space", TINY, "--dataset", "digits", "--epochs", "0"],
+         ("epochs", "0")),
+    Case("correlate-one-arch", lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out",
+                                          str(c.tmp / "corr"), "--archs", "1"], ("--archs", "1")),
+    Case("correlate-seeds-zero", lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out",
+                                            str(c.tmp / "corr"), "--seeds", "0"], ("--seeds", "0")),
+    Case("correlate-unknown-method", lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out",
+                                                str(c.tmp / "corr"), "--methods", "oracle"], ("oracle",)),
+    Case("sample-n-zero", lambda c: ["sample", "--space", TINY, "-n", "0"], ("-n", "0")),
+    # -- datasets
+    Case("unknown-dataset", lambda c: c.search("--dataset", "imagenet"), ("imagenet", "digits")),
+    Case("dataset-folder-missing", lambda c: c.search("--dataset", f"mnist:{c.tmp / 'nowhere'}"),
+         ("nowhere", "does not exist")),
+    Case("dataset-folder-empty", lambda c: c.search("--dataset", f"mnist:{_empty_folder(c)}"), ("empty",)),
+    Case("dataset-file-truncated", lambda c: c.search("--dataset", f"mnist:{_truncated_mnist(c)}"),
+         ("train-images-idx3-ubyte", "truncated")),
+    # -- search spaces (fresh study names: the space itself must be refused, not the stored settings)
+    Case("unknown-space", lambda c: c.search("--space", "nasbench999"), ("nasbench999", "nb201")),
+    Case("space-file-missing", lambda c: c.search("--space", f"{c.tmp / 'nope.py'}:Space"), ("nope.py", "does not exist")),
+    Case("space-attribute-missing", lambda c: c.search("--space", _space("Missing")), ("Missing",)),
+    Case("space-not-a-space", lambda c: c.search("--space", _space("NOT_A_SPACE")), ("NOT_A_SPACE",)),
+    Case("space-build-raises", lambda c: c.search("--space", _space("RaisingSpace"), study="s-raise"),
+         ("build()", "ZeroDivisionError")),
+    Case("space-empty-choices", lambda c: c.search("--space", _space("EmptySpace"), study="s-empty"),
+         ("choices", "empty")),
+    Case("space-build-returns-nothing", lambda c: c.search("--space", _space("NoneSpace"), study="s-none"),
+         ("NoneType",)),
+    # -- GHN checkpoints
+    Case("checkpoint-missing", lambda c: c.search(ghn=str(c.tmp / "nope.pt"), study="g-missing"), ("nope.pt",)),
+    Case("checkpoint-empty-file", lambda c: c.search(ghn=_file(c, "empty.pt", b""), study="g-empty"), ("empty.pt",)),
+    Case("checkpoint-corrupt", lambda c: c.search(ghn=_file(c, "noise.pt", os.urandom(4096)), study="g-noise"),
+         ("noise.pt",)),
+    Case("checkpoint-truncated", lambda c: c.search(ghn=_truncated_ckpt(c), study="g-trunc"), ("truncated.pt",)),
+    Case("checkpoint-foreign", lambda c: c.search(ghn=_foreign_ckpt(c), study="g-foreign"),
+         ("foreign.pt", "not a ghn-nas")),
+    Case("checkpoint-pickled-code", lambda c: c.search(ghn=_pickled_code_ckpt(c), study="g-code"),
+         ("code.pt", "cannot be read safely")),
+    Case("checkpoint-other-space", lambda c: c.search(ghn=_other_space_ckpt(c), study="g-other"),
+         ("input_shape", "[1, 28, 28]")),
+    Case("checkpoint-newer-version", lambda c: c.search(ghn=_newer_ckpt(c), study="g-newer"), ("newer.pt", "99")),
+    Case("train-ghn-resume-other-space", lambda c: ["train-ghn", "--space", "nb201", "--dataset", "digits", "--out",
+                                                    str(c.ghn), "--steps", "2"], ("tiny_ghn.pt", "nb201")),
+    # -- storage
+    Case("storage-no-scheme", lambda c: c.search("--storage", "campaign.db"), ("campaign.db", "scheme")),
+    Case("storage-unknown-scheme", lambda c: c.search("--storage", "redis://localhost/0"), ("redis://",)),
+    Case("storage-in-memory", lambda c: c.search("--storage", "sqlite:///:memory:"), ("memory",)),
+    Case("storage-journal-is-a-folder", lambda c: c.search("--storage", f"journal://{c.tmp}"), ("folder",)),
+    Case("storage-under-a-file", lambda c: c.search("--storage", f"sqlite:///{_under_a_file(c)}/c.db"), ("a-file",)),
+    Case("storage-unreachable-postgres", lambda c: c.search("--storage", PG_UNREACHABLE), ("127.0.0.1:1",)),
+    Case("study-exists-with-other-settings", lambda c: c.search("--finetune-epochs", "2"),
+         ("different settings", "epochs")),
+    Case("worker-unknown-study", lambda c: ["worker", "--storage", f"sqlite:///{c.campaign / 'campaign.db'}",
+                                            "--study", "nosuch"], ("nosuch", "no campaign")),
+    Case("stored-graph-newer-format", _newer_graph_json_in_storage, ("format version 99",)),
+    # -- output
+    Case("out-under-a-regular-file", lambda c: c.search("--out", _under_a_file(c), study="o-file"), ("a-file",)),
+    Case("draw-to-a-full-disk", lambda c: ["draw", "--space", TINY, "-o", _full_png(c)], ("no space left",)),
+    Case("draw-unknown-suffix", lambda c: ["draw", "--space", TINY, "-o", str(c.tmp / "cell.txt")], ("cell.txt",)),
+]
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, campaign_copy: Path, tiny_ghn: Path, rel_tmp: Path) -> Ctx:
+    ghn = tmp_path / "tiny_ghn.pt"
+    shutil.copy(tiny_ghn, ghn)
+    return Ctx(tmp=tmp_path, campaign=campaign_copy, ghn=ghn)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_refused_in_one_line_and_changes_nothing(case: Case, ctx: Ctx) -> None:
+    argv = case.argv(ctx)  # builds the bad input on disk first
+    before = snapshot(ctx.tmp)
+    result = run_inprocess(argv)
+    line = assert_one_line_error(result, *case.needles)
+    assert "hunter2secret" not in result.err + result.out
+    assert not (ctx.tmp / "PWNED").exists(), "unpickling the checkpoint ran its code"
+    assert snapshot(ctx.tmp) == before, f"files or storage changed after: {line}"
+
+
+# ------------------------------------------------------------------ disk full mid-run
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def _run_limited(argv: list[str], tmp: Path, limit: int) -> CliResult:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from nas.cli import main; sys.exit(main())", *argv],
+        env=base_env(tmp), capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(limit),
+        stdin=subprocess.DEVNULL,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("limit", [16_000, 120_000], ids=["when-creating-storage", "during-ranking"])
+def test_disk_full_during_a_campaign_is_one_line(limit: int, tmp_path: Path, tiny_ghn: Path) -> None:
+    """Files may not grow past ``limit`` bytes: the storage cannot be created, or fills up mid-run."""
+    out = tmp_path / "out"
+    result = _run_limited(["search", *SEARCH_ARGS, "--trials", "400", "--ghn", str(tiny_ghn), "--out", str(out)],
+                          tmp_path, limit)
+    assert_one_line_error(result, "campaign.db")
+
+
+def test_disk_full_during_meta_training_checkpoint_is_one_line(tmp_path: Path) -> None:
+    result = _run_limited(["train-ghn", "--space", TINY, "--dataset", "digits", "--out", str(tmp_path / "g.pt"),
+                           "--steps", "2", "--eval-every", "1", "--hidden", "8", "--layers", "1",
+                           "--num-held-out", "1", "--no-progress"], tmp_path, 4096)
+    assert_one_line_error(result)
+    assert not (tmp_path / "g.pt").exists()
+
+
+# ------------------------------------------------------------------ NaN and exploding losses
+
+
+def test_nan_ghn_fails_the_rank_trials_and_stops_with_one_line(tmp_path: Path, tiny_ghn: Path) -> None:
+    """A GHN whose predictions are NaN scores nothing: every rank trial fails, the run stops (no endless loop)."""
+    from nas.ghn import GHN
+
+    ghn = GHN.load(tiny_ghn)
+    with torch.no_grad():
+        for param in ghn.parameters():
+            param.fill_(float("nan"))
+    ghn.save(tmp_path / "nan.pt")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from nas.cli import main; sys.exit(main())",
+             "search", *SEARCH_ARGS, "--ghn", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "out")],
+            env=base_env(tmp_path), capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("`nas search` with a NaN GHN did not stop within 90 s (the rank stage asks for new trials "
+                    "forever when every candidate fails)", pytrace=False)
+    assert_one_line_error(CliResult(proc.returncode, proc.stdout, proc.stderr))
+
+
+def test_exploding_finetune_loss_fails_the_trial_and_the_campaign_goes_on(tmp_path: Path, tiny_ghn: Path) -> None:
+    """Fine-tuning with an absurd learning rate diverges: each trial is FAIL with a reason, the rest still runs."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from nas.campaign import Campaign
+
+    campaign = Campaign(
+        space=TINY, dataset="digits", ghn=str(tiny_ghn), trials=30, top_k=3, finetune_epochs=1, sampler="random",
+        out=tmp_path / "out", finetune_lr=1e12, progress=False,
+    )
+    result = campaign.run()
+    ft = optuna.load_study(study_name=f"{campaign.study_name}-finetune", storage=campaign.storage_url)
+    trials = ft.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3  # all three were tried, none stopped the campaign
+    assert all("diverged" in str(t.user_attrs.get("error", "")) or t.user_attrs.get("failed") for t in trials)
+    assert len(result.finetuned) == 3 and result.finetuned["failed"].all() and result.best is None
+    assert (tmp_path / "out" / "finetuned.csv").exists()
+    # Running again does not retrain the diverged candidates: their failure is a result, not a crash.
+    again = Campaign(
+        space=TINY, dataset="digits", ghn=str(tiny_ghn), trials=30, top_k=3, finetune_epochs=1, sampler="random",
+        out=tmp_path / "out", finetune_lr=1e12, progress=False,
+    ).run()
+    assert again.finetune_stats is not None and again.finetune_stats.finetuned == 0
+    assert len(ft.get_trials(deepcopy=False)) == 3
+
+
+# ------------------------------------------------------------------ graph JSON (library level)
+
+
+def _graph(nodes: list[dict], *, version: int = 1, shape: list[int] | None = None) -> str:
+    return json.dumps({"format_version": version, "input_shape": shape or [1, 8, 8], "nodes": nodes})
+
+
+_IN = {"op": "input", "inputs": []}
+_POOL_LIN = [{"op": "global_avg_pool", "inputs": [1]}, {"op": "linear", "inputs": [2], "attrs": {"out_features": 10}}]
+
+BAD_GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cyclic": (_graph([_IN, {"op": "relu", "inputs": [0, 2]}, {"op": "relu", "inputs": [1]},
+                       {"op": "global_avg_pool", "inputs": [2]}, {"op": "linear", "inputs": [3], "attrs": {"out_features": 10}},
+                       {"op": "output", "inputs": [4]}]), ("cycle",)),
+    "unknown-op": (_graph([_IN, {"op": "teleport", "inputs": [0]}, *_POOL_LIN, {"op": "output", "inputs": [3]}]),
+                   ("teleport",)),
+    "sum-of-mismatched-shapes": (_graph([_IN, {"op": "conv", "inputs": [0], "attrs": {"out_channels": 4, "kernel": 3}},
+                                         {"op": "sum", "inputs": [0, 1]}, {"op": "global_avg_pool", "inputs": [2]},
+                                         {"op": "linear", "inputs": [3], "attrs": {"out_features": 10}},
+                                         {"op": "output", "inputs": [4]}]), ("node 2",)),
+    "node-unreachable": (_graph([_IN, {"op": "relu", "inputs": [0]}, {"op": "global_avg_pool", "inputs": [0]},
+                                 {"op": "linear", "inputs": [2], "attrs": {"out_features": 10}},
+                                 {"op": "output", "inputs": [3]}]), ("node 1",)),
+    "dangling-input": (_graph([_IN, {"op": "relu", "inputs": [7]}, *_POOL_LIN, {"op": "output", "inputs": [3]}]),
+                       ("7",)),
+    "no-output": (_graph([_IN, {"op": "relu", "inputs": [0]}, *_POOL_LIN]), ("output",)),
+    "newer-format": (_graph([_IN, {"op": "relu", "inputs": [0]}, *_POOL_LIN, {"op": "output", "inputs": [3]}],
+                            version=2), ("format version 2",)),
+    "not-json": ("{nodes: [", ("parse",)),
+    "empty": (_graph([]), ("empty",)),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_GRAPHS))
+def test_bad_graph_json_raises_one_line_graph_error(name: str) -> None:
+    from nas.graph import ArchGraph
+
+    text, needles = BAD_GRAPHS[name]
+    with pytest.raises(GraphError) as info:
+        ArchGraph.from_json(text)
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle.lower() in message.lower(), message

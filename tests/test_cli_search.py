@@ -1,0 +1,149 @@
+"""Tests of ``nas search``, ``nas worker`` and ``nas demo`` (nas/cli/search.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.campaign import Campaign
+from nas.cli import main
+
+SPACE_ARGS = {"C": 4}
+
+
+def make_tiny_ghn(path: Path) -> Path:
+    """Meta-train (once per session) a tiny GHN for nb201 C=4 on digits (same file as tests/test_campaign.py)."""
+    from nas.data import load_dataset
+    from nas.exceptions import CheckpointError
+    from nas.ghn import GHN, GHNConfig, MetaTrainConfig, meta_train
+    from nas.space import load_space
+
+    if path.is_file():
+        try:
+            GHN.load(path)
+            return path
+        except CheckpointError:
+            pass
+    data = load_dataset("digits")
+    space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes, **SPACE_ARGS)
+    config = MetaTrainConfig(steps=2, meta_batch=2, batch_size=32, eval_every=2, num_held_out=1, warmup_steps=1)
+    meta_train(
+        space, data, config, ghn_config=GHNConfig(hidden=16, layers=1, s_max=2), out=path, resume=False, progress=False
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def ghn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_ghn(tmp_path_factory.getbasetemp() / "tiny_ghn.pt")
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse errors
+        rc = int(exc.code)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--trials", "0"], "`--trials` must be positive, but got 0"),
+        (["--top-k", "-2"], "`--top-k` must be positive, but got -2"),
+        (["--finetune-epochs", "0"], "`--finetune-epochs` must be positive, but got 0.0"),
+        (["--trials", "many"], "argument --trials: invalid int value: 'many'"),
+        (["--self-check", "2"], "`--self-check` must be 0 or at least 3"),
+        (["--sampler", "bogus"], "`--sampler` must be one of tpe, random, gp, nsga2, but got 'bogus'"),
+        (["--objectives", "acc"], "`--objectives` must be one of loss, loss,params, loss,flops"),
+        (["--storage", "ftp://user:hunter2@host/x"], "unsupported scheme"),
+        (["--space", "nosuchspace"], "unknown search space 'nosuchspace'"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], fragment: str
+) -> None:
+    rc, out, err = run_cli(["search", "--dataset", "digits", "--out", str(tmp_path / "o"), *extra], capsys)
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("nas search: error: ")
+    assert fragment in err
+    assert "hunter2" not in err and out == ""
+
+
+def test_worker_of_unknown_campaign_and_bad_demo_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    small = Campaign(space="nb201", dataset="digits", out=tmp_path, storage=url, study="known", space_args=SPACE_ARGS)
+    small.open()
+    rc, _, err = run_cli(["worker", "--storage", url, "--study", "nope"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "no campaign 'nope'" in err and "known" in err
+    rc, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), "--top-k", "0"], capsys)
+    assert rc == 2 and "`--top-k` must be positive" in err and len(err.strip().splitlines()) == 1
+
+
+def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    argv = [
+        "search", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path),
+        "--trials", "8", "--finetune-epochs", "0.2", "--batch-size", "8", "--out", str(out), "--no-progress",
+    ]
+    rc, _, err = run_cli([*argv, "--top-k", "50"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "`top_k` is 50, but the rank stage scored only" in err and "lower --top-k" in err
+
+    rc, stdout, err = run_cli([*argv, "--top-k", "2"], capsys)
+    assert rc == 0, err
+    assert "campaign 'nb201-digits': 8 rank trials" in stdout and "2 fine-tuned" in stdout
+    assert "best: rank trial" in stdout
+    for name in ("candidates.csv", "finetuned.csv", "best.json", "best.pt", "history.png", "score_vs_finetuned.pdf"):
+        assert (out / name).is_file(), name
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'campaign.db'}")
+    rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)
+    assert len(rank.trials) == 8  # the rerun ranked nothing new
+
+
+def test_two_workers_on_a_journal_storage_finetune_disjoint_candidates(tmp_path: Path, ghn_path: Path) -> None:
+    url = f"journal://{tmp_path / 'campaign.log'}"
+    campaign = Campaign(
+        space="nb201", dataset="digits", ghn=ghn_path, trials=10, top_k=4, finetune_epochs=0.3, out=tmp_path / "run",
+        storage=url, study="shared", batch_size=10, space_args=SPACE_ARGS, progress=False,
+    )
+    campaign.rank()
+    enqueued = campaign.enqueue()
+    assert len(enqueued) == 4
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = "import sys; from nas.cli import main; sys.exit(main(sys.argv[1:]))"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, "worker", "--storage", url, "--study", "shared", "--no-progress"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+        assert "worker fine-tuned" in out
+
+    _, ft = campaign.open()
+    done = ft.get_trials(states=(TrialState.COMPLETE,))
+    keys = [t.user_attrs["key"] for t in done]
+    assert sorted(keys) == sorted(enqueued)  # every queued candidate, none twice
+    assert not ft.get_trials(states=(TrialState.WAITING, TrialState.RUNNING, TrialState.FAIL))
+    pids = {p.pid for p in procs}
+    by_worker: dict[int, set[str]] = {}
+    for t in done:
+        pid = int(t.user_attrs["nas_worker_done"].split(":")[-2])
+        assert pid in pids
+        by_worker.setdefault(pid, set()).add(t.user_attrs["key"])
+    assert sum(len(v) for v in by_worker.values()) == 4  # disjoint
+    assert all(Path(t.user_attrs["weights"]).is_file() for t in done)
