@@ -25,7 +25,9 @@ import optuna
 import pandas as pd
 
 
-def bench_one(*, dataset: str, space: str, space_args: dict, trials: int, batch_size: int, storage: str, folder: Path) -> dict:
+def bench_one(
+    *, dataset: str, space: str, space_args: dict, trials: int, batch_size: int, storage: str, folder: Path
+) -> dict:
     """Run one rank stage and time it."""
     from nas.campaign import Campaign
     from nas.data import load_dataset

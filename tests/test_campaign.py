@@ -241,7 +241,8 @@ def test_resume_after_interrupts_scores_and_trains_nothing_twice(tmp_path: Path,
     _, ft = small_campaign(out, ghn).open()
     failed = ft.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1  # the interrupted fine-tune, re-queued once
-    retried = [t for t in ft.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("nas_retry_of") == failed[0].number]
+    complete = ft.get_trials(states=(TrialState.COMPLETE,))
+    retried = [t for t in complete if t.user_attrs.get("nas_retry_of") == failed[0].number]
     assert len(retried) == 1 and retried[0].user_attrs["key"] == failed[0].user_attrs["key"]
 
 
@@ -308,7 +309,8 @@ def test_diverged_finetune_is_a_failed_row_not_an_error(tmp_path: Path, ghn_path
 
 def test_mask_url_hides_passwords() -> None:
     assert mask_url("postgresql://nas:s3cret@db:5432/nas") == "postgresql://nas:***@db:5432/nas"
-    assert mask_url("postgresql+psycopg2://u:p@h/db?sslmode=require") == "postgresql+psycopg2://u:***@h/db?sslmode=require"
+    masked = mask_url("postgresql+psycopg2://u:p@h/db?sslmode=require")
+    assert masked == "postgresql+psycopg2://u:***@h/db?sslmode=require"
     assert "zz" not in mask_url("postgresql://h/db?password=zz")
     assert mask_url("sqlite:////abs/c.db") == "sqlite:////abs/c.db"
     assert mask_url("journal:///tmp/c.log") == "journal:///tmp/c.log"
@@ -349,7 +351,8 @@ def test_journal_storage_and_conflicting_settings(tmp_path: Path) -> None:
 
 
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    code = "import os; print(os.getpid())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(proc.stdout)
 
 

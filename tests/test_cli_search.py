@@ -39,6 +39,11 @@ def make_tiny_ghn(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NAS_STORAGE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def ghn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_ghn(tmp_path_factory.getbasetemp() / "tiny_ghn.pt")
@@ -78,13 +83,20 @@ def test_bad_flags_exit_2_with_one_line(
     assert "hunter2" not in err and out == ""
 
 
-def test_worker_of_unknown_campaign_and_bad_demo_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_worker_of_unknown_campaign_and_bad_demo_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     small = Campaign(space="nb201", dataset="digits", out=tmp_path, storage=url, study="known", space_args=SPACE_ARGS)
     small.open()
     rc, _, err = run_cli(["worker", "--storage", url, "--study", "nope"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "no campaign 'nope'" in err and "known" in err
+    rc, _, err = run_cli(["worker", "--study", "known"], capsys)
+    assert rc == 2 and "`--storage` is required (or set $NAS_STORAGE)" in err
+    monkeypatch.setenv("NAS_STORAGE", "ftp://user:hunter2@host/x")  # the URL may come from the environment
+    rc, _, err = run_cli(["worker", "--study", "known"], capsys)
+    assert rc == 2 and "unsupported scheme" in err and "hunter2" not in err
     rc, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), "--top-k", "0"], capsys)
     assert rc == 2 and "`--top-k` must be positive" in err and len(err.strip().splitlines()) == 1
 

@@ -12,7 +12,16 @@ from torch.func import functional_call
 
 from nas.data import Dataset, load_dataset
 from nas.exceptions import CheckpointError
-from nas.ghn import GHN, GHNConfig, GatedDAGConv, MetaTrainConfig, default_ghn_path, ensure_ghn, meta_train
+from nas.ghn import (
+    GHN,
+    GatedDAGConv,
+    GHNConfig,
+    MetaTrainConfig,
+    default_ghn_path,
+    ensure_ghn,
+    meta_train,
+    snapshot_path,
+)
 from nas.ghn._graphs import graph_entry, virtual_edges
 from nas.ghn._message_passing import NUM_EDGE_TYPES, message_adjacency
 from nas.graph import ArchGraph, GraphBuilder
@@ -349,7 +358,9 @@ def test_meta_training_lowers_the_loss(digits: Dataset, space: SearchSpace) -> N
     assert len(ghn.held_out_keys) == 3 and not ghn.training
 
 
-def test_held_out_architectures_are_never_sampled(digits: Dataset, space: SearchSpace, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_held_out_architectures_are_never_sampled(
+    digits: Dataset, space: SearchSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import nas.ghn._meta_train as mt
 
     seen: list[str] = []
@@ -392,6 +403,16 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, digits: Dataset, s
     fresh = meta_train(space, digits, _tiny_config(steps=2, lr=1e-2), ghn_config=SMALL, out=path, resume=False,
                        progress=False)
     assert fresh.training_state["step"] == 2
+
+
+def test_snapshots_are_frozen_copies(tmp_path: Path, digits: Dataset, space: SearchSpace) -> None:
+    path = tmp_path / "ghn.pt"
+    final = meta_train(space, digits, _tiny_config(steps=2, snapshot_every=1, num_held_out=1), ghn_config=SMALL,
+                       out=path, progress=False)
+    first, second = (GHN.load(snapshot_path(path, s)) for s in (1, 2))
+    assert first.training_state["step"] == 1 and second.training_state["step"] == 2
+    torch.testing.assert_close(second.state_dict(), final.state_dict())
+    assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), final.state_dict().values()))
 
 
 def test_meta_train_rejects_a_space_for_other_data(digits: Dataset) -> None:

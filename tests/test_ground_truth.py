@@ -184,3 +184,10 @@ def test_bad_arguments(tmp_path: Path, data: Dataset) -> None:
         cache.train_missing([_graph(2)], data, BUDGET, workers=0)
     with pytest.raises(ValueError, match="seeds"):
         cache.train_missing([_graph(2)], data, BUDGET, seeds=[1, 1])
+
+
+def test_budget_key_treats_int_and_float_epochs_alike() -> None:
+    from nas.evaluation.ground_truth import budget_key
+
+    assert budget_key(TrainConfig(epochs=3)) == budget_key(TrainConfig(epochs=3.0))
+    assert budget_key(TrainConfig(epochs=3)) != budget_key(TrainConfig(epochs=4))

@@ -247,10 +247,14 @@ class Campaign:
             raise ValueError(f"`self_check` must be 0 or an int of at least 3, but got {self_check!r}.")
         self.self_check_n = self_check
         self.self_check_epochs = (
-            self.finetune_epochs if self_check_epochs is None else _positive_float("self_check_epochs", self_check_epochs)
+            self.finetune_epochs
+            if self_check_epochs is None
+            else _positive_float("self_check_epochs", self_check_epochs)
         )
         if finetune_metric not in FINETUNE_METRICS:
-            raise ValueError(f"`finetune_metric` must be one of {', '.join(FINETUNE_METRICS)}, but got {finetune_metric!r}.")
+            raise ValueError(
+                f"`finetune_metric` must be one of {', '.join(FINETUNE_METRICS)}, but got {finetune_metric!r}."
+            )
         self.finetune_metric = finetune_metric
         self.finetune_lr = _positive_float("finetune_lr", finetune_lr)
         self.finetune_batch_size = _positive_int("finetune_batch_size", finetune_batch_size)
@@ -552,7 +556,7 @@ class Campaign:
                         weights,
                         best.get("worker"),
                     )
-            cost = {"num_params": "num_params", "flops": "flops"}.get(self.objectives[-1]) if len(self.objectives) > 1 else None
+            cost = self.objectives[-1] if len(self.objectives) > 1 else None
             files = write_report(
                 self.out,
                 trials=trials,
@@ -704,7 +708,8 @@ def _create_or_load(storage: Any, name: str, directions: list[str], url: str) ->
         return optuna.create_study(storage=storage, study_name=name, directions=directions), True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage)
-    want = [optuna.study.StudyDirection.MINIMIZE if d == "minimize" else optuna.study.StudyDirection.MAXIMIZE for d in directions]
+    Direction = optuna.study.StudyDirection  # noqa: N806
+    want = [Direction.MINIMIZE if d == "minimize" else Direction.MAXIMIZE for d in directions]
     if list(study.directions) != want:
         raise StorageError(
             f"study {name!r} in {mask_url(url)!r} exists with directions "

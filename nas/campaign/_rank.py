@@ -183,7 +183,9 @@ def _score_batch(
         try:
             graph = space.build(trial)
             if not isinstance(graph, ArchGraph):
-                raise SpaceError(f"search space {space.name!r} build() returned {type(graph).__name__}, not an ArchGraph.")
+                raise SpaceError(
+                    f"search space {space.name!r} build() returned {type(graph).__name__}, not an ArchGraph."
+                )
         except (GraphError, SpaceError) as err:
             trial.set_user_attr("error", " ".join(str(err).split()))
             study.tell(trial, state=TrialState.FAIL)
@@ -306,7 +308,8 @@ def run_rank_stage(
     stats = RankStats()
     reap_stale_trials(study, grace_period=grace_period)
     done, running = _count(study)
-    with tqdm(total=n_trials, initial=min(done, n_trials), desc="rank (GHN)", unit="trial", disable=not progress) as bar:
+    bar = tqdm(total=n_trials, initial=min(done, n_trials), desc="rank (GHN)", unit="trial", disable=not progress)
+    with bar:
         while True:
             done, running = _count(study)
             bar.n = min(done, n_trials)

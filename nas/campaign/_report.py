@@ -141,7 +141,10 @@ def rank_trials_frame(study: optuna.Study) -> pd.DataFrame:
         })
     frame = pd.DataFrame(
         rows,
-        columns=["trial", "state", "key", "duplicate_of", "num_params", "flops", "ghn_loss", "ghn_acc", "value", "datetime_complete"],
+        columns=[
+            "trial", "state", "key", "duplicate_of", "num_params", "flops", "ghn_loss", "ghn_acc", "value",
+            "datetime_complete",
+        ],
     )
     frame["duplicate_of"] = frame["duplicate_of"].astype("Int64")
     return frame.sort_values("trial", kind="stable").reset_index(drop=True)
@@ -356,7 +359,13 @@ def plot_score_vs_finetuned(finetuned: pd.DataFrame, ax: Any = None, *, metric: 
     ok = finetuned[~finetuned["failed"]] if len(finetuned) else finetuned
     ax.scatter(ok["ghn_loss"], ok[metric], color="tab:blue")
     for _, row in ok.iterrows():
-        ax.annotate(f"#{row['rank_trial']}", (row["ghn_loss"], row[metric]), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            f"trial {row['rank_trial']}",
+            (row["ghn_loss"], row[metric]),
+            fontsize="x-small",
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     title = f"GHN score vs fine-tuned {metric}"
     if len(ok) >= 3:
         tau = kendalltau(ok["ghn_loss"], ok[metric]).statistic

@@ -172,5 +172,12 @@ def run_self_check(
         )
         logger.warning("%s", message)
     return SelfCheck(
-        table=table, tau=tau, tau_low=lo, tau_high=hi, n=len(ok), epochs=float(epochs), reliable=reliable, message=message
+        table=table,
+        tau=tau,
+        tau_low=lo,
+        tau_high=hi,
+        n=len(ok),
+        epochs=float(epochs),
+        reliable=reliable,
+        message=message,
     )

@@ -114,7 +114,8 @@ def mask_url(url: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return text
     prefix = f"{parts.scheme}://" if parts.scheme else "//"
-    return prefix + netloc + parts.path + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return prefix + netloc + parts.path + tail
 
 
 def _scrub(message: str, url: str) -> str:
@@ -193,7 +194,9 @@ def _open_journal(url: str, path_text: str) -> BaseStorage:
         raise StorageError(f"storage URL {mask_url(url)!r} must name a file: journal:///path/to/file.log.")
     path = Path(path_text).expanduser()
     if path.is_dir():
-        raise StorageError(f"journal storage {str(path)!r} is a folder; name a file such as {str(path / 'campaign.log')!r}.")
+        raise StorageError(
+            f"journal storage {str(path)!r} is a folder; name a file such as {str(path / 'campaign.log')!r}."
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
@@ -360,7 +363,10 @@ def requeue_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
     retries = int(trial.user_attrs.get(RETRIES_ATTR, 0)) + 1
     if retries > MAX_RETRIES:
         logger.warning(
-            "trial %d of %s failed %d times; its candidate is not re-queued again", trial.number, study.study_name, retries
+            "trial %d of %s failed %d times; its candidate is not re-queued again",
+            trial.number,
+            study.study_name,
+            retries,
         )
         return False
     keep = {k: v for k, v in trial.user_attrs.items() if k in QUEUE_ATTRS}

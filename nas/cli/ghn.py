@@ -36,14 +36,22 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (written atomically, resumed from)")
     p.add_argument("--steps", type=int, default=mt.steps, help=f"meta-training steps (default {mt.steps})")
     p.add_argument("--device", default=mt.device, help="cpu or cuda (default cpu)")
-    p.add_argument("--meta-batch", type=int, default=mt.meta_batch, help=f"architectures per step (default {mt.meta_batch})")
+    p.add_argument(
+        "--meta-batch", type=int, default=mt.meta_batch, help=f"architectures per step (default {mt.meta_batch})"
+    )
     p.add_argument("--batch-size", type=int, default=mt.batch_size, help=f"images per step (default {mt.batch_size})")
     p.add_argument("--hidden", type=int, default=gc.hidden, help=f"GHN width (default {gc.hidden})")
     p.add_argument("--layers", type=int, default=gc.layers, help=f"message-passing rounds (default {gc.layers})")
     p.add_argument("--s-max", type=int, default=gc.s_max, help=f"longest virtual edge in hops (default {gc.s_max})")
     p.add_argument("--lr", type=float, default=mt.lr, help=f"peak learning rate (default {mt.lr})")
-    p.add_argument("--eval-every", type=int, default=mt.eval_every, help=f"steps between evaluations/checkpoints (default {mt.eval_every})")
-    p.add_argument("--num-held-out", type=int, default=mt.num_held_out, help=f"held-out architectures (default {mt.num_held_out})")
+    p.add_argument(
+        "--eval-every", type=int, default=mt.eval_every,
+        help=f"steps between evaluations and checkpoints (default {mt.eval_every})",
+    )
+    p.add_argument(
+        "--num-held-out", type=int, default=mt.num_held_out,
+        help=f"held-out architectures (default {mt.num_held_out})",
+    )
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast precision (GPU)")
     p.add_argument("--seed", type=int, default=mt.seed, help=f"seed (default {mt.seed})")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default 0)")

@@ -8,7 +8,9 @@ queued.
 
 Storage URLs: ``sqlite:///FILE.db`` (default ``sqlite:///<out>/campaign.db``),
 ``journal:///FILE.log`` (several processes on one machine),
-``postgresql://USER:PASSWORD@HOST/DB`` (several machines).
+``postgresql://USER:PASSWORD@HOST/DB`` (several machines). Without
+``--storage``, the URL is read from ``$NAS_STORAGE`` when set, which keeps a
+password out of the process list.
 
 Examples::
 
@@ -22,15 +24,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import types
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO", "add_parsers", "run_demo", "run_search", "run_worker"]
+__all__ = ["DEMO", "STORAGE_ENV", "add_parsers", "run_demo", "run_search", "run_worker"]
 
 logger = logging.getLogger(__name__)
+
+#: Environment variable read when ``--storage`` is not given: keeps a database
+#: password off the command line (where ``ps`` shows it to every user).
+STORAGE_ENV = "NAS_STORAGE"
 
 #: Settings of ``nas demo`` (nb201 on mnist5k, sized for about 15 minutes on 2 CPU cores:
 #: measured single-thread CPU costs are ~1.1 s per GHN meta-training step, ~0.65 s per
@@ -84,7 +91,10 @@ def add_parsers(subparsers: Any) -> None:
     )
     add_space_arguments(p)
     p.add_argument("--dataset", default="mnist5k", help="digits, mnist5k, mnist:PATH or cifar10:PATH (default mnist5k)")
-    p.add_argument("--ghn", default=None, metavar="PATH", help="GHN checkpoint (default: meta-train one into OUT/ghn.pt)")
+    p.add_argument(
+        "--ghn", default=None, metavar="PATH",
+        help="GHN checkpoint (default: meta-train one into OUT/ghn.pt)",
+    )
     p.add_argument(
         "--ghn-steps", type=int, default=None, metavar="N",
         help="meta-training steps of the GHN trained when --ghn is not given (default: the default recipe)",
@@ -97,11 +107,23 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument(
         "--finetune-metric", default="acc", help=f"fine-tune trial value: {' | '.join(FINETUNE_METRICS)} (default acc)"
     )
-    p.add_argument("--storage", default=None, metavar="URL", help="Optuna storage (default sqlite:///OUT/campaign.db)")
+    p.add_argument(
+        "--storage", default=None, metavar="URL",
+        help=f"Optuna storage (default ${STORAGE_ENV}, else sqlite:///OUT/campaign.db)",
+    )
     p.add_argument("--study", default=None, metavar="NAME", help="campaign name (default SPACE-DATASET)")
-    p.add_argument("--self-check", type=int, default=0, metavar="N", help="train N random candidates to check the GHN (default 0)")
-    p.add_argument("--self-check-epochs", type=float, default=None, metavar="E", help="their epochs (default --finetune-epochs)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="B", help="candidates per GHN forward pass (default 32)")
+    p.add_argument(
+        "--self-check", type=int, default=0, metavar="N",
+        help="train N random candidates to check the GHN (default 0)",
+    )
+    p.add_argument(
+        "--self-check-epochs", type=float, default=None, metavar="E",
+        help="their epochs (default --finetune-epochs)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=32, metavar="B",
+        help="candidates per GHN forward pass (default 32)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     _add_common(p)
@@ -113,9 +135,15 @@ def add_parsers(subparsers: Any) -> None:
         help="fine-tune the queued candidates of a campaign",
         description="Join a campaign started by `nas search` and fine-tune queued candidates until none is left.",
     )
-    p.add_argument("--storage", required=True, metavar="URL", help="the campaign's Optuna storage")
+    p.add_argument(
+        "--storage", default=None, metavar="URL",
+        help=f"the campaign's Optuna storage (default ${STORAGE_ENV}; required when that is unset)",
+    )
     p.add_argument("--study", required=True, metavar="NAME", help="the campaign name")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="where to keep fine-tuned weights (default: the campaign's folder)")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR",
+        help="where to keep fine-tuned weights (default: the campaign's folder)",
+    )
     p.add_argument("--ghn", default=None, metavar="PATH", help="GHN checkpoint (default: the campaign's)")
     _add_common(p)
     p.set_defaults(func=run_worker)
@@ -128,9 +156,18 @@ def add_parsers(subparsers: Any) -> None:
         "fine-tune the top 3, run a self-check and write tables and plots into OUT (sized for about 15 minutes "
         "on 2 CPU cores).",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="output folder (default runs/demo)")
-    p.add_argument("--trials", type=int, default=DEMO["trials"], metavar="N", help=f"rank trials (default {DEMO['trials']})")
-    p.add_argument("--top-k", type=int, default=DEMO["top_k"], metavar="K", help=f"candidates to fine-tune (default {DEMO['top_k']})")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), metavar="DIR",
+        help="output folder (default runs/demo)",
+    )
+    p.add_argument(
+        "--trials", type=int, default=DEMO["trials"], metavar="N",
+        help=f"rank trials (default {DEMO['trials']})",
+    )
+    p.add_argument(
+        "--top-k", type=int, default=DEMO["top_k"], metavar="K",
+        help=f"candidates to fine-tune (default {DEMO['top_k']})",
+    )
     p.add_argument(
         "--self-check", type=int, default=DEMO["self_check"], metavar="N",
         help=f"random candidates trained for the self-check (default {DEMO['self_check']})",
@@ -197,7 +234,7 @@ def run_search(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         objectives=args.objectives,
         out=args.out,
-        storage=args.storage,
+        storage=args.storage or os.environ.get(STORAGE_ENV) or None,
         study=args.study,
         device=args.device,
         seed=args.seed,
@@ -222,7 +259,10 @@ def _meta_train_config(steps: int | None, device: str) -> Any:
 
     default = MetaTrainConfig()
     return MetaTrainConfig(
-        steps=steps, device=device, warmup_steps=min(default.warmup_steps, steps), eval_every=min(default.eval_every, steps)
+        steps=steps,
+        device=device,
+        warmup_steps=min(default.warmup_steps, steps),
+        eval_every=min(default.eval_every, steps),
     )
 
 
@@ -232,10 +272,13 @@ def run_worker(args: argparse.Namespace) -> int:
 
     _positive("--heartbeat", args.heartbeat)
     _positive("--grace", args.grace)
+    storage = args.storage or os.environ.get(STORAGE_ENV)
+    if not storage:
+        raise ValueError(f"`--storage` is required (or set ${STORAGE_ENV}).")
     _quiet_optuna()
     started = time.perf_counter()
     campaign = Campaign.from_storage(
-        args.storage,
+        storage,
         args.study,
         out=args.out,
         ghn=args.ghn,

@@ -130,7 +130,14 @@ def budget_key(config: TrainConfig) -> str:
     are included, so a field added to ``TrainConfig`` later is part of the key
     without a change here.
     """
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_KEY}
+    types = {f.name: str(f.type) for f in dataclasses.fields(config)}
+    fields = {}
+    for k, v in dataclasses.asdict(config).items():
+        if k in _NOT_IN_KEY:
+            continue
+        if types[k] == "float" and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)  # epochs=3 and epochs=3.0 are the same budget
+        fields[k] = v
     return json.dumps(fields, sort_keys=True)
 
 

@@ -29,7 +29,7 @@ from nas.ghn._decoder import WeightDecoder
 from nas.ghn._default import default_ghn_path, ensure_ghn
 from nas.ghn._encoder import NodeEncoder, ShapeEncoder
 from nas.ghn._message_passing import GatedDAGConv
-from nas.ghn._meta_train import MetaTrainConfig, meta_train
+from nas.ghn._meta_train import MetaTrainConfig, meta_train, snapshot_path
 from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._predicted import calibrate_batch_norm
 
@@ -45,4 +45,5 @@ __all__ = [
     "default_ghn_path",
     "ensure_ghn",
     "meta_train",
+    "snapshot_path",
 ]

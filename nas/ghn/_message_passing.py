@@ -76,10 +76,11 @@ class GatedDAGConv(MessagePassing):
     The message a node ``u`` sends along an edge of type ``t`` (see the module
     docstring) is ``MLP_t(h_u) * w + P[t, pos]``: a two-layer MLP of the
     sender's state with a shared first layer and a per-type second layer
-    (GHN-2's separate forward, backward and virtual-edge MLPs), scaled by the edge weight ``w`` (``1 / distance`` on virtual
-    edges), plus a learned embedding of the edge's input position at the
-    node that reads it (so the inputs of ``concat`` are told apart). Messages
-    are summed at the receiver; a GRU cell and a layer norm update its state.
+    (GHN-2's separate forward, backward and virtual-edge MLPs), scaled by
+    the edge weight ``w`` (``1 / distance`` on virtual edges), plus a learned
+    embedding of the edge's input position at the node that reads it (so the
+    inputs of ``concat`` are told apart). Messages are summed at the
+    receiver; a GRU cell and a layer norm update its state.
 
     The forward pass accepts the sparse message matrix of
     :func:`message_adjacency` (fused ``message_and_aggregate``, the fast path)

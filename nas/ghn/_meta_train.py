@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["MetaTrainConfig", "meta_train"]
+__all__ = ["MetaTrainConfig", "meta_train", "snapshot_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class MetaTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
-        for name in ("warmup_steps", "num_held_out", "held_out_seed", "seed"):
+        for name in ("warmup_steps", "num_held_out", "held_out_seed", "seed", "snapshot_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative int, but got {value!r}.")
@@ -401,6 +401,7 @@ def meta_train(
             state.step += 1
             if path is not None and config.snapshot_every and state.step % config.snapshot_every == 0:
                 # Frozen copies along the run, for checkpoint-ensemble and meta-training-speed scores.
+                ghn.training_state = {"step": state.step, "steps": config.steps, "elapsed": state.elapsed}
                 ghn.save(snapshot_path(path, state.step))
             session_steps += 1
             now = time.perf_counter()

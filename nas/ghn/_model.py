@@ -70,7 +70,8 @@ class GHNConfig:
 
     def __post_init__(self) -> None:
         self.ops = tuple(self.ops)
-        for name in ("hidden", "layers", "s_max", "rank", "max_channels", "max_kernel", "max_positions", "num_features"):
+        ints = ("hidden", "layers", "s_max", "rank", "max_channels", "max_kernel", "max_positions", "num_features")
+        for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "layers" else 1):
                 raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
@@ -101,7 +102,9 @@ class GHN(nn.Module):
         config: Model settings.
         space_info: ``space.describe()`` plus ``{"dataset": name}``; stored in
             checkpoints and checked by :meth:`check_compatible`.
-        cache_size: Graphs (and compiled networks) kept in the caches.
+        cache_size: Graphs kept in the graph cache.
+        network_cache_size: Compiled networks kept (they are larger: a few
+            hundred are enough to evaluate a held-out set or a search's batch).
 
     Shapes:
         - forward input: a PyG ``Batch`` of :class:`~nas.ghn._graphs.GraphEntry` data
@@ -119,7 +122,9 @@ class GHN(nn.Module):
         (4, 1, 3, 3)
     """
 
-    def __init__(self, config: GHNConfig, *, space_info: dict[str, Any], cache_size: int = 8192) -> None:
+    def __init__(
+        self, config: GHNConfig, *, space_info: dict[str, Any], cache_size: int = 8192, network_cache_size: int = 512
+    ) -> None:
         super().__init__()
         self.config = config
         self.space_info: dict[str, Any] = dict(space_info)
@@ -141,7 +146,7 @@ class GHN(nn.Module):
             "op_map", torch.tensor([vocab.get(name, -1) for name in op_names()], dtype=torch.long), persistent=False
         )
         self._entries: GraphCache[Any, GraphEntry] = GraphCache(cache_size)
-        self._networks: GraphCache[Any, Network] = GraphCache(cache_size)
+        self._networks: GraphCache[Any, Network] = GraphCache(network_cache_size)
 
     # ------------------------------------------------------------------ basics
 
@@ -181,7 +186,8 @@ class GHN(nn.Module):
             kernel = node.attrs.get("kernel", 1) if node.op in ("conv", "relu_conv_bn") else 1
             if kernel > self.config.max_kernel:
                 raise CheckpointError(
-                    f"the GHN decodes kernels up to {self.config.max_kernel}, but a {node.op!r} node has kernel {kernel}."
+                    f"the GHN decodes kernels up to {self.config.max_kernel}, "
+                    f"but a {node.op!r} node has kernel {kernel}."
                 )
 
     # ------------------------------------------------------------------ model
