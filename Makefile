@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-reliability venv clean
 
 $(BIN)/nas: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ demo: venv
 	$(BIN)/nas demo --out runs/demo
 
 test: venv
-	$(BIN)/python -m pytest -q -m "not gpu" tests
+	$(BIN)/python -m pytest -q -m "not gpu" tests --ignore=tests/reliability
+
+# The kill / concurrency / bad-input suite (needs PostgreSQL: see ci/install_postgres.sh).
+# Not yet part of `make test`: 10 of its 83 tests still fail (see the issue notes).
+test-reliability: venv
+	$(BIN)/pip install -q "psycopg2-binary>=2.9"
+	NAS_TEST_POSTGRES_URL="$$(bash ci/install_postgres.sh)" $(BIN)/python -m pytest -q -rf tests/reliability
 
 clean:
 	rm -rf $(VENV) runs

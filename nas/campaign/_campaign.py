@@ -314,6 +314,7 @@ class Campaign:
             space = load_space(
                 self._space_in, input_shape=data.input_shape, num_classes=data.num_classes, **self.space_args
             )
+            space.sample(self.seed)  # a space whose build() fails is refused before any storage is touched
             size = space.size()
             if size is not None and size < self.top_k:
                 raise ValueError(
