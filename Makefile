@@ -23,7 +23,7 @@ test: venv
 	$(BIN)/python -m pytest -q -m "not gpu" tests --ignore=tests/reliability
 
 # The kill / concurrency / bad-input suite (needs PostgreSQL: see ci/install_postgres.sh).
-# Not yet part of `make test`: 10 of its 83 tests still fail (see the issue notes).
+# Not yet part of `make test`: 1 of its 83 tests (disk full during a meta-training checkpoint) still fails.
 test-reliability: venv
 	$(BIN)/pip install -q "psycopg2-binary>=2.9"
 	NAS_TEST_POSTGRES_URL="$$(bash ci/install_postgres.sh)" $(BIN)/python -m pytest -q -rf tests/reliability

@@ -595,6 +595,8 @@ class Campaign:
         """
         self.out.mkdir(parents=True, exist_ok=True)
         _ = self.space  # validate the space (and load the data) before anything slow
+        if self._ghn_in is not None:
+            _ = self.ghn  # a given checkpoint is checked before the storage is touched
         self.open()
         _ = self.ghn
         self.rank()
