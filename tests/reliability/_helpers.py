@@ -83,7 +83,7 @@ def run_inprocess(argv: Sequence[str]) -> CliResult:
 
 
 def run_subprocess(
-    argv: Sequence[str], *, env: dict[str, str], cwd: Path | None = None, timeout: float = 240, hooked: bool = True
+    argv: Sequence[str], *, env: dict[str, str], cwd: Path | None = None, timeout: float = 480, hooked: bool = True
 ) -> CliResult:
     """Run ``nas ARGV`` (through the hook wrapper by default) to the end."""
     cmd = [sys.executable, str(HOOK), *argv] if hooked else [sys.executable, "-c", "import sys; from nas.cli import main; sys.exit(main())", *argv]
@@ -117,7 +117,7 @@ def run_and_kill(
     when: Callable[[list[dict[str, Any]]], dict[str, Any] | None],
     rng: random.Random,
     delay: float,
-    timeout: float = 240,
+    timeout: float = 480,
     cwd: Path | None = None,
 ) -> KilledRun:
     """Start ``nas ARGV`` under the hook wrapper and SIGKILL it once ``when(events of this run)`` fires.

@@ -25,6 +25,8 @@ Environment:
         so other processes cannot see that it died and must rely on heartbeats.
     NAS_TEST_BARRIER: ``FOLDER:N``; after its imports the process waits until N
         processes have arrived in FOLDER, so that concurrent workers start together.
+    NAS_TEST_AFTER: ``RUN:KIND:EVENT``; then it also waits until the work log holds
+        that event (e.g. ``w0:train:start``: another worker has claimed a trial).
 """
 
 from __future__ import annotations
@@ -174,10 +176,25 @@ def barrier(spec: str, timeout: float = 180.0) -> None:
         time.sleep(0.05)
 
 
+def wait_for_event(run: str, kind: str, event: str, timeout: float = 600.0) -> None:
+    """Wait until the work log holds an event ``kind/event`` of run ``run``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if LOG and os.path.exists(LOG):
+            with open(LOG) as handle:
+                for line in handle:
+                    record = json.loads(line)
+                    if (record["run"], record["kind"], record["event"]) == (run, kind, event):
+                        return
+        time.sleep(0.05)
+
+
 def main(argv: list[str]) -> int:
     install()
     if os.environ.get("NAS_TEST_BARRIER"):
         barrier(os.environ["NAS_TEST_BARRIER"])
+    if os.environ.get("NAS_TEST_AFTER") and LOG:
+        wait_for_event(*os.environ["NAS_TEST_AFTER"].split(":"))
     from nas.cli import main as nas_main
 
     emit("process", "start", argv=argv)

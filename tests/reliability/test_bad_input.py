@@ -285,7 +285,7 @@ def _file_size_limit(limit: int) -> Callable[[], None]:
 def _run_limited(argv: list[str], tmp: Path, limit: int) -> CliResult:
     proc = subprocess.run(
         [sys.executable, "-c", "import sys; from nas.cli import main; sys.exit(main())", *argv],
-        env=base_env(tmp), capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(limit),
+        env=base_env(tmp), capture_output=True, text=True, timeout=480, preexec_fn=_file_size_limit(limit),
         stdin=subprocess.DEVNULL,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

@@ -2,9 +2,9 @@
 
 The rank stage runs in this process and queues the top-4 candidates; then
 three ``nas worker`` subprocesses start together (a barrier after their
-imports) and fine-tune the queue, each unit of work slowed to a second so the
-three really overlap. One of them is killed with SIGKILL in the middle of its
-first trial. Checked at the end:
+imports; the two survivors start claiming once the victim holds a trial) and
+fine-tune the queue, each unit of work slowed to a second so that they really
+overlap. The victim is killed with SIGKILL in the middle of its first trial. Checked at the end:
 
 * every queued candidate was fine-tuned exactly once: one COMPLETE trial per
   key in the storage, and one finished training per key in the work log;
@@ -72,12 +72,14 @@ def _run_workers(storage: str, study: str, out: Path, ghn: Path, tmp: Path, *, v
         )
         if i == 0 and victim_host:
             env["NAS_TEST_FAKE_HOST"] = victim_host
+        if i > 0:  # the victim claims a trial first, so it cannot find the queue already empty
+            env["NAS_TEST_AFTER"] = "w0:train:start"
         procs.append(subprocess.Popen(
             [sys.executable, str(HOOK), *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL, text=True,
         ))
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if any(e["run"] == "w0" and e["kind"] == "train" and e["event"] == "start" for e in read_log(log)):
                 break
@@ -87,7 +89,7 @@ def _run_workers(storage: str, study: str, out: Path, ghn: Path, tmp: Path, *, v
             raise AssertionError("worker 0 never started a trial")
         time.sleep(random.Random(3).uniform(0, UNIT_DELAY * 0.6))
         os.kill(procs[0].pid, signal.SIGKILL)
-        outputs = [p.communicate(timeout=240) for p in procs]
+        outputs = [p.communicate(timeout=600) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:

@@ -19,13 +19,11 @@ correlate`` 2 (ground-truth training, cache write), ``nas train-ghn`` 2
 from __future__ import annotations
 
 import json
-import math
 import random
 import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
