@@ -70,6 +70,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--objectives", "acc"], "`--objectives` must be one of loss, loss,params, loss,flops"),
         (["--storage", "ftp://user:hunter2@host/x"], "unsupported scheme"),
         (["--space", "nosuchspace"], "unknown search space 'nosuchspace'"),
+        (["--threads", "0"], "`--threads` must be positive, but got 0"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(

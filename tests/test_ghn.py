@@ -23,6 +23,7 @@ from nas.ghn import (
     snapshot_path,
 )
 from nas.ghn._graphs import graph_entry, virtual_edges
+from nas.ghn._predicted import bn_sample
 from nas.ghn._message_passing import NUM_EDGE_TYPES, message_adjacency
 from nas.graph import ArchGraph, GraphBuilder
 from nas.network import Network
@@ -314,6 +315,15 @@ def test_batch_norm_statistics_come_from_training_images(digits: Dataset, space:
     shifted = dataclasses.replace(digits, x_train=digits.x_train + 1.0)
     net_shifted = ghn.materialize(graphs[0], shifted, bn_images=64)
     assert any(not torch.equal(v, net_shifted.state_dict()[k]) for k, v in stats.items())
+
+
+def test_batch_norm_images_are_drawn_from_every_class(digits: Dataset) -> None:
+    order = digits.y_train.argsort(stable=True)  # a training split sorted by class
+    labels = digits.y_train[order].float().view(-1, 1, 1, 1)
+    sampled = bn_sample(labels, 64).view(-1).long()  # the labels of the images bn_sample picks
+    assert len(sampled) == 64 and len(sampled.unique()) >= 8
+    torch.testing.assert_close(bn_sample(labels, 64), bn_sample(labels, 64))  # the same sample every call
+    assert torch.equal(bn_sample(labels, 10**6), labels)
 
 
 def test_evaluate_matches_materialized_network(digits: Dataset, space: SearchSpace) -> None:

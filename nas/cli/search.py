@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 import types
 from pathlib import Path
@@ -39,9 +38,10 @@ logger = logging.getLogger(__name__)
 #: password off the command line (where ``ps`` shows it to every user).
 STORAGE_ENV = "NAS_STORAGE"
 
-#: Settings of ``nas demo`` (nb201 on mnist5k, sized for about 15 minutes on 2 CPU cores:
-#: measured single-thread CPU costs are ~1.1 s per GHN meta-training step, ~0.65 s per
-#: rank trial, ~4 s per fine-tuning epoch and ~5 s per self-check epoch).
+#: Settings of ``nas demo`` (nb201 on mnist5k), sized for 15 minutes on 2 CPU cores from
+#: measured single-thread CPU costs: ~1.1 s per GHN meta-training step (500 steps: ~9 min),
+#: ~0.65 s per rank trial (300: ~3.3 min), ~4 s per fine-tuning epoch (3 x 2: ~25 s) and
+#: ~7 s per self-check epoch (8 x 1: ~1 min), plus ~1 min of loading, held-out evaluation and plots.
 DEMO: dict[str, Any] = {
     "space": "nb201",
     "dataset": "mnist5k",
@@ -51,7 +51,7 @@ DEMO: dict[str, Any] = {
     "self_check": 8,
     "self_check_epochs": 1.0,
     "batch_size": 50,
-    "ghn_steps": 600,
+    "ghn_steps": 500,
 }
 
 
@@ -66,8 +66,14 @@ def _parser(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParse
     return p
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, *, threads: int | None) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--threads", type=int, default=threads, metavar="N",
+        help="torch CPU threads of this process (default "
+        + (f"{threads}: several processes share the cores" if threads else "torch's: one per core")
+        + "; on a busy machine more threads than free cores can run 20x slower)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--heartbeat", type=int, default=30, metavar="S", help="seconds between heartbeats (default 30)")
     p.add_argument(
@@ -126,7 +132,7 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    _add_common(p)
+    _add_common(p, threads=None)
     p.set_defaults(func=run_search)
 
     p = _parser(
@@ -145,7 +151,7 @@ def add_parsers(subparsers: Any) -> None:
         help="where to keep fine-tuned weights (default: the campaign's folder)",
     )
     p.add_argument("--ghn", default=None, metavar="PATH", help="GHN checkpoint (default: the campaign's)")
-    _add_common(p)
+    _add_common(p, threads=1)
     p.set_defaults(func=run_worker)
 
     p = _parser(
@@ -176,7 +182,7 @@ def add_parsers(subparsers: Any) -> None:
         "--ghn-steps", type=int, default=DEMO["ghn_steps"], metavar="N",
         help=f"meta-training steps of the GHN (default {DEMO['ghn_steps']}; reused from OUT/ghn.pt when there)",
     )
-    _add_common(p)
+    _add_common(p, threads=1)
     p.set_defaults(func=run_demo)
 
 
@@ -185,17 +191,23 @@ def _positive(flag: str, value: float | int | None) -> None:
         raise ValueError(f"`{flag}` must be positive, but got {value}.")
 
 
-def _quiet_optuna() -> None:
+def _setup(args: argparse.Namespace) -> None:
+    """Process-wide settings of the command: Optuna's log level and torch's thread count."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _positive("--threads", args.threads)
+    if args.threads is not None:
+        import torch
+
+        # Measured on 2 shared cores: one GHN meta-training step took 0.8 s with 1 thread and
+        # 22 s with 2 threads while one other process ran (OpenMP threads spin on each other).
+        torch.set_num_threads(args.threads)
 
 
 def _print_result(result: Any, started: float) -> None:
     print(result.summary())
     print(f"wall time {time.perf_counter() - started:.0f} s")
-    if result.self_check is not None and not result.self_check.reliable:
-        print(f"WARNING: {result.self_check.message}", file=sys.stderr)
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -222,7 +234,7 @@ def run_search(args: argparse.Namespace) -> int:
         raise ValueError(
             f"`--finetune-metric` must be one of {', '.join(FINETUNE_METRICS)}, but got {args.finetune_metric!r}."
         )
-    _quiet_optuna()
+    _setup(args)
     started = time.perf_counter()
     campaign = Campaign(
         space=args.space,
@@ -275,7 +287,7 @@ def run_worker(args: argparse.Namespace) -> int:
     storage = args.storage or os.environ.get(STORAGE_ENV)
     if not storage:
         raise ValueError(f"`--storage` is required (or set ${STORAGE_ENV}).")
-    _quiet_optuna()
+    _setup(args)
     started = time.perf_counter()
     campaign = Campaign.from_storage(
         storage,
@@ -304,7 +316,7 @@ def run_demo(args: argparse.Namespace) -> int:
         _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     if args.self_check < 0 or 0 < args.self_check < 3:
         raise ValueError(f"`--self-check` must be 0 or at least 3, but got {args.self_check}.")
-    _quiet_optuna()
+    _setup(args)
     started = time.perf_counter()
     settings = {k: v for k, v in DEMO.items() if k != "ghn_steps"}
     settings.update(trials=args.trials, top_k=args.top_k, self_check=args.self_check)

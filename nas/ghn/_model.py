@@ -274,8 +274,9 @@ class GHN(nn.Module):
     ) -> list[dict[str, float]]:
         """Loss and accuracy of each graph with predicted weights only (no SGD).
 
-        Batch-norm statistics come from the first ``bn_images`` *training*
-        images, never from the split being scored; see :mod:`nas.ghn._predicted`.
+        Batch-norm statistics come from ``bn_images`` *training* images (a
+        fixed seeded sample, see :func:`~nas.ghn._predicted.bn_sample`), never
+        from the split being scored; see :mod:`nas.ghn._predicted`.
 
         Args:
             graphs: The architectures.
@@ -299,9 +300,10 @@ class GHN(nn.Module):
 
         Args:
             graph: The architecture.
-            data: When given, batch-norm running statistics are set from its
-                first ``bn_images`` training images; otherwise they keep their
-                defaults (mean 0, variance 1) until the network is trained.
+            data: When given, batch-norm running statistics are set from
+                ``bn_images`` of its training images (the sample
+                :meth:`evaluate` uses); otherwise they keep their defaults
+                (mean 0, variance 1) until the network is trained.
             bn_images: Training images used for the statistics.
 
         Returns:

@@ -12,8 +12,11 @@ handled as follows:
 * **Evaluation** (:meth:`GHN.evaluate <nas.ghn.GHN.evaluate>`) and
   :meth:`GHN.materialize <nas.ghn.GHN.materialize>` first run the network in
   train mode, with ``momentum=None`` (an exact average) and no gradients,
-  over the first ``bn_images`` *training* images; this sets the running mean
-  and variance. The network is then switched to eval mode and scored with
+  over ``bn_images`` *training* images; this sets the running mean and
+  variance. The images are a fixed sample (seeded, the same for every call
+  and every graph, see :func:`bn_sample`), not literally the first ones: a
+  training split may be ordered by class, and statistics of one class would
+  be wrong for all others. The network is then switched to eval mode and scored with
   those statistics. The images being scored (validation or test) never
   influence the statistics, so a validation image gets the same score alone as
   inside a batch, and scores do not depend on the evaluation batch size.
@@ -42,13 +45,38 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.ghn._model import GHN
 
-__all__ = ["calibrate_batch_norm", "score", "evaluate_predicted", "materialize_predicted"]
+__all__ = ["bn_sample", "calibrate_batch_norm", "score", "evaluate_predicted", "materialize_predicted"]
 
 #: Graphs whose weights are predicted in one forward pass during evaluation.
 PREDICT_CHUNK = 256
 #: Training images per forward pass when batch-norm statistics are set (independent of
 #: the scoring batch size, so that scores do not depend on it).
 BN_CHUNK = 512
+
+
+#: Seed of the fixed sample of training images used for batch-norm statistics.
+BN_SEED = 0
+
+
+def bn_sample(x_train: Tensor, bn_images: int) -> Tensor:
+    """The ``bn_images`` training images used for batch-norm statistics.
+
+    A seeded random sample of the training split (all of it when smaller), the
+    same for every call, so that every candidate is scored with statistics of
+    the same images, drawn from all classes even when the split is sorted.
+
+    Args:
+        x_train: Training images ``[N, C, H, W]``.
+        bn_images: How many.
+
+    Returns:
+        ``[min(bn_images, N), C, H, W]`` images.
+    """
+    N = x_train.shape[0]  # training images
+    if bn_images >= N:
+        return x_train
+    idx = torch.randperm(N, generator=torch.Generator().manual_seed(BN_SEED))[:bn_images]
+    return x_train[idx.sort().values]
 
 
 def _batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -145,7 +173,7 @@ def evaluate_predicted(
     """Implementation of :meth:`GHN.evaluate <nas.ghn.GHN.evaluate>` (see there)."""
     _check(split, bn_images, batch_size)
     dev = torch.device(device) if device is not None else ghn.device
-    x_bn = data.x_train[:bn_images].to(dev)
+    x_bn = bn_sample(data.x_train, bn_images).to(dev)
     x, y = getattr(data, f"x_{split}").to(dev), getattr(data, f"y_{split}").to(dev)
     graphs = list(graphs)
     results: list[dict[str, float]] = []
@@ -170,5 +198,5 @@ def materialize_predicted(ghn: GHN, graph: ArchGraph, data: Dataset | None, *, b
     missing, unexpected = net.load_state_dict({k: v.detach().clone() for k, v in params.items()}, strict=False)
     assert not unexpected and not [k for k in missing if k in dict(net.named_parameters())], (missing, unexpected)
     if data is not None:
-        calibrate_batch_norm(net, None, data.x_train[:bn_images].to(ghn.device))
+        calibrate_batch_norm(net, None, bn_sample(data.x_train, bn_images).to(ghn.device))
     return net.eval()
