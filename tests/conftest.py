@@ -1,9 +1,15 @@
-"""Shared fixtures: small hand-built architecture graphs."""
+"""Shared fixtures: small hand-built architecture graphs, a full disk."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import resource
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -54,3 +60,52 @@ def branchy_graph() -> ArchGraph:
 @pytest.fixture
 def examples_dir() -> Path:
     return ROOT / "examples"
+
+
+#: Stages at which :func:`full_disk` makes a write fail.
+DISK_FULL_STAGES = ("torch.save", "mid-write", "fsync")
+
+
+def _no_space(*_: object, **__: object) -> NoReturn:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture(params=DISK_FULL_STAGES)
+def full_disk(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """``with full_disk(): ...`` fills the disk for the block, at one of three stages (the parameter).
+
+    - ``"torch.save"``: :func:`torch.save` raises ``ENOSPC``.
+    - ``"mid-write"``: files may not grow past 512 bytes (``RLIMIT_FSIZE``), so a
+      write fails with ``EFBIG`` after its first bytes reached the disk.
+    - ``"fsync"``: the bytes are written but :func:`os.fsync` raises ``ENOSPC``
+      (what a file system with delayed allocation reports).
+    """
+    stage = request.param
+
+    @contextlib.contextmanager
+    def fill() -> Iterator[None]:
+        if stage == "mid-write":
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (512, hard))
+            try:
+                yield
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+                signal.signal(signal.SIGXFSZ, handler)
+            return
+        with monkeypatch.context() as patch:
+            if stage == "torch.save":
+                patch.setattr(torch, "save", _no_space)
+            else:
+                patch.setattr(os, "fsync", _no_space)
+            yield
+
+    return fill
+
+
+def assert_only_files(folder: Path, names: set[str]) -> None:
+    """``folder`` holds exactly the files ``names``: no temporary file was left behind."""
+    assert {p.name for p in folder.iterdir()} == names

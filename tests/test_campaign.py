@@ -7,13 +7,17 @@ session temp folder).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +38,15 @@ from nas.campaign import (
     resolve_objectives,
     resolve_sampler,
     select_candidates,
+    write_report,
 )
+from nas.campaign._finetune import _atomic_save
 from nas.campaign._storage import HEARTBEAT_ATTR, WORKER_ATTR, is_stale
 from nas.data import load_dataset
-from nas.exceptions import StorageError
+from nas.exceptions import CheckpointError, StorageError
 from nas.graph import ArchGraph
 from nas.network import Network
+from tests.conftest import assert_only_files
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -429,3 +436,53 @@ def test_top_k_larger_than_distinct_candidates_is_a_clear_error() -> None:
     assert list(select_candidates(table, 2)["key"]) == ["b", "a"]
     with pytest.raises(ValueError, match="`top_k` is 3.*only 2 distinct"):
         select_candidates(table, 3)
+
+
+def test_top_k_larger_than_the_space_names_the_flag(tmp_path: Path) -> None:
+    campaign = small_campaign(tmp_path, None, top_k=20_000)
+    expected = "`top_k` is 20000, but search space 'nb201' has only 15625 candidates; lower --top-k."
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        _ = campaign.space
+
+
+# ---------------------------------------------------------------- full disk
+
+
+def _disk_full_message(message: str) -> bool:
+    return os.strerror(errno.ENOSPC) in message or os.strerror(errno.EFBIG) in message
+
+
+def test_finetuned_weights_on_a_full_disk(tmp_path: Path, full_disk: Callable[[], AbstractContextManager[None]]) -> None:
+    path = tmp_path / "cand-t3.pt"
+    _atomic_save({"w": torch.zeros(4)}, path)
+    before = path.read_bytes()
+    with full_disk(), pytest.raises(CheckpointError) as err:
+        _atomic_save({"w": torch.ones(1000)}, path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message and _disk_full_message(message)
+    assert path.read_bytes() == before
+    assert_only_files(tmp_path, {"cand-t3.pt"})
+
+
+def test_report_on_a_full_disk_keeps_the_previous_files(
+    tmp_path: Path, full_disk: Callable[[], AbstractContextManager[None]]
+) -> None:
+    def report(rows: int) -> list[Path]:
+        table = pd.DataFrame({"key": [f"k{i}" for i in range(rows)], "ghn_loss": [0.5 + i for i in range(rows)]})
+        return write_report(
+            tmp_path, trials=pd.DataFrame(), candidates=table, finetuned=table.iloc[:0], best={"key": "k0"},
+            best_state={"w": torch.full((rows,), 1.0)},
+        )
+
+    written = report(2)
+    before = {p.name: p.read_bytes() for p in written}
+    assert set(before) == {"candidates.csv", "candidates.parquet", "finetuned.csv", "finetuned.parquet",
+                           "best.json", "best.pt"}
+    with full_disk(), pytest.raises((OSError, CheckpointError)) as err:
+        report(500)
+    message = str(err.value)
+    failed = [name for name in before if str(tmp_path / name) in message]
+    assert len(failed) == 1 and "\n" not in message and _disk_full_message(message), message
+    assert isinstance(err.value, CheckpointError) == (failed == ["best.pt"])
+    assert (tmp_path / failed[0]).read_bytes() == before[failed[0]]
+    assert_only_files(tmp_path, set(before))

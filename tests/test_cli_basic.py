@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,11 @@ def test_train_table_for_user_space(capsys: pytest.CaptureFixture[str]) -> None:
         (["sample", "-n", "0"], "`-n` must be positive, but got 0"),
         (["sample", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (["train", "--dataset", "digits", "--threads", "0"], "`--threads` must be positive, but got 0"),
+        (["train", "--dataset", "digits", "--epochs", "0"], "`--epochs` must be positive, but got 0.0"),
+        (["train", "--dataset", "digits", "--batch-size", "0"], "`--batch-size` must be positive, but got 0"),
+        (["train", "--dataset", "digits", "--device", "bogus"], "`--device` is not a valid torch device: 'bogus'"),
+        (["train", "--dataset", "digits", "--max-train", "0"], "`--max-train` must be positive, but got 0"),
+        (["draw", "--dpi", "0", "-o", "x.png"], "`--dpi` must be positive, but got 0"),
     ],
 )
 def test_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
@@ -161,6 +167,7 @@ def test_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: li
     assert len(err.strip().splitlines()) == 1
     assert err.startswith(f"nas {argv[0]}: error: ")
     assert needle in err
+    assert not re.search(r"`[a-z]+_[a-z_]+`", err), err  # a keyword argument (`batch_size`), not a flag
     assert "Traceback" not in err
 
 

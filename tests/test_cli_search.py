@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,11 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--storage", "ftp://user:hunter2@host/x"], "unsupported scheme"),
         (["--space", "nosuchspace"], "unknown search space 'nosuchspace'"),
         (["--threads", "0"], "`--threads` must be positive, but got 0"),
+        (["--grace", "1"], "`--grace` (1) must exceed `--heartbeat` (30)"),
+        (["--heartbeat", "200"], "`--grace` (120) must exceed `--heartbeat` (200)"),
+        (["--device", "bogus"], "`--device` must be a torch device such as 'cpu' or 'cuda', but got 'bogus'"),
+        (["--study", " "], "`--study` must be a non-empty name, but got ' '"),
+        (["--ghn-steps", "0"], "`--ghn-steps` must be positive, but got 0"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(
@@ -81,6 +87,7 @@ def test_bad_flags_exit_2_with_one_line(
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("nas search: error: ")
     assert fragment in err
+    assert not re.search(r"`[a-z]+_[a-z_]+`", err), err  # a keyword argument (`grace_period`), not a flag
     assert "hunter2" not in err and out == ""
 
 
@@ -100,6 +107,21 @@ def test_worker_of_unknown_campaign_and_bad_demo_flags(
     assert rc == 2 and "unsupported scheme" in err and "hunter2" not in err
     rc, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), "--top-k", "0"], capsys)
     assert rc == 2 and "`--top-k` must be positive" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["search", "worker", "demo"])
+def test_grace_at_most_heartbeat_names_the_flags_and_touches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    argv = {
+        "search": ["search", "--dataset", "digits", "--out", str(tmp_path / "o")],
+        "worker": ["worker", "--storage", f"sqlite:///{tmp_path / 'c.db'}", "--study", "s"],
+        "demo": ["demo", "--out", str(tmp_path / "o")],
+    }[command]
+    rc, out, err = run_cli([*argv, "--heartbeat", "10", "--grace", "10"], capsys)
+    assert rc == 2 and out == ""
+    assert err == f"nas {command}: error: `--grace` (10) must exceed `--heartbeat` (10).\n"
+    assert list(tmp_path.iterdir()) == []  # refused before any storage or folder was created
 
 
 def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

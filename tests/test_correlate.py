@@ -264,3 +264,20 @@ def test_default_ghn_holds_the_evaluated_candidates_out(
     monkeypatch.setattr(ghn_module, "meta_train", meta_train)
     assert _default_ghn(space, data, tmp_path / "ghn.pt", graphs, progress=False) == "trained"
     assert seen["held_out"] == [g.key for g in graphs] and seen["resume"] is True
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [("--max-train", "0", "`--max-train` must be positive, but got 0"),
+     ("--device", "bogus", "`--device` is not a valid torch device: 'bogus'")],
+)
+def test_cli_errors_name_the_flag(
+    space_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, needle: str
+) -> None:
+    out = tmp_path / "out"
+    argv = ["correlate", "--space", f"{space_file}:Tiny", "--dataset", "digits", "--out", str(out),
+            "--methods", "params", flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"nas correlate: error: {needle}.\n"
+    assert not out.exists()

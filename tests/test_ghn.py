@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -30,7 +35,7 @@ from nas.network import Network
 from nas.space import SearchSpace, load_space
 from nas.training import evaluate as train_evaluate
 from search_spaces import BUILTIN_SPACES
-from tests.conftest import make_branchy, make_chain
+from tests.conftest import assert_only_files, make_branchy, make_chain
 
 SMALL = GHNConfig(hidden=16, layers=2, s_max=3, rank=4, max_channels=16)
 
@@ -238,6 +243,28 @@ def test_save_load_round_trip(tmp_path: Path, space: SearchSpace) -> None:
             for name in a:
                 torch.testing.assert_close(a[name], b[name])
     assert not list(tmp_path.joinpath("sub").glob("*.tmp"))  # atomic write leaves no temporary file
+
+
+def test_full_disk_keeps_the_old_checkpoint_and_leaves_no_temporary_file(
+    tmp_path: Path, full_disk: Callable[[], AbstractContextManager[None]]
+) -> None:
+    path = tmp_path / "ghn.pt"
+    small_ghn().save(path)
+    before = path.read_bytes()
+    bigger = small_ghn(dataclasses.replace(SMALL, hidden=32))
+    with full_disk(), pytest.raises(CheckpointError) as err:
+        bigger.save(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    assert os.strerror(errno.ENOSPC) in message or os.strerror(errno.EFBIG) in message
+    assert path.read_bytes() == before
+    assert_only_files(tmp_path, {"ghn.pt"})
+    assert GHN.load(path).config == SMALL
+
+    fresh = tmp_path / "new" / "ghn.pt"  # no previous checkpoint: nothing at all is left
+    with full_disk(), pytest.raises(CheckpointError, match="new/ghn.pt"):
+        bigger.save(fresh)
+    assert not fresh.parent.exists() or not any(fresh.parent.iterdir())
 
 
 class _Evil:
@@ -468,6 +495,46 @@ def test_cli_train_ghn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert ghn.config.hidden == 16 and ghn.space_info["settings"] == {"C": 4, "N": 1}
     assert main([*args[:-3], "--hidden", "32", "--out", str(out), "--no-progress"]) == 2  # other settings, no resume
     assert "--no-resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--meta-batch", "0"), ("--s-max", "0"), ("--eval-every", "0"), ("--num-held-out", "-1"), ("--lr", "0"),
+     ("--device", "bogus")],
+)
+def test_cli_train_ghn_errors_name_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    from nas.cli import main
+
+    out = tmp_path / "ghn.pt"
+    argv = ["train-ghn", "--space", "nb201", "--dataset", "digits", "--steps", "1", "--out", str(out), flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert flag in err and value in err
+    assert not re.search(r"`[a-z]+_[a-z_]+`", err), err  # no keyword argument (`meta_batch`) in a CLI error
+    assert not out.exists()
+
+
+def test_cli_train_ghn_on_a_full_disk_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nas.cli import main
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)  # the checkpoint's bytes are written, then the disk is full
+    out = tmp_path / "ghn.pt"
+    argv = ["train-ghn", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--steps", "1",
+            "--eval-every", "1", "--meta-batch", "1", "--batch-size", "8", "--hidden", "8", "--layers", "1",
+            "--num-held-out", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nas ")]
+    assert err == [f"nas train-ghn: error: cannot write GHN checkpoint {str(out)!r} "
+                   f"(OSError: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}); any previous file there is unchanged."]
+    assert_only_files(tmp_path, set())
 
 
 def test_checkpoint_is_plain_data(tmp_path: Path) -> None:

@@ -318,7 +318,8 @@ class Campaign:
             size = space.size()
             if size is not None and size < self.top_k:
                 raise ValueError(
-                    f"`top_k` is {self.top_k}, but search space {space.name!r} has only {size} candidates."
+                    f"`top_k` is {self.top_k}, but search space {space.name!r} has only {size} candidates; "
+                    "lower --top-k."
                 )
             self._space = space
         return self._space

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import Sequence
@@ -24,10 +23,10 @@ from typing import Any
 
 import optuna
 import pandas as pd
-import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from nas._atomic import save_torch
 from nas.space import SearchSpace
 from nas.training import TrainConfig, train
 
@@ -149,9 +148,13 @@ def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save(obj)`` into ``path`` atomically (fine-tuned weights).
+
+    Raises:
+        CheckpointError: The write failed (e.g. a full disk); the message names
+            ``path``, no temporary file is left and a previous file is unchanged.
+    """
+    save_torch(obj, path, what="fine-tuned weights")
 
 
 def run_finetune_worker(

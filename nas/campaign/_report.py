@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
+
+from nas import _atomic
 
 __all__ = [
     "CANDIDATE_COLUMNS",
@@ -428,16 +429,21 @@ def plot_self_check(table: pd.DataFrame, ax: Any = None) -> Any:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` through ``write(tmp)`` and ``os.replace`` (the temporary keeps the suffix)."""
+    """Write ``path`` through ``write(tmp)`` and ``os.replace`` (the temporary keeps the suffix).
+
+    Args:
+        path: Target file (its folder is created).
+        write: Writes the whole file to the path it is given.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OSError: The write failed (e.g. a full disk); the error names ``path``,
+            no temporary file is left and a previous file is unchanged.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return _atomic.atomic_write(path, write)
 
 
 def _save_figure(
@@ -487,7 +493,9 @@ def write_report(
     (when ``best_graph`` is given and :mod:`nas.draw` is available),
     ``history.png`` / ``.pdf``, ``score_vs_finetuned.png`` / ``.pdf``,
     ``pareto.png`` / ``.pdf`` (multi-objective), ``selfcheck.csv`` and
-    ``selfcheck.png`` / ``.pdf`` (with a self-check).
+    ``selfcheck.png`` / ``.pdf`` (with a self-check). Each file is written
+    atomically: a failed write leaves no temporary file and the previous file
+    unchanged.
 
     Args:
         out: Output folder.
@@ -502,9 +510,11 @@ def write_report(
 
     Returns:
         The paths written.
-    """
-    import torch
 
+    Raises:
+        CheckpointError: ``best.pt`` cannot be written (e.g. a full disk).
+        OSError: Another file cannot be written; the error names it.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -518,7 +528,7 @@ def write_report(
         written.append(atomic_write(out / "best.json", lambda p: p.write_text(text + "\n")))
     if best_state is not None:
         state = {k: v.detach().cpu() for k, v in best_state.items()}
-        written.append(atomic_write(out / "best.pt", lambda p: torch.save(state, p)))
+        written.append(_atomic.save_torch(state, out / "best.pt", what="best fine-tuned weights"))
     if best_graph is not None:
         try:
             from nas.draw import draw_graph

@@ -18,12 +18,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
 import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from nas.space import SearchSpace, builtin_spaces, load_space
 __all__ = [
     "add_parsers",
     "add_space_arguments",
+    "flag_errors",
     "parse_space_args",
     "space_from_args",
     "run_draw",
@@ -68,6 +71,45 @@ def add_space_arguments(parser: argparse.ArgumentParser, *, default: str | None 
         metavar="KEY=VALUE",
         help="a setting of the space, e.g. C=16 (repeatable)",
     )
+
+
+@contextlib.contextmanager
+def flag_errors(args: argparse.Namespace, **flags: str) -> Iterator[None]:
+    """Name command-line flags, not keyword arguments, in a ``ValueError`` raised inside the block.
+
+    Library code names its keyword arguments ("`steps` must be a positive
+    int"); a user of the command line knows the flag (``--steps``). Inside
+    the block, a backquoted name that is the ``dest`` of one of the command's
+    flags becomes that flag (``batch_size`` -> ``--batch-size``), and the
+    keywords given in ``flags`` become the flag they map to.
+
+    Args:
+        args: The parsed arguments of the command; each of its names ``x_y``
+            stands for the flag ``--x-y``.
+        **flags: Further keyword -> flag pairs, for keywords named unlike their
+            flag (``grace_period="--grace"``).
+
+    Raises:
+        ValueError: The error of the block (the same class when it can be
+            rebuilt from a message), with the flags named.
+
+    Example:
+        >>> with flag_errors(args, steps="--ghn-steps"):  # doctest: +SKIP
+        ...     config = MetaTrainConfig(steps=args.ghn_steps)
+    """
+    names = {name: "--" + name.replace("_", "-") for name in vars(args)} | flags
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+        renamed = re.sub(r"`(\w+)`", lambda m: f"`{names.get(m.group(1), m.group(1))}`", message)
+        if renamed == message:
+            raise
+        try:
+            new = type(err)(renamed)
+        except Exception:  # an error class whose constructor takes more than a message
+            new = ValueError(renamed)
+        raise new from err
 
 
 def _parse_value(text: str) -> Any:
@@ -198,6 +240,8 @@ def run_draw(args: argparse.Namespace) -> int:
     """Draw the candidate of ``--seed`` to a PNG or PDF file."""
     from nas.draw import draw_graph
 
+    if args.dpi < 1:
+        raise ValueError(f"`--dpi` must be positive, but got {args.dpi}.")
     out = _output_path(args.output)
     space = space_from_args(args, _load_data(args.dataset))
     cand = space.sample(args.seed)
@@ -221,15 +265,17 @@ def run_train(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"`--threads` must be positive, but got {args.threads}.")
         torch.set_num_threads(args.threads)
-    config = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        device=args.device,
-        seed=args.seed,
-        progress=sys.stderr.isatty() and not args.json,
-    )
-    data = _load_data(args.dataset, seed=args.data_seed, max_train=args.max_train)
+    with flag_errors(args):
+        config = TrainConfig(
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            device=args.device,
+            seed=args.seed,
+            progress=sys.stderr.isatty() and not args.json,
+        )
+    with flag_errors(args, seed="--data-seed"):
+        data = _load_data(args.dataset, seed=args.data_seed, max_train=args.max_train)
     space = space_from_args(args, data)
     cand = space.sample(args.seed)
     graph = cand.graph

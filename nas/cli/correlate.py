@@ -121,6 +121,7 @@ def run_correlate(args: argparse.Namespace) -> int:
     """Run ``nas correlate``; returns the exit code."""
     import pandas as pd
 
+    from nas.cli.basic import flag_errors
     from nas.data import load_dataset
     from nas.evaluation import (
         DEFAULT_METHODS,
@@ -140,6 +141,8 @@ def run_correlate(args: argparse.Namespace) -> int:
         raise ValueError(f"`--archs` must be at least 2, but got {args.archs}.")
     if not args.epochs > 0:
         raise ValueError(f"`--epochs` must be positive, but got {args.epochs}.")
+    with flag_errors(args):
+        train_config = TrainConfig(device=args.device)
     progress = not args.no_progress
 
     if args.methods is not None:
@@ -154,7 +157,8 @@ def run_correlate(args: argparse.Namespace) -> int:
     if "ghn_plain" in methods and args.ghn_plain is None:
         raise ValueError("method 'ghn_plain' needs a checkpoint: pass `--ghn-plain PATH`.")
 
-    data = load_dataset(args.dataset, seed=0, max_train=args.max_train)
+    with flag_errors(args):
+        data = load_dataset(args.dataset, seed=0, max_train=args.max_train)
     space = load_space(
         args.space, input_shape=data.input_shape, num_classes=data.num_classes, **_space_args(args.space_arg)
     )
@@ -183,7 +187,7 @@ def run_correlate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=progress,
         workers=args.workers,
-        train_config=TrainConfig(device=args.device),
+        train_config=train_config,
         device=args.device,
         batch_size=args.batch_size,
     )

@@ -62,24 +62,26 @@ def add_parsers(subparsers: Any) -> None:
 
 def run_train_ghn(args: argparse.Namespace) -> int:
     """Run ``nas train-ghn``; prints a summary and returns the exit code."""
-    from nas.cli.basic import space_from_args
+    from nas.cli.basic import flag_errors, space_from_args
     from nas.data import load_dataset
     from nas.ghn import GHNConfig, MetaTrainConfig, meta_train
 
-    data = load_dataset(args.dataset, seed=args.data_seed)
+    with flag_errors(args):  # the settings are checked before the dataset is loaded
+        ghn_config = GHNConfig(hidden=args.hidden, layers=args.layers, s_max=args.s_max)
+        config = MetaTrainConfig(
+            steps=args.steps,
+            device=args.device,
+            meta_batch=args.meta_batch,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            eval_every=args.eval_every,
+            num_held_out=args.num_held_out,
+            amp=args.amp,
+            seed=args.seed,
+        )
+    with flag_errors(args, seed="--data-seed"):
+        data = load_dataset(args.dataset, seed=args.data_seed)
     space = space_from_args(args, data)
-    ghn_config = GHNConfig(hidden=args.hidden, layers=args.layers, s_max=args.s_max)
-    config = MetaTrainConfig(
-        steps=args.steps,
-        device=args.device,
-        meta_batch=args.meta_batch,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        eval_every=args.eval_every,
-        num_held_out=args.num_held_out,
-        amp=args.amp,
-        seed=args.seed,
-    )
     start = time.perf_counter()
     ghn = meta_train(
         space, data, config, ghn_config=ghn_config, out=args.out, resume=not args.no_resume,

@@ -191,6 +191,16 @@ def _positive(flag: str, value: float | int | None) -> None:
         raise ValueError(f"`{flag}` must be positive, but got {value}.")
 
 
+def _check_grace(args: argparse.Namespace) -> None:
+    """``--grace`` must exceed ``--heartbeat``, else a live worker's trial may be failed as dead."""
+    if args.grace <= args.heartbeat:
+        raise ValueError(f"`--grace` ({args.grace}) must exceed `--heartbeat` ({args.heartbeat}).")
+
+
+#: Keywords of :class:`~nas.campaign.Campaign` named unlike the flag that sets them.
+_CAMPAIGN_FLAGS = {"heartbeat_interval": "--heartbeat", "grace_period": "--grace", "space_args": "--space-arg"}
+
+
 def _setup(args: argparse.Namespace) -> None:
     """Process-wide settings of the command: Optuna's log level and torch's thread count."""
     import optuna
@@ -212,13 +222,12 @@ def _print_result(result: Any, started: float) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     """Run ``nas search``; prints the summary table and returns the exit code."""
-    from nas.campaign import Campaign
-    from nas.cli.basic import parse_space_args
-
     from nas.campaign import FINETUNE_METRICS, resolve_objectives, resolve_sampler
+    from nas.cli.basic import flag_errors
 
     for flag in ("trials", "top_k", "finetune_epochs", "batch_size", "heartbeat", "grace", "ghn_steps"):
         _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    _check_grace(args)
     _positive("--self-check-epochs", args.self_check_epochs)
     if args.self_check < 0 or 0 < args.self_check < 3:
         raise ValueError(f"`--self-check` must be 0 or at least 3, but got {args.self_check}.")
@@ -236,7 +245,18 @@ def run_search(args: argparse.Namespace) -> int:
         )
     _setup(args)
     started = time.perf_counter()
-    campaign = Campaign(
+    with flag_errors(args, **_CAMPAIGN_FLAGS, steps="--ghn-steps"):
+        campaign = _search_campaign(args)
+    _print_result(campaign.run(), started)
+    return 0
+
+
+def _search_campaign(args: argparse.Namespace) -> Any:
+    """The :class:`~nas.campaign.Campaign` of ``nas search`` (not run yet)."""
+    from nas.campaign import Campaign
+    from nas.cli.basic import parse_space_args
+
+    return Campaign(
         space=args.space,
         dataset=args.dataset,
         ghn=args.ghn,
@@ -260,8 +280,6 @@ def run_search(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         meta_train=_meta_train_config(args.ghn_steps, args.device),
     )
-    _print_result(campaign.run(), started)
-    return 0
 
 
 def _meta_train_config(steps: int | None, device: str) -> Any:
@@ -281,24 +299,27 @@ def _meta_train_config(steps: int | None, device: str) -> Any:
 def run_worker(args: argparse.Namespace) -> int:
     """Run ``nas worker``; fine-tunes queued candidates and prints what it did."""
     from nas.campaign import Campaign
+    from nas.cli.basic import flag_errors
 
     _positive("--heartbeat", args.heartbeat)
     _positive("--grace", args.grace)
+    _check_grace(args)
     storage = args.storage or os.environ.get(STORAGE_ENV)
     if not storage:
         raise ValueError(f"`--storage` is required (or set ${STORAGE_ENV}).")
     _setup(args)
     started = time.perf_counter()
-    campaign = Campaign.from_storage(
-        storage,
-        args.study,
-        out=args.out,
-        ghn=args.ghn,
-        device=args.device,
-        progress=not args.no_progress,
-        heartbeat_interval=args.heartbeat,
-        grace_period=args.grace,
-    )
+    with flag_errors(args, **_CAMPAIGN_FLAGS):
+        campaign = Campaign.from_storage(
+            storage,
+            args.study,
+            out=args.out,
+            ghn=args.ghn,
+            device=args.device,
+            progress=not args.no_progress,
+            heartbeat_interval=args.heartbeat,
+            grace_period=args.grace,
+        )
     stats = campaign.work()
     print(
         f"worker fine-tuned {stats.finetuned} candidates of campaign {args.study!r} "
@@ -311,24 +332,27 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     """Run ``nas demo``: nb201 on mnist5k, default GHN, rank, fine-tune, self-check, report."""
     from nas.campaign import Campaign
+    from nas.cli.basic import flag_errors
 
     for flag in ("trials", "top_k", "heartbeat", "grace", "ghn_steps"):
         _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    _check_grace(args)
     if args.self_check < 0 or 0 < args.self_check < 3:
         raise ValueError(f"`--self-check` must be 0 or at least 3, but got {args.self_check}.")
     _setup(args)
     started = time.perf_counter()
     settings = {k: v for k, v in DEMO.items() if k != "ghn_steps"}
     settings.update(trials=args.trials, top_k=args.top_k, self_check=args.self_check)
-    campaign = Campaign(
-        **settings,
-        ghn=None,
-        meta_train=_meta_train_config(args.ghn_steps, args.device),
-        out=args.out,
-        device=args.device,
-        heartbeat_interval=args.heartbeat,
-        grace_period=args.grace,
-        progress=not args.no_progress,
-    )
+    with flag_errors(args, **_CAMPAIGN_FLAGS, steps="--ghn-steps"):
+        campaign = Campaign(
+            **settings,
+            ghn=None,
+            meta_train=_meta_train_config(args.ghn_steps, args.device),
+            out=args.out,
+            device=args.device,
+            heartbeat_interval=args.heartbeat,
+            grace_period=args.grace,
+            progress=not args.no_progress,
+        )
     _print_result(campaign.run(), started)
     return 0

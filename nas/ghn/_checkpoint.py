@@ -2,21 +2,21 @@
 
 A checkpoint is a ``torch.save`` file holding only plain containers, strings,
 numbers and tensors, so it is read with ``torch.load(weights_only=True)``:
-a file that tries to unpickle a class (code) is refused. Writes are atomic: the
-payload goes to a temporary file in the target folder, which then replaces the
-target with :func:`os.replace`, so a run killed mid-write leaves the previous
-checkpoint intact.
+a file that tries to unpickle a class (code) is refused. Writes are atomic
+(:func:`nas._atomic.save_torch`): the payload is serialised in memory, written
+to a temporary file in the target folder, which then replaces the target with
+:func:`os.replace`, so a run killed mid-write or a full disk leaves the
+previous checkpoint intact and no temporary file behind.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nas._atomic import one_line, save_torch
 from nas.exceptions import CheckpointError
 
 __all__ = ["FORMAT", "VERSION", "read_checkpoint", "write_checkpoint"]
@@ -27,31 +27,19 @@ FORMAT = "ghn-nas/ghn"
 VERSION = 1
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    first = text.split(". ")[0]
-    return (first[:200] + "...") if len(first) > 200 else first or type(err).__name__
-
-
 def write_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Atomically write ``payload`` to ``path`` (parent folders are created).
 
     Args:
         path: Target file.
         payload: Plain containers, numbers, strings and tensors only.
+
+    Raises:
+        CheckpointError: The write failed (e.g. ``ENOSPC``, a full disk). The
+            message is one line naming the path and the cause; no temporary
+            file is left and a previous checkpoint at ``path`` is unchanged.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_torch(payload, path, what="GHN checkpoint")
 
 
 def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -77,7 +65,7 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickled classes, garbage bytes, ... all mean "not ours"
         raise CheckpointError(
-            f"GHN checkpoint {str(path)!r} cannot be read safely ({type(err).__name__}: {_one_line(err)})."
+            f"GHN checkpoint {str(path)!r} cannot be read safely ({type(err).__name__}: {one_line(err)})."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
