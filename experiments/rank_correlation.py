@@ -14,6 +14,12 @@ ground truth. The GHN rows:
 * ``ghn_regressor`` / ``opcount_regressor``: ridge regression on GHN
   embeddings / on op counts, fitted out of fold on the other candidates'
   trained losses (5 folds);
+* ``ghn_ranker``: the GHN's graph network fine-tuned to predict the
+  short-training loss (TSE after ``--ranker-k`` steps) of ``--ranker-labels``
+  architectures sampled from the space, never the candidates
+  (:mod:`nas.ghn._ranker`); ``ghn_ranker_scratch`` is the same network from
+  random weights (what meta-training adds) and ``opcount_ranker`` a ridge
+  regression on op counts fitted on the same labels (what the graph network adds);
 * ``ghn``: the score the campaign uses by default (see ``--ghn-method``).
 
 Examples:
@@ -39,11 +45,13 @@ from nas.evaluation import correlate, write_results
 from nas.evaluation.correlate import CorrelationResult, sample_candidates, summarize
 from nas.evaluation.ghn_variants import (
     GHNEnsembleScorer,
+    GHNRankerScorer,
+    LabelRegressorScorer,
     cross_validated_scores,
     ghn_embeddings,
     op_count_features,
 )
-from nas.ghn import GHN, MetaTrainConfig, meta_train
+from nas.ghn import GHN, GHNRanker, MetaTrainConfig, RankerConfig, fit_ranker, meta_train, short_training_labels
 from nas.ghn._meta_train import snapshot_path
 from nas.space import load_space
 
@@ -66,7 +74,9 @@ def main() -> None:
     parser.add_argument("--ghn-steps", type=int, default=MetaTrainConfig().steps)
     parser.add_argument("--snapshot-every", type=int, default=150)
     parser.add_argument("--ensemble", type=int, default=4, help="late snapshots averaged by ghn_ensemble")
-    parser.add_argument("--ghn-method", default="ghn_speed", help="GHN row reported as `ghn`")
+    parser.add_argument("--ranker-labels", type=int, default=300, help="architectures labelled for the ranker")
+    parser.add_argument("--ranker-k", type=int, default=30, help="SGD steps per ranker label")
+    parser.add_argument("--ghn-method", default="ghn_ranker", help="GHN row reported as `ghn`")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -89,11 +99,36 @@ def main() -> None:
     snaps = [GHN.load(snapshot_path(ghn_path, s)) for s in steps if snapshot_path(ghn_path, s).exists()]
     logger.info("%d snapshots at steps %s", len(snaps), steps[: len(snaps)])
 
+    # Ranker: labels from short training of other architectures of the space.
+    t0 = time.perf_counter()
+    label_graphs, labels = short_training_labels(
+        space, data, args.ranker_labels, k=args.ranker_k, seed=1, exclude=[g.key for g in graphs],
+        cache=out / "ranker_labels.csv", workers=args.workers,
+    )
+    label_seconds = time.perf_counter() - t0
+    rankers: dict[str, GHNRanker] = {}
+    fit_seconds: dict[str, float] = {}
+    for name, pretrained in (("ghn_ranker", True), ("ghn_ranker_scratch", False)):
+        path = out / "ghn" / f"{name}.pt"
+        t0 = time.perf_counter()
+        if path.exists():
+            rankers[name] = GHNRanker.load(path)
+        else:
+            rankers[name] = fit_ranker(
+                ghn, label_graphs, labels, RankerConfig(pretrained=pretrained),
+                label_info={"target": "tse", "k": args.ranker_k, "n": len(labels)},
+            )
+            rankers[name].save(path)
+        fit_seconds[name] = time.perf_counter() - t0
+        logger.info("%s: member validation tau %s", name, rankers[name].member_tau)
+
     variants = {
         "ghn_plain": GHNEnsembleScorer([ghn], name="ghn_plain"),
         "ghn_ensemble": GHNEnsembleScorer(snaps[-args.ensemble :], name="ghn_ensemble"),
         "ghn_speed": GHNEnsembleScorer(snaps, name="ghn_speed"),
         "ghn_early": GHNEnsembleScorer(snaps[:1], name="ghn_early"),
+        **{name: GHNRankerScorer(r, name=name) for name, r in rankers.items()},
+        "opcount_ranker": LabelRegressorScorer(label_graphs, labels, name="opcount_ranker"),
     }
     if args.ghn_method not in variants:
         raise ValueError(f"`--ghn-method` must be one of {sorted(variants)}, but got {args.ghn_method!r}.")
@@ -128,6 +163,17 @@ def main() -> None:
         ground_truth=result.summary_json.get("ground_truth", {}),
     )
     summary_json["ghn_method"] = args.ghn_method
+    summary_json["ranker"] = {
+        "labels": len(labels), "k": args.ranker_k, "target": "tse",
+        "label_seconds": label_seconds,
+        "label_seconds_per_arch": label_seconds / max(len(labels), 1),
+        "fit_seconds": fit_seconds,
+        "member_validation_tau": {
+            name: [t if np.isfinite(t) else None for t in r.member_tau] for name, r in rankers.items()
+        },
+        "note": "one-time costs, paid once per space and dataset whatever the number of candidates ranked; "
+        "label_seconds is 0 when the labels came from the cache",
+    }
     summary_json["ghn_meta_training"] = {
         "steps": args.ghn_steps, "snapshots": steps[: len(snaps)],
         "history": ghn.history,

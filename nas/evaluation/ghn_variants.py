@@ -17,6 +17,11 @@ variants measured against it (each is one row of ``nas correlate``):
   mean-pooled GHN node embeddings, fitted on trained candidates and scored
   out of fold; :func:`op_count_features` gives the plain baseline the same
   regressor must beat.
+* :class:`GHNRankerScorer`: a :class:`nas.ghn.GHNRanker`, the GHN's graph
+  network fine-tuned to predict the short-training loss of architectures
+  sampled from the space (never the candidates); and
+  :class:`LabelRegressorScorer`, the same labels fitted by a ridge regressor
+  on op counts, the ablation the ranker must beat.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from nas.ops import op_names
 
 __all__ = [
     "GHNEnsembleScorer",
+    "GHNRankerScorer",
+    "LabelRegressorScorer",
     "ghn_embeddings",
     "op_count_features",
     "cross_validated_scores",
@@ -162,3 +169,61 @@ def cross_validated_scores(
         model.fit(features[train_idx], target[train_idx])
         pred[test_idx] = model.predict(features[test_idx])
     return -pred
+
+
+class GHNRankerScorer(Scorer):
+    """Negative short-training loss predicted by a :class:`nas.ghn.GHNRanker`.
+
+    One forward pass of the ranker's graph networks per batch of candidates;
+    no image is used, so ``data`` is ignored.
+
+    Args:
+        ranker: A fitted ranker (see :func:`nas.ghn.fit_ranker`).
+        name: Name of the scorer.
+    """
+
+    name = "ghn_ranker"
+
+    def __init__(self, ranker: Any, *, name: str = "ghn_ranker") -> None:
+        self.ranker = ranker
+        self.name = name
+
+    def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
+        return (-self.ranker.predict(list(graphs))).tolist()
+
+
+class LabelRegressorScorer(Scorer):
+    """Ridge regression from graph features to labels of *other* architectures.
+
+    The ablation of :class:`GHNRankerScorer`: the same labelled architectures
+    and labels, with op counts (:func:`op_count_features`) in place of the
+    GHN's graph network.
+
+    Args:
+        graphs: Labelled architectures (never the candidates).
+        labels: Their labels, lower is better.
+        features: Graphs -> ``[B, F]`` features (default :func:`op_count_features`).
+        name: Name of the scorer.
+    """
+
+    name = "opcount_ranker"
+
+    def __init__(
+        self,
+        graphs: Sequence[ArchGraph],
+        labels: Sequence[float],
+        *,
+        features: Any = None,
+        name: str = "opcount_ranker",
+    ) -> None:
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.features = features or op_count_features
+        self.name = name
+        self.model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+        self.model.fit(self.features(list(graphs)), np.asarray(labels, dtype=np.float64))
+
+    def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
+        return (-self.model.predict(self.features(list(graphs)))).tolist()

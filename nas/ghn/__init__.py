@@ -16,7 +16,9 @@ Modules, in the order data flows through them:
 * ``_predicted``: running networks with predicted weights (batch-norm statistics
   from training images, see that module's docstring);
 * ``_meta_train``: :class:`MetaTrainConfig`, :func:`meta_train`;
-* ``_default``: :func:`default_ghn_path`, :func:`ensure_ghn`.
+* ``_default``: :func:`default_ghn_path`, :func:`ensure_ghn`;
+* ``_ranker``: :class:`GHNRanker`, the GHN's graph network with a head that
+  predicts short-training loss (:func:`short_training_labels`, :func:`fit_ranker`).
 
 Example:
     >>> from nas.ghn import GHN, GHNConfig
@@ -32,18 +34,23 @@ from nas.ghn._message_passing import GatedDAGConv
 from nas.ghn._meta_train import MetaTrainConfig, meta_train, snapshot_path
 from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._predicted import calibrate_batch_norm
+from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, short_training_labels
 
 __all__ = [
     "GHN",
     "GHNConfig",
+    "GHNRanker",
     "GatedDAGConv",
     "MetaTrainConfig",
+    "RankerConfig",
     "NodeEncoder",
     "ShapeEncoder",
     "WeightDecoder",
     "calibrate_batch_norm",
     "default_ghn_path",
     "ensure_ghn",
+    "fit_ranker",
     "meta_train",
+    "short_training_labels",
     "snapshot_path",
 ]

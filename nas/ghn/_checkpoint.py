@@ -27,27 +27,36 @@ FORMAT = "ghn-nas/ghn"
 VERSION = 1
 
 
-def write_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+def write_checkpoint(path: str | Path, payload: dict[str, Any], *, what: str = "GHN checkpoint") -> None:
     """Atomically write ``payload`` to ``path`` (parent folders are created).
 
     Args:
         path: Target file.
         payload: Plain containers, numbers, strings and tensors only.
+        what: What the file is, for error messages.
 
     Raises:
         CheckpointError: The write failed (e.g. ``ENOSPC``, a full disk). The
             message is one line naming the path and the cause; no temporary
             file is left and a previous checkpoint at ``path`` is unchanged.
     """
-    save_torch(payload, path, what="GHN checkpoint")
+    save_torch(payload, path, what=what)
 
 
-def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check the envelope of a GHN checkpoint.
+def read_checkpoint(
+    path: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    expected_format: str = FORMAT,
+    what: str = "GHN checkpoint",
+) -> dict[str, Any]:
+    """Read and check the envelope of a GHN checkpoint (or of another file of this package).
 
     Args:
         path: Checkpoint file.
         map_location: Where tensors are loaded.
+        expected_format: The ``format`` entry the file must have.
+        what: What the file is, for error messages.
 
     Returns:
         The payload; its ``format`` and ``version`` were checked and it has
@@ -60,24 +69,24 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"GHN checkpoint {str(path)!r} does not exist or is not a file.")
+        raise CheckpointError(f"{what} {str(path)!r} does not exist or is not a file.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickled classes, garbage bytes, ... all mean "not ours"
         raise CheckpointError(
-            f"GHN checkpoint {str(path)!r} cannot be read safely ({type(err).__name__}: {one_line(err)})."
+            f"{what} {str(path)!r} cannot be read safely ({type(err).__name__}: {one_line(err)})."
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
-            f"{str(path)!r} is not a ghn-nas GHN checkpoint (format {found!r}, expected {FORMAT!r})."
+            f"{str(path)!r} is not a ghn-nas {what} (format {found!r}, expected {expected_format!r})."
         )
     version = payload.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
         raise CheckpointError(
-            f"GHN checkpoint {str(path)!r} has version {version!r}; this ghn-nas reads versions 1..{VERSION}."
+            f"{what} {str(path)!r} has version {version!r}; this ghn-nas reads versions 1..{VERSION}."
         )
     for key, kind in (("config", dict), ("space_info", dict), ("state_dict", dict)):
         if not isinstance(payload.get(key), kind):
-            raise CheckpointError(f"GHN checkpoint {str(path)!r} lacks a valid {key!r} entry.")
+            raise CheckpointError(f"{what} {str(path)!r} lacks a valid {key!r} entry.")
     return payload
