@@ -2,7 +2,10 @@
 
 Everything runs on ``digits`` with nb201 at ``C=4`` and a tiny GHN meta-trained
 for a few steps (shared with tests/test_cli_search.py through a file in pytest's
-session temp folder).
+session temp folder). Most tests rank by the predicted-weight loss
+(``rank_by="loss"``, which counts GHN calls); the ranker tests use a tiny
+:class:`nas.ghn.GHNRanker` fitted on made-up labels, or fit one on 6 short
+trainings of 2 steps.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from nas.data import load_dataset
 from nas.exceptions import CheckpointError, StorageError
 from nas.graph import ArchGraph
 from nas.network import Network
+from nas.space import load_space
 from tests.conftest import assert_only_files
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,11 +126,44 @@ def load_ghn(path: Path) -> Any:
     return GHN.load(path)
 
 
+def fit_tiny_ranker(ghn: Any, *, input_shape: tuple[int, int, int] = (1, 8, 8)) -> Any:
+    """A ranker fitted in a second on 8 candidates labelled by their parameter count."""
+    from nas.ghn import RankerConfig, fit_ranker
+
+    space = load_space("nb201", input_shape=input_shape, num_classes=10, **SPACE_ARGS)
+    graphs = [c.graph for c in space.sample_many(8, seed=123)]
+    labels = [math.log(g.num_params()) for g in graphs]
+    torch.manual_seed(0)
+    return fit_ranker(ghn, graphs, labels, RankerConfig(epochs=2, ensemble=1), progress=False)
+
+
+@pytest.fixture(scope="module")
+def ranker_path(tmp_path_factory: pytest.TempPathFactory, ghn_path: Path) -> Path:
+    path = tmp_path_factory.mktemp("ranker") / "ranker.pt"
+    fit_tiny_ranker(load_ghn(ghn_path)).save(path)
+    return path
+
+
+class CountingRanker:
+    """A ranker counting the graphs of each ``predict`` call."""
+
+    def __init__(self, ranker: Any) -> None:
+        self.ranker = ranker
+        self.space_info = ranker.space_info
+        self.members = ranker.members
+        self.calls: list[list[str]] = []
+
+    def predict(self, graphs):
+        self.calls.append([g.key for g in graphs])
+        return self.ranker.predict(graphs)
+
+
 def small_campaign(out: Path, ghn: Any, **overrides: Any) -> Campaign:
     settings: dict[str, Any] = dict(
         space="nb201",
         dataset="digits",
         ghn=ghn,
+        rank_by="loss",
         trials=12,
         top_k=2,
         finetune_epochs=0.3,
@@ -163,13 +200,17 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
     assert sorted(ranked) == sorted(keys)
     assert counting.evaluate_calls - 1 < len(ranked)
     for t in trials:
-        for attr in ("key", "num_params", "flops", "ghn_loss", "ghn_acc"):
+        for attr in ("key", "num_params", "flops", "rank_score", "ghn_loss", "ghn_acc"):
             assert attr in t.user_attrs
+        assert t.user_attrs["rank_score"] == t.user_attrs["ghn_loss"]  # rank_by="loss" keeps the ghn_loss name
         if "duplicate_of" not in t.user_attrs:
             graph = ArchGraph.from_json(t.user_attrs["graph"])
             assert graph.key == t.user_attrs["key"]
             assert t.user_attrs["num_params"] == graph.num_params()
             assert t.values[0] == pytest.approx(t.user_attrs["ghn_loss"])
+    rank, _ = small_campaign(out, ghn_path).open()
+    assert rank.user_attrs["nas_campaign"]["rank_by"] == "loss"
+    assert rank.user_attrs["nas_campaign"]["ranker"] is None
 
     # The candidates table: one row per distinct key, documented columns, sorted by GHN loss.
     cand = result.candidates
@@ -177,6 +218,8 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
     assert list(cand.columns[len(CANDIDATE_COLUMNS) :]) == [*NB201_CHOICES, "choices", "graph"]
     assert len(cand) == len(keys) and cand["key"].is_unique
     assert cand["ghn_loss"].is_monotonic_increasing
+    assert (cand["rank_by"] == "loss").all() and list(cand["rank_score"]) == list(cand["ghn_loss"])
+    assert result.rank_by == "loss" and "ranked by loss" in result.summary()
     assert list(cand["rank"]) == list(range(1, len(cand) + 1))
     assert cand["n_trials"].sum() == 12
 
@@ -296,7 +339,7 @@ def test_multi_objective_takes_candidates_from_the_pareto_front(tmp_path: Path, 
     assert set(front["key"]) == front_keys
     expected = select_candidates(table, 2, pareto=True)
     assert enqueued == list(expected["key"])
-    assert set(enqueued) & front_keys == set(list(front.sort_values("ghn_loss")["key"])[:2])
+    assert set(enqueued) & front_keys == set(list(front.sort_values("rank_score")["key"])[:2])
     assert len(ft.get_trials(states=(TrialState.WAITING,))) == 2
     assert campaign.enqueue() == []  # enqueued once only
 
@@ -309,6 +352,195 @@ def test_diverged_finetune_is_a_failed_row_not_an_error(tmp_path: Path, ghn_path
     assert "diverged" in ft["error"].iloc[0]
     assert result.best is None and not (out / "best.json").exists()
     assert (out / "finetuned.csv").is_file()
+
+
+# ---------------------------------------------------------------- ranking by the GHN ranker
+
+
+def test_rank_by_ranker_scores_each_batch_with_one_predict_call(
+    tmp_path: Path, ghn_path: Path, ranker_path: Path
+) -> None:
+    from nas.ghn import GHNRanker
+
+    out = tmp_path / "run"
+    counting = CountingGHN(load_ghn(ghn_path))
+    ranker = CountingRanker(GHNRanker.load(ranker_path))
+    campaign = small_campaign(out, counting, rank_by="ranker", ranker=ranker, self_check=3, self_check_epochs=0.2)
+    result = campaign.run()
+
+    # No predicted-weight evaluation at all: one ranker call per batch scores the fresh keys.
+    assert counting.evaluate_calls == 0
+    rank_calls, self_check_call = ranker.calls[:-1], ranker.calls[-1]
+    assert result.rank_stats is not None and result.rank_stats.score_calls == len(rank_calls) <= 2  # 12 trials / 6
+    trials = complete_rank_trials(small_campaign(out, ghn_path, rank_by="ranker", ranker=ranker_path))
+    keys = {t.user_attrs["key"] for t in trials}
+    assert sorted(k for call in rank_calls for k in call) == sorted(keys)
+
+    # The stored score is the ranker's prediction; no predicted-weight loss is stored.
+    fresh = GHNRanker.load(ranker_path)
+    for t in trials:
+        assert "ghn_loss" not in t.user_attrs and "ghn_acc" not in t.user_attrs
+        graph = ArchGraph.from_json(t.user_attrs["graph"]) if "graph" in t.user_attrs else None
+        if graph is not None:
+            assert t.user_attrs["rank_score"] == pytest.approx(float(fresh.predict([graph])[0]), rel=1e-5)
+        assert t.values[0] == pytest.approx(t.user_attrs["rank_score"])
+    rank, _ = campaign.open()
+    settings = rank.user_attrs["nas_campaign"]
+    assert settings["rank_by"] == "ranker" and settings["ranker"] is None  # an object, not a file
+
+    # Tables name the score; the top-2 by rank score are fine-tuned from the GHN's predicted weights.
+    cand = result.candidates
+    assert (cand["rank_by"] == "ranker").all() and cand["ghn_loss"].isna().all()
+    assert cand["rank_score"].is_monotonic_increasing
+    assert list(cand["rank"]) == list(range(1, len(cand) + 1))
+    ft = result.finetuned
+    assert list(ft.columns[: len(FINETUNED_COLUMNS)]) == list(FINETUNED_COLUMNS)
+    assert set(ft["key"]) == set(cand["key"].head(2)) and sorted(counting.materialized) == sorted(ft["key"])
+    assert (ft["rank_by"] == "ranker").all()
+    assert sorted(ft["rank_score"]) == pytest.approx(sorted(cand["rank_score"].head(2)))
+    best = json.loads((out / "best.json").read_text())
+    assert best["rank_by"] == "ranker" and "ghn_loss" not in best["metrics"] and "rank_score" in best["metrics"]
+    summary = result.summary()
+    assert "ranked by ranker" in summary and "ranker_tse" in summary and "ghn_loss" not in summary
+    assert "rank_by,rank_score" in (out / "candidates.csv").read_text().splitlines()[0]
+
+    # The self-check compares the same score with training.
+    table = result.self_check.table
+    assert list(table["key"]) == self_check_call and (table["rank_by"] == "ranker").all()
+    space = load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS)
+    graphs = [c.graph for c in space.sample_many(3, seed=7919)]
+    assert list(table["rank_score"]) == pytest.approx(list(fresh.predict(graphs)), rel=1e-5)
+
+
+def _ranker_campaign(out: Path, ghn_path: Path, **overrides: Any) -> Campaign:
+    from nas.ghn import RankerConfig
+
+    settings: dict[str, Any] = dict(
+        rank_by="ranker", ranker_labels=6, ranker_k=2, ranker_config=RankerConfig(epochs=2, ensemble=1),
+        trials=8, top_k=1, self_check=3, self_check_epochs=0.1,
+    )
+    return small_campaign(out, ghn_path, **{**settings, **overrides})
+
+
+def test_default_ranker_is_fitted_once_then_reused(
+    tmp_path: Path, ghn_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas.ghn
+    import nas.ghn._ranker
+    from nas.ghn import GHNRanker
+
+    out = tmp_path / "run"
+    result = _ranker_campaign(out, ghn_path).run()
+    labels_csv, ranker_pt = out / "ranker_labels.csv", out / "ranker.pt"
+    labels = pd.read_csv(labels_csv)
+    assert len(labels) == 6 and labels["key"].is_unique
+    self_check_keys = set(result.self_check.table["key"])
+    assert len(self_check_keys) == 3 and not self_check_keys & set(labels["key"])  # never a label
+    ranker = GHNRanker.load(ranker_pt)
+    assert ranker.label_info["k"] == 2 and ranker.label_info["n"] == 6 and ranker.label_info["target"] == "tse"
+    for t in complete_rank_trials(_ranker_campaign(out, ghn_path)):
+        if "duplicate_of" not in t.user_attrs:
+            graph = ArchGraph.from_json(t.user_attrs["graph"])
+            assert t.user_attrs["rank_score"] == pytest.approx(float(ranker.predict([graph])[0]), rel=1e-5)
+    rank, _ = _ranker_campaign(out, ghn_path).open()
+    settings = rank.user_attrs["nas_campaign"]
+    assert settings["rank_by"] == "ranker" and settings["ranker"] == str(ranker_pt.resolve())
+    assert settings["ranker_labels"] == {"n": 6, "k": 2}
+
+    # Resume with more trials: the ranker is loaded, no architecture is trained or fitted again.
+    def forbidden(*_: Any, **__: Any) -> None:
+        raise AssertionError("relabelled or refitted on resume")
+
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (labels_csv, ranker_pt)}
+    monkeypatch.setattr(nas.ghn._ranker, "_short_training_loss", forbidden)
+    with monkeypatch.context() as patch:
+        patch.setattr(nas.ghn, "fit_ranker", forbidden)
+        again = _ranker_campaign(out, ghn_path, trials=10).run()
+    assert len(again.trials) == 10
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
+
+    # A lost ranker.pt is refitted from the labels on disk, still without training anything.
+    ranker_pt.unlink()
+    refit = _ranker_campaign(out, ghn_path, trials=10).ranker
+    assert ranker_pt.is_file() and labels_csv.read_bytes() == before[labels_csv][0]
+    assert refit.label_info["labelled"] == 6
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "ghn-checkpoint", "missing", "other-input-shape"])
+def test_a_bad_ranker_checkpoint_leaves_the_storage_untouched(
+    tmp_path: Path, ghn_path: Path, kind: str
+) -> None:
+    path = tmp_path / "ranker.pt"
+    if kind == "corrupt":
+        path.write_bytes(b"PK\x03\x04 not a zip file at all")
+    elif kind == "ghn-checkpoint":
+        path = ghn_path
+    elif kind == "other-input-shape":
+        from nas.ghn import GHN, GHNConfig
+
+        ghn = GHN(GHNConfig(hidden=8, layers=1), space_info={"input_shape": [3, 8, 8], "num_classes": 10})
+        fit_tiny_ranker(ghn, input_shape=(3, 8, 8)).save(path)
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError) as err:
+        small_campaign(out, ghn_path, rank_by="ranker", ranker=path).run()
+    message = str(err.value)
+    assert "\n" not in message and "ranker checkpoint" in message and str(path) in message
+    fragment = {
+        "corrupt": "cannot be read safely", "ghn-checkpoint": "is not a ghn-nas ranker checkpoint",
+        "missing": "does not exist", "other-input-shape": "input_shape [3, 8, 8]",
+    }[kind]
+    assert fragment in message
+    assert not (out / "campaign.db").exists()
+
+
+def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rank, _ = small_campaign(out, None, rank_by="ranker").open()
+    for overrides, fragment in (
+        ({"rank_by": "loss"}, "rank_by: stored 'ranker', requested 'loss'"),
+        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_labels: stored {'k': 30, 'n': 300}"),
+    ):
+        with pytest.raises(StorageError) as err:
+            small_campaign(out, None, **overrides).open()
+        assert fragment in str(err.value) and "\n" not in str(err.value)
+    small_campaign(out, None, rank_by="ranker", label_workers=2, trials=50).open()  # not part of the identity
+
+    # A campaign stored before rank_by existed ranked by the predicted-weight loss.
+    old = tmp_path / "old"
+    rank, _ = small_campaign(old, None, rank_by="loss").open()
+    settings = {k: v for k, v in rank.user_attrs["nas_campaign"].items() if k not in ("rank_by", "ranker_labels")}
+    rank.set_user_attr("nas_campaign", settings)
+    small_campaign(old, None, rank_by="loss").open()
+    with pytest.raises(StorageError, match="rank_by: stored 'loss', requested 'ranker'"):
+        small_campaign(old, None, rank_by="ranker").open()
+
+
+def test_from_storage_finds_the_ranker_checkpoint(tmp_path: Path, ghn_path: Path, ranker_path: Path) -> None:
+    import shutil
+
+    from nas.ghn import GHNRanker
+
+    path = tmp_path / "my_ranker.pt"
+    shutil.copy(ranker_path, path)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    small_campaign(tmp_path / "a", ghn_path, rank_by="ranker", ranker=path, storage=url, study="r", ranker_k=7).open()
+    worker = Campaign.from_storage(url, "r", out=tmp_path / "w", progress=False)
+    assert worker.rank_by == "ranker" and worker.ranker_k == 7
+    x = [c.graph for c in load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS).sample_many(4)]
+    assert list(worker.ranker.predict(x)) == list(GHNRanker.load(path).predict(x))
+    worker.open()  # joins: same identity
+
+    path.unlink()  # fine-tuning does not need it; ranking does, and says which flag gives it
+    worker = Campaign.from_storage(url, "r", out=tmp_path / "w", progress=False)
+    with pytest.raises(CheckpointError, match="does not exist.*pass --ranker PATH") as err:
+        _ = worker.ranker
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+    small_campaign(tmp_path / "b", ghn_path, rank_by="ranker", ranker=GHNRanker.load(ranker_path), storage=url,
+                   study="obj").open()
+    with pytest.raises(CheckpointError, match="started with a ranker object.*pass --ranker PATH"):
+        Campaign.from_storage(url, "obj", progress=False)
+    assert Campaign.from_storage(url, "obj", ranker=ranker_path, progress=False).ranker is not None
 
 
 # ---------------------------------------------------------------- storage and workers
@@ -407,9 +639,9 @@ def test_resolvers_list_valid_names() -> None:
     assert resolve_sampler(sampler) is sampler
     with pytest.raises(ValueError, match="tpe, random, gp, nsga2.*'cmaes'"):
         resolve_sampler("cmaes")
-    assert resolve_objectives("loss") == ("ghn_loss",)
-    assert resolve_objectives(("loss", "params")) == ("ghn_loss", "num_params")
-    assert resolve_objectives("loss, flops") == ("ghn_loss", "flops")
+    assert resolve_objectives("loss") == ("rank_score",)
+    assert resolve_objectives(("loss", "params")) == ("rank_score", "num_params")
+    assert resolve_objectives("loss, flops") == ("rank_score", "flops")
     with pytest.raises(ValueError, match="loss,params"):
         resolve_objectives("acc")
 
@@ -424,15 +656,23 @@ def test_resolvers_list_valid_names() -> None:
         ({"self_check": 2}, "self_check"),
         ({"sampler": "bogus"}, "sampler"),
         ({"finetune_metric": "f1"}, "finetune_metric"),
+        ({"rank_by": "bogus"}, "rank_by"),
+        ({"rank_by": "ranker", "ranker_labels": 3}, "ranker_labels"),
+        ({"rank_by": "ranker", "ranker_labels": 10.0}, "ranker_labels"),
+        ({"rank_by": "ranker", "ranker_k": 0}, "ranker_k"),
+        ({"rank_by": "ranker", "label_workers": 0}, "label_workers"),
+        ({"rank_by": "ranker", "ranker": 5}, "ranker"),
     ],
 )
 def test_campaign_rejects_bad_settings(tmp_path: Path, kwargs: dict[str, Any], name: str) -> None:
-    with pytest.raises(ValueError, match=f"`{name}`.*{kwargs[name]!r}"):
+    with pytest.raises(ValueError, match=f"`{name}`.*{re.escape(repr(kwargs[name]))}"):
         small_campaign(tmp_path, None, **kwargs)
+    with pytest.raises(ValueError, match="`ranker` is used only when `rank_by` is 'ranker'"):
+        small_campaign(tmp_path, None, rank_by="loss", ranker="ranker.pt")
 
 
 def test_top_k_larger_than_distinct_candidates_is_a_clear_error() -> None:
-    table = pd.DataFrame({"trial": [0, 1], "key": ["a", "b"], "ghn_loss": [1.0, 0.5], "pareto": [False, False]})
+    table = pd.DataFrame({"trial": [0, 1], "key": ["a", "b"], "rank_score": [1.0, 0.5], "pareto": [False, False]})
     assert list(select_candidates(table, 2)["key"]) == ["b", "a"]
     with pytest.raises(ValueError, match="`top_k` is 3.*only 2 distinct"):
         select_candidates(table, 3)

@@ -77,6 +77,12 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--device", "bogus"], "`--device` must be a torch device such as 'cpu' or 'cuda', but got 'bogus'"),
         (["--study", " "], "`--study` must be a non-empty name, but got ' '"),
         (["--ghn-steps", "0"], "`--ghn-steps` must be positive, but got 0"),
+        (["--rank-by", "bogus"], "argument --rank-by: invalid choice: 'bogus'"),
+        (["--ranker-labels", "3"], "`--ranker-labels` must be an int of at least 4, but got 3"),
+        (["--ranker-labels", "many"], "argument --ranker-labels: invalid int value: 'many'"),
+        (["--ranker-k", "0"], "`--ranker-k` must be positive, but got 0"),
+        (["--label-workers", "-1"], "`--label-workers` must be positive, but got -1"),
+        (["--rank-by", "loss", "--ranker", "r.pt"], "`--ranker` is used only when `--rank-by` is 'ranker'"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(
@@ -129,27 +135,64 @@ def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: 
     argv = [
         "search", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path),
         "--trials", "8", "--finetune-epochs", "0.2", "--batch-size", "8", "--out", str(out), "--no-progress",
+        "--ranker-labels", "6", "--ranker-k", "2",
     ]
     rc, _, err = run_cli([*argv, "--top-k", "50"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "`top_k` is 50, but the rank stage scored only" in err and "lower --top-k" in err
+    labels = (out / "ranker_labels.csv").read_bytes()
+    assert len(labels.splitlines()) == 7 and (out / "ranker.pt").is_file()  # header + 6 short trainings
 
     rc, stdout, err = run_cli([*argv, "--top-k", "2"], capsys)
     assert rc == 0, err
     assert "campaign 'nb201-digits': 8 rank trials" in stdout and "2 fine-tuned" in stdout
+    assert "ranked by ranker" in stdout and "ranker_tse" in stdout
     assert "best: rank trial" in stdout
     for name in ("candidates.csv", "finetuned.csv", "best.json", "best.pt", "history.png", "score_vs_finetuned.pdf"):
         assert (out / name).is_file(), name
+    assert (out / "ranker_labels.csv").read_bytes() == labels  # the rerun labelled nothing
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'campaign.db'}")
     rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)
     assert len(rank.trials) == 8  # the rerun ranked nothing new
+    assert all("rank_score" in t.user_attrs and "ghn_loss" not in t.user_attrs for t in rank.trials)
+
+    rc, _, err = run_cli([*argv, "--top-k", "2", "--rank-by", "loss"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "rank_by: stored 'ranker', requested 'loss'" in err
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "ghn-checkpoint"])
+def test_bad_ranker_file_is_one_line_and_creates_no_storage(
+    tmp_path: Path, ghn_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    bad = tmp_path / "bad.pt"
+    if kind == "corrupt":
+        bad.write_bytes(b"\x00garbage")
+    else:
+        bad = ghn_path
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(
+        ["search", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path), "--ranker", str(bad),
+         "--out", str(out), "--no-progress"], capsys,
+    )
+    assert rc == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("nas search: error: ") and str(bad) in err and "ranker checkpoint" in err
+    assert not (out / "campaign.db").exists()
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    Campaign(space="nb201", dataset="digits", out=tmp_path / "c", storage=url, study="s", space_args=SPACE_ARGS).open()
+    rc, _, err = run_cli(["worker", "--storage", url, "--study", "s", "--ranker", str(bad), "--no-progress"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and str(bad) in err, err
 
 
 def test_two_workers_on_a_journal_storage_finetune_disjoint_candidates(tmp_path: Path, ghn_path: Path) -> None:
+    from nas.ghn import RankerConfig
+
     url = f"journal://{tmp_path / 'campaign.log'}"
     campaign = Campaign(
         space="nb201", dataset="digits", ghn=ghn_path, trials=10, top_k=4, finetune_epochs=0.3, out=tmp_path / "run",
         storage=url, study="shared", batch_size=10, space_args=SPACE_ARGS, progress=False,
+        ranker_labels=6, ranker_k=2, ranker_config=RankerConfig(epochs=2, ensemble=1),
     )
     campaign.rank()
     enqueued = campaign.enqueue()

@@ -1,12 +1,15 @@
-"""The search campaign: rank candidates with the GHN, fine-tune the best, report.
+"""The search campaign: rank candidates without training them, fine-tune the best, report.
 
 A campaign is two Optuna studies in one storage:
 
 1. ``<study>-rank``: an Optuna sampler (TPE by default) proposes candidates
-   through the search space; the GHN predicts their weights and the
-   validation loss with those weights is the score (``nas.campaign._rank``).
+   through the search space and each gets a rank score (``nas.campaign._rank``):
+   by default the short-training loss that a :class:`nas.ghn.GHNRanker` (the
+   GHN's graph network fine-tuned on a few hundred short trainings) predicts
+   from the graph alone (``rank_by="ranker"``), or the validation loss of the
+   GHN-predicted weights (``rank_by="loss"``).
 2. ``<study>-finetune``: the top-k distinct candidates are enqueued once and
-   fine-tuned from their predicted weights by any number of workers
+   fine-tuned from their GHN-predicted weights by any number of workers
    (``nas.campaign._finetune``).
 
 Results come as DataFrames and plots (``nas.campaign._report``); the storage
@@ -29,10 +32,22 @@ from nas.campaign._finetune import (
     run_finetune_worker,
     select_candidates,
 )
-from nas.campaign._rank import OBJECTIVES, SAMPLERS, RankStats, resolve_objectives, resolve_sampler, run_rank_stage
+from nas.campaign._rank import (
+    OBJECTIVES,
+    RANK_BY,
+    SAMPLERS,
+    RankStats,
+    rank_by_of,
+    rank_score,
+    resolve_objectives,
+    resolve_rank_by,
+    resolve_sampler,
+    run_rank_stage,
+)
 from nas.campaign._report import (
     CANDIDATE_COLUMNS,
     FINETUNED_COLUMNS,
+    RANK_SCORE_NAMES,
     best_record,
     candidates_frame,
     finetuned_frame,
@@ -40,10 +55,11 @@ from nas.campaign._report import (
     plot_pareto,
     plot_score_vs_finetuned,
     plot_self_check,
+    rank_score_label,
     rank_trials_frame,
     write_report,
 )
-from nas.campaign._selfcheck import RELIABLE_TAU, SelfCheck, run_self_check
+from nas.campaign._selfcheck import RELIABLE_TAU, SelfCheck, run_self_check, self_check_candidates
 from nas.campaign._storage import (
     STORAGE_SCHEMES,
     default_storage_url,
@@ -63,6 +79,8 @@ __all__ = [
     "FinetuneStats",
     "IDENTITY_KEYS",
     "OBJECTIVES",
+    "RANK_BY",
+    "RANK_SCORE_NAMES",
     "RELIABLE_TAU",
     "RankStats",
     "SAMPLERS",
@@ -79,14 +97,19 @@ __all__ = [
     "plot_pareto",
     "plot_score_vs_finetuned",
     "plot_self_check",
+    "rank_by_of",
+    "rank_score",
+    "rank_score_label",
     "rank_trials_frame",
     "reap_stale_trials",
     "requeue_trial",
     "resolve_objectives",
+    "resolve_rank_by",
     "resolve_sampler",
     "run_finetune_worker",
     "run_rank_stage",
     "run_self_check",
     "select_candidates",
+    "self_check_candidates",
     "write_report",
 ]

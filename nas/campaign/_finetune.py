@@ -1,6 +1,7 @@
 """Stage 2: fine-tune the best-ranked candidates, starting from their predicted weights.
 
-The top-k candidates of the rank study are enqueued, once, in the
+The top-k candidates of the rank study (lowest rank score, whatever its
+``rank_by``) are enqueued, once, in the
 ``<name>-finetune`` study (``study.enqueue_trial``). Workers claim the WAITING
 trials through Optuna, so several processes (or machines) fine-tune different
 candidates and none twice; a worker stops when the queue is empty. Each trial
@@ -73,10 +74,10 @@ def select_candidates(candidates: pd.DataFrame, top_k: int, *, pareto: bool = Fa
 
     Args:
         candidates: One row per distinct candidate (:func:`nas.campaign.candidates_frame`),
-            with ``ghn_loss`` and, for a multi-objective campaign, ``pareto``.
+            with ``rank_score`` and, for a multi-objective campaign, ``pareto``.
         top_k: How many.
-        pareto: Take the Pareto front first (sorted by ``ghn_loss``), then fill
-            up with the rest by ``ghn_loss``.
+        pareto: Take the Pareto front first (sorted by ``rank_score``), then fill
+            up with the rest by ``rank_score``.
 
     Returns:
         ``top_k`` rows in fine-tuning order.
@@ -86,13 +87,13 @@ def select_candidates(candidates: pd.DataFrame, top_k: int, *, pareto: bool = Fa
     """
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"`top_k` must be a positive int, but got {top_k!r}.")
-    scored = candidates[candidates["ghn_loss"].map(lambda v: isinstance(v, float) and math.isfinite(v))]
+    scored = candidates[candidates["rank_score"].map(lambda v: isinstance(v, float) and math.isfinite(v))]
     if len(scored) < top_k:
         raise ValueError(
             f"`top_k` is {top_k}, but the rank stage scored only {len(scored)} distinct candidates; "
             "lower --top-k or raise --trials."
         )
-    order = scored.sort_values(["ghn_loss", "trial"], kind="stable")
+    order = scored.sort_values(["rank_score", "trial"], kind="stable")
     if pareto and "pareto" in order.columns:
         order = pd.concat([order[order["pareto"]], order[~order["pareto"]]])
     return order.head(top_k).reset_index(drop=True)
@@ -122,7 +123,9 @@ def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, s
             continue
         choices = json.loads(row["choices"]) if isinstance(row["choices"], str) else dict(row["choices"])
         attrs = {
-            name: _plain(row[name]) for name in QUEUE_ATTRS if name in row and name not in ("rank_trial", "choices")
+            name: _plain(row[name])
+            for name in QUEUE_ATTRS
+            if name in row and name not in ("rank_trial", "choices") and not _missing(row[name])
         }
         attrs.update(choices=choices, rank_trial=int(row["trial"]))
         finetune_study.enqueue_trial(params=choices, user_attrs=attrs, skip_if_exists=False)
@@ -132,6 +135,14 @@ def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, s
         rank_study.set_user_attr(ENQUEUED_ATTR, sorted(k for k in done if isinstance(k, str)))
         logger.info("enqueued %d candidates for fine-tuning in %s", len(new), finetune_study.study_name)
     return new
+
+
+def _missing(value: Any) -> bool:
+    """``None``, ``NaN`` or ``<NA>`` (e.g. ``ghn_loss`` of a candidate ranked by the ranker)."""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or dict
+        return False
 
 
 def _plain(value: Any) -> Any:

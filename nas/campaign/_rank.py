@@ -1,11 +1,22 @@
-"""Stage 1: rank candidates by the validation loss of their GHN-predicted weights.
+"""Stage 1: rank candidates by a score computed without training them.
 
 Each trial of the ``<name>-rank`` study builds a candidate through the search
-space (define-by-run), and the graph hypernetwork predicts its weights; the
-score is the validation loss of the network with those weights, no SGD. Trials
-are asked in batches so the GHN scores many graphs in one forward pass; a
-candidate whose canonical key was scored before (by any worker) is not scored
-again: its trial is told the stored score.
+space (define-by-run) and is told its *rank score* (lower is better), one of
+:data:`RANK_BY`:
+
+* ``"ranker"`` (the default of a campaign): the short-training loss (TSE, the
+  sum of the first ``k`` SGD losses from random initialisation) that a
+  :class:`nas.ghn.GHNRanker` predicts from the graph alone, about a
+  millisecond per candidate and no image touched;
+* ``"loss"``: the validation loss of the network with the GHN's predicted
+  weights, no SGD (about 0.6 s per candidate on a CPU core).
+
+Trials are asked in batches, so one call of the scorer (``ranker.predict`` or
+``ghn.evaluate``) scores many graphs; a candidate whose canonical key was
+scored before (by any worker) is not scored again: its trial is told the
+stored score. The score is stored in the trial's user attribute
+``rank_score``; ranking by ``"loss"`` also stores ``ghn_loss`` and ``ghn_acc``
+(older campaigns stored only those).
 """
 
 from __future__ import annotations
@@ -27,13 +38,17 @@ from nas.exceptions import GraphError, SpaceError
 from nas.graph import ArchGraph
 from nas.space import SearchSpace
 
-from nas.campaign._storage import Heartbeat, reap_stale_trials
+from nas.campaign._storage import CAMPAIGN_ATTR, Heartbeat, reap_stale_trials
 
 __all__ = [
     "OBJECTIVES",
+    "RANK_BY",
     "SAMPLERS",
     "RankStats",
+    "rank_by_of",
+    "rank_score",
     "resolve_objectives",
+    "resolve_rank_by",
     "resolve_sampler",
     "run_rank_stage",
 ]
@@ -88,11 +103,60 @@ def resolve_sampler(sampler: str | BaseSampler, *, seed: int | None = None) -> B
     return SAMPLERS[sampler.strip().lower()](seed)
 
 
-#: Objective specs: the trial values of the rank study, each minimised.
+#: What ranks the candidates (``Campaign(rank_by=...)``, ``nas search --rank-by``) -> what the rank score is.
+RANK_BY: dict[str, str] = {
+    "ranker": "short-training loss predicted by the GHN ranker",
+    "loss": "validation loss of the GHN-predicted weights",
+}
+
+
+def resolve_rank_by(rank_by: str) -> str:
+    """Check a ``rank_by`` name.
+
+    Args:
+        rank_by: ``"ranker"`` or ``"loss"`` (see :data:`RANK_BY`).
+
+    Returns:
+        The name, lower-cased.
+
+    Raises:
+        ValueError: Unknown name; the message lists the valid ones.
+    """
+    if not isinstance(rank_by, str) or rank_by.strip().lower() not in RANK_BY:
+        raise ValueError(f"`rank_by` must be one of {', '.join(RANK_BY)}, but got {rank_by!r}.")
+    return rank_by.strip().lower()
+
+
+def rank_by_of(study: optuna.Study) -> str:
+    """The ``rank_by`` a campaign's rank study was created with (``"loss"`` for campaigns older than the ranker)."""
+    settings = study.user_attrs.get(CAMPAIGN_ATTR)
+    value = settings.get("rank_by") if isinstance(settings, dict) else None
+    return value if value in RANK_BY else "loss"
+
+
+def rank_score(attrs: Mapping[str, Any]) -> float:
+    """The rank score stored in a trial's user attributes (``ghn_loss`` in campaigns older than the ranker).
+
+    Returns:
+        The score, or ``nan`` when the trial holds none.
+    """
+    value = attrs.get("rank_score", attrs.get("ghn_loss"))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _has_score(attrs: Mapping[str, Any]) -> bool:
+    return "rank_score" in attrs or "ghn_loss" in attrs
+
+
+#: Objective specs: the trial values of the rank study, each minimised. ``loss`` is the
+#: rank score of the campaign's ``rank_by``.
 OBJECTIVES: dict[str, tuple[str, ...]] = {
-    "loss": ("ghn_loss",),
-    "loss,params": ("ghn_loss", "num_params"),
-    "loss,flops": ("ghn_loss", "flops"),
+    "loss": ("rank_score",),
+    "loss,params": ("rank_score", "num_params"),
+    "loss,flops": ("rank_score", "flops"),
 }
 
 
@@ -104,7 +168,7 @@ def resolve_objectives(objectives: str | Sequence[str]) -> tuple[str, ...]:
             as a sequence (``("loss", "params")``).
 
     Returns:
-        The names of the values the rank study minimises, e.g. ``("ghn_loss", "num_params")``.
+        The names of the values the rank study minimises, e.g. ``("rank_score", "num_params")``.
 
     Raises:
         ValueError: Unknown spec; the message lists the valid ones.
@@ -130,21 +194,26 @@ class RankStats:
 
     Attributes:
         told: Trials this process finished (complete or failed).
-        evaluated: Graphs this process sent to the GHN (distinct keys).
+        evaluated: Graphs this process scored (distinct keys).
         duplicates: Trials answered from an earlier score of the same key.
         failed: Trials whose candidate could not be built or scored.
-        ghn_calls: Calls of ``ghn.evaluate`` (one per batch).
+        score_calls: Calls of the scorer, ``ranker.predict`` or ``ghn.evaluate`` (one per batch).
     """
 
     told: int = 0
     evaluated: int = 0
     duplicates: int = 0
     failed: int = 0
-    ghn_calls: int = 0
+    score_calls: int = 0
+
+    @property
+    def ghn_calls(self) -> int:
+        """Former name of :attr:`score_calls`."""
+        return self.score_calls
 
 
 def _values(attrs: Mapping[str, Any], objectives: Sequence[str]) -> list[float]:
-    return [float(attrs[name]) for name in objectives]
+    return [rank_score(attrs) if name == "rank_score" else float(attrs[name]) for name in objectives]
 
 
 def known_scores(study: optuna.Study) -> dict[str, FrozenTrial]:
@@ -152,7 +221,7 @@ def known_scores(study: optuna.Study) -> dict[str, FrozenTrial]:
     known: dict[str, FrozenTrial] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         key = trial.user_attrs.get("key")
-        if key is None or "ghn_loss" not in trial.user_attrs or "duplicate_of" in trial.user_attrs:
+        if key is None or not _has_score(trial.user_attrs) or "duplicate_of" in trial.user_attrs:
             continue
         if key not in known or trial.number < known[key].number:
             known[key] = trial
@@ -175,8 +244,9 @@ def _score_batch(
     objectives: Sequence[str],
     device: str,
     stats: RankStats,
+    ranker: Any = None,
 ) -> None:
-    """Build, deduplicate, score and tell one batch of asked trials."""
+    """Build, deduplicate, score (one scorer call) and tell one batch of asked trials."""
     known = known_scores(study)
     built: list[tuple[optuna.Trial, ArchGraph]] = []
     for trial in trials:
@@ -202,18 +272,15 @@ def _score_batch(
     scores: dict[str, dict[str, Any]] = {}
     if fresh:
         graphs = list(fresh.values())
-        results = ghn.evaluate(graphs, data, split="val", device=device)
-        stats.ghn_calls += 1
+        results = _score(graphs, ghn, data, ranker=ranker, device=device)
+        stats.score_calls += 1
         stats.evaluated += len(graphs)
-        if len(results) != len(graphs):
-            raise RuntimeError(f"ghn.evaluate returned {len(results)} results for {len(graphs)} graphs.")
         for graph, result in zip(graphs, results):
             scores[graph.key] = {
                 "graph": graph.to_json(),
                 "num_params": int(graph.num_params()),
                 "flops": int(graph.flops()),
-                "ghn_loss": float(result["loss"]),
-                "ghn_acc": float(result["acc"]),
+                **result,
             }
 
     first_in_batch: dict[str, int] = {}
@@ -227,7 +294,7 @@ def _score_batch(
             stats.failed += source.state == TrialState.FAIL
         elif key in first_in_batch:
             attrs = scores[key]
-            state = TrialState.COMPLETE if math.isfinite(attrs["ghn_loss"]) else TrialState.FAIL
+            state = TrialState.COMPLETE if math.isfinite(attrs["rank_score"]) else TrialState.FAIL
             _tell_duplicate(study, trial, first_in_batch[key], attrs, state, objectives)
             stats.duplicates += 1
             stats.failed += state == TrialState.FAIL
@@ -236,15 +303,30 @@ def _score_batch(
             first_in_batch[key] = trial.number
             for name, value in attrs.items():
                 trial.set_user_attr(name, value)
-            if math.isfinite(attrs["ghn_loss"]):
+            if math.isfinite(attrs["rank_score"]):
                 values = _values(attrs, objectives)
-                trial.set_user_attr("ghn_score", values[0])
                 study.tell(trial, values if len(values) > 1 else values[0])
             else:
-                trial.set_user_attr("error", f"predicted-weight loss is not finite ({attrs['ghn_loss']})")
+                what = "ranker prediction" if ranker is not None else "predicted-weight loss"
+                trial.set_user_attr("error", f"{what} is not finite ({attrs['rank_score']})")
                 study.tell(trial, state=TrialState.FAIL)
                 stats.failed += 1
         stats.told += 1
+
+
+def _score(graphs: list[ArchGraph], ghn: Any, data: Any, *, ranker: Any, device: str) -> list[dict[str, float]]:
+    """The user attributes that score ``graphs``: one call of ``ranker.predict`` or of ``ghn.evaluate``."""
+    if ranker is not None:
+        predicted = ranker.predict(graphs)
+        if len(predicted) != len(graphs):
+            raise RuntimeError(f"ranker.predict returned {len(predicted)} scores for {len(graphs)} graphs.")
+        return [{"rank_score": float(v)} for v in predicted]
+    results = ghn.evaluate(graphs, data, split="val", device=device)
+    if len(results) != len(graphs):
+        raise RuntimeError(f"ghn.evaluate returned {len(results)} results for {len(graphs)} graphs.")
+    return [
+        {"ghn_loss": float(r["loss"]), "ghn_acc": float(r["acc"]), "rank_score": float(r["loss"])} for r in results
+    ]
 
 
 def _tell_duplicate(
@@ -259,6 +341,7 @@ def _tell_duplicate(
     for name in ("num_params", "flops", "ghn_loss", "ghn_acc"):
         if name in attrs:
             trial.set_user_attr(name, attrs[name])
+    trial.set_user_attr("rank_score", rank_score(attrs))
     if state == TrialState.COMPLETE:
         values = _values(attrs, objectives)
         study.tell(trial, values if len(values) > 1 else values[0])
@@ -274,7 +357,8 @@ def run_rank_stage(
     *,
     n_trials: int,
     batch_size: int = 32,
-    objectives: Sequence[str] = ("ghn_loss",),
+    objectives: Sequence[str] = ("rank_score",),
+    ranker: Any = None,
     device: str = "cpu",
     worker: str,
     heartbeat_interval: float = 30.0,
@@ -290,11 +374,14 @@ def run_rank_stage(
     Args:
         study: The ``<name>-rank`` study (directions: one ``minimize`` per objective).
         space: The search space.
-        ghn: A GHN with ``evaluate(graphs, data, split=, device=)``.
-        data: The dataset scored on (its validation split).
+        ghn: A GHN with ``evaluate(graphs, data, split=, device=)`` (unused with a ``ranker``).
+        data: The dataset scored on (its validation split; unused with a ``ranker``).
         n_trials: Complete trials the study must hold at the end.
         batch_size: Trials asked, built and scored together.
         objectives: Names of the trial values (see :data:`OBJECTIVES`).
+        ranker: A :class:`nas.ghn.GHNRanker` (anything with ``predict(graphs)``):
+            the rank score is its prediction and ``ghn`` is not called. ``None``
+            scores by the predicted-weight validation loss.
         device: Device of the GHN evaluation.
         worker: This process's worker identity.
         heartbeat_interval: Seconds between heartbeats of held trials.
@@ -308,7 +395,8 @@ def run_rank_stage(
     stats = RankStats()
     reap_stale_trials(study, grace_period=grace_period)
     done, running = _count(study)
-    bar = tqdm(total=n_trials, initial=min(done, n_trials), desc="rank (GHN)", unit="trial", disable=not progress)
+    desc = "rank (ranker)" if ranker is not None else "rank (GHN loss)"
+    bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=desc, unit="trial", disable=not progress)
     with bar:
         while True:
             done, running = _count(study)
@@ -329,7 +417,9 @@ def run_rank_stage(
                 asked = [study.ask() for _ in range(min(batch_size, missing))]
             try:
                 with Heartbeat(asked, worker, interval=heartbeat_interval):
-                    _score_batch(study, asked, space, ghn, data, objectives=objectives, device=device, stats=stats)
+                    _score_batch(
+                        study, asked, space, ghn, data, objectives=objectives, device=device, stats=stats, ranker=ranker
+                    )
             except BaseException:
                 _abandon(study, asked)
                 raise
@@ -351,7 +441,7 @@ def _abandon(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
             frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         except Exception:  # the storage itself may be what failed
             continue
-        if frozen.state == TrialState.FAIL and not ({"ghn_loss", "error"} & set(frozen.user_attrs)):
+        if frozen.state == TrialState.FAIL and not ({"rank_score", "ghn_loss", "error"} & set(frozen.user_attrs)):
             try:
                 requeue_trial(study, frozen)
             except Exception:

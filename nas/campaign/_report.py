@@ -22,10 +22,12 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from nas import _atomic
+from nas.campaign._rank import RANK_BY, rank_by_of, rank_score
 
 __all__ = [
     "CANDIDATE_COLUMNS",
     "FINETUNED_COLUMNS",
+    "RANK_SCORE_NAMES",
     "best_record",
     "candidates_frame",
     "finetuned_frame",
@@ -33,11 +35,15 @@ __all__ = [
     "plot_pareto",
     "plot_score_vs_finetuned",
     "plot_self_check",
+    "rank_score_label",
     "rank_trials_frame",
     "write_report",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Name of the ``rank_score`` column in the printed summary, by ``rank_by``.
+RANK_SCORE_NAMES: dict[str, str] = {"ranker": "ranker_tse", "loss": "ghn_loss"}
 
 #: Leading columns of :func:`candidates_frame` (then one column per choice, then ``choices`` and ``graph``).
 CANDIDATE_COLUMNS: tuple[str, ...] = (
@@ -46,9 +52,10 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
     "key",
     "num_params",
     "flops",
+    "rank_by",
+    "rank_score",
     "ghn_loss",
     "ghn_acc",
-    "ghn_score",
     "n_trials",
     "pareto",
     "finetuned",
@@ -62,6 +69,8 @@ FINETUNED_COLUMNS: tuple[str, ...] = (
     "key",
     "num_params",
     "flops",
+    "rank_by",
+    "rank_score",
     "ghn_loss",
     "ghn_acc",
     "val_loss",
@@ -111,6 +120,23 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+def rank_score_label(rank_by: str) -> str:
+    """Axis label of the rank score of ``rank_by`` (``"ranker"`` or ``"loss"``)."""
+    return {
+        "ranker": "ranker: predicted short-training loss (TSE)",
+        "loss": "predicted-weight validation loss",
+    }.get(rank_by, RANK_BY.get(rank_by, str(rank_by)))
+
+
+def _frame_rank_by(frame: pd.DataFrame) -> str:
+    """The ``rank_by`` of a table's rows (``"loss"`` for tables older than the ranker)."""
+    if "rank_by" in frame.columns and len(frame):
+        values = frame["rank_by"].dropna()
+        if len(values):
+            return str(values.iloc[0])
+    return "loss"
+
+
 def rank_trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per finished rank trial that built a candidate (duplicates included).
 
@@ -119,10 +145,13 @@ def rank_trials_frame(study: optuna.Study) -> pd.DataFrame:
 
     Returns:
         Columns ``trial``, ``state``, ``key``, ``duplicate_of`` (trial number or
-        ``<NA>``), ``num_params``, ``flops``, ``ghn_loss``, ``ghn_acc``,
+        ``<NA>``), ``num_params``, ``flops``, ``rank_by`` (what scored it, see
+        :data:`~nas.campaign.RANK_BY`), ``rank_score`` (lower is better),
+        ``ghn_loss``, ``ghn_acc`` (``nan`` unless ``rank_by`` is ``"loss"``),
         ``value`` (first objective value; ``nan`` when failed), ``datetime_complete``;
         sorted by trial number.
     """
+    rank_by = rank_by_of(study)
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         if "key" not in t.user_attrs:
@@ -135,6 +164,8 @@ def rank_trials_frame(study: optuna.Study) -> pd.DataFrame:
             "duplicate_of": a.get("duplicate_of"),
             "num_params": a.get("num_params"),
             "flops": a.get("flops"),
+            "rank_by": rank_by,
+            "rank_score": rank_score(a),
             "ghn_loss": _num(a.get("ghn_loss")),
             "ghn_acc": _num(a.get("ghn_acc")),
             "value": float(t.values[0]) if t.values else math.nan,
@@ -143,8 +174,8 @@ def rank_trials_frame(study: optuna.Study) -> pd.DataFrame:
     frame = pd.DataFrame(
         rows,
         columns=[
-            "trial", "state", "key", "duplicate_of", "num_params", "flops", "ghn_loss", "ghn_acc", "value",
-            "datetime_complete",
+            "trial", "state", "key", "duplicate_of", "num_params", "flops", "rank_by", "rank_score", "ghn_loss",
+            "ghn_acc", "value", "datetime_complete",
         ],
     )
     frame["duplicate_of"] = frame["duplicate_of"].astype("Int64")
@@ -152,31 +183,35 @@ def rank_trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per distinct candidate the rank stage scored, best predicted-weight loss first.
+    """One row per distinct candidate the rank stage scored, best rank score first.
 
     Args:
         study: The ``<name>-rank`` study.
         finetuned_keys: Keys of fine-tuned candidates (fills the ``finetuned`` column).
 
     Returns:
-        Columns :data:`CANDIDATE_COLUMNS`: ``rank`` (1 = lowest ``ghn_loss``;
-        ``<NA>`` when the loss is not finite), ``trial`` (the trial that scored
-        it), ``key``, ``num_params``, ``flops``, ``ghn_loss``, ``ghn_acc``,
-        ``ghn_score`` (first objective value), ``n_trials`` (trials that
-        proposed it), ``pareto`` (on the Pareto front of a multi-objective
-        study; ``False`` otherwise), ``finetuned``; then one column per
-        choice of the search space, ``choices`` (JSON of the choices) and
-        ``graph`` (the graph JSON).
+        Columns :data:`CANDIDATE_COLUMNS`: ``rank`` (1 = lowest ``rank_score``;
+        ``<NA>`` when the score is not finite), ``trial`` (the trial that scored
+        it), ``key``, ``num_params``, ``flops``, ``rank_by`` (what scored it:
+        ``"ranker"`` or ``"loss"``), ``rank_score`` (the score that ranked it,
+        lower is better: the ranker's predicted short-training loss, or the
+        predicted-weight validation loss), ``ghn_loss``, ``ghn_acc`` (the
+        predicted-weight validation loss and accuracy; ``nan`` unless
+        ``rank_by`` is ``"loss"``), ``n_trials`` (trials that proposed it),
+        ``pareto`` (on the Pareto front of a multi-objective study; ``False``
+        otherwise), ``finetuned``; then one column per choice of the search
+        space, ``choices`` (JSON of the choices) and ``graph`` (the graph JSON).
     """
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
     front: set[str] = set()
     if len(study.directions) > 1:
         front = {t.user_attrs.get("key") for t in study.best_trials}
+    rank_by = rank_by_of(study)
     counts: dict[str, int] = {}
     firsts: dict[str, Any] = {}
     for t in trials:
         key = t.user_attrs.get("key")
-        if key is None or "ghn_loss" not in t.user_attrs:
+        if key is None or not ({"rank_score", "ghn_loss"} & set(t.user_attrs)):
             continue
         counts[key] = counts.get(key, 0) + 1
         if "duplicate_of" not in t.user_attrs and (key not in firsts or t.number < firsts[key].number):
@@ -190,9 +225,10 @@ def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ())
             "key": key,
             "num_params": a.get("num_params"),
             "flops": a.get("flops"),
+            "rank_by": rank_by,
+            "rank_score": rank_score(a),
             "ghn_loss": _num(a.get("ghn_loss")),
             "ghn_acc": _num(a.get("ghn_acc")),
-            "ghn_score": _num(a.get("ghn_score")),
             "n_trials": counts[key],
             "pareto": key in front,
             "finetuned": key in done,
@@ -200,8 +236,8 @@ def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ())
             "_choices": dict(t.params),
         })
     frame = _finish(rows, CANDIDATE_COLUMNS)
-    frame = frame.sort_values(["ghn_loss", "trial"], kind="stable", na_position="last").reset_index(drop=True)
-    finite = frame["ghn_loss"].map(math.isfinite) if len(frame) else frame["ghn_loss"]
+    frame = frame.sort_values(["rank_score", "trial"], kind="stable", na_position="last").reset_index(drop=True)
+    finite = frame["rank_score"].map(math.isfinite) if len(frame) else frame["rank_score"]
     rank = pd.Series(pd.NA, index=frame.index, dtype="Int64")
     rank[finite.astype(bool)] = np.arange(1, int(finite.sum()) + 1)
     frame["rank"] = rank
@@ -222,7 +258,8 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
     Returns:
         Columns :data:`FINETUNED_COLUMNS`: ``rank`` (1 = best; ``<NA>`` for
         diverged runs), ``trial`` (fine-tune trial), ``rank_trial`` (the rank
-        trial that scored it), ``key``, ``num_params``, ``flops``, ``ghn_loss``,
+        trial that scored it), ``key``, ``num_params``, ``flops``, ``rank_by``,
+        ``rank_score`` (as in :func:`candidates_frame`), ``ghn_loss``,
         ``ghn_acc``, the training results ``val_loss``, ``val_acc``,
         ``test_loss``, ``test_acc``, ``train_loss``, ``steps``, ``wall_time``,
         ``failed``, ``error``, ``worker`` (who trained it), ``weights`` (path of
@@ -240,6 +277,8 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
             "key": a["key"],
             "num_params": a.get("num_params"),
             "flops": a.get("flops"),
+            "rank_by": a.get("rank_by", "loss"),
+            "rank_score": rank_score(a),
             "ghn_loss": _num(a.get("ghn_loss")),
             "ghn_acc": _num(a.get("ghn_acc")),
             "val_loss": _num(a.get("val_loss")),
@@ -278,20 +317,24 @@ def best_record(finetuned: pd.DataFrame, *, extra: Mapping[str, Any] | None = No
         extra: More entries to include (space description, dataset, ...).
 
     Returns:
-        ``{"key", "trial", "rank_trial", "choices", "graph", "num_params",
-        "flops", "metrics": {...}, "weights", "worker", ...extra}``, or ``None``
-        when no candidate was fine-tuned successfully.
+        ``{"key", "trial", "rank_trial", "rank_by", "choices", "graph",
+        "num_params", "flops", "metrics": {...}, "weights", "worker",
+        ...extra}``, or ``None`` when no candidate was fine-tuned successfully.
+        ``metrics`` holds ``rank_score``, ``ghn_loss`` and ``ghn_acc`` (when
+        the GHN scored it) and the fine-tuning results.
     """
     ok = finetuned[finetuned["rank"].notna()] if len(finetuned) else finetuned
     if not len(ok):
         return None
     row = ok.iloc[0]
-    metrics = {
-        name: float(row[name])
-        for name in ("ghn_loss", "ghn_acc", "val_loss", "val_acc", "test_loss", "test_acc", "train_loss")
-    }
+    names = ("rank_score", "ghn_loss", "ghn_acc", "val_loss", "val_acc", "test_loss", "test_acc", "train_loss")
+    metrics = {name: float(row[name]) for name in names if name in row}
+    for name in ("ghn_loss", "ghn_acc"):  # the GHN did not score a candidate that the ranker ranked
+        if not math.isfinite(metrics.get(name, math.nan)):
+            metrics.pop(name, None)
     record: dict[str, Any] = {
         "key": row["key"],
+        "rank_by": row["rank_by"] if "rank_by" in row else "loss",
         "trial": int(row["trial"]),
         "rank_trial": None if pd.isna(row["rank_trial"]) else int(row["rank_trial"]),
         "choices": json.loads(row["choices"]),
@@ -319,7 +362,7 @@ def _axes(ax: Any) -> Any:
 
 
 def plot_history(trials: pd.DataFrame, ax: Any = None) -> Any:
-    """Rank-stage optimisation history: each trial's predicted-weight loss and the best so far.
+    """Rank-stage optimisation history: each trial's rank score and the best so far.
 
     Args:
         trials: :func:`rank_trials_frame` output.
@@ -329,22 +372,25 @@ def plot_history(trials: pd.DataFrame, ax: Any = None) -> Any:
         The matplotlib ``Axes``.
     """
     ax = _axes(ax)
-    ok = trials[trials["ghn_loss"].map(math.isfinite)] if len(trials) else trials
+    rank_by = _frame_rank_by(trials)
+    ok = trials[trials["rank_score"].map(math.isfinite)] if len(trials) else trials
     dup = ok["duplicate_of"].notna() if len(ok) else ok["trial"].astype(bool)
-    ax.scatter(ok.loc[~dup, "trial"], ok.loc[~dup, "ghn_loss"], s=10, color="tab:blue", label="scored by the GHN")
+    ax.scatter(ok.loc[~dup, "trial"], ok.loc[~dup, "rank_score"], s=10, color="tab:blue", label="scored")
     if dup.any():
-        ax.scatter(ok.loc[dup, "trial"], ok.loc[dup, "ghn_loss"], s=10, color="tab:gray", alpha=0.5, label="duplicate")
+        ax.scatter(
+            ok.loc[dup, "trial"], ok.loc[dup, "rank_score"], s=10, color="tab:gray", alpha=0.5, label="duplicate"
+        )
     if len(ok):
-        ax.step(ok["trial"], ok["ghn_loss"].cummin(), where="post", color="tab:red", label="best so far")
+        ax.step(ok["trial"], ok["rank_score"].cummin(), where="post", color="tab:red", label="best so far")
     ax.set_xlabel("rank trial")
-    ax.set_ylabel("predicted-weight validation loss")
-    ax.set_title("Stage 1: GHN ranking history")
+    ax.set_ylabel(rank_score_label(rank_by))
+    ax.set_title(f"Stage 1: ranking history (rank_by={rank_by})")
     ax.legend(loc="upper right", fontsize="small")
     return ax
 
 
 def plot_score_vs_finetuned(finetuned: pd.DataFrame, ax: Any = None, *, metric: str = "val_acc") -> Any:
-    """GHN predicted-weight loss against the fine-tuned result of each fine-tuned candidate.
+    """Rank score against the fine-tuned result of each fine-tuned candidate.
 
     Args:
         finetuned: :func:`finetuned_frame` output.
@@ -357,28 +403,29 @@ def plot_score_vs_finetuned(finetuned: pd.DataFrame, ax: Any = None, *, metric: 
     from scipy.stats import kendalltau
 
     ax = _axes(ax)
+    rank_by = _frame_rank_by(finetuned)
     ok = finetuned[~finetuned["failed"]] if len(finetuned) else finetuned
-    ax.scatter(ok["ghn_loss"], ok[metric], color="tab:blue")
+    ax.scatter(ok["rank_score"], ok[metric], color="tab:blue")
     for _, row in ok.iterrows():
         ax.annotate(
             f"trial {row['rank_trial']}",
-            (row["ghn_loss"], row[metric]),
+            (row["rank_score"], row[metric]),
             fontsize="x-small",
             xytext=(3, 3),
             textcoords="offset points",
         )
-    title = f"GHN score vs fine-tuned {metric}"
+    title = f"Rank score ({rank_by}) vs fine-tuned {metric}"
     if len(ok) >= 3:
-        tau = kendalltau(ok["ghn_loss"], ok[metric]).statistic
+        tau = kendalltau(ok["rank_score"], ok[metric]).statistic
         title += f" (Kendall tau {tau:.2f}, n={len(ok)})"
     ax.set_title(title, fontsize="medium")
-    ax.set_xlabel("predicted-weight validation loss (stage 1)")
+    ax.set_xlabel(f"{rank_score_label(rank_by)} (stage 1)")
     ax.set_ylabel(f"{metric} after fine-tuning (stage 2)")
     return ax
 
 
 def plot_pareto(candidates: pd.DataFrame, ax: Any = None, *, cost: str = "num_params") -> Any:
-    """Predicted-weight loss against a cost column, the Pareto front highlighted.
+    """Rank score against a cost column, the Pareto front highlighted.
 
     Args:
         candidates: :func:`candidates_frame` output.
@@ -389,23 +436,23 @@ def plot_pareto(candidates: pd.DataFrame, ax: Any = None, *, cost: str = "num_pa
         The matplotlib ``Axes``.
     """
     ax = _axes(ax)
-    ok = candidates[candidates["ghn_loss"].map(math.isfinite)] if len(candidates) else candidates
+    ok = candidates[candidates["rank_score"].map(math.isfinite)] if len(candidates) else candidates
     front = ok[ok["pareto"]].sort_values(cost)
-    ax.scatter(ok[cost], ok["ghn_loss"], s=10, color="tab:gray", alpha=0.6, label="candidates")
-    ax.plot(front[cost], front["ghn_loss"], "o-", color="tab:red", label="Pareto front")
+    ax.scatter(ok[cost], ok["rank_score"], s=10, color="tab:gray", alpha=0.6, label="candidates")
+    ax.plot(front[cost], front["rank_score"], "o-", color="tab:red", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel(cost)
-    ax.set_ylabel("predicted-weight validation loss")
+    ax.set_ylabel(rank_score_label(_frame_rank_by(candidates)))
     ax.set_title("Stage 1: Pareto front")
     ax.legend(fontsize="small")
     return ax
 
 
 def plot_self_check(table: pd.DataFrame, ax: Any = None) -> Any:
-    """Self-check: GHN predicted-weight loss against the trained loss of random candidates.
+    """Self-check: rank score against the trained loss of random candidates.
 
     Args:
-        table: The self-check table (columns ``ghn_loss``, ``val_loss``).
+        table: The self-check table (columns ``rank_by``, ``rank_score``, ``val_loss``).
         ax: Axes to draw on (a new figure when ``None``).
 
     Returns:
@@ -414,13 +461,14 @@ def plot_self_check(table: pd.DataFrame, ax: Any = None) -> Any:
     from scipy.stats import kendalltau
 
     ax = _axes(ax)
-    ok = table[table["val_loss"].map(math.isfinite) & table["ghn_loss"].map(math.isfinite)]
-    ax.scatter(ok["ghn_loss"], ok["val_loss"], color="tab:green")
-    title = "Self-check: GHN score vs trained loss"
+    rank_by = _frame_rank_by(table)
+    ok = table[table["val_loss"].map(math.isfinite) & table["rank_score"].map(math.isfinite)]
+    ax.scatter(ok["rank_score"], ok["val_loss"], color="tab:green")
+    title = f"Self-check: rank score ({rank_by}) vs trained loss"
     if len(ok) >= 3:
-        title += f" (Kendall tau {kendalltau(ok['ghn_loss'], ok['val_loss']).statistic:.2f}, n={len(ok)})"
+        title += f" (Kendall tau {kendalltau(ok['rank_score'], ok['val_loss']).statistic:.2f}, n={len(ok)})"
     ax.set_title(title, fontsize="medium")
-    ax.set_xlabel("predicted-weight validation loss")
+    ax.set_xlabel(rank_score_label(rank_by))
     ax.set_ylabel("validation loss after training from scratch")
     return ax
 

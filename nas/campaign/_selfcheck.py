@@ -1,9 +1,13 @@
-"""Self-check: does the GHN's ranking agree with training on this space?
+"""Self-check: does the stage-1 ranking agree with training on this space?
 
 A few random candidates are trained from scratch with the ground-truth budget
-and their trained validation loss is compared, by Kendall's tau, with the
-validation loss of their GHN-predicted weights. A low tau means the stage-1
-ranking is not to be trusted on this space and dataset.
+and their trained validation loss is compared, by Kendall's tau, with their
+rank score: the ranker's predicted short-training loss (``rank_by="ranker"``)
+or the validation loss of their GHN-predicted weights (``rank_by="loss"``).
+A low tau means the stage-1 ranking is not to be trusted on this space and
+dataset. The candidates are drawn with a seed of their own
+(:func:`self_check_candidates`), so a campaign can keep them out of the
+ranker's training labels.
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ from nas.network import Network
 from nas.space import SearchSpace
 from nas.training import TrainConfig, train
 
-__all__ = ["RELIABLE_TAU", "SelfCheck", "run_self_check"]
+__all__ = ["RELIABLE_TAU", "SelfCheck", "run_self_check", "self_check_candidates"]
 
 logger = logging.getLogger(__name__)
 
-#: Kendall tau below which the GHN ranking is reported as unreliable.
+#: Kendall tau below which the stage-1 ranking is reported as unreliable.
 RELIABLE_TAU = 0.3
 
 _COLUMNS = (
-    "key", "num_params", "ghn_loss", "ghn_acc", "val_loss", "val_acc", "test_loss", "test_acc", "failed", "choices"
+    "key", "num_params", "rank_by", "rank_score", "ghn_loss", "ghn_acc", "val_loss", "val_acc", "test_loss",
+    "test_acc", "failed", "choices",
 )
+
+#: Offset of the self-check's sampling seed from the campaign seed.
+_SEED_OFFSET = 7919
 
 
 @dataclass
@@ -40,10 +48,12 @@ class SelfCheck:
     """Outcome of :func:`run_self_check`.
 
     Attributes:
-        table: One row per candidate: ``key``, ``num_params``, ``ghn_loss``,
-            ``ghn_acc``, ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``
-            (after training from scratch), ``failed``, ``choices`` (JSON).
-        tau: Kendall's tau between ``ghn_loss`` and ``val_loss`` (``nan`` with
+        table: One row per candidate: ``key``, ``num_params``, ``rank_by``,
+            ``rank_score`` (the stage-1 score), ``ghn_loss``, ``ghn_acc``
+            (``nan`` unless ``rank_by`` is ``"loss"``), ``val_loss``,
+            ``val_acc``, ``test_loss``, ``test_acc`` (after training from
+            scratch), ``failed``, ``choices`` (JSON).
+        tau: Kendall's tau between ``rank_score`` and ``val_loss`` (``nan`` with
             fewer than 3 usable candidates or a constant side).
         tau_low: Lower end of its bootstrap 95% interval (``nan`` when unknown).
         tau_high: Upper end of that interval.
@@ -63,16 +73,16 @@ class SelfCheck:
     message: str
 
 
-def _kendall(ghn_loss: pd.Series, val_loss: pd.Series) -> tuple[float, float, float]:
+def _kendall(score: pd.Series, val_loss: pd.Series) -> tuple[float, float, float]:
     """Kendall's tau of two losses with a bootstrap interval (``nas.evaluation``), else scipy's."""
     try:
         from nas.evaluation.metrics import kendall
     except ImportError:
         from scipy.stats import kendalltau
 
-        return float(kendalltau(ghn_loss, val_loss).statistic), math.nan, math.nan
+        return float(kendalltau(score, val_loss).statistic), math.nan, math.nan
     # kendall() takes "higher is better" on both sides; negating both leaves tau unchanged.
-    est = kendall(-ghn_loss.to_numpy(float), -val_loss.to_numpy(float))
+    est = kendall(-score.to_numpy(float), -val_loss.to_numpy(float))
     return float(est.value), float(est.lo), float(est.hi)
 
 
@@ -98,6 +108,11 @@ def _train_all(
     return out
 
 
+def self_check_candidates(space: SearchSpace, n: int, *, seed: int = 0) -> list[Any]:
+    """The ``n`` random candidates :func:`run_self_check` trains for campaign seed ``seed``."""
+    return space.sample_many(n, seed=seed + _SEED_OFFSET)
+
+
 def run_self_check(
     space: SearchSpace,
     ghn: Any,
@@ -110,12 +125,13 @@ def run_self_check(
     cache: str | Path | None = None,
     threshold: float = RELIABLE_TAU,
     progress: bool = True,
+    ranker: Any = None,
 ) -> SelfCheck:
-    """Train ``n`` random candidates and compare their loss with the GHN score.
+    """Train ``n`` random candidates and compare their loss with their rank score.
 
     Args:
         space: The search space.
-        ghn: A GHN with ``evaluate(graphs, data, split=, device=)``.
+        ghn: A GHN with ``evaluate(graphs, data, split=, device=)`` (unused with a ``ranker``).
         data: The dataset.
         n: Number of random candidates (distinct keys).
         epochs: Training budget of each (from scratch, default initialisation).
@@ -125,6 +141,9 @@ def run_self_check(
             candidates trained before with the same budget are not trained again.
         threshold: Kendall tau below which the ranking is called unreliable.
         progress: Show a tqdm bar.
+        ranker: A :class:`nas.ghn.GHNRanker`: the rank score is its prediction
+            (``rank_by="ranker"``); ``None`` scores by the predicted-weight
+            validation loss (``rank_by="loss"``).
 
     Returns:
         The table and the rank correlation.
@@ -136,9 +155,17 @@ def run_self_check(
         raise ValueError(f"`self_check` needs at least 3 candidates to rank, but got {n!r}.")
     if not (isinstance(epochs, (int, float)) and epochs > 0):
         raise ValueError(f"`self_check_epochs` must be positive, but got {epochs!r}.")
-    cands = space.sample_many(n, seed=seed + 7919)
+    cands = self_check_candidates(space, n, seed=seed)
     graphs = [c.graph for c in cands]
-    scores = ghn.evaluate(graphs, data, split="val", device=device)
+    if ranker is not None:
+        rank_by = "ranker"
+        scores = [{"rank_score": float(v)} for v in ranker.predict(graphs)]
+    else:
+        rank_by = "loss"
+        scores = [
+            {"rank_score": float(r["loss"]), "ghn_loss": float(r["loss"]), "ghn_acc": float(r["acc"])}
+            for r in ghn.evaluate(graphs, data, split="val", device=device)
+        ]
     config = TrainConfig(epochs=epochs, seed=seed, device=device)
     trained = _train_all(graphs, data, config, cache=Path(cache) if cache is not None else None, progress=progress)
     rows = []
@@ -147,28 +174,38 @@ def run_self_check(
         rows.append({
             "key": cand.graph.key,
             "num_params": cand.graph.num_params(),
-            "ghn_loss": float(score["loss"]),
-            "ghn_acc": float(score["acc"]),
+            "rank_by": rank_by,
+            "ghn_loss": math.nan,
+            "ghn_acc": math.nan,
+            **score,
             **{k: float(res[k]) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
             "failed": bool(res["failed"]),
             "choices": json.dumps(cand.params, sort_keys=True),
         })
     table = pd.DataFrame(rows, columns=list(_COLUMNS))
-    ok = table[~table["failed"] & table["val_loss"].map(math.isfinite) & table["ghn_loss"].map(math.isfinite)]
-    tau, lo, hi = _kendall(ok["ghn_loss"], ok["val_loss"]) if len(ok) >= 3 else (math.nan, math.nan, math.nan)
+    ok = table[~table["failed"] & table["val_loss"].map(math.isfinite) & table["rank_score"].map(math.isfinite)]
+    tau, lo, hi = _kendall(ok["rank_score"], ok["val_loss"]) if len(ok) >= 3 else (math.nan, math.nan, math.nan)
     reliable = bool(math.isfinite(tau) and tau >= threshold)
     interval = f" (95% CI {lo:.2f} to {hi:.2f})" if math.isfinite(lo) and math.isfinite(hi) else ""
+    score_name = (
+        "the ranker's predicted short-training loss" if rank_by == "ranker" else "the predicted-weight loss"
+    )
     if reliable:
         message = (
-            f"self-check: Kendall tau {tau:.2f}{interval} between the GHN score and the loss after "
+            f"self-check: Kendall tau {tau:.2f}{interval} between {score_name} and the loss after "
             f"{epochs:g} epochs of training, over {len(ok)} random candidates."
         )
     else:
+        remedy = (
+            "or label more architectures for the ranker (--ranker-labels)"
+            if rank_by == "ranker"
+            else "or meta-train the GHN longer (nas train-ghn)"
+        )
         message = (
-            f"the GHN ranking is unreliable on this space: Kendall tau {tau:.2f}{interval} between the "
-            f"predicted-weight loss and the loss after {epochs:g} epochs of training over {len(ok)} random "
+            f"the stage-1 ranking (rank_by={rank_by}) is unreliable on this space: Kendall tau {tau:.2f}{interval} "
+            f"between {score_name} and the loss after {epochs:g} epochs of training over {len(ok)} random "
             f"candidates is below {threshold:g}; trust the fine-tuned results rather than the stage-1 order, "
-            "or meta-train the GHN longer (nas train-ghn)."
+            f"{remedy}."
         )
         logger.warning("%s", message)
     return SelfCheck(

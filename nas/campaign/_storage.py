@@ -44,6 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.exceptions import StorageError
 
 __all__ = [
+    "CAMPAIGN_ATTR",
     "STORAGE_SCHEMES",
     "Heartbeat",
     "default_storage_url",
@@ -61,6 +62,9 @@ logger = logging.getLogger(__name__)
 #: URL schemes :func:`open_storage` accepts (a ``+driver`` suffix is allowed on SQL ones).
 STORAGE_SCHEMES: tuple[str, ...] = ("sqlite", "journal", "postgresql", "mysql")
 
+#: Rank-study user attribute holding the campaign's settings.
+CAMPAIGN_ATTR = "nas_campaign"
+
 #: User attributes a campaign writes on trials for its own bookkeeping.
 WORKER_ATTR = "nas_worker"
 HEARTBEAT_ATTR = "nas_heartbeat"
@@ -69,7 +73,10 @@ RETRY_OF_ATTR = "nas_retry_of"
 
 #: User attributes set when a candidate is queued (kept when it is re-queued).
 QUEUE_ATTRS = frozenset(
-    {"key", "graph", "choices", "num_params", "flops", "ghn_loss", "ghn_acc", "ghn_score", "rank_trial"}
+    {
+        "key", "graph", "choices", "num_params", "flops", "rank_by", "rank_score", "ghn_loss", "ghn_acc", "ghn_score",
+        "rank_trial",
+    }
 )
 
 #: How many times the candidate of a dead worker's trial is put back in the queue.

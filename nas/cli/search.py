@@ -1,7 +1,9 @@
 """``nas search``, ``nas worker`` and ``nas demo``: the search campaign from the command line.
 
-``nas search`` ranks candidates with the GHN (stage 1), fine-tunes the top-k
-(stage 2) and writes the results into ``--out``. Running the same command
+``nas search`` ranks candidates (stage 1: by default with the GHN ranker, which
+predicts each candidate's short-training loss from its graph; ``--rank-by loss``
+ranks by the validation loss of GHN-predicted weights), fine-tunes the top-k
+from their GHN-predicted weights (stage 2) and writes the results into ``--out``. Running the same command
 again resumes the campaign. Several machines join one campaign by giving the
 same ``--storage URL --study NAME``; ``nas worker`` only fine-tunes what is
 queued.
@@ -38,10 +40,14 @@ logger = logging.getLogger(__name__)
 #: password off the command line (where ``ps`` shows it to every user).
 STORAGE_ENV = "NAS_STORAGE"
 
-#: Settings of ``nas demo`` (nb201 on mnist5k), sized for 15 minutes on 2 CPU cores from
-#: measured single-thread CPU costs: ~1.1 s per GHN meta-training step (500 steps: ~9 min),
-#: ~0.65 s per rank trial (300: ~3.3 min), ~4 s per fine-tuning epoch (3 x 2: ~25 s) and
-#: ~7 s per self-check epoch (8 x 1: ~1 min), plus ~1 min of loading, held-out evaluation and plots.
+#: Settings of ``nas demo`` (nb201 on mnist5k), sized for about 15 minutes on 2 CPU cores from
+#: measured single-thread CPU costs: ~1.1 s per GHN meta-training step (400 steps: ~7.5 min),
+#: ~2.8 s of CPU per ranker label (30 SGD steps; 150 labels on 2 worker processes: ~3.5 min),
+#: ~0.15 s per epoch of a ranker member on those labels (3 members x 60 epochs, plus graph
+#: conversion: ~0.5 min), ~1 ms per rank trial with the ranker (300: under a second; ranking by
+#: the predicted-weight loss costs ~0.65 s each), ~4 s per fine-tuning epoch (3 x 2: ~25 s) and
+#: ~7 s per self-check epoch (8 x 1: ~1 min), plus ~1 min of loading, held-out evaluation and
+#: plots: ~14 min in all.
 DEMO: dict[str, Any] = {
     "space": "nb201",
     "dataset": "mnist5k",
@@ -51,7 +57,10 @@ DEMO: dict[str, Any] = {
     "self_check": 8,
     "self_check_epochs": 1.0,
     "batch_size": 50,
-    "ghn_steps": 500,
+    "rank_by": "ranker",
+    "ranker_labels": 150,
+    "label_workers": 2,
+    "ghn_steps": 400,
 }
 
 
@@ -84,16 +93,18 @@ def _add_common(p: argparse.ArgumentParser, *, threads: int | None) -> None:
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``search``, ``worker`` and ``demo``."""
-    from nas.campaign import FINETUNE_METRICS, OBJECTIVES, SAMPLERS
+    from nas.campaign import FINETUNE_METRICS, OBJECTIVES, RANK_BY, SAMPLERS
     from nas.cli.basic import add_space_arguments
 
     p = _parser(
         subparsers,
         "search",
-        help="search a space: rank with the GHN, fine-tune the top-k",
-        description="Rank candidates of a search space by the validation loss of GHN-predicted weights "
-        "(Optuna study <study>-rank), then fine-tune the top-k from their predicted weights (<study>-finetune). "
-        "Running it again resumes; several processes may join with the same --storage and --study.",
+        help="search a space: rank with the GHN ranker, fine-tune the top-k",
+        description="Rank candidates of a search space (Optuna study <study>-rank) by the short-training loss "
+        "that the GHN ranker predicts from each graph (fitted once into OUT/ranker.pt on --ranker-labels short "
+        "trainings), or with --rank-by loss by the validation loss of GHN-predicted weights; then fine-tune the "
+        "top-k from their GHN-predicted weights (<study>-finetune). Running it again resumes; several processes "
+        "may join with the same --storage and --study.",
     )
     add_space_arguments(p)
     p.add_argument("--dataset", default="mnist5k", help="digits, mnist5k, mnist:PATH or cifar10:PATH (default mnist5k)")
@@ -104,6 +115,28 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument(
         "--ghn-steps", type=int, default=None, metavar="N",
         help="meta-training steps of the GHN trained when --ghn is not given (default: the default recipe)",
+    )
+    p.add_argument(
+        "--rank-by", choices=list(RANK_BY), default="ranker",
+        help="what scores a candidate in stage 1: "
+        + "; ".join(f"{name}: {what}" for name, what in RANK_BY.items())
+        + " (default ranker)",
+    )
+    p.add_argument(
+        "--ranker", default=None, metavar="PATH",
+        help="ranker checkpoint (default: fit one into OUT/ranker.pt; with --rank-by ranker only)",
+    )
+    p.add_argument(
+        "--ranker-labels", type=int, default=300, metavar="N",
+        help="architectures trained briefly to fit the ranker when --ranker is not given (default 300)",
+    )
+    p.add_argument(
+        "--ranker-k", type=int, default=30, metavar="K",
+        help="SGD steps of each of those short trainings (default 30)",
+    )
+    p.add_argument(
+        "--label-workers", type=int, default=1, metavar="W",
+        help="processes running those short trainings in parallel (default 1)",
     )
     p.add_argument("--trials", type=int, default=300, metavar="N", help="rank trials (default 300)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to fine-tune (default 5)")
@@ -120,7 +153,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--study", default=None, metavar="NAME", help="campaign name (default SPACE-DATASET)")
     p.add_argument(
         "--self-check", type=int, default=0, metavar="N",
-        help="train N random candidates to check the GHN (default 0)",
+        help="train N random candidates to check the stage-1 ranking (default 0)",
     )
     p.add_argument(
         "--self-check-epochs", type=float, default=None, metavar="E",
@@ -128,7 +161,7 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument(
         "--batch-size", type=int, default=32, metavar="B",
-        help="candidates per GHN forward pass (default 32)",
+        help="candidates scored together, in one ranker (or GHN) forward pass (default 32)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -151,6 +184,10 @@ def add_parsers(subparsers: Any) -> None:
         help="where to keep fine-tuned weights (default: the campaign's folder)",
     )
     p.add_argument("--ghn", default=None, metavar="PATH", help="GHN checkpoint (default: the campaign's)")
+    p.add_argument(
+        "--ranker", default=None, metavar="PATH",
+        help="ranker checkpoint (default: the campaign's; checked when given, fine-tuning itself does not use it)",
+    )
     _add_common(p, threads=1)
     p.set_defaults(func=run_worker)
 
@@ -158,8 +195,9 @@ def add_parsers(subparsers: Any) -> None:
         subparsers,
         "demo",
         help="the demo: search nb201 on mnist5k end to end",
-        description="Meta-train a GHN (or reuse OUT/ghn.pt), rank 300 nb201 candidates on mnist5k, "
-        "fine-tune the top 3, run a self-check and write tables and plots into OUT (sized for about 15 minutes "
+        description="Meta-train a GHN (or reuse OUT/ghn.pt), fit the GHN ranker on 150 short trainings (or reuse "
+        "OUT/ranker.pt), rank 300 nb201 candidates on mnist5k with it, fine-tune the top 3 from their "
+        "GHN-predicted weights, run a self-check and write tables and plots into OUT (sized for about 15 minutes "
         "on 2 CPU cores).",
     )
     p.add_argument(
@@ -225,7 +263,10 @@ def run_search(args: argparse.Namespace) -> int:
     from nas.campaign import FINETUNE_METRICS, resolve_objectives, resolve_sampler
     from nas.cli.basic import flag_errors
 
-    for flag in ("trials", "top_k", "finetune_epochs", "batch_size", "heartbeat", "grace", "ghn_steps"):
+    for flag in (
+        "trials", "top_k", "finetune_epochs", "batch_size", "heartbeat", "grace", "ghn_steps", "ranker_k",
+        "label_workers",
+    ):
         _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     _check_grace(args)
     _positive("--self-check-epochs", args.self_check_epochs)
@@ -279,6 +320,11 @@ def _search_campaign(args: argparse.Namespace) -> Any:
         grace_period=args.grace,
         progress=not args.no_progress,
         meta_train=_meta_train_config(args.ghn_steps, args.device),
+        rank_by=args.rank_by,
+        ranker=args.ranker,
+        ranker_labels=args.ranker_labels,
+        ranker_k=args.ranker_k,
+        label_workers=args.label_workers,
     )
 
 
@@ -315,11 +361,14 @@ def run_worker(args: argparse.Namespace) -> int:
             args.study,
             out=args.out,
             ghn=args.ghn,
+            ranker=args.ranker,
             device=args.device,
             progress=not args.no_progress,
             heartbeat_interval=args.heartbeat,
             grace_period=args.grace,
         )
+        if args.ranker is not None:
+            _ = campaign.ranker  # a given checkpoint is checked, although fine-tuning does not use it
     stats = campaign.work()
     print(
         f"worker fine-tuned {stats.finetuned} candidates of campaign {args.study!r} "
@@ -330,7 +379,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run ``nas demo``: nb201 on mnist5k, default GHN, rank, fine-tune, self-check, report."""
+    """Run ``nas demo``: nb201 on mnist5k, default GHN, fit the ranker, rank, fine-tune, self-check, report."""
     from nas.campaign import Campaign
     from nas.cli.basic import flag_errors
 

@@ -1,0 +1,235 @@
+"""Tests of the GHN ranker (nas/ghn/_ranker.py): prediction, checkpoints, fitting, short-training labels.
+
+Everything uses nb201 at ``C=4`` on 8x8 inputs and a GHN of width 16 with one
+message-passing layer, so fitting takes seconds on a CPU core.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import kendalltau
+
+import nas.ghn._ranker as ranker_module
+from nas.data import Dataset, load_dataset
+from nas.exceptions import CheckpointError
+from nas.ghn import GHN, GHNConfig, GHNRanker, RankerConfig, fit_ranker, short_training_labels
+from nas.graph import ArchGraph
+from nas.space import SearchSpace, load_space
+
+TINY = GHNConfig(hidden=16, layers=1, s_max=2)
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return load_space("nb201", input_shape=(1, 8, 8), num_classes=10, C=4)
+
+
+@pytest.fixture(scope="module")
+def ghn(space: SearchSpace) -> GHN:
+    torch.manual_seed(0)
+    return GHN(TINY, space_info={**space.describe(), "dataset": "digits"})
+
+
+@pytest.fixture(scope="module")
+def graphs(space: SearchSpace) -> list[ArchGraph]:
+    return [c.graph for c in space.sample_many(160, seed=0)]
+
+
+@pytest.fixture(scope="module")
+def small_ranker(ghn: GHN, graphs: list[ArchGraph]) -> GHNRanker:
+    labels = [math.log(g.num_params()) for g in graphs[:8]]
+    return fit_ranker(ghn, graphs[:8], labels, RankerConfig(epochs=2, ensemble=2), progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_dataset("digits", seed=0)
+
+
+def conv_nodes(graph: ArchGraph) -> int:
+    """The label of the learnability test: number of convolution nodes."""
+    return sum(n for op, n in graph.op_counts().items() if "conv" in op)
+
+
+# ---------------------------------------------------------------- prediction and checkpoints
+
+
+def test_predict_shape_chunks_and_determinism(small_ranker: GHNRanker, graphs: list[ArchGraph]) -> None:
+    part = graphs[20:31]
+    first = small_ranker.predict(part)
+    assert first.shape == (11,) and np.isfinite(first).all()
+    np.testing.assert_array_equal(small_ranker.predict(part), first)  # eval mode: no dropout, no batch statistics
+    np.testing.assert_allclose(small_ranker.predict(part, chunk=4), first, rtol=1e-5)  # chunks agree with one pass
+    one_by_one = np.array([small_ranker.predict([g])[0] for g in part])
+    np.testing.assert_allclose(one_by_one, first, rtol=1e-5)
+    assert small_ranker.predict([]).shape == (0,)
+    assert len(small_ranker.members) == 2 and len(small_ranker.member_tau) == 2
+    # Predictions come back in label units (the labels were log parameter counts of C=4 cells).
+    assert 3 < float(first.mean()) < 12
+
+
+def test_save_load_round_trip(tmp_path: Path, small_ranker: GHNRanker, graphs: list[ArchGraph]) -> None:
+    path = tmp_path / "sub" / "ranker.pt"
+    small_ranker.save(path)
+    loaded = GHNRanker.load(path)
+    np.testing.assert_array_equal(loaded.predict(graphs[:16]), small_ranker.predict(graphs[:16]))
+    assert loaded.config == small_ranker.config and loaded.space_info == small_ranker.space_info
+    assert loaded.label_mean == small_ranker.label_mean and loaded.label_std == small_ranker.label_std
+    assert loaded.member_tau == pytest.approx(small_ranker.member_tau, nan_ok=True)
+    assert [p.name for p in path.parent.iterdir()] == ["ranker.pt"]  # written atomically, no temporary left
+
+
+@pytest.mark.parametrize("kind", ["ghn-checkpoint", "garbage", "missing", "truncated", "wrong-weights"])
+def test_load_refuses_bad_files(tmp_path: Path, ghn: GHN, small_ranker: GHNRanker, kind: str) -> None:
+    path = tmp_path / "ranker.pt"
+    if kind == "ghn-checkpoint":
+        ghn.save(path)
+    elif kind == "garbage":
+        path.write_bytes(b"\x00\x01 not a checkpoint")
+    elif kind == "truncated":
+        small_ranker.save(path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "wrong-weights":
+        small_ranker.save(path)
+        payload = torch.load(path, weights_only=True)
+        payload["ghn_config"]["hidden"] = 32  # the saved weights no longer fit the settings
+        torch.save(payload, path)
+    with pytest.raises(CheckpointError) as err:
+        GHNRanker.load(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    expected = {
+        "ghn-checkpoint": "is not a ghn-nas ranker checkpoint (format 'ghn-nas/ghn'",
+        "garbage": "cannot be read safely",
+        "missing": "does not exist",
+        "truncated": "cannot be read safely",
+        "wrong-weights": "is invalid",
+    }[kind]
+    assert expected in message
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def test_fit_ranker_learns_a_function_of_the_graph(ghn: GHN, graphs: list[ArchGraph]) -> None:
+    """Labels = number of conv nodes: the fitted ranker orders unseen graphs by it (Kendall tau > 0.5)."""
+    train, test = graphs[:120], graphs[120:]
+    labels = [float(conv_nodes(g)) for g in train]
+    config = RankerConfig(epochs=25, ensemble=1, batch_size=32, lr=3e-3, val_fraction=0.2)
+    ranker = fit_ranker(ghn, train, labels, config, label_info={"target": "conv_nodes"}, progress=False)
+    tau = kendalltau(ranker.predict(test), [conv_nodes(g) for g in test]).statistic
+    assert tau > 0.5, tau
+    assert ranker.label_info == {"target": "conv_nodes"} and math.isfinite(ranker.member_tau[0])
+
+
+def test_fit_ranker_leaves_the_ghn_unchanged(ghn: GHN, graphs: list[ArchGraph]) -> None:
+    before = {k: v.clone() for k, v in ghn.state_dict().items()}
+    fit_ranker(ghn, graphs[:6], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], RankerConfig(epochs=2, ensemble=1), progress=False)
+    assert all(torch.equal(before[k], v) for k, v in ghn.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "labels, n_graphs, fragment",
+    [
+        ([1.0, 2.0, 3.0], 3, "`graphs` must hold at least 4"),
+        ([1.0, 2.0, 3.0], 4, "`labels` must have one value per graph (4), but got 3"),
+        ([1.0, 2.0, math.nan, 4.0], 4, "`labels` must be finite, but 1 are not"),
+    ],
+)
+def test_fit_ranker_rejects_bad_labels(
+    ghn: GHN, graphs: list[ArchGraph], labels: list[float], n_graphs: int, fragment: str
+) -> None:
+    with pytest.raises(ValueError) as err:
+        fit_ranker(ghn, graphs[:n_graphs], labels, RankerConfig(epochs=1, ensemble=1), progress=False)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"ensemble": 1.5}, "ensemble"),
+        ({"head_hidden": True}, "head_hidden"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": math.inf}, "lr"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+    ],
+)
+def test_ranker_config_rejects_bad_values(kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValueError, match=f"`{name}`.*{kwargs[name]!r}"):
+        RankerConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- short-training labels
+
+
+def test_short_training_labels_resume_from_the_csv_and_exclude_keys(
+    tmp_path: Path, space: SearchSpace, digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def fake_training(args: tuple[str, Any, int, int]) -> float:
+        graph_json, _, k, seed = args
+        graph = ArchGraph.from_json(graph_json)
+        calls.append(graph.key)
+        if len(calls) == 2:
+            return math.nan  # a diverged short training is dropped, and not retried
+        return float(graph.num_params() * k + seed)
+
+    monkeypatch.setattr(ranker_module, "_short_training_loss", fake_training)
+    exclude = [c.graph.key for c in space.sample_many(3, seed=5)]  # first draws of the label seed
+    cache = tmp_path / "labels" / "tse.csv"
+    graphs, labels = short_training_labels(space, digits, 6, k=3, seed=5, exclude=exclude, cache=cache, progress=False)
+    assert len(calls) == 6 and not set(calls) & set(exclude)
+    assert len(graphs) == 5 and labels.shape == (5,)  # the NaN one is dropped
+    assert [g.key for g in graphs] == [k for i, k in enumerate(calls) if i != 1]
+    assert list(labels) == [g.num_params() * 3 + 5 for g in graphs]
+    text = cache.read_text()
+    assert text.splitlines()[0] == "key,graph,tse" and len(text.splitlines()) == 7
+
+    # Resume: nothing trained again (not even the one whose training diverged), same result.
+    again, labels2 = short_training_labels(space, digits, 6, k=3, seed=5, exclude=exclude, cache=cache, progress=False)
+    assert len(calls) == 6 and cache.read_text() == text
+    assert [g.key for g in again] == [g.key for g in graphs] and list(labels2) == list(labels)
+
+    # A larger n trains only the new architectures.
+    more, _ = short_training_labels(space, digits, 8, k=3, seed=5, exclude=exclude, cache=cache, progress=False)
+    assert len(calls) == 8 and len(more) == 7 and len(cache.read_text().splitlines()) == 9
+
+
+def test_short_training_labels_really_train(
+    space: SearchSpace, digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real TSE labels: finite, positive, the same in worker processes as in this one."""
+    with monkeypatch.context() as patch:
+        set_threads: list[int] = []
+        patch.setattr(torch, "set_num_threads", set_threads.append)
+        graphs, labels = short_training_labels(space, digits, 3, k=2, seed=1, progress=False)
+    assert set_threads == []  # training in this process leaves the caller's thread setting alone
+    assert len(graphs) == 3 and np.isfinite(labels).all()
+    # Two steps of cross-entropy on 10 classes from random initialisation: each loss is near ln(10).
+    assert ((labels > 2 * 1.0) & (labels < 2 * 5.0)).all(), labels
+    in_workers, labels2 = short_training_labels(space, digits, 3, k=2, seed=1, workers=2, progress=False)
+    assert [g.key for g in in_workers] == [g.key for g in graphs]
+    np.testing.assert_allclose(labels2, labels, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"n": 0}, "n"), ({"n": True}, "n"), ({"k": 0}, "k"), ({"k": 2.5}, "k"), ({"workers": 0}, "workers")],
+)
+def test_short_training_labels_reject_bad_values(
+    space: SearchSpace, digits: Dataset, kwargs: dict[str, Any], name: str
+) -> None:
+    settings: dict[str, Any] = {"n": 4, "k": 2, "workers": 1, **kwargs}
+    n = settings.pop("n")
+    with pytest.raises(ValueError, match=f"`{name}` must be a positive int, but got {kwargs[name]!r}"):
+        short_training_labels(space, digits, n, progress=False, **settings)
