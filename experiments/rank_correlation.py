@@ -15,7 +15,7 @@ ground truth. The GHN rows:
   embeddings / on op counts, fitted out of fold on the other candidates'
   trained losses (5 folds);
 * ``ghn_ranker``: the GHN's graph network fine-tuned to predict the
-  short-training loss (TSE after ``--ranker-k`` steps) of ``--ranker-labels``
+  short-training loss (TSE after the first ``--ranker-k`` steps) of ``--ranker-labels``
   architectures sampled from the space, never the candidates
   (:mod:`nas.ghn._ranker`); ``ghn_ranker_scratch`` is the same network from
   random weights (what meta-training adds) and ``opcount_ranker`` a ridge
@@ -74,13 +74,20 @@ def main() -> None:
     parser.add_argument("--ghn-steps", type=int, default=MetaTrainConfig().steps)
     parser.add_argument("--snapshot-every", type=int, default=150)
     parser.add_argument("--ensemble", type=int, default=4, help="late snapshots averaged by ghn_ensemble")
-    parser.add_argument("--ranker-labels", type=int, default=300, help="architectures labelled for the ranker")
-    parser.add_argument("--ranker-k", type=int, default=30, help="SGD steps per ranker label")
+    parser.add_argument(
+        "--ranker-labels", type=int, nargs="+", default=[300],
+        help="architectures labelled for the ranker, one value per --ranker-k value (or one for all)",
+    )
+    parser.add_argument(
+        "--ranker-k", type=int, nargs="+", default=[30],
+        help="SGD steps per ranker label; the first gives `ghn_ranker`, the others `ghn_ranker_k<K>` rows",
+    )
     parser.add_argument("--ghn-method", default="ghn_ranker", help="GHN row reported as `ghn`")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process (default 1)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -99,28 +106,39 @@ def main() -> None:
     snaps = [GHN.load(snapshot_path(ghn_path, s)) for s in steps if snapshot_path(ghn_path, s).exists()]
     logger.info("%d snapshots at steps %s", len(snaps), steps[: len(snaps)])
 
-    # Ranker: labels from short training of other architectures of the space.
-    t0 = time.perf_counter()
-    label_graphs, labels = short_training_labels(
-        space, data, args.ranker_labels, k=args.ranker_k, seed=1, exclude=[g.key for g in graphs],
-        cache=out / "ranker_labels.csv", workers=args.workers,
-    )
-    label_seconds = time.perf_counter() - t0
+    # Rankers: labels from short training of other architectures of the space, one label set per k.
+    if len(args.ranker_labels) not in (1, len(args.ranker_k)):
+        raise ValueError(f"`--ranker-labels` must have 1 or {len(args.ranker_k)} values, but got {args.ranker_labels}.")
+    n_labels = dict(zip(args.ranker_k, args.ranker_labels * len(args.ranker_k) if len(args.ranker_labels) == 1
+                        else args.ranker_labels))
+    label_sets: dict[int, tuple[list, np.ndarray, float]] = {}
+    for k in args.ranker_k:
+        t0 = time.perf_counter()
+        label_graphs, labels = short_training_labels(
+            space, data, n_labels[k], k=k, seed=1, exclude=[g.key for g in graphs],
+            cache=out / f"ranker_labels_k{k}.csv", workers=args.workers,
+        )
+        label_sets[k] = (label_graphs, labels, time.perf_counter() - t0)
+    main_k = args.ranker_k[0]
     rankers: dict[str, GHNRanker] = {}
     fit_seconds: dict[str, float] = {}
-    for name, pretrained in (("ghn_ranker", True), ("ghn_ranker_scratch", False)):
-        path = out / "ghn" / f"{name}.pt"
+    jobs = [("ghn_ranker", main_k, True), ("ghn_ranker_scratch", main_k, False)]
+    jobs += [(f"ghn_ranker_k{k}", k, True) for k in args.ranker_k[1:]]
+    for name, k, pretrained in jobs:
+        path = out / "ghn" / f"{'ghn_ranker_scratch' if not pretrained else 'ghn_ranker'}_k{k}.pt"
+        label_graphs, labels, _ = label_sets[k]
         t0 = time.perf_counter()
         if path.exists():
             rankers[name] = GHNRanker.load(path)
         else:
             rankers[name] = fit_ranker(
                 ghn, label_graphs, labels, RankerConfig(pretrained=pretrained),
-                label_info={"target": "tse", "k": args.ranker_k, "n": len(labels)},
+                label_info={"target": "tse", "k": k, "n": len(labels)},
             )
             rankers[name].save(path)
         fit_seconds[name] = time.perf_counter() - t0
         logger.info("%s: member validation tau %s", name, rankers[name].member_tau)
+    label_graphs, labels, _ = label_sets[main_k]
 
     variants = {
         "ghn_plain": GHNEnsembleScorer([ghn], name="ghn_plain"),
@@ -164,19 +182,14 @@ def main() -> None:
     )
     summary_json["ghn_method"] = args.ghn_method
     summary_json["ranker"] = {
-        "labels": len(labels), "k": args.ranker_k, "target": "tse",
-        "label_seconds": label_seconds,
-        "label_seconds_per_arch": label_seconds / max(len(labels), 1),
+        "labels": {k: len(v[1]) for k, v in label_sets.items()}, "k": main_k, "target": "tse",
+        "label_seconds": {k: v[2] for k, v in label_sets.items()},
         "fit_seconds": fit_seconds,
         "member_validation_tau": {
             name: [t if np.isfinite(t) else None for t in r.member_tau] for name, r in rankers.items()
         },
         "note": "one-time costs, paid once per space and dataset whatever the number of candidates ranked; "
-        "label_seconds is 0 when the labels came from the cache",
-    }
-    summary_json["ghn_meta_training"] = {
-        "steps": args.ghn_steps, "snapshots": steps[: len(snaps)],
-        "history": ghn.history,
+        "label_seconds is 0 when the labels came from the cache (see ranker_labels_k<K>.csv)",
     }
     final = CorrelationResult(frame, summary, summary_json)
     write_results(final, out)
