@@ -19,14 +19,18 @@ venv: $(BIN)/nas
 demo: venv
 	$(BIN)/nas demo --out runs/demo
 
+# The whole suite: unit and integration tests, then the reliability suite (kills, three workers on a
+# real PostgreSQL and on a journal file, bad inputs). ci/install_postgres.sh installs and starts the
+# server where it can (root or sudo); elsewhere the PostgreSQL tests are skipped with a visible
+# message, and under CI (CI=true) they fail instead.
 test: venv
-	$(BIN)/python -m pytest -q -m "not gpu" tests --ignore=tests/reliability
+	NAS_TEST_POSTGRES_URL="$${NAS_TEST_POSTGRES_URL:-$$(bash ci/install_postgres.sh || true)}" \
+		$(BIN)/python -m pytest -q -m "not gpu" tests
 
-# The kill / concurrency / bad-input suite (needs PostgreSQL: see ci/install_postgres.sh).
-# Not yet part of `make test`: 1 of its 83 tests (disk full during a meta-training checkpoint) still fails.
+# The reliability suite alone.
 test-reliability: venv
-	$(BIN)/pip install -q "psycopg2-binary>=2.9"
-	NAS_TEST_POSTGRES_URL="$$(bash ci/install_postgres.sh)" $(BIN)/python -m pytest -q -rf tests/reliability
+	NAS_TEST_POSTGRES_URL="$${NAS_TEST_POSTGRES_URL:-$$(bash ci/install_postgres.sh)}" \
+		$(BIN)/python -m pytest -q -rf tests/reliability
 
 clean:
 	rm -rf $(VENV) runs

@@ -204,6 +204,16 @@ def test_short_training_labels_resume_from_the_csv_and_exclude_keys(
     more, _ = short_training_labels(space, digits, 8, k=3, seed=5, exclude=exclude, cache=cache, progress=False)
     assert len(calls) == 8 and len(more) == 7 and len(cache.read_text().splitlines()) == 9
 
+    # A row torn by a kill mid-write (no newline yet) is dropped and its label trained again.
+    lines = cache.read_text().splitlines(keepends=True)
+    cache.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    torn_key = lines[-1].split(",")[0]
+    healed, healed_labels = short_training_labels(space, digits, 8, k=3, seed=5, exclude=exclude, cache=cache,
+                                                  progress=False)
+    assert calls[-1] == torn_key and len(calls) == 9
+    assert [g.key for g in healed] == [g.key for g in more] and len(cache.read_text().splitlines()) == 9
+    assert healed_labels[-1] == healed[-1].num_params() * 3 + 5
+
 
 def test_short_training_labels_really_train(
     space: SearchSpace, digits: Dataset, monkeypatch: pytest.MonkeyPatch

@@ -372,6 +372,19 @@ def _short_training_loss(args: tuple[str, Any, int, int]) -> float:
     return math.nan if result.failed else float(sum(result.train_losses))
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a killed process left half-written (it has no newline yet).
+
+    Rows are appended whole and flushed one by one, so only the last one can be
+    torn; its label is trained again.
+    """
+    with path.open("rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            logger.warning("%s: dropping a half-written last row (an interrupted run)", path)
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def short_training_labels(
     space: SearchSpace,
     data: Dataset,
@@ -399,7 +412,8 @@ def short_training_labels(
         seed: Seed of the sample and of every training run.
         exclude: Canonical keys never to label (the candidates to be ranked).
         cache: CSV file of finished labels (``key, graph, tse``); appended as
-            labels finish, so an interrupted run resumes where it stopped.
+            labels finish, so an interrupted run resumes where it stopped (a
+            row left half-written by a kill is dropped and trained again).
         workers: Processes training in parallel (one torch thread each); ``1``
             trains in this process, with its own thread setting.
         progress: Show a progress bar.
@@ -419,6 +433,7 @@ def short_training_labels(
     done: dict[str, float] = {}
     path = Path(cache) if cache is not None else None
     if path is not None and path.exists():
+        _drop_torn_tail(path)
         with path.open(newline="") as f:
             for row in csv.DictReader(f):
                 done[row["key"]] = float(row["tse"])

@@ -38,7 +38,7 @@ SEARCH_ARGS = [
 
 #: Columns of the result tables that must not depend on interruptions (trial numbers, times, workers
 #: and file paths do).
-CANDIDATE_VALUE_COLUMNS = ["key", "num_params", "flops", "ghn_loss", "ghn_acc", "finetuned"]
+CANDIDATE_VALUE_COLUMNS = ["key", "num_params", "flops", "rank_score", "ghn_loss", "ghn_acc", "finetuned"]
 FINETUNED_VALUE_COLUMNS = [
     "key", "num_params", "flops", "ghn_loss", "ghn_acc", "val_loss", "val_acc", "test_loss",
     "test_acc", "train_loss", "steps", "failed",

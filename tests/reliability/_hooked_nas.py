@@ -5,6 +5,7 @@ reliability tests. The library has no work-counting hook of its own, so this
 wrapper patches, in this process only:
 
 * ``GHN.evaluate`` (one unit = one batch of candidates scored by the GHN),
+* the ranker's short training of one label architecture (one unit = one label),
 * ``train`` as imported by the fine-tuning stage, the ground-truth cache and
   the self-check (one unit = one network trained),
 * the meta-training step iterator, checkpoint writer and resume
@@ -110,6 +111,24 @@ def install() -> None:
         return out
 
     GHN.evaluate = hooked_evaluate  # type: ignore[method-assign]
+
+    from nas.ghn import _ranker
+
+    label = _ranker._short_training_loss
+
+    @functools.wraps(label)
+    def hooked_label(args: Any) -> float:
+        from nas.graph import ArchGraph
+
+        key = ArchGraph.from_json(args[0]).key
+        emit("label", "start", key=key)
+        if DELAY:
+            time.sleep(DELAY)
+        tse = label(args)
+        emit("label", "done", key=key)
+        return tse
+
+    _ranker._short_training_loss = hooked_label
 
     step_batches = _meta_train._step_batches
 

@@ -11,9 +11,11 @@ random pause, restarts the same command, and at the end checks:
 * checkpoints, weights and caches load;
 * the final tables equal those of an uninterrupted run with the same seed.
 
-Kills: ``nas search`` 3 (ranking, fine-tuning, checkpoint write), ``nas
-correlate`` 2 (ground-truth training, cache write), ``nas train-ghn`` 2
-(checkpoint write, meta-training step); 7 in all.
+Kills: ``nas search`` 3 for each rank mode (``--rank-by loss``: ranking, i.e.
+a GHN evaluation; ``--rank-by ranker``, the default: the short training of a
+ranker label; then fine-tuning and a checkpoint write), ``nas correlate`` 2
+(ground-truth training, cache write), ``nas train-ghn`` 2 (checkpoint write,
+meta-training step); 10 in all.
 """
 
 from __future__ import annotations
@@ -66,12 +68,18 @@ def _studies(out: Path) -> tuple[optuna.Study, optuna.Study]:
 
 
 def _scored_keys(rank: optuna.Study) -> Counter[str]:
-    """Key -> rank trials that scored it with the GHN (not answered from an earlier score)."""
+    """Key -> rank trials that scored it (not answered from an earlier score)."""
     return Counter(
         t.user_attrs["key"]
         for t in rank.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-        if "key" in t.user_attrs and "ghn_loss" in t.user_attrs and "duplicate_of" not in t.user_attrs
+        if "key" in t.user_attrs and "rank_score" in t.user_attrs and "duplicate_of" not in t.user_attrs
     )
+
+
+def _label_keys(out: Path) -> Counter[str]:
+    """Key -> rows of the ranker's label cache (``ranker_labels.csv``)."""
+    path = out / "ranker_labels.csv"
+    return Counter(pd.read_csv(path)["key"]) if path.exists() else Counter()
 
 
 def _finetuned_keys(ft: optuna.Study) -> Counter[str]:
@@ -88,18 +96,34 @@ def _assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-5, atol=1e-6, check_dtype=False)
 
 
+#: Work unit of the rank stage, per ``--rank-by``: a GHN evaluation of a batch (``loss``), or the
+#: short training of one of the ranker's label architectures (``ranker``, the default; scoring a
+#: candidate is then a millisecond, too short to be hit).
+RANK_UNIT = {"loss": "ghn_eval", "ranker": "label"}
+
+
+@pytest.mark.parametrize("rank_by", ["loss", "ranker"])
 def test_search_survives_kills_during_ranking_finetuning_and_checkpoint_write(
-    tmp_path: Path, tiny_ghn: Path, finished_campaign: Path
+    tmp_path: Path, tiny_ghn: Path, finished_campaign: Path, rank_by: str
 ) -> None:
     out, log = tmp_path / "out", tmp_path / "work.log"
-    argv = ["search", *SEARCH_ARGS, "--ghn", str(tiny_ghn), "--out", str(out)]
+    argv = ["search", *SEARCH_ARGS, "--ghn", str(tiny_ghn), "--out", str(out), "--rank-by", rank_by]
+    if rank_by == "ranker":
+        reference = finished_campaign
+    else:
+        reference = tmp_path / "reference"
+        ref = run_inprocess(["search", *SEARCH_ARGS, "--ghn", str(tiny_ghn), "--out", str(reference),
+                             "--rank-by", rank_by])
+        assert ref.code == 0, ref.err
+    unit = RANK_UNIT[rank_by]
     rng = random.Random(20240611)
     plan = [
-        ("ranking", nth("ghn_eval", "start", 1), {}),
+        ("ranking", nth(unit, "start", 2), {}),
         ("fine-tuning", nth("train", "start", 2), {}),
         ("checkpoint write", nth("save", "mid", 1), {"NAS_TEST_SLOW_SAVE": "1"}),
     ]
     committed_rank: set[str] = set()
+    committed_labels: set[str] = set()
     committed_ft: set[str] = set()
     for i, (stage, when, extra) in enumerate(plan):
         env = base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN=str(i),
@@ -107,21 +131,26 @@ def test_search_survives_kills_during_ranking_finetuning_and_checkpoint_write(
         run = run_and_kill(argv, env=env, log=log, when=when, rng=rng, delay=KILL_WINDOW)
         assert run.killed, f"run {i} was to be killed during {stage} but exited {run.code}:\n{run.err[-3000:]}"
         events = [e for e in read_log(log) if e["run"] == str(i)]
-        # Nothing committed by an earlier run was scored or trained again by this one.
+        # Nothing committed by an earlier run was scored, labelled or trained again by this one.
         scored = {k for e in events if e["kind"] == "ghn_eval" and e["event"] == "start" for k in e["keys"]}
+        labelled = {e["key"] for e in events if e["kind"] == "label" and e["event"] == "start"}
         trained = {e["key"] for e in events if e["kind"] == "train" and e["event"] == "start"}
         assert not scored & committed_rank, f"run {i} re-scored committed candidates {scored & committed_rank}"
+        assert not labelled & committed_labels, f"run {i} re-labelled {labelled & committed_labels}"
         assert not trained & committed_ft, f"run {i} re-trained committed candidates {trained & committed_ft}"
-        rank, ft = _studies(out)
-        committed_rank |= set(_scored_keys(rank))
-        committed_ft |= set(_finetuned_keys(ft))
+        if (out / "campaign.db").exists():
+            rank, ft = _studies(out)
+            committed_rank |= set(_scored_keys(rank))
+            committed_ft |= set(_finetuned_keys(ft))
+        committed_labels |= set(_label_keys(out))
 
     final = run_subprocess(argv, env=base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN="final"))
     assert final.code == 0, final.err[-3000:]
     events = [e for e in read_log(log) if e["run"] == "final"]
     scored = {k for e in events if e["kind"] == "ghn_eval" and e["event"] == "start" for k in e["keys"]}
+    labelled = {e["key"] for e in events if e["kind"] == "label" and e["event"] == "start"}
     trained = {e["key"] for e in events if e["kind"] == "train" and e["event"] == "start"}
-    assert not scored & committed_rank and not trained & committed_ft
+    assert not scored & committed_rank and not labelled & committed_labels and not trained & committed_ft
 
     # Exactly one completed result per candidate; nothing left queued or running.
     rank, ft = _studies(out)
@@ -136,8 +165,18 @@ def test_search_survives_kills_during_ranking_finetuning_and_checkpoint_write(
     all_events = read_log(log)
     evals = Counter(k for e in all_events if e["kind"] == "ghn_eval" and e["event"] == "done" for k in e["keys"])
     trains = Counter(e["key"] for e in all_events if e["kind"] == "train" and e["event"] == "done")
-    assert set(evals) == set(scored_keys) and set(trains) == set(ft_keys)
+    assert set(trains) == set(ft_keys)
     assert sum(trains.values()) <= len(ft_keys) + 1  # only the checkpoint-write kill loses a finished training
+    if rank_by == "loss":
+        assert set(evals) == set(scored_keys)
+    else:
+        assert not evals  # the ranker scores without GHN evaluations
+        labels = _label_keys(out)
+        assert labels and set(labels.values()) == {1}, labels  # each label architecture once in the cache
+        assert labels == _label_keys(reference)
+        done_labels = Counter(e["key"] for e in all_events if e["kind"] == "label" and e["event"] == "done")
+        assert set(done_labels) == set(labels)
+        assert sum(done_labels.values()) <= len(labels) + 1  # at most the label in flight at the ranking kill
 
     # Checkpoints and weights load (weights_only=True); leftover temporary files are not read.
     for trial in ft.get_trials(states=(TrialState.COMPLETE,)):
@@ -149,11 +188,11 @@ def test_search_survives_kills_during_ranking_finetuning_and_checkpoint_write(
     # The tables equal those of the uninterrupted run with the same seed.
     _assert_same_table(
         _value_frame(out / "finetuned.csv", FINETUNED_VALUE_COLUMNS, "key"),
-        _value_frame(finished_campaign / "finetuned.csv", FINETUNED_VALUE_COLUMNS, "key"),
+        _value_frame(reference / "finetuned.csv", FINETUNED_VALUE_COLUMNS, "key"),
     )
     _assert_same_table(
         _value_frame(out / "candidates.csv", CANDIDATE_VALUE_COLUMNS, "key"),
-        _value_frame(finished_campaign / "candidates.csv", CANDIDATE_VALUE_COLUMNS, "key"),
+        _value_frame(reference / "candidates.csv", CANDIDATE_VALUE_COLUMNS, "key"),
     )
 
 
@@ -267,7 +306,8 @@ def test_optuna_heartbeat_requeues_the_trial_of_a_dead_worker(tmp_path: Path) ->
     trial = study.ask()  # the "remote worker" claims the queued candidate ...
     assert trial.suggest_categorical("width", [2, 4, 8]) == 4
     storage.record_heartbeat(trial._trial_id)  # ... beats once, then dies without a word
-    time.sleep(2.5)
+    # Heartbeats are stored with one-second resolution: after 3.5 s the stored gap is at least 3 s > 2 s.
+    time.sleep(3.5)
     optuna.storages.fail_stale_trials(study)
     states = Counter(t.state for t in study.get_trials(deepcopy=False))
     assert states == {TrialState.FAIL: 1, TrialState.WAITING: 1}
