@@ -145,7 +145,7 @@ def ranker_path(tmp_path_factory: pytest.TempPathFactory, ghn_path: Path) -> Pat
 
 
 class CountingRanker:
-    """A ranker counting the graphs of each ``predict`` call."""
+    """A ranker counting the graphs of each ``score`` call."""
 
     def __init__(self, ranker: Any) -> None:
         self.ranker = ranker
@@ -154,8 +154,11 @@ class CountingRanker:
         self.calls: list[list[str]] = []
 
     def predict(self, graphs):
-        self.calls.append([g.key for g in graphs])
         return self.ranker.predict(graphs)
+
+    def score(self, graphs):
+        self.calls.append([g.key for g in graphs])
+        return self.ranker.score(graphs)
 
 
 def small_campaign(out: Path, ghn: Any, **overrides: Any) -> Campaign:
@@ -357,7 +360,7 @@ def test_diverged_finetune_is_a_failed_row_not_an_error(tmp_path: Path, ghn_path
 # ---------------------------------------------------------------- ranking by the GHN ranker
 
 
-def test_rank_by_ranker_scores_each_batch_with_one_predict_call(
+def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     tmp_path: Path, ghn_path: Path, ranker_path: Path
 ) -> None:
     from nas.ghn import GHNRanker
@@ -376,13 +379,13 @@ def test_rank_by_ranker_scores_each_batch_with_one_predict_call(
     keys = {t.user_attrs["key"] for t in trials}
     assert sorted(k for call in rank_calls for k in call) == sorted(keys)
 
-    # The stored score is the ranker's prediction; no predicted-weight loss is stored.
+    # The stored score is the ranker's score; no predicted-weight loss is stored.
     fresh = GHNRanker.load(ranker_path)
     for t in trials:
         assert "ghn_loss" not in t.user_attrs and "ghn_acc" not in t.user_attrs
         graph = ArchGraph.from_json(t.user_attrs["graph"]) if "graph" in t.user_attrs else None
         if graph is not None:
-            assert t.user_attrs["rank_score"] == pytest.approx(float(fresh.predict([graph])[0]), rel=1e-5)
+            assert t.user_attrs["rank_score"] == pytest.approx(float(fresh.score([graph])[0]), rel=1e-5, abs=1e-6)
         assert t.values[0] == pytest.approx(t.user_attrs["rank_score"])
     rank, _ = campaign.open()
     settings = rank.user_attrs["nas_campaign"]
@@ -409,7 +412,7 @@ def test_rank_by_ranker_scores_each_batch_with_one_predict_call(
     assert list(table["key"]) == self_check_call and (table["rank_by"] == "ranker").all()
     space = load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS)
     graphs = [c.graph for c in space.sample_many(3, seed=7919)]
-    assert list(table["rank_score"]) == pytest.approx(list(fresh.predict(graphs)), rel=1e-5)
+    assert list(table["rank_score"]) == pytest.approx(list(fresh.score(graphs)), rel=1e-5, abs=1e-6)
 
 
 def _ranker_campaign(out: Path, ghn_path: Path, **overrides: Any) -> Campaign:
@@ -441,7 +444,7 @@ def test_default_ranker_is_fitted_once_then_reused(
     for t in complete_rank_trials(_ranker_campaign(out, ghn_path)):
         if "duplicate_of" not in t.user_attrs:
             graph = ArchGraph.from_json(t.user_attrs["graph"])
-            assert t.user_attrs["rank_score"] == pytest.approx(float(ranker.predict([graph])[0]), rel=1e-5)
+            assert t.user_attrs["rank_score"] == pytest.approx(float(ranker.score([graph])[0]), rel=1e-5, abs=1e-6)
     rank, _ = _ranker_campaign(out, ghn_path).open()
     settings = rank.user_attrs["nas_campaign"]
     assert settings["rank_by"] == "ranker" and settings["ranker"] == str(ranker_pt.resolve())
@@ -498,7 +501,7 @@ def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
     rank, _ = small_campaign(out, None, rank_by="ranker").open()
     for overrides, fragment in (
         ({"rank_by": "loss"}, "rank_by: stored 'ranker', requested 'loss'"),
-        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_labels: stored {'k': 30, 'n': 300}"),
+        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_labels: stored {'k': 100, 'n': 300}"),
     ):
         with pytest.raises(StorageError) as err:
             small_campaign(out, None, **overrides).open()

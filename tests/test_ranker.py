@@ -81,8 +81,47 @@ def test_save_load_round_trip(tmp_path: Path, small_ranker: GHNRanker, graphs: l
     np.testing.assert_array_equal(loaded.predict(graphs[:16]), small_ranker.predict(graphs[:16]))
     assert loaded.config == small_ranker.config and loaded.space_info == small_ranker.space_info
     assert loaded.label_mean == small_ranker.label_mean and loaded.label_std == small_ranker.label_std
+    assert (loaded.flops_mean, loaded.flops_std) == (small_ranker.flops_mean, small_ranker.flops_std)
+    np.testing.assert_array_equal(loaded.score(graphs[:16]), small_ranker.score(graphs[:16]))
     assert loaded.member_tau == pytest.approx(small_ranker.member_tau, nan_ok=True)
     assert [p.name for p in path.parent.iterdir()] == ["ranker.pt"]  # written atomically, no temporary left
+
+
+def test_score_is_standardised_prediction_minus_weighted_log_flops(
+    small_ranker: GHNRanker, graphs: list[ArchGraph]
+) -> None:
+    part = graphs[:12]
+    flops = np.log([float(g.flops()) for g in part])  # computed here, independently of log_flops
+    z_pred = (small_ranker.predict(part) - small_ranker.label_mean) / small_ranker.label_std
+    w = small_ranker.config.flops_weight
+    assert w == 0.5  # the default
+    want = z_pred - w * (flops - small_ranker.flops_mean) / small_ranker.flops_std
+    np.testing.assert_allclose(small_ranker.score(part), want, rtol=1e-6, atol=1e-9)
+    # The statistics come from the labelled architectures, not from the graphs scored.
+    assert small_ranker.flops_std > 0 and np.isfinite(small_ranker.flops_mean)
+    np.testing.assert_allclose(small_ranker.score(part[:3]), want[:3], rtol=1e-6, atol=1e-9)
+    # Weight 0: the standardised prediction alone (the same ranking as predict).
+    small_ranker.config.flops_weight = 0.0
+    try:
+        np.testing.assert_allclose(small_ranker.score(part), z_pred, rtol=1e-6, atol=1e-9)
+    finally:
+        small_ranker.config.flops_weight = w
+
+
+def test_checkpoint_without_flops_statistics_loads_without_the_prior(
+    tmp_path: Path, small_ranker: GHNRanker, graphs: list[ArchGraph]
+) -> None:
+    path = tmp_path / "v1.pt"
+    small_ranker.save(path)
+    payload = torch.load(path, weights_only=True)
+    for name in ("flops_mean", "flops_std"):
+        del payload[name]
+    del payload["config"]["flops_weight"]  # as written before the prior existed
+    torch.save(payload, path)
+    old = GHNRanker.load(path)
+    assert old.config.flops_weight == 0.0
+    z = (small_ranker.predict(graphs[:5]) - small_ranker.label_mean) / small_ranker.label_std
+    np.testing.assert_allclose(old.score(graphs[:5]), z, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["ghn-checkpoint", "garbage", "missing", "truncated", "wrong-weights"])
@@ -161,6 +200,8 @@ def test_fit_ranker_rejects_bad_labels(
         ({"lr": math.inf}, "lr"),
         ({"weight_decay": -1e-4}, "weight_decay"),
         ({"val_fraction": 1.0}, "val_fraction"),
+        ({"flops_weight": -0.5}, "flops_weight"),
+        ({"flops_weight": math.nan}, "flops_weight"),
     ],
 )
 def test_ranker_config_rejects_bad_values(kwargs: dict[str, Any], name: str) -> None:

@@ -176,10 +176,10 @@ class Campaign:
 
     Stage 1 (study ``<study>-rank``): an Optuna sampler proposes candidates
     through the search space and each gets a rank score (minimised). With
-    ``rank_by="ranker"`` (the default) the score is the short-training loss
-    (TSE: the sum of the first ``ranker_k`` SGD losses from random
-    initialisation) that a :class:`nas.ghn.GHNRanker` predicts from the graph
-    alone. Without a given ``ranker``, one is fitted once per campaign into
+    ``rank_by="ranker"`` (the default) the score is
+    :meth:`nas.ghn.GHNRanker.score`: the short-training loss (TSE: the sum of
+    the first ``ranker_k`` SGD losses from random initialisation) that the
+    ranker predicts from the graph alone, with a log-FLOPs capacity prior. Without a given ``ranker``, one is fitted once per campaign into
     ``<out>/ranker.pt``: ``ranker_labels`` architectures sampled from the space
     (never the self-check's) are trained for ``ranker_k`` steps
     (``<out>/ranker_labels.csv``, resumable), then the GHN's graph network is
@@ -286,7 +286,7 @@ class Campaign:
         rank_by: str = "ranker",
         ranker: Any = None,
         ranker_labels: int = 300,
-        ranker_k: int = 30,
+        ranker_k: int = 100,
         label_workers: int = 1,
         ranker_config: Any = None,
     ) -> None:
@@ -330,7 +330,7 @@ class Campaign:
         if ranker is not None:
             if self.rank_by != "ranker":
                 raise ValueError(f"`ranker` is used only when `rank_by` is 'ranker', but `rank_by` is {rank_by!r}.")
-            if not isinstance(ranker, (str, Path)) and not callable(getattr(ranker, "predict", None)):
+            if not isinstance(ranker, (str, Path)) and not callable(getattr(ranker, "score", None)):
                 raise ValueError(
                     f"`ranker` must be a GHNRanker, the path of a ranker checkpoint or None, but got {ranker!r}."
                 )

@@ -4,14 +4,15 @@ Each trial of the ``<name>-rank`` study builds a candidate through the search
 space (define-by-run) and is told its *rank score* (lower is better), one of
 :data:`RANK_BY`:
 
-* ``"ranker"`` (the default of a campaign): the short-training loss (TSE, the
-  sum of the first ``k`` SGD losses from random initialisation) that a
-  :class:`nas.ghn.GHNRanker` predicts from the graph alone, about a
-  millisecond per candidate and no image touched;
+* ``"ranker"`` (the default of a campaign): :meth:`nas.ghn.GHNRanker.score`,
+  the short-training loss (TSE, the sum of the first ``k`` SGD losses from
+  random initialisation) that the ranker predicts from the graph alone, with
+  its capacity prior (log-FLOPs) subtracted; a few milliseconds per candidate
+  and no image touched;
 * ``"loss"``: the validation loss of the network with the GHN's predicted
   weights, no SGD (about 0.6 s per candidate on a CPU core).
 
-Trials are asked in batches, so one call of the scorer (``ranker.predict`` or
+Trials are asked in batches, so one call of the scorer (``ranker.score`` or
 ``ghn.evaluate``) scores many graphs; a candidate whose canonical key was
 scored before (by any worker) is not scored again: its trial is told the
 stored score. The score is stored in the trial's user attribute
@@ -105,7 +106,7 @@ def resolve_sampler(sampler: str | BaseSampler, *, seed: int | None = None) -> B
 
 #: What ranks the candidates (``Campaign(rank_by=...)``, ``nas search --rank-by``) -> what the rank score is.
 RANK_BY: dict[str, str] = {
-    "ranker": "short-training loss predicted by the GHN ranker",
+    "ranker": "short-training loss predicted by the GHN ranker, with its log-FLOPs prior",
     "loss": "validation loss of the GHN-predicted weights",
 }
 
@@ -197,7 +198,7 @@ class RankStats:
         evaluated: Graphs this process scored (distinct keys).
         duplicates: Trials answered from an earlier score of the same key.
         failed: Trials whose candidate could not be built or scored.
-        score_calls: Calls of the scorer, ``ranker.predict`` or ``ghn.evaluate`` (one per batch).
+        score_calls: Calls of the scorer, ``ranker.score`` or ``ghn.evaluate`` (one per batch).
     """
 
     told: int = 0
@@ -317,9 +318,9 @@ def _score_batch(
 def _score(graphs: list[ArchGraph], ghn: Any, data: Any, *, ranker: Any, device: str) -> list[dict[str, float]]:
     """The user attributes that score ``graphs``: one call of ``ranker.predict`` or of ``ghn.evaluate``."""
     if ranker is not None:
-        predicted = ranker.predict(graphs)
+        predicted = ranker.score(graphs)
         if len(predicted) != len(graphs):
-            raise RuntimeError(f"ranker.predict returned {len(predicted)} scores for {len(graphs)} graphs.")
+            raise RuntimeError(f"ranker.score returned {len(predicted)} scores for {len(graphs)} graphs.")
         return [{"rank_score": float(v)} for v in predicted]
     results = ghn.evaluate(graphs, data, split="val", device=device)
     if len(results) != len(graphs):

@@ -159,7 +159,7 @@ def run_self_check(
     graphs = [c.graph for c in cands]
     if ranker is not None:
         rank_by = "ranker"
-        scores = [{"rank_score": float(v)} for v in ranker.predict(graphs)]
+        scores = [{"rank_score": float(v)} for v in ranker.score(graphs)]
     else:
         rank_by = "loss"
         scores = [

@@ -42,9 +42,10 @@ STORAGE_ENV = "NAS_STORAGE"
 
 #: Settings of ``nas demo`` (nb201 on mnist5k), sized for about 15 minutes on 2 CPU cores from
 #: measured single-thread CPU costs: ~1.1 s per GHN meta-training step (400 steps: ~7.5 min),
-#: ~2.8 s of CPU per ranker label (30 SGD steps; 150 labels on 2 worker processes: ~3.5 min),
+#: ~2.8 s of CPU per ranker label (30 SGD steps, where `nas search` takes 100 at about 3x the cost;
+#: 150 labels on 2 worker processes: ~3.5 min),
 #: ~0.15 s per epoch of a ranker member on those labels (3 members x 60 epochs, plus graph
-#: conversion: ~0.5 min), ~1 ms per rank trial with the ranker (300: under a second; ranking by
+#: conversion: ~0.5 min), ~30 ms per rank trial with the ranker (mostly counting FLOPs; 300: ~10 s; ranking by
 #: the predicted-weight loss costs ~0.65 s each), ~4 s per fine-tuning epoch (3 x 2: ~25 s) and
 #: ~7 s per self-check epoch (8 x 1: ~1 min), plus ~1 min of loading, held-out evaluation and
 #: plots: ~14 min in all.
@@ -59,6 +60,7 @@ DEMO: dict[str, Any] = {
     "batch_size": 50,
     "rank_by": "ranker",
     "ranker_labels": 150,
+    "ranker_k": 30,
     "label_workers": 2,
     "ghn_steps": 400,
 }
@@ -131,8 +133,8 @@ def add_parsers(subparsers: Any) -> None:
         help="architectures trained briefly to fit the ranker when --ranker is not given (default 300)",
     )
     p.add_argument(
-        "--ranker-k", type=int, default=30, metavar="K",
-        help="SGD steps of each of those short trainings (default 30)",
+        "--ranker-k", type=int, default=100, metavar="K",
+        help="SGD steps of each of those short trainings (default 100)",
     )
     p.add_argument(
         "--label-workers", type=int, default=1, metavar="W",

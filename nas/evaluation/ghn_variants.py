@@ -172,24 +172,29 @@ def cross_validated_scores(
 
 
 class GHNRankerScorer(Scorer):
-    """Negative short-training loss predicted by a :class:`nas.ghn.GHNRanker`.
+    """Negative score of a :class:`nas.ghn.GHNRanker`: its prediction, or its rank score.
 
     One forward pass of the ranker's graph networks per batch of candidates;
     no image is used, so ``data`` is ignored.
 
     Args:
         ranker: A fitted ranker (see :func:`nas.ghn.fit_ranker`).
+        prior: Score by :meth:`~nas.ghn.GHNRanker.score` (predicted TSE with
+            the log-FLOPs prior, what a campaign ranks by); ``False`` scores
+            by the predicted TSE alone.
         name: Name of the scorer.
     """
 
     name = "ghn_ranker"
 
-    def __init__(self, ranker: Any, *, name: str = "ghn_ranker") -> None:
+    def __init__(self, ranker: Any, *, prior: bool = False, name: str = "ghn_ranker") -> None:
         self.ranker = ranker
+        self.prior = prior
         self.name = name
 
     def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
-        return (-self.ranker.predict(list(graphs))).tolist()
+        graphs = list(graphs)
+        return (-(self.ranker.score(graphs) if self.prior else self.ranker.predict(graphs))).tolist()
 
 
 class LabelRegressorScorer(Scorer):
@@ -203,6 +208,9 @@ class LabelRegressorScorer(Scorer):
         graphs: Labelled architectures (never the candidates).
         labels: Their labels, lower is better.
         features: Graphs -> ``[B, F]`` features (default :func:`op_count_features`).
+        flops_weight: Weight of the same log-FLOPs prior as
+            :meth:`nas.ghn.GHNRanker.score` (standardised over the labelled
+            architectures); ``0`` scores by the regression alone.
         name: Name of the scorer.
     """
 
@@ -214,16 +222,31 @@ class LabelRegressorScorer(Scorer):
         labels: Sequence[float],
         *,
         features: Any = None,
+        flops_weight: float = 0.0,
         name: str = "opcount_ranker",
     ) -> None:
         from sklearn.linear_model import RidgeCV
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
+        from nas.ghn import log_flops
+
+        graphs = list(graphs)
+        y = np.asarray(labels, dtype=np.float64)
         self.features = features or op_count_features
         self.name = name
         self.model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
-        self.model.fit(self.features(list(graphs)), np.asarray(labels, dtype=np.float64))
+        self.model.fit(self.features(graphs), y)
+        self.flops_weight = float(flops_weight)
+        flops = log_flops(graphs)
+        self._stats = (float(y.mean()), float(y.std()) or 1.0, float(flops.mean()), float(flops.std()) or 1.0)
 
     def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
-        return (-self.model.predict(self.features(list(graphs)))).tolist()
+        from nas.ghn import log_flops
+
+        graphs = list(graphs)
+        y_mean, y_std, f_mean, f_std = self._stats
+        z = (self.model.predict(self.features(graphs)) - y_mean) / y_std
+        if self.flops_weight:
+            z = z - self.flops_weight * (log_flops(graphs) - f_mean) / f_std
+        return (-z).tolist()

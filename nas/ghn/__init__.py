@@ -34,7 +34,7 @@ from nas.ghn._message_passing import GatedDAGConv
 from nas.ghn._meta_train import MetaTrainConfig, meta_train, snapshot_path
 from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._predicted import calibrate_batch_norm
-from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, short_training_labels
+from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, log_flops, short_training_labels
 
 __all__ = [
     "GHN",
@@ -50,6 +50,7 @@ __all__ = [
     "default_ghn_path",
     "ensure_ghn",
     "fit_ranker",
+    "log_flops",
     "meta_train",
     "short_training_labels",
     "snapshot_path",
