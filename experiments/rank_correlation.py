@@ -20,7 +20,16 @@ ground truth. The GHN rows:
   (:mod:`nas.ghn._ranker`); ``ghn_ranker_scratch`` is the same network from
   random weights (what meta-training adds) and ``opcount_ranker`` a ridge
   regression on op counts fitted on the same labels (what the graph network adds);
+  ``ghn_ranker_k<K>`` the same as ``ghn_ranker`` for each further ``--ranker-k``;
+* ``<ranker>_flops``: each of those with the log-FLOPs capacity prior of
+  :meth:`nas.ghn.GHNRanker.score` (weight ``RankerConfig.flops_weight``,
+  statistics from the labelled architectures), the score a campaign ranks by;
+  ``short_training_tse_k100_flops`` puts the same prior on short training itself
+  (statistics over the candidates' own scores);
 * ``ghn``: the score the campaign uses by default (see ``--ghn-method``).
+
+``summary.json`` also records how the main ranker's tau depends on the
+prior's weight (``ranker.flops_weight_sensitivity``).
 
 Examples:
     python experiments/rank_correlation.py --space nb201 --dataset mnist5k --archs 100 \
@@ -51,7 +60,16 @@ from nas.evaluation.ghn_variants import (
     ghn_embeddings,
     op_count_features,
 )
-from nas.ghn import GHN, GHNRanker, MetaTrainConfig, RankerConfig, fit_ranker, meta_train, short_training_labels
+from nas.ghn import (
+    GHN,
+    GHNRanker,
+    MetaTrainConfig,
+    RankerConfig,
+    fit_ranker,
+    log_flops,
+    meta_train,
+    short_training_labels,
+)
 from nas.ghn._meta_train import snapshot_path
 from nas.space import load_space
 
@@ -59,7 +77,7 @@ logger = logging.getLogger("experiments.rank_correlation")
 
 BASELINES = [
     "params", "flops", "synflow", "snip", "grad_norm", "jacob_cov", "naswot",
-    "short_training", "short_training_tse_k10", "random",
+    "short_training", "short_training_tse_k10", "short_training_tse_k100", "random",
 ]
 
 
@@ -75,14 +93,14 @@ def main() -> None:
     parser.add_argument("--snapshot-every", type=int, default=150)
     parser.add_argument("--ensemble", type=int, default=4, help="late snapshots averaged by ghn_ensemble")
     parser.add_argument(
-        "--ranker-labels", type=int, nargs="+", default=[300],
+        "--ranker-labels", type=int, nargs="+", default=[300, 300],
         help="architectures labelled for the ranker, one value per --ranker-k value (or one for all)",
     )
     parser.add_argument(
-        "--ranker-k", type=int, nargs="+", default=[30],
+        "--ranker-k", type=int, nargs="+", default=[100, 30],
         help="SGD steps per ranker label; the first gives `ghn_ranker`, the others `ghn_ranker_k<K>` rows",
     )
-    parser.add_argument("--ghn-method", default="ghn_ranker", help="GHN row reported as `ghn`")
+    parser.add_argument("--ghn-method", default="ghn_ranker_flops", help="GHN row reported as `ghn`")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process (default 1)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
@@ -140,13 +158,18 @@ def main() -> None:
         logger.info("%s: member validation tau %s", name, rankers[name].member_tau)
     label_graphs, labels, _ = label_sets[main_k]
 
+    flops_weight = RankerConfig().flops_weight
     variants = {
         "ghn_plain": GHNEnsembleScorer([ghn], name="ghn_plain"),
         "ghn_ensemble": GHNEnsembleScorer(snaps[-args.ensemble :], name="ghn_ensemble"),
         "ghn_speed": GHNEnsembleScorer(snaps, name="ghn_speed"),
         "ghn_early": GHNEnsembleScorer(snaps[:1], name="ghn_early"),
         **{name: GHNRankerScorer(r, name=name) for name, r in rankers.items()},
+        **{f"{name}_flops": GHNRankerScorer(r, prior=True, name=f"{name}_flops") for name, r in rankers.items()},
         "opcount_ranker": LabelRegressorScorer(label_graphs, labels, name="opcount_ranker"),
+        "opcount_ranker_flops": LabelRegressorScorer(
+            label_graphs, labels, flops_weight=flops_weight, name="opcount_ranker_flops"
+        ),
     }
     if args.ghn_method not in variants:
         raise ValueError(f"`--ghn-method` must be one of {sorted(variants)}, but got {args.ghn_method!r}.")
@@ -173,6 +196,12 @@ def main() -> None:
         frame[f"score_{name}"] = scores
         costs[name] = elapsed
     costs = _costs(result, costs)
+    # The same prior on short training itself, standardised over the candidates' own scores.
+    tse = -frame["score_short_training_tse_k100"].to_numpy()
+    flops = log_flops(graphs)
+    frame["score_short_training_tse_k100_flops"] = -(_z(tse) - flops_weight * _z(flops))
+    costs["short_training_tse_k100_flops"] = costs["short_training_tse_k100"] + costs["flops"]
+    sensitivity = _flops_weight_sensitivity(rankers["ghn_ranker"], graphs, frame["gt_val_loss"].to_numpy())
     # `ghn` is the campaign's default score: a copy of the chosen variant's column.
     frame["score_ghn"] = frame[f"score_{args.ghn_method}"]
     costs["ghn"] = costs[args.ghn_method]
@@ -185,6 +214,8 @@ def main() -> None:
         "labels": {k: len(v[1]) for k, v in label_sets.items()}, "k": main_k, "target": "tse",
         "label_seconds": {k: v[2] for k, v in label_sets.items()},
         "fit_seconds": fit_seconds,
+        "flops_weight": flops_weight,
+        "flops_weight_sensitivity": sensitivity,
         "member_validation_tau": {
             name: [t if np.isfinite(t) else None for t in r.member_tau] for name, r in rankers.items()
         },
@@ -195,6 +226,25 @@ def main() -> None:
     write_results(final, out)
     print(summary.to_string())
     print(json.dumps(summary_json["noise_ceiling"]))
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    """Standardise over the finite entries."""
+    ok = np.isfinite(x)
+    return (x - x[ok].mean()) / (x[ok].std() or 1.0)
+
+
+def _flops_weight_sensitivity(ranker: GHNRanker, graphs: list, truth: np.ndarray) -> dict[str, float]:
+    """Kendall tau against ``truth`` of the ranker's score for several prior weights (0: the prediction alone)."""
+    from scipy.stats import kendalltau
+
+    z_pred = (ranker.predict(graphs) - ranker.label_mean) / ranker.label_std
+    z_flops = (log_flops(graphs) - ranker.flops_mean) / ranker.flops_std
+    ok = np.isfinite(truth)
+    return {
+        str(w): float(kendalltau((z_pred - w * z_flops)[ok], truth[ok]).statistic)
+        for w in (0.0, 0.25, 0.5, 0.75, 1.0, 2.0)
+    }
 
 
 def _costs(result: CorrelationResult, extra: dict[str, float]) -> dict[str, float]:
