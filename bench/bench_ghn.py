@@ -24,6 +24,8 @@ Examples::
     python bench/bench_ghn.py --ghn runs/ghn_default/ghn.pt          # use a trained GHN
     python bench/bench_ghn.py --steps 300 --archs 8                  # short: meta-train 300 steps
     python bench/bench_ghn.py --skip-quality --device all            # throughput and step time, CPU and CUDA
+    python bench/bench_ghn.py --ghn experiments/results/nb201-mnist5k/ghn/ghn.pt --archs 100 \
+        --ground-truth experiments/results/nb201-mnist5k/ground_truth.sqlite   # the experiment's 100 held-out
 """
 
 from __future__ import annotations
@@ -186,13 +188,34 @@ def trained_results(
     return out
 
 
+def cached_results(path: Path, graphs: list[ArchGraph], data: Dataset,
+                   seeds: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Mean val accuracy/loss of each graph from a ground-truth cache (``nas correlate``'s SQLite file).
+
+    The runs were made with the same trainer and budget (``TrainConfig()``: 3 epochs); graphs
+    without every seed in the cache are left out.
+    """
+    from nas.evaluation.ground_truth import GroundTruthCache
+
+    table = GroundTruthCache(path).table(graphs, data, TrainConfig(), seeds=list(seeds))
+    table = table[table["failed"] == 0] if "failed" in table else table
+    means = table.groupby("key")[["val_acc", "val_loss"]].mean()
+    counts = table.groupby("key").size()
+    return {k: {"val_acc": float(means.at[k, "val_acc"]), "val_loss": float(means.at[k, "val_loss"])}
+            for k in means.index if counts[k] == len(seeds)}
+
+
 def bench_quality(ghn: GHN, graphs: list[ArchGraph], data: Dataset, space: SearchSpace,
-                  device: torch.device) -> tuple[dict[str, Any], pd.DataFrame]:
+                  device: torch.device, ground_truth: Path | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Predicted-weight vs trained accuracy on held-out architectures, and Kendall's tau."""
+    if ground_truth is not None:
+        trained = cached_results(ground_truth, graphs, data, seeds=(0, 1))
+        graphs = [g for g in graphs if g.key in trained]
+    else:
+        trained = trained_results(graphs, data, space, seeds=(0, 1))
     start = time.perf_counter()
     predicted = ghn.evaluate(graphs, data, device=device)
     evaluate_seconds = time.perf_counter() - start
-    trained = trained_results(graphs, data, space, seeds=(0, 1))
     table = pd.DataFrame(
         {
             "key": [g.key[:12] for g in graphs],
@@ -228,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", type=int, default=16, help="held-out architectures compared (default 16)")
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats per batch size (default 5)")
     parser.add_argument("--step-repeats", type=int, default=5, help="meta-training steps timed (default 5)")
+    parser.add_argument("--ground-truth", type=Path, default=None,
+                        help="a nas correlate ground-truth cache (SQLite) holding 3-epoch runs of the held-out "
+                        "architectures, read instead of training them")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
@@ -273,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             graphs = [c.graph for c in space.sample_many(args.archs, seed=MetaTrainConfig().held_out_seed)]
             logger.warning("%s records no held-out architectures; using a fresh seeded sample", path)
         unseen = all(g.key in set(ghn.held_out_keys) for g in graphs)
-        summary, table = bench_quality(ghn, graphs, data, space, device)
+        summary, table = bench_quality(ghn, graphs, data, space, device, ground_truth=args.ground_truth)
         summary.update({"ghn": str(path), "held_out_never_trained_on": unseen,
                         "meta_steps": (ghn.training_state or {}).get("step"),
                         "meta_seconds": (ghn.training_state or {}).get("elapsed")})
