@@ -69,6 +69,7 @@ from nas.ghn import (
     log_flops,
     meta_train,
     short_training_labels,
+    with_flops_prior,
 )
 from nas.ghn._meta_train import snapshot_path
 from nas.space import load_space
@@ -239,12 +240,12 @@ def _flops_weight_sensitivity(ranker: GHNRanker, graphs: list, truth: np.ndarray
     from scipy.stats import kendalltau
 
     z_pred = (ranker.predict(graphs) - ranker.label_mean) / ranker.label_std
-    z_flops = (log_flops(graphs) - ranker.flops_mean) / ranker.flops_std
     ok = np.isfinite(truth)
-    return {
-        str(w): float(kendalltau((z_pred - w * z_flops)[ok], truth[ok]).statistic)
+    scores = {
+        w: with_flops_prior(z_pred, graphs, weight=w, mean=ranker.flops_mean, std=ranker.flops_std)
         for w in (0.0, 0.25, 0.5, 0.75, 1.0, 2.0)
     }
+    return {str(w): float(kendalltau(z[ok], truth[ok]).statistic) for w, z in scores.items()}
 
 
 def _costs(result: CorrelationResult, extra: dict[str, float]) -> dict[str, float]:

@@ -242,11 +242,9 @@ class LabelRegressorScorer(Scorer):
         self._stats = (float(y.mean()), float(y.std()) or 1.0, float(flops.mean()), float(flops.std()) or 1.0)
 
     def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
-        from nas.ghn import log_flops
+        from nas.ghn import with_flops_prior
 
         graphs = list(graphs)
         y_mean, y_std, f_mean, f_std = self._stats
         z = (self.model.predict(self.features(graphs)) - y_mean) / y_std
-        if self.flops_weight:
-            z = z - self.flops_weight * (log_flops(graphs) - f_mean) / f_std
-        return (-z).tolist()
+        return (-with_flops_prior(z, graphs, weight=self.flops_weight, mean=f_mean, std=f_std)).tolist()

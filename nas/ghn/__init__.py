@@ -34,7 +34,14 @@ from nas.ghn._message_passing import GatedDAGConv
 from nas.ghn._meta_train import MetaTrainConfig, meta_train, snapshot_path
 from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._predicted import calibrate_batch_norm
-from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, log_flops, short_training_labels
+from nas.ghn._ranker import (
+    GHNRanker,
+    RankerConfig,
+    fit_ranker,
+    log_flops,
+    short_training_labels,
+    with_flops_prior,
+)
 
 __all__ = [
     "GHN",
@@ -54,4 +61,5 @@ __all__ = [
     "meta_train",
     "short_training_labels",
     "snapshot_path",
+    "with_flops_prior",
 ]

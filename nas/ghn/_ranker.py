@@ -27,8 +27,9 @@ and ``flops_weight`` times the standardised log-FLOPs is subtracted. Short
 training measures how fast an architecture starts to learn; a longer budget
 also rewards what it can reach, which grows with its compute. On nb201 /
 mnist5k (see the README) the prior lifts Kendall tau against 3-epoch training
-above either part alone; ``flops_weight=0`` ranks by the predicted TSE alone. The labels cost ``n`` short trainings once;
-from then on any number of candidates is ranked for free, and because the
+above either part alone; ``flops_weight=0`` ranks by the predicted TSE alone.
+
+The labels cost ``n`` short trainings once; from then on any number of candidates is ranked for free, and because the
 predictor pools what it learned from similar architectures, it smooths the
 seed noise of each single short training.
 
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["GHNRanker", "RankerConfig", "fit_ranker", "log_flops", "short_training_labels"]
+__all__ = ["GHNRanker", "RankerConfig", "fit_ranker", "log_flops", "short_training_labels", "with_flops_prior"]
 
 logger = logging.getLogger(__name__)
 
@@ -245,9 +246,7 @@ class GHNRanker(nn.Module):
         """
         graphs = list(graphs)
         z = (self.predict(graphs, chunk=chunk) - self.label_mean) / self.label_std
-        if self.config.flops_weight:
-            z = z - self.config.flops_weight * (log_flops(graphs) - self.flops_mean) / self.flops_std
-        return z
+        return with_flops_prior(z, graphs, weight=self.config.flops_weight, mean=self.flops_mean, std=self.flops_std)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -302,6 +301,25 @@ class GHNRanker(nn.Module):
 def log_flops(graphs: Sequence[ArchGraph]) -> np.ndarray:
     """Natural log of each graph's forward FLOPs (:meth:`ArchGraph.flops`, cached per graph); ``[B]``."""
     return np.log(np.array([max(g.flops(), 1) for g in graphs], dtype=np.float64))
+
+
+def with_flops_prior(z: np.ndarray, graphs: Sequence[ArchGraph], *, weight: float, mean: float,
+                     std: float) -> np.ndarray:
+    """``z - weight * (log_flops(graphs) - mean) / std``: the capacity prior of :meth:`GHNRanker.score`.
+
+    Args:
+        z: Standardised scores of ``graphs``, lower is better; ``[B]``.
+        graphs: The architectures.
+        weight: Weight of the prior (``0`` returns ``z`` unchanged, without counting FLOPs).
+        mean: Mean log-FLOPs of the reference architectures (the labelled ones).
+        std: Their standard deviation.
+
+    Returns:
+        Array ``[B]``.
+    """
+    if not weight:
+        return z
+    return z - weight * (log_flops(graphs) - mean) / std
 
 
 def _tau(pred: np.ndarray, target: np.ndarray) -> float:
