@@ -1,0 +1,368 @@
+"""Benchmark: compute the GHN campaign needs to find a top architecture, against search with training.
+
+Three searches on the same space and dataset, each judged by the same
+referee: an architecture's *ground truth* is its validation accuracy after
+the ground-truth budget (``--epochs`` from scratch, training seed 0), cached
+in ``--cache`` (a :class:`nas.evaluation.GroundTruthCache`).
+
+* ``tpe``: an Optuna TPE study whose every trial trains its candidate for the
+  ground-truth budget (its value is that accuracy).
+* ``random``: the same with Optuna's random sampler.
+* ``campaign``: :class:`nas.campaign.Campaign` with its defaults' two stages:
+  meta-train the GHN, label architectures by short training and fit the
+  ranker (one-time costs, reusable by every later campaign on the space),
+  rank ``--campaign-trials`` candidates, then fine-tune the ``--top-k`` best
+  from their predicted weights. The campaign "has" an architecture once it has
+  fine-tuned it; the referee trains it from scratch to judge it, and that
+  judging is not charged to the campaign.
+
+Thresholds come from a trained reference sample (``--reference``, by default
+the 100 held-out candidates of ``experiments/rank_correlation.py``, whose
+seed-0 results share the referee's budget): top 5% = its 0.95 quantile of
+validation accuracy, top 1% = its 0.99 quantile. For every run the benchmark
+reports the CPU-seconds spent until an architecture at or above each
+threshold was first found, and the best ground truth reached within the
+campaign's compute. Random search also gets its expectation from the
+reference sample (``1/q`` trainings for the top ``q``).
+
+Every process runs torch on one thread, so a process's CPU-seconds are its
+wall seconds on an unshared core; CPU time is measured with
+:func:`time.process_time` (children included for label workers via
+:mod:`resource`). A candidate a search proposes twice is trained once; a
+candidate another run already trained is charged the CPU time recorded
+with it (column ``cached``).
+
+Each run appends to its own trace CSV in ``--out`` (so runs can go in
+parallel processes), and every invocation rewrites the summary from all the
+traces found there. It measures; it asserts nothing.
+
+Usage::
+
+    python bench/bench_search.py --methods campaign --seeds 0 &
+    python bench/bench_search.py --methods tpe random --seeds 0 --trials 60 &
+    wait; python bench/bench_search.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+
+TRACE_COLUMNS = [
+    "method", "seed", "step", "phase", "key", "val_acc", "test_acc", "finetuned_acc", "cpu_s", "cum_cpu_s",
+    "one_time", "cached",
+]
+
+
+def _cpu_now() -> float:
+    """CPU-seconds of this process and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = _cpu_now()
+    value = fn()
+    return value, _cpu_now() - start
+
+
+class Referee:
+    """The ground truth of a candidate: ``epochs`` from scratch with seed 0, trained once and cached."""
+
+    def __init__(self, cache_path: Path, data: Any, epochs: float, *, reference: Path | None = None) -> None:
+        from nas.evaluation import GroundTruthCache
+        from nas.training import TrainConfig
+
+        self.cache = GroundTruthCache(cache_path)
+        self.reference = GroundTruthCache(reference) if reference is not None and reference.exists() else None
+        self.data = data
+        self.budget = TrainConfig(epochs=epochs)
+
+    def get(self, graph: Any) -> Any:
+        """The stored ground truth (this cache first, then the reference's), or ``None``."""
+        for cache in (self.cache, self.reference):
+            record = cache.get(graph, self.data, self.budget, seed=0) if cache is not None else None
+            if record is not None:
+                return record
+        return None
+
+    def judge(self, graph: Any) -> tuple[Any, float, bool]:
+        """Return ``(record, cpu_s, cached)``: cpu_s is this training's CPU time, or the stored one."""
+        record = self.get(graph)
+        if record is not None:
+            return record, float(record.wall_time), True
+        start = time.process_time()
+        self.cache.train_missing([graph], self.data, self.budget, seeds=[0], workers=1, progress=False)
+        cpu = time.process_time() - start
+        record = self.cache.get(graph, self.data, self.budget, seed=0)
+        assert record is not None
+        return record, cpu, False
+
+
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    frame = pd.DataFrame(rows, columns=TRACE_COLUMNS)
+    frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+
+
+def run_trained_search(
+    method: str, seed: int, *, space: Any, referee: Referee, trials: int, trace: Path
+) -> None:
+    """TPE or random search where each trial trains its candidate (resumes a partial trace)."""
+    done = pd.read_csv(trace) if trace.exists() else pd.DataFrame(columns=TRACE_COLUMNS)
+    sampler = (
+        optuna.samplers.TPESampler(seed=seed) if method == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    seen: dict[str, float] = {}
+    cum = 0.0
+    # Replay the trace into the study so the sampler continues where the killed run stopped.
+    for row in done.itertuples():
+        trial = study.ask()
+        graph = space.build(trial)
+        if graph.key != row.key:
+            raise RuntimeError(f"trace {trace} does not replay (trial {row.step}); delete it to start over")
+        study.tell(trial, float(row.val_acc))
+        seen[graph.key] = float(row.val_acc)
+        cum = float(row.cum_cpu_s)
+    for step in range(len(done), trials):
+        trial = study.ask()
+        graph = space.build(trial)
+        cached = graph.key in seen
+        if cached:
+            record, cpu = referee.get(graph), 0.0
+        else:
+            record, cpu, cached = referee.judge(graph)
+        study.tell(trial, float(record.val_acc))
+        seen[graph.key] = float(record.val_acc)
+        cum += cpu
+        _append(trace, [{
+            "method": method, "seed": seed, "step": step, "phase": "train", "key": graph.key,
+            "val_acc": record.val_acc, "test_acc": record.test_acc, "finetuned_acc": math.nan, "cpu_s": cpu,
+            "cum_cpu_s": cum, "one_time": False, "cached": cached,
+        }])
+        print(f"{method} seed {seed} trial {step + 1}/{trials}: val_acc {record.val_acc:.4f}, "
+              f"{cpu:.1f} CPU-s, total {cum:.0f} CPU-s", flush=True)
+
+
+def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, referee: Referee, trace: Path) -> None:
+    """The GHN campaign, stage by stage, with the CPU time of each."""
+    from nas.campaign import Campaign
+    from nas.ghn import MetaTrainConfig
+
+    if trace.exists():
+        trace.unlink()  # a campaign resumes from its own storage; its trace is rebuilt
+    work = Path(args.work)
+    campaign = Campaign(
+        space=space, dataset=data, ghn=None, trials=args.campaign_trials, top_k=args.top_k,
+        finetune_epochs=args.finetune_epochs, out=work / f"campaign_s{seed}", seed=seed,
+        ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, label_workers=1,
+        meta_train=MetaTrainConfig(steps=args.ghn_steps), progress=not args.no_progress,
+    )
+    rows: list[dict[str, Any]] = []
+    cum = 0.0
+
+    def phase(name: str, fn: Callable[[], Any], one_time: bool) -> Any:
+        nonlocal cum
+        value, cpu = _timed(fn)
+        cum += cpu
+        rows.append({
+            "method": "campaign", "seed": seed, "step": len(rows), "phase": name, "key": None, "val_acc": math.nan,
+            "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cum, "one_time": one_time,
+            "cached": False,
+        })
+        print(f"campaign seed {seed}: {name} {cpu:.0f} CPU-s", flush=True)
+        return value
+
+    campaign.open()
+    phase("meta_train", lambda: campaign.ghn, True)
+    phase("ranker", lambda: campaign.ranker, True)
+    phase("rank", campaign.rank, False)
+    campaign.enqueue()
+    _, finetune_cpu = _timed(lambda: campaign.finetune(wait=True))
+    finetuned = campaign.report(write=True).finetuned.sort_values("rank")
+    # Charge each fine-tune its own wall time, scaled so that they add up to the stage's measured CPU.
+    scale = finetune_cpu / max(float(finetuned["wall_time"].sum()), 1e-9)
+    from nas.graph import ArchGraph
+
+    for row in finetuned.itertuples():
+        graph = ArchGraph.from_dict(json.loads(row.graph) if isinstance(row.graph, str) else row.graph)
+        record, _, _ = referee.judge(graph)
+        cpu = float(row.wall_time) * scale
+        cum += cpu
+        rows.append({
+            "method": "campaign", "seed": seed, "step": len(rows), "phase": "finetune", "key": graph.key,
+            "val_acc": record.val_acc, "test_acc": record.test_acc, "finetuned_acc": row.val_acc, "cpu_s": cpu,
+            "cum_cpu_s": cum, "one_time": False, "cached": False,
+        })
+        print(f"campaign seed {seed}: fine-tuned rank {row.rank}: ground truth {record.val_acc:.4f}, "
+              f"fine-tuned {row.val_acc:.4f}", flush=True)
+    _append(trace, rows)
+
+
+def thresholds(referee: Referee, space: Any, archs: int) -> dict[str, float]:
+    """The top-5% and top-1% validation accuracies of the trained reference sample.
+
+    The reference is ``archs`` candidates sampled uniformly (the held-out list
+    of ``experiments/rank_correlation.py``); any the caches lack are trained first.
+    """
+    from nas.evaluation.correlate import sample_candidates
+
+    graphs = sample_candidates(space, archs, seed=0)
+    missing = [g for g in graphs if referee.get(g) is None]
+    if missing:
+        print(f"training {len(missing)} reference candidates for the ground-truth budget", flush=True)
+        referee.cache.train_missing(missing, referee.data, referee.budget, seeds=[0], workers=1)
+    records = [referee.get(g) for g in graphs]
+    acc = np.array([r.val_acc for r in records])
+    q5, q1 = np.quantile(acc, 0.95), np.quantile(acc, 0.99)
+    return {
+        "top5": float(q5), "top1": float(q1), "reference_n": len(acc), "reference_mean": float(acc.mean()),
+        "reference_train_s": float(np.median([r.wall_time for r in records])),
+        "p_top5": float((acc >= q5).mean()), "p_top1": float((acc >= q1).mean()),
+    }
+
+
+def _first_reach(run: pd.DataFrame, level: float, *, marginal: bool) -> float:
+    """CPU-seconds up to and including the first step whose ground truth reaches ``level``."""
+    cum = run["cpu_s"].where(~run["one_time"], 0.0).cumsum() if marginal else run["cpu_s"].cumsum()
+    hit = run["val_acc"].to_numpy() >= level - 1e-12
+    return float(cum[hit].iloc[0]) if hit.any() else math.nan
+
+
+def _best_within(run: pd.DataFrame, budget: float, *, marginal: bool = False) -> float:
+    cpu = run["cpu_s"].where(~run["one_time"], 0.0) if marginal else run["cpu_s"]
+    within = run[cpu.cumsum() <= budget + 1e-9]
+    return float(within["val_acc"].max()) if within["val_acc"].notna().any() else math.nan
+
+
+def summarize(out: Path, levels: dict[str, float]) -> pd.DataFrame:
+    """One row per run: compute to the top 5% and 1%, best ground truth within the campaign's compute."""
+    traces = sorted(out.glob("search_trace_*.csv"))
+    if not traces:
+        raise SystemExit(f"error: no search_trace_*.csv in {out}")
+    frame = pd.concat([pd.read_csv(p) for p in traces], ignore_index=True)
+    frame["one_time"] = frame["one_time"].astype(bool)
+    runs = {key: run.sort_values("step") for key, run in frame.groupby(["method", "seed"])}
+    campaign_budget = [run["cpu_s"].sum() for (m, _), run in runs.items() if m == "campaign"]
+    campaign_marginal = [run.loc[~run["one_time"], "cpu_s"].sum() for (m, _), run in runs.items() if m == "campaign"]
+    budget = float(np.mean(campaign_budget)) if campaign_budget else math.nan
+    marginal = float(np.mean(campaign_marginal)) if campaign_marginal else math.nan
+    rows = []
+    for (method, seed), run in runs.items():
+        is_campaign = method == "campaign"
+        rows.append({
+            "method": method, "seed": seed,
+            "trained": int((run["phase"].isin(["train", "finetune"])).sum()),
+            "cpu_s": float(run["cpu_s"].sum()),
+            "one_time_cpu_s": float(run.loc[run["one_time"], "cpu_s"].sum()),
+            "cpu_to_top5": _first_reach(run, levels["top5"], marginal=False),
+            "cpu_to_top1": _first_reach(run, levels["top1"], marginal=False),
+            "marginal_cpu_to_top5": _first_reach(run, levels["top5"], marginal=True) if is_campaign else math.nan,
+            "marginal_cpu_to_top1": _first_reach(run, levels["top1"], marginal=True) if is_campaign else math.nan,
+            "best_val_acc": float(run["val_acc"].max()),
+            "best_within_campaign_cpu": _best_within(run, budget),
+            "best_within_campaign_marginal_cpu": _best_within(run, marginal, marginal=is_campaign),
+        })
+    train_s = float(frame.loc[(frame["phase"] == "train") & ~frame["cached"].astype(bool), "cpu_s"].median())
+    if math.isnan(train_s):
+        train_s = levels["reference_train_s"]
+    rows.append({
+        "method": "random_expected", "seed": -1, "trained": math.nan, "cpu_s": math.nan, "one_time_cpu_s": 0.0,
+        "cpu_to_top5": train_s / levels["p_top5"], "cpu_to_top1": train_s / levels["p_top1"],
+    })
+    summary = pd.DataFrame(rows)
+    summary.to_csv(out / "search_summary.csv", index=False)
+    (out / "search_thresholds.json").write_text(json.dumps({**levels, "train_cpu_s_median": train_s}, indent=2))
+    _plot(runs, levels, out)
+    return summary
+
+
+def _plot(runs: dict[tuple[str, int], pd.DataFrame], levels: dict[str, float], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    colors = {"campaign": "C0", "tpe": "C1", "random": "C2"}
+    for (method, seed), run in runs.items():
+        cum = run["cpu_s"].cumsum().to_numpy()
+        best = run["val_acc"].cummax().to_numpy()
+        keep = ~np.isnan(best)
+        ax.step(cum[keep], best[keep], where="post", color=colors.get(method, "C3"),
+                label=f"{method} (seed {seed})", alpha=0.9 if seed == 0 else 0.6)
+    for name, style in (("top5", ":"), ("top1", "--")):
+        ax.axhline(levels[name], color="0.4", linestyle=style, linewidth=1, label=f"reference {name[3:]}% level")
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU-seconds (log)")
+    ax.set_ylabel("best ground-truth val. accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"search_curves.{ext}", dpi=200)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--space", default="nb201")
+    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--epochs", type=float, default=3, help="ground-truth budget (default 3)")
+    parser.add_argument("--methods", nargs="*", default=[], choices=["campaign", "tpe", "random"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--trials", type=int, default=60, help="trained trials of tpe / random (default 60)")
+    parser.add_argument("--campaign-trials", type=int, default=300)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--finetune-epochs", type=float, default=1)
+    parser.add_argument("--ghn-steps", type=int, default=1200, help="meta-training steps (default: the recipe's 1200)")
+    parser.add_argument("--ranker-labels", type=int, default=150)
+    parser.add_argument("--ranker-k", type=int, default=30)
+    parser.add_argument("--reference", type=Path,
+                        default=Path("experiments/results/nb201-mnist5k/ground_truth.sqlite"))
+    parser.add_argument("--reference-archs", type=int, default=100)
+    parser.add_argument("--cache", type=Path, default=Path("bench/results/search_ground_truth.sqlite"))
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_search"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--report", action="store_true", help="only rebuild the summary from the traces")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from nas.data import load_dataset
+    from nas.space import load_space
+
+    data = load_dataset(args.dataset)
+    space = load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes)
+    referee = Referee(args.cache, data, args.epochs, reference=args.reference)
+    levels = thresholds(referee, space, args.reference_archs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        for seed in args.seeds:
+            for method in args.methods:
+                trace = args.out / f"search_trace_{method}_s{seed}.csv"
+                if method == "campaign":
+                    run_campaign(seed, args=args, space=space, data=data, referee=referee, trace=trace)
+                else:
+                    run_trained_search(method, seed, space=space, referee=referee, trials=args.trials, trace=trace)
+    summary = summarize(args.out, levels)
+    print(f"reference: {levels['reference_n']} trained candidates, top 5% >= {levels['top5']:.4f}, "
+          f"top 1% >= {levels['top1']:.4f} (validation accuracy, {args.epochs:g} epochs, seed 0)")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(summary.round(4).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
