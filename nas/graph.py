@@ -230,6 +230,10 @@ class ArchGraph:
             self.__dict__["_flops"] = int(counter.get_total_flops())
         return self.__dict__["_flops"]
 
+    def forget_flops(self) -> None:
+        """Drop the cached FLOP count, so that the next :meth:`flops` counts again (used to time scorers)."""
+        self.__dict__.pop("_flops", None)
+
     def op_counts(self) -> dict[str, int]:
         """How often each op occurs (every vocabulary op is a key)."""
         counts = dict.fromkeys(op_names(), 0)

@@ -404,7 +404,7 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     best = json.loads((out / "best.json").read_text())
     assert best["rank_by"] == "ranker" and "ghn_loss" not in best["metrics"] and "rank_score" in best["metrics"]
     summary = result.summary()
-    assert "ranked by ranker" in summary and "ranker_tse" in summary and "ghn_loss" not in summary
+    assert "ranked by ranker" in summary and "ranker_score" in summary and "ghn_loss" not in summary
     assert "rank_by,rank_score" in (out / "candidates.csv").read_text().splitlines()[0]
 
     # The self-check compares the same score with training.

@@ -332,6 +332,23 @@ def test_flops_of_a_single_conv(c_in: int, c_out: int, k: int, stride: int, size
     assert g.flops() == conv_flops + linear_flops
 
 
+def test_forget_flops_makes_the_next_call_count_again(branchy_graph: ArchGraph, monkeypatch) -> None:
+    first = branchy_graph.flops()
+    calls = []
+    import torch.utils.flop_counter as fc
+
+    real = fc.FlopCounterMode
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fc, "FlopCounterMode", counting)
+    assert branchy_graph.flops() == first and calls == []  # cached: nothing counted
+    branchy_graph.forget_flops()
+    assert branchy_graph.flops() == first and calls == [1]  # counted again, same result
+
+
 def test_op_counts(branchy_graph: ArchGraph) -> None:
     counts = branchy_graph.op_counts()
     assert set(counts) == set(op_names())

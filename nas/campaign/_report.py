@@ -43,7 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Name of the ``rank_score`` column in the printed summary, by ``rank_by``.
-RANK_SCORE_NAMES: dict[str, str] = {"ranker": "ranker_tse", "loss": "ghn_loss"}
+RANK_SCORE_NAMES: dict[str, str] = {"ranker": "ranker_score", "loss": "ghn_loss"}
 
 #: Leading columns of :func:`candidates_frame` (then one column per choice, then ``choices`` and ``graph``).
 CANDIDATE_COLUMNS: tuple[str, ...] = (
@@ -123,7 +123,7 @@ def _num(value: Any) -> float:
 def rank_score_label(rank_by: str) -> str:
     """Axis label of the rank score of ``rank_by`` (``"ranker"`` or ``"loss"``)."""
     return {
-        "ranker": "ranker: predicted short-training loss (TSE)",
+        "ranker": "ranker score: z(predicted TSE) - w z(log FLOPs)",
         "loss": "predicted-weight validation loss",
     }.get(rank_by, RANK_BY.get(rank_by, str(rank_by)))
 
@@ -194,8 +194,9 @@ def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ())
         ``<NA>`` when the score is not finite), ``trial`` (the trial that scored
         it), ``key``, ``num_params``, ``flops``, ``rank_by`` (what scored it:
         ``"ranker"`` or ``"loss"``), ``rank_score`` (the score that ranked it,
-        lower is better: the ranker's predicted short-training loss, or the
-        predicted-weight validation loss), ``ghn_loss``, ``ghn_acc`` (the
+        lower is better: :meth:`nas.ghn.GHNRanker.score`, the z-scored
+        predicted short-training loss minus the weighted z-scored log FLOPs,
+        or the predicted-weight validation loss), ``ghn_loss``, ``ghn_acc`` (the
         predicted-weight validation loss and accuracy; ``nan`` unless
         ``rank_by`` is ``"loss"``), ``n_trials`` (trials that proposed it),
         ``pareto`` (on the Pareto front of a multi-objective study; ``False``

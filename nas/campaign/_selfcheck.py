@@ -2,7 +2,8 @@
 
 A few random candidates are trained from scratch with the ground-truth budget
 and their trained validation loss is compared, by Kendall's tau, with their
-rank score: the ranker's predicted short-training loss (``rank_by="ranker"``)
+rank score: the ranker's score (``rank_by="ranker"``: predicted short-training
+loss with the log-FLOPs prior, :meth:`nas.ghn.GHNRanker.score`)
 or the validation loss of their GHN-predicted weights (``rank_by="loss"``).
 A low tau means the stage-1 ranking is not to be trusted on this space and
 dataset. The candidates are drawn with a seed of their own
@@ -188,7 +189,9 @@ def run_self_check(
     reliable = bool(math.isfinite(tau) and tau >= threshold)
     interval = f" (95% CI {lo:.2f} to {hi:.2f})" if math.isfinite(lo) and math.isfinite(hi) else ""
     score_name = (
-        "the ranker's predicted short-training loss" if rank_by == "ranker" else "the predicted-weight loss"
+        "the ranker's score (predicted short-training loss, log-FLOPs prior)"
+        if rank_by == "ranker"
+        else "the predicted-weight loss"
     )
     if reliable:
         message = (
