@@ -28,7 +28,7 @@ from nas.ghn import (
     snapshot_path,
 )
 from nas.ghn._graphs import graph_entry, virtual_edges
-from nas.ghn._predicted import bn_sample
+from nas.ghn._predicted import bn_sample, rescale_to_init, scale_invariant_params
 from nas.ghn._message_passing import NUM_EDGE_TYPES, message_adjacency
 from nas.graph import ArchGraph, GraphBuilder
 from nas.network import Network
@@ -368,6 +368,54 @@ def test_evaluate_matches_materialized_network(digits: Dataset, space: SearchSpa
     assert test["loss"] == pytest.approx(train_evaluate(net, digits.x_test, digits.y_test)[0], rel=1e-4)
     with pytest.raises(ValueError, match="split"):
         ghn.evaluate([graph], digits, split="train")
+
+
+def test_scale_invariant_params_are_those_batch_norm_normalises() -> None:
+    b = GraphBuilder((1, 8, 8))
+    stem = b.add("conv", b.input, out_channels=4, kernel=3)  # read by a bn only: invariant
+    x = b.add("bn", stem)
+    left = b.add("relu_conv_bn", x, out_channels=4, kernel=3)  # its conv feeds its own bn
+    right = b.add("conv", x, out_channels=4, kernel=1)  # read by a sum: its scale matters
+    x = b.add("sum", left, right)
+    x = b.add("global_avg_pool", x)
+    graph = b.build(b.add("linear", x, out_features=10))
+    names = scale_invariant_params(graph)
+    m = graph.module_name
+    assert sorted(names) == sorted([f"ops.{m(stem)}.weight", f"ops.{m(left)}.conv.weight"])
+    assert set(names) <= set(dict(Network(graph).named_parameters()))
+
+
+def test_materialize_rescales_invariant_weights_without_changing_the_function(
+    digits: Dataset, space: SearchSpace
+) -> None:
+    ghn = small_ghn()
+    graph = space.sample(seed=8).graph
+    raw = ghn.materialize(graph, digits, bn_images=100, rescale=False)
+    with torch.no_grad():  # make the predicted scale far from an initialisation's
+        for name in scale_invariant_params(graph):
+            dict(raw.named_parameters())[name].mul_(10.0)
+    raw_params = {k: v.clone() for k, v in raw.state_dict().items()}
+    rescaled = Network(graph)
+    rescaled.load_state_dict(raw_params)
+    rescale_to_init(rescaled, graph)
+    torch.manual_seed(0)
+    fresh = dict(Network(graph).named_parameters())
+    invariant = set(scale_invariant_params(graph))
+    assert invariant
+    for name, p in rescaled.named_parameters():
+        if name in invariant:
+            assert p.norm().item() == pytest.approx(fresh[name].norm().item(), rel=1e-5)
+            assert p.norm().item() < raw_params[name].norm().item() / 5
+        else:
+            assert torch.equal(p, raw_params[name])  # everything else as predicted
+    x = digits.x_val[:64]
+    raw.train(), rescaled.train()  # batch statistics: the scale cancels exactly, up to eps
+    with torch.no_grad():
+        torch.testing.assert_close(rescaled(x), raw(x), rtol=1e-3, atol=1e-3)
+    # materialize() rescales by default: same norms as a fresh network
+    net = ghn.materialize(graph, digits, bn_images=100)
+    for name in invariant:
+        assert dict(net.named_parameters())[name].norm().item() == pytest.approx(fresh[name].norm().item(), rel=1e-5)
 
 
 # --------------------------------------------------------------------------- meta-training

@@ -295,7 +295,9 @@ class GHN(nn.Module):
             self, graphs, data, split=split, bn_images=bn_images, batch_size=batch_size, device=device
         )
 
-    def materialize(self, graph: ArchGraph, data: Dataset | None = None, *, bn_images: int = 256) -> Network:
+    def materialize(
+        self, graph: ArchGraph, data: Dataset | None = None, *, bn_images: int = 256, rescale: bool = True
+    ) -> Network:
         """A fresh :class:`~nas.network.Network` holding the predicted weights.
 
         Args:
@@ -305,6 +307,10 @@ class GHN(nn.Module):
                 :meth:`evaluate` uses); otherwise they keep their defaults
                 (mean 0, variance 1) until the network is trained.
             bn_images: Training images used for the statistics.
+            rescale: Rescale the tensors whose scale batch norm removes to the
+                norms of a fresh initialisation (same function, SGD's usual
+                step sizes; see :func:`nas.ghn._predicted.rescale_to_init`).
+                ``False`` keeps the raw predictions.
 
         Returns:
             The network (detached copies of the predictions), in eval mode, on
@@ -312,7 +318,7 @@ class GHN(nn.Module):
         """
         from nas.ghn._predicted import materialize_predicted
 
-        return materialize_predicted(self, graph, data, bn_images=bn_images)
+        return materialize_predicted(self, graph, data, bn_images=bn_images, rescale=rescale)
 
     # ------------------------------------------------------------------ compatibility
 

@@ -21,6 +21,18 @@ handled as follows:
   influence the statistics, so a validation image gets the same score alone as
   inside a batch, and scores do not depend on the evaluation batch size.
 
+Fine-tuning from predicted weights
+----------------------------------
+A weight tensor whose every output feeds a batch norm (the conv inside
+``relu_conv_bn``, a ``conv`` read only by ``bn`` nodes) is scale-invariant:
+the network computes the same function at any scale of it. Meta-training puts
+no pressure on that scale and predicted tensors drift to about 10x the norm
+of a fresh initialisation, which divides SGD's effective step on them by
+about 100. :meth:`GHN.materialize <nas.ghn.GHN.materialize>` therefore
+rescales them (``rescale=True``) to the norm a fresh
+:class:`~nas.network.Network` gives them; the predicted-weight accuracy is
+unchanged and fine-tuning takes the step sizes the trainer was tuned for.
+
 Many candidates are scored without copying weights: each graph's compiled
 :class:`~nas.network.Network` is cached by the GHN and run with
 :func:`torch.func.functional_call` on the predicted tensors; only its
@@ -45,7 +57,18 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.ghn._model import GHN
 
-__all__ = ["bn_sample", "calibrate_batch_norm", "score", "evaluate_predicted", "materialize_predicted"]
+__all__ = [
+    "bn_sample",
+    "calibrate_batch_norm",
+    "evaluate_predicted",
+    "materialize_predicted",
+    "rescale_to_init",
+    "scale_invariant_params",
+    "score",
+]
+
+#: Parameters of an op that always feed its own batch norm (so their scale is irrelevant).
+_NORMALISED_INSIDE: dict[str, tuple[str, ...]] = {"relu_conv_bn": ("conv.weight",)}
 
 #: Graphs whose weights are predicted in one forward pass during evaluation.
 PREDICT_CHUNK = 256
@@ -188,8 +211,63 @@ def evaluate_predicted(
     return results
 
 
+def scale_invariant_params(graph: ArchGraph) -> list[str]:
+    """Names of the weight tensors whose scale batch norm removes.
+
+    The conv weight inside every ``relu_conv_bn`` node, and the weight and
+    bias of every ``conv`` node whose consumers are all ``bn`` nodes.
+
+    Args:
+        graph: The architecture.
+
+    Returns:
+        Parameter names as :meth:`nas.network.Network.named_parameters` gives them.
+    """
+    consumers = graph.consumers
+    names = []
+    for i, node in enumerate(graph.nodes):
+        prefix = f"ops.{graph.module_name(i)}."
+        names += [prefix + name for name in _NORMALISED_INSIDE.get(node.op, ())]
+        if node.op == "conv" and consumers[i] and all(graph.nodes[j].op == "bn" for j in consumers[i]):
+            names += [prefix + spec.name for spec in graph.node_params(i)]
+    return names
+
+
 @torch.no_grad()
-def materialize_predicted(ghn: GHN, graph: ArchGraph, data: Dataset | None, *, bn_images: int = 256) -> Network:
+def rescale_to_init(net: Network, graph: ArchGraph) -> None:
+    """Rescale the scale-invariant tensors of ``net`` to the norms of a fresh initialisation.
+
+    The function the network computes is unchanged (batch norm removes the
+    scale, see :func:`scale_invariant_params`); only the norms, and with them
+    SGD's effective step size, return to those training from scratch starts
+    with. A conv's bias is scaled with its weight. The global RNG is left as it was.
+
+    Args:
+        net: The network holding predicted weights (modified in place).
+        graph: Its architecture.
+    """
+    params = dict(net.named_parameters())
+    names = [n for n in scale_invariant_params(graph) if n in params]
+    if not names:
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = dict(Network(graph).named_parameters())
+    for name in names:
+        if not name.endswith("weight"):
+            continue
+        weight = params[name]
+        factor = fresh[name].norm().to(weight.device) / weight.norm().clamp_min(1e-12)
+        weight.mul_(factor)
+        bias = params.get(name[: -len("weight")] + "bias")
+        if bias is not None and name[: -len("weight")] + "bias" in names:
+            bias.mul_(factor)
+
+
+@torch.no_grad()
+def materialize_predicted(
+    ghn: GHN, graph: ArchGraph, data: Dataset | None, *, bn_images: int = 256, rescale: bool = True
+) -> Network:
     """Implementation of :meth:`GHN.materialize <nas.ghn.GHN.materialize>` (see there)."""
     if isinstance(bn_images, bool) or not isinstance(bn_images, int) or bn_images < 1:
         raise ValueError(f"`bn_images` must be a positive int, but got {bn_images!r}.")
@@ -197,6 +275,8 @@ def materialize_predicted(ghn: GHN, graph: ArchGraph, data: Dataset | None, *, b
     net = Network(graph).to(ghn.device)
     missing, unexpected = net.load_state_dict({k: v.detach().clone() for k, v in params.items()}, strict=False)
     assert not unexpected and not [k for k in missing if k in dict(net.named_parameters())], (missing, unexpected)
+    if rescale:
+        rescale_to_init(net, graph)
     if data is not None:
         calibrate_batch_norm(net, None, bn_sample(data.x_train, bn_images).to(ghn.device))
     return net.eval()
