@@ -1,0 +1,90 @@
+"""The search benchmark's bookkeeping: compute to a threshold, what each method reports, the summary."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "bench" / "bench_search.py"
+_spec = importlib.util.spec_from_file_location("bench_search", _PATH)
+bench_search = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_search)
+
+NAN = math.nan
+
+
+def _trace(method: str, seed: int, rows: list[tuple]) -> pd.DataFrame:
+    """rows: (phase, val_acc, test_acc, finetuned_acc, cpu_s, one_time)."""
+    records = []
+    cum = 0.0
+    for step, (phase, val, test, ft, cpu, one_time) in enumerate(rows):
+        cum += cpu
+        records.append({
+            "method": method, "seed": seed, "step": step, "phase": phase, "key": f"k{step}", "val_acc": val,
+            "test_acc": test, "finetuned_acc": ft, "cpu_s": cpu, "cum_cpu_s": cum, "one_time": one_time,
+            "cached": False,
+        })
+    return pd.DataFrame(records, columns=bench_search.TRACE_COLUMNS)
+
+
+@pytest.fixture
+def campaign() -> pd.DataFrame:
+    return _trace("campaign", 0, [
+        ("meta_train", NAN, NAN, NAN, 100.0, True),
+        ("rank", NAN, NAN, NAN, 5.0, False),
+        ("finetune", 0.99, 0.97, 0.90, 2.0, False),  # best by ground truth, worst fine-tuned
+        ("finetune", 0.95, 0.93, 0.96, 2.0, False),
+    ])
+
+
+@pytest.fixture
+def tpe() -> pd.DataFrame:
+    return _trace("tpe", 0, [
+        ("train", 0.93, 0.94, NAN, 10.0, False),
+        ("train", 0.97, 0.90, NAN, 10.0, False),
+        ("train", 0.96, 0.96, NAN, 10.0, False),
+    ])
+
+
+def test_first_reach_counts_one_time_costs_unless_marginal(campaign: pd.DataFrame) -> None:
+    assert bench_search._first_reach(campaign, 0.98, marginal=False) == pytest.approx(107.0)
+    assert bench_search._first_reach(campaign, 0.98, marginal=True) == pytest.approx(7.0)
+    assert math.isnan(bench_search._first_reach(campaign, 0.995, marginal=False))
+
+
+def test_campaign_reports_by_finetuned_accuracy_not_by_ground_truth(campaign: pd.DataFrame) -> None:
+    reported = bench_search._reported(campaign, "test_acc").to_numpy()
+    assert math.isnan(reported[1])
+    assert reported[2] == pytest.approx(0.97)
+    assert reported[3] == pytest.approx(0.93)  # the 0.96 fine-tune wins though its ground truth is lower
+
+
+def test_search_with_training_reports_by_validation_accuracy(tpe: pd.DataFrame) -> None:
+    assert bench_search._reported(tpe, "test_acc").tolist() == pytest.approx([0.94, 0.90, 0.90])
+
+
+def test_summary_has_one_row_per_run_and_the_random_expectation(
+    tmp_path: Path, campaign: pd.DataFrame, tpe: pd.DataFrame
+) -> None:
+    campaign.to_csv(tmp_path / "search_trace_campaign_s0.csv", index=False)
+    tpe.to_csv(tmp_path / "search_trace_tpe_s0.csv", index=False)
+    levels = {"reference_train_s": 10.0}
+    for metric in ("val_acc", "test_acc"):
+        levels.update({f"{metric}_top5": 0.96, f"{metric}_top1": 0.98,
+                       f"{metric}_p_top5": 0.05, f"{metric}_p_top1": 0.01})
+    summary = bench_search.summarize(tmp_path, levels).set_index("method")
+
+    assert summary.loc["campaign", "one_time_cpu_s"] == pytest.approx(100.0)
+    assert summary.loc["campaign", "trained"] == 2
+    assert summary.loc["campaign", "marginal_cpu_to_top1"] == pytest.approx(7.0)
+    assert summary.loc["tpe", "cpu_to_top5"] == pytest.approx(20.0)
+    assert math.isnan(summary.loc["tpe", "cpu_to_top1"])
+    assert summary.loc["tpe", "reported_test_acc"] == pytest.approx(0.90)
+    # Within the campaign's 9 marginal CPU-s, TPE has trained nothing yet.
+    assert math.isnan(summary.loc["tpe", "best_within_campaign_marginal_cpu"])
+    assert summary.loc["random_expected", "cpu_to_top1"] == pytest.approx(10.0 / 0.01)
+    assert (tmp_path / "search_curves.png").stat().st_size > 0
