@@ -6,6 +6,7 @@ message-passing layer, so fitting takes seconds on a CPU core.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,24 @@ def test_short_training_labels_really_train(
     in_workers, labels2 = short_training_labels(space, digits, 3, k=2, seed=1, workers=2, progress=False)
     assert [g.key for g in in_workers] == [g.key for g in graphs]
     np.testing.assert_allclose(labels2, labels, rtol=1e-4)
+
+
+def test_short_training_labels_do_not_log_the_one_image_accuracy(
+    space: SearchSpace, digits: Dataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Labels evaluate on one kept image; the trainer's accuracy line would be noise under the progress bar."""
+    trainer_log = logging.getLogger("nas.training")
+    before = trainer_log.level
+    with caplog.at_level(logging.INFO):
+        short_training_labels(space, digits, 2, k=2, seed=1, progress=False)
+    assert not [r for r in caplog.records if r.name == "nas.training" and r.levelno == logging.INFO]
+    assert trainer_log.level == before  # restored for the caller's own trainings
+    with caplog.at_level(logging.INFO, logger="nas.training"):
+        from nas.network import Network
+        from nas.training import TrainConfig, train
+
+        train(Network(space.sample(seed=0).graph), digits, TrainConfig(steps=1, progress=False))
+    assert any(r.name == "nas.training" and "trained 1 steps" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(

@@ -441,9 +441,17 @@ def _short_training_loss(args: tuple[str, Any, int, int]) -> float:
     lean = dataclasses.replace(data, x_val=data.x_val[:1], y_val=data.y_val[:1], x_test=data.x_test[:1],
                                y_test=data.y_test[:1])
     config = TrainConfig(steps=k, schedule="constant", seed=seed, progress=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        result = train(Network(graph), lean, config)
+    # The trainer logs the accuracy on the one kept image, which means nothing
+    # here; the label progress bar reports these runs.
+    trainer_log = logging.getLogger("nas.training")
+    level = trainer_log.level
+    trainer_log.setLevel(logging.WARNING)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            result = train(Network(graph), lean, config)
+    finally:
+        trainer_log.setLevel(level)
     return math.nan if result.failed else float(sum(result.train_losses))
 
 
