@@ -258,9 +258,14 @@ def thresholds(referee: Referee, space: Any, archs: int) -> dict[str, float]:
     return levels
 
 
+def _cost(run: pd.DataFrame, *, marginal: bool) -> pd.Series:
+    """CPU-seconds of each step; with ``marginal``, one-time steps (GHN, ranker) cost nothing."""
+    return run["cpu_s"].where(~run["one_time"], 0.0) if marginal else run["cpu_s"]
+
+
 def _first_reach(run: pd.DataFrame, level: float, *, marginal: bool, metric: str = "val_acc") -> float:
     """CPU-seconds up to and including the first step whose ground truth ``metric`` reaches ``level``."""
-    cum = run["cpu_s"].where(~run["one_time"], 0.0).cumsum() if marginal else run["cpu_s"].cumsum()
+    cum = _cost(run, marginal=marginal).cumsum()
     hit = run[metric].to_numpy() >= level - 1e-12
     return float(cum[hit].iloc[0]) if hit.any() else math.nan
 
@@ -287,8 +292,7 @@ def _first_reach_reported(run: pd.DataFrame, level: float, metric: str) -> float
 
 
 def _best_within(run: pd.DataFrame, budget: float, *, marginal: bool = False) -> float:
-    cpu = run["cpu_s"].where(~run["one_time"], 0.0) if marginal else run["cpu_s"]
-    within = run[cpu.cumsum() <= budget + 1e-9]
+    within = run[_cost(run, marginal=marginal).cumsum() <= budget + 1e-9]
     return float(within["val_acc"].max()) if within["val_acc"].notna().any() else math.nan
 
 
@@ -359,8 +363,7 @@ def _plot(runs: dict[tuple[str, int], pd.DataFrame], levels: dict[str, float], o
     dashes = ["-", (0, (5, 1.5)), (0, (2, 1)), (0, (5, 1, 1, 1))]  # one per seed
     for ax, marginal in zip(axes, (False, True)):
         for (method, seed), run in runs.items():
-            cost = run["cpu_s"].where(~run["one_time"].astype(bool), 0.0) if marginal else run["cpu_s"]
-            cum = cost.cumsum().to_numpy()
+            cum = _cost(run, marginal=marginal).cumsum().to_numpy()
             best = run["val_acc"].cummax().to_numpy()
             keep = ~np.isnan(best) & (cum > 0)
             ax.step(cum[keep], best[keep], where="post", color=colors.get(method, "C3"),
