@@ -332,21 +332,56 @@ def test_flops_of_a_single_conv(c_in: int, c_out: int, k: int, stride: int, size
     assert g.flops() == conv_flops + linear_flops
 
 
-def test_forget_flops_makes_the_next_call_count_again(branchy_graph: ArchGraph, monkeypatch) -> None:
+def test_forget_flops_makes_the_next_call_count_again(branchy_graph: ArchGraph) -> None:
     first = branchy_graph.flops()
-    calls = []
+    assert branchy_graph.__dict__["_flops"] == first  # cached on the graph
+    branchy_graph.forget_flops()
+    assert "_flops" not in branchy_graph.__dict__
+    assert branchy_graph.flops() == first  # counted again (from the per-node memo), same result
+
+
+def _whole_network_flops(graph: ArchGraph) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        Network(graph).eval()(torch.zeros(1, *graph.input_shape))
+    return int(counter.get_total_flops())
+
+
+@pytest.mark.parametrize(("space_name", "shape"), [("nb201", (1, 28, 28)), ("darts", (3, 8, 8)), ("macro", (1, 8, 8))])
+def test_flops_summed_per_node_equal_counting_the_whole_network(space_name: str, shape: tuple[int, ...]) -> None:
+    from nas.space import load_space
+
+    space = load_space(space_name, input_shape=shape, num_classes=10)
+    graphs = [c.graph for c in space.sample_many(12, seed=5, unique=True)]
+    assert [g.flops() for g in graphs] == [_whole_network_flops(g) for g in graphs]
+    assert len({g.flops() for g in graphs}) > 1  # the candidates differ, so the check is not vacuous
+
+
+def test_node_flops_is_memoised_per_op_attrs_and_shapes(monkeypatch) -> None:  # noqa: ANN001
     import torch.utils.flop_counter as fc
 
+    from nas.graph import node_flops
+
+    node_flops.cache_clear()
+    calls = []
     real = fc.FlopCounterMode
 
-    def counting(*args, **kwargs):
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls.append(1)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fc, "FlopCounterMode", counting)
-    assert branchy_graph.flops() == first and calls == []  # cached: nothing counted
-    branchy_graph.forget_flops()
-    assert branchy_graph.flops() == first and calls == [1]  # counted again, same result
+    a = make_chain((1, 8, 8), channels=4, kernel=3)
+    b = make_chain((1, 8, 8), channels=4, kernel=3)
+    a.flops()
+    counted = len(calls)
+    assert counted > 0
+    b.flops()
+    assert len(calls) == counted  # same ops, attributes and shapes: nothing counted again
+    make_chain((1, 8, 8), channels=6, kernel=3).flops()
+    assert len(calls) > counted  # a new width is counted
 
 
 def test_op_counts(branchy_graph: ArchGraph) -> None:
