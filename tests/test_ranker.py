@@ -303,3 +303,74 @@ def test_short_training_labels_reject_bad_values(
     n = settings.pop("n")
     with pytest.raises(ValueError, match=f"`{name}` must be a positive int, but got {kwargs[name]!r}"):
         short_training_labels(space, digits, n, progress=False, **settings)
+
+
+# ---------------------------------------------------------------- ensure_ranker and `nas fit-ranker`
+
+
+def test_ensure_ranker_fits_once_then_reuses_and_refuses_other_labels(
+    tmp_path: Path, ghn: GHN, space: SearchSpace, digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nas.ghn import ensure_ranker
+
+    path = tmp_path / "ranker.pt"
+    config = RankerConfig(epochs=2, ensemble=1)
+    first = ensure_ranker(space, digits, ghn, path=path, labels=6, k=2, config=config, progress=False)
+    assert path.is_file() and (tmp_path / "ranker_labels_k2.csv").is_file()
+    assert first.label_info["n"] == 6 and first.label_info["k"] == 2 and first.label_info["labelled"] == 6
+    rows = (tmp_path / "ranker_labels_k2.csv").read_text().splitlines()
+    assert len(rows) == 7  # header + one row per label
+
+    def no_training(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a saved ranker must be reused, not fitted again")
+
+    monkeypatch.setattr("nas.ghn._default.short_training_labels", no_training)
+    again = ensure_ranker(space, digits, ghn, path=path, labels=6, k=2, config=config, progress=False)
+    graphs = [c.graph for c in space.sample_many(5, seed=9)]
+    np.testing.assert_allclose(again.predict(graphs), first.predict(graphs), rtol=1e-6)
+    with pytest.raises(CheckpointError, match=r"fitted on labels .*'k': 2.*not the requested .*'k': 5"):
+        ensure_ranker(space, digits, ghn, path=path, labels=6, k=5, config=config, progress=False)
+    with pytest.raises(ValueError, match="`labels` must be an int of at least 4, but got 3"):
+        ensure_ranker(space, digits, ghn, path=tmp_path / "other.pt", labels=3, k=2, progress=False)
+
+
+def test_fit_ranker_cli_writes_a_ranker_that_search_can_load(
+    tmp_path: Path, ghn: GHN, space: SearchSpace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nas.cli import main
+
+    ghn_path = tmp_path / "ghn.pt"
+    ghn.save(ghn_path)
+    out = tmp_path / "ranker.pt"
+    argv = ["fit-ranker", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path),
+            "--out", str(out), "--labels", "5", "--k", "2", "--epochs", "2", "--ensemble", "1", "--no-progress",
+            "--threads", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "5 of 5 trained for k=2 steps" in printed and str(out) in printed
+    ranker = GHNRanker.load(out)
+    ranker.check_compatible(space)
+    assert ranker.label_info["k"] == 2 and len(ranker.members) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--labels", "2"], "`--labels` must be at least 4, but got 2."),
+        (["--k", "0"], "`--k` must be positive, but got 0."),
+        (["--ghn", "missing.pt"], "GHN checkpoint 'missing.pt' does not exist"),
+    ],
+)
+def test_fit_ranker_cli_bad_input_is_one_line_exit_2(
+    tmp_path: Path, ghn: GHN, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    from nas.cli import main
+
+    ghn_path = tmp_path / "ghn.pt"
+    ghn.save(ghn_path)
+    argv = ["fit-ranker", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path),
+            "--out", str(tmp_path / "r.pt"), "--no-progress", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("nas fit-ranker: error:")
+    assert not (tmp_path / "r.pt").exists()

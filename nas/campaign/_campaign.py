@@ -485,19 +485,10 @@ class Campaign:
 
     def _ensure_ranker(self) -> Any:
         """Load ``<out>/ranker.pt``, or label architectures and fit the ranker there."""
-        from nas.ghn import GHNRanker, RankerConfig, fit_ranker, short_training_labels
+        from nas.ghn import RankerConfig, ensure_ranker
 
         path = self._ranker_path()
         assert path is not None
-        if path.exists():
-            try:
-                ranker = GHNRanker.load(path, map_location=self.device)
-                _check_ranker(ranker, self.space, self.dataset_name, source=path)
-            except CheckpointError as err:
-                logger.warning("%s; fitting a new ranker at %s", err, path)
-            else:
-                logger.info("using the ranker at %s", path)
-                return ranker
         space = self.space
         # The self-check compares the ranking with training: its candidates must not be labels.
         exclude = sorted({c.graph.key for c in self_check_candidates(space, self.self_check_n, seed=self.seed)})
@@ -512,20 +503,12 @@ class Campaign:
                     "rank by the predicted-weight loss (rank_by='loss') instead."
                 )
             logger.info("labelling all %d candidates of search space %r outside the self-check", n, space.name)
-        cache = self.out / "ranker_labels.csv"
-        logger.info("fitting the ranker: short training (k=%d) of %d architectures into %s", self.ranker_k, n, cache)
-        graphs, labels = short_training_labels(
-            space, self.data, n, k=self.ranker_k, seed=self.seed, exclude=exclude, cache=cache,
-            workers=self.label_workers, progress=self.progress,
+        ranker = ensure_ranker(
+            space, self.data, self.ghn, path=path, labels=n, k=self.ranker_k, seed=self.seed, exclude=exclude,
+            labels_cache=self.out / "ranker_labels.csv", workers=self.label_workers,
+            config=self.ranker_config or RankerConfig(seed=self.seed), progress=self.progress,
         )
-        label_info = {
-            "target": "tse", "k": self.ranker_k, "n": n, "labelled": len(graphs), "seed": self.seed,
-            "dataset": self.dataset_name, "labels": str(cache.resolve()),
-        }
-        config = self.ranker_config or RankerConfig(seed=self.seed)
-        ranker = fit_ranker(self.ghn, graphs, labels, config, label_info=label_info, progress=self.progress)
-        ranker.save(path)
-        logger.info("ranker saved to %s", path)
+        _check_ranker(ranker, space, self.dataset_name, source=path)
         return ranker
 
     # ------------------------------------------------------------ storage
@@ -913,23 +896,10 @@ def _create_or_load(storage: Any, name: str, directions: list[str], url: str) ->
 
 
 def _check_ranker(ranker: Any, space: SearchSpace, dataset: str, *, source: Path | None = None) -> None:
-    """Refuse a ranker fitted for another input shape or number of classes, or one that cannot read the space's ops."""
-    where = f"ranker checkpoint {str(source)!r}" if source is not None else "the ranker"
+    """Refuse a ranker that cannot score the space (:meth:`GHNRanker.check_compatible`); warn on another dataset."""
+    if callable(getattr(ranker, "check_compatible", None)):
+        ranker.check_compatible(space, source=source)
     info = getattr(ranker, "space_info", None) or {}
-    for key, mine in (("input_shape", list(space.input_shape)), ("num_classes", space.num_classes)):
-        theirs = info.get(key)
-        if theirs is not None and (list(theirs) if key == "input_shape" else theirs) != mine:
-            raise CheckpointError(f"{where} was fitted for {key} {theirs}, but space {space.name!r} has {mine}.")
-    members = getattr(ranker, "members", None)
-    if members:
-        vocabulary = members[0].ghn.config.ops
-        for cand in space.sample_many(64, seed=0, unique=False):
-            unknown = sorted({node.op for node in cand.graph.nodes} - set(vocabulary))
-            if unknown:
-                raise CheckpointError(
-                    f"{where} cannot read op {unknown[0]!r} of space {space.name!r}: "
-                    f"its vocabulary is {', '.join(vocabulary)}."
-                )
     if info.get("dataset") not in (None, dataset):
         logger.warning(
             "the ranker was fitted with a GHN of dataset %r, the campaign searches on %r", info.get("dataset"), dataset

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "draw": "basic",
     "train": "basic",
     "train-ghn": "ghn",
+    "fit-ranker": "ghn",
     "search": "search",
     "worker": "search",
     "demo": "search",

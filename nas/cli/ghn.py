@@ -1,12 +1,16 @@
-"""``nas train-ghn``: meta-train a graph hypernetwork on a search space and a dataset.
+"""``nas train-ghn`` and ``nas fit-ranker``: the one-time artifacts of a space and a dataset.
 
-The checkpoint is written atomically every ``--eval-every`` steps; running the
-same command again resumes a killed run from its last checkpoint
-(``--no-resume`` starts over).
+``train-ghn`` meta-trains a graph hypernetwork; its checkpoint is written
+atomically every ``--eval-every`` steps, and running the same command again
+resumes a killed run from its last checkpoint (``--no-resume`` starts over).
+``fit-ranker`` labels architectures by short training (resumable, one CSV row
+per finished label) and fits the GHN ranker on them. Every later
+``nas search --ghn G --ranker R`` on the same space and dataset reuses both.
 
 Example::
 
-    nas train-ghn --space nb201 --dataset mnist5k --steps 1500 --out runs/ghn.pt
+    nas train-ghn --space nb201 --dataset mnist5k --out runs/ghn.pt
+    nas fit-ranker --space nb201 --dataset mnist5k --ghn runs/ghn.pt --out runs/ranker.pt
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parsers", "run_train_ghn"]
+__all__ = ["add_parsers", "run_fit_ranker", "run_train_ghn"]
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``train-ghn``."""
+    """Register ``train-ghn`` and ``fit-ranker``."""
     from nas.cli.basic import add_space_arguments
     from nas.ghn import GHNConfig, MetaTrainConfig
 
@@ -58,6 +62,83 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_train_ghn)
+    _add_fit_ranker(subparsers)
+
+
+def _add_fit_ranker(subparsers: Any) -> None:
+    from nas.cli.basic import add_space_arguments
+    from nas.ghn import RankerConfig
+
+    rc = RankerConfig()
+    p = subparsers.add_parser(
+        "fit-ranker",
+        help="label architectures by short training and fit the GHN ranker",
+        description="Train --labels architectures of the space for --k SGD steps each (their training-speed "
+        "estimate, TSE), then fine-tune the GHN's graph network to predict it from the graph. Finished labels "
+        "go to OUT's *_labels.csv as they come, so running the command again resumes. The ranker is what "
+        "`nas search --ranker OUT` ranks by.",
+    )
+    add_space_arguments(p, default=None)
+    p.add_argument("--dataset", required=True, help="dataset name (digits, mnist5k, mnist:PATH, cifar10:PATH)")
+    p.add_argument("--ghn", type=Path, required=True, metavar="PATH", help="meta-trained GHN checkpoint")
+    p.add_argument("--out", type=Path, required=True, help="ranker checkpoint to write (reused when it exists)")
+    p.add_argument("--labels", type=int, default=300, metavar="N", help="architectures to label (default 300)")
+    p.add_argument("--k", type=int, default=100, help="SGD steps per label (default 100)")
+    p.add_argument("--label-workers", type=int, default=1, metavar="W",
+                   help="processes training labels in parallel (default 1)")
+    p.add_argument("--flops-weight", type=float, default=rc.flops_weight,
+                   help=f"weight of the log-FLOPs prior in the rank score (default {rc.flops_weight})")
+    p.add_argument("--ensemble", type=int, default=rc.ensemble, help=f"members averaged (default {rc.ensemble})")
+    p.add_argument("--epochs", type=int, default=rc.epochs, help=f"fitting epochs per member (default {rc.epochs})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the labels and the fit (default 0)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default torch's)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run_fit_ranker)
+
+
+def run_fit_ranker(args: argparse.Namespace) -> int:
+    """Run ``nas fit-ranker``; prints a summary and returns the exit code."""
+    import torch
+
+    from nas.cli.basic import flag_errors, space_from_args
+    from nas.data import load_dataset
+    from nas.exceptions import CheckpointError
+    from nas.ghn import GHN, RankerConfig, ensure_ranker
+
+    with flag_errors(args, labels="--labels", workers="--label-workers"):
+        for flag in ("labels", "k", "label_workers", "threads"):
+            value = getattr(args, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"`{flag}` must be positive, but got {value}.")
+        if args.labels < 4:
+            raise ValueError(f"`labels` must be at least 4, but got {args.labels}.")
+        config = RankerConfig(flops_weight=args.flops_weight, ensemble=args.ensemble, epochs=args.epochs,
+                              seed=args.seed)
+    if not args.ghn.is_file():
+        raise CheckpointError(f"GHN checkpoint {str(args.ghn)!r} does not exist (make one with `nas train-ghn`).")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    with flag_errors(args, seed="--data-seed"):
+        data = load_dataset(args.dataset, seed=args.data_seed)
+    space = space_from_args(args, data)
+    ghn = GHN.load(args.ghn, map_location=args.device)
+    ghn.check_compatible(space)
+    start = time.perf_counter()
+    ranker = ensure_ranker(
+        space, data, ghn, path=args.out, labels=args.labels, k=args.k, seed=args.seed, workers=args.label_workers,
+        config=config, progress=not args.no_progress,
+    )
+    info = ranker.label_info
+    taus = ", ".join(f"{t:.3f}" for t in ranker.member_tau) or "-"
+    print(f"labels:            {info.get('labelled', '?')} of {info.get('n', '?')} trained for k={info.get('k', '?')} "
+          f"steps ({info.get('labels', '-')})")
+    print(f"member val tau:    {taus}")
+    print(f"flops weight:      {ranker.config.flops_weight:g}")
+    print(f"wall time:         {time.perf_counter() - start:.1f} s")
+    print(f"ranker:            {args.out}")
+    return 0
 
 
 def run_train_ghn(args: argparse.Namespace) -> int:

@@ -1,4 +1,10 @@
-"""Where the default GHN of a space and dataset lives, and getting one."""
+"""Where the default GHN of a space and dataset lives, and getting one; getting a ranker the same way.
+
+Both are one-time costs per space and dataset: :func:`ensure_ghn` meta-trains
+a GHN and :func:`ensure_ranker` labels architectures by short training and
+fits a :class:`~nas.ghn.GHNRanker`, each into a file that every later call
+(and every later campaign given the file) reuses.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 from nas.exceptions import CheckpointError
 from nas.ghn._meta_train import MetaTrainConfig, meta_train
 from nas.ghn._model import GHN, GHNConfig
+from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, short_training_labels
 from nas.graph import ArchGraph
 
 if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["default_ghn_path", "ensure_ghn"]
+__all__ = ["default_ghn_path", "ensure_ghn", "ensure_ranker"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,3 +136,85 @@ def ensure_ghn(
         return meta_train(
             space, data, config, ghn_config=ghn_config, out=path, resume=False, progress=progress, held_out=held_out
         )
+
+
+def ensure_ranker(
+    space: SearchSpace,
+    data: Dataset,
+    ghn: GHN,
+    *,
+    path: str | Path,
+    labels: int = 300,
+    k: int = 100,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+    labels_cache: str | Path | None = None,
+    workers: int = 1,
+    config: RankerConfig | None = None,
+    progress: bool = True,
+) -> GHNRanker:
+    """Load the ranker at ``path`` if it fits ``space``; else label architectures and fit one there.
+
+    Labelling trains ``labels`` architectures sampled from ``space`` (seed
+    ``seed``, never one of ``exclude``) for ``k`` SGD steps each; finished
+    labels are appended to ``labels_cache`` as they come, so a killed run
+    resumes. :func:`fit_ranker` then fine-tunes ``ghn``'s graph network on
+    them and the ranker is saved atomically to ``path``.
+
+    Args:
+        space: The search space.
+        data: The dataset (its training split trains the labels).
+        ghn: The meta-trained GHN whose graph network the ranker starts from.
+        path: Ranker checkpoint to load or write.
+        labels: Architectures to label (at least 4).
+        k: SGD steps per label.
+        seed: Seed of the label sample, of every label's training and of the fit
+            (unless ``config`` sets its own).
+        exclude: Canonical keys never to label (e.g. candidates kept to check the ranking).
+        labels_cache: CSV of finished labels (default: ``<path stem>_labels_k<k>.csv`` next to ``path``).
+        workers: Processes training labels in parallel.
+        config: Fitting settings (default :class:`RankerConfig` seeded with ``seed``).
+        progress: Show progress bars.
+
+    Returns:
+        The ranker, in eval mode on ``ghn``'s device.
+
+    Raises:
+        ValueError: ``labels`` is under 4 or ``k`` / ``workers`` is not positive.
+        CheckpointError: The ranker at ``path`` was fitted on other labels
+            (``labels``, ``k`` or ``seed``), or ``path`` cannot be written.
+    """
+    if isinstance(labels, bool) or not isinstance(labels, int) or labels < 4:
+        raise ValueError(f"`labels` must be an int of at least 4, but got {labels!r}.")
+    path = Path(path)
+    if path.exists():
+        try:
+            ranker = GHNRanker.load(path, map_location=ghn.device)
+            ranker.check_compatible(space, source=path)
+        except CheckpointError as err:
+            logger.warning("%s; fitting a new ranker at %s", err, path)
+        else:
+            fitted = {name: ranker.label_info.get(name) for name in ("n", "k", "seed")}
+            asked = {"n": labels, "k": k, "seed": seed}
+            if any(fitted[name] is not None and fitted[name] != asked[name] for name in asked):
+                raise CheckpointError(
+                    f"ranker checkpoint {str(path)!r} was fitted on labels {fitted}, not the requested {asked}; "
+                    "write the new ranker to another path or delete this one."
+                )
+            logger.info("using the ranker at %s", path)
+            return ranker
+    cache = Path(labels_cache) if labels_cache is not None else path.with_name(f"{path.stem}_labels_k{k}.csv")
+    logger.info("fitting the ranker: short training (k=%d) of %d architectures into %s", k, labels, cache)
+    graphs, targets = short_training_labels(
+        space, data, labels, k=k, seed=seed, exclude=exclude, cache=cache, workers=workers, progress=progress
+    )
+    label_info = {
+        "target": "tse", "k": k, "n": labels, "labelled": len(graphs), "seed": seed, "dataset": data.name,
+        "labels": str(cache.resolve()),
+    }
+    ranker = fit_ranker(ghn, graphs, targets, config or RankerConfig(seed=seed), label_info=label_info,
+                        progress=progress)
+    ranker.save(path)
+    logger.info("ranker saved to %s", path)
+    return ranker
+

@@ -248,6 +248,33 @@ class GHNRanker(nn.Module):
         z = (self.predict(graphs, chunk=chunk) - self.label_mean) / self.label_std
         return with_flops_prior(z, graphs, weight=self.config.flops_weight, mean=self.flops_mean, std=self.flops_std)
 
+    def check_compatible(self, space: SearchSpace, *, source: str | Path | None = None) -> None:
+        """Refuse a space this ranker cannot score.
+
+        Args:
+            space: The search space.
+            source: The checkpoint the ranker came from (named in the error).
+
+        Raises:
+            CheckpointError: The ranker was fitted for another input shape or
+                number of classes, or a sampled candidate has an op outside its
+                GHN's vocabulary.
+        """
+        where = f"ranker checkpoint {str(source)!r}" if source is not None else "the ranker"
+        info = self.space_info or {}
+        for key, mine in (("input_shape", list(space.input_shape)), ("num_classes", space.num_classes)):
+            theirs = info.get(key)
+            if theirs is not None and (list(theirs) if key == "input_shape" else theirs) != mine:
+                raise CheckpointError(f"{where} was fitted for {key} {theirs}, but space {space.name!r} has {mine}.")
+        vocabulary = self.members[0].ghn.config.ops
+        for cand in space.sample_many(64, seed=0, unique=False):
+            unknown = sorted({node.op for node in cand.graph.nodes} - set(vocabulary))
+            if unknown:
+                raise CheckpointError(
+                    f"{where} cannot read op {unknown[0]!r} of space {space.name!r}: "
+                    f"its vocabulary is {', '.join(vocabulary)}."
+                )
+
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, path: str | Path) -> None:
