@@ -8,11 +8,15 @@ in ``--cache`` (a :class:`nas.evaluation.GroundTruthCache`).
 * ``tpe``: an Optuna TPE study whose every trial trains its candidate for the
   ground-truth budget (its value is that accuracy).
 * ``random``: the same with Optuna's random sampler.
-* ``campaign``: :class:`nas.campaign.Campaign` with its defaults' two stages:
-  meta-train the GHN, label architectures by short training and fit the
-  ranker (one-time costs, reusable by every later campaign on the space),
-  rank ``--campaign-trials`` candidates, then fine-tune the ``--top-k`` best
-  from their predicted weights. The campaign "has" an architecture once it has
+* ``campaign``: :class:`nas.campaign.Campaign` with its two stages. Its
+  one-time costs are paid once (``run_one_time``): the GHN is meta-trained
+  and the ranker is labelled and fitted into ``<work>/one_time/``, and the
+  CPU-seconds of each are recorded in ``<out>/search_one_time.csv``. Every
+  campaign seed then ranks ``--campaign-trials`` candidates with that ranker
+  and fine-tunes the ``--top-k`` best from their predicted weights, in the
+  order of their stage-1 scores. Each seed's total cost includes the one-time
+  costs; its *marginal* cost leaves them out (what a further campaign on the
+  same space and dataset pays). The campaign "has" an architecture once it has
   fine-tuned it; the referee trains it from scratch to judge it, and that
   judging is not charged to the campaign.
 
@@ -28,8 +32,8 @@ training selects on the validation accuracy it is judged by, so its
 validation figures carry a winner's curse that the test figures do not.
 ``cpu_to_*_reported_test`` judge the architecture each method would itself
 report as its best so far (best validation accuracy for search with
-training, best fine-tuned accuracy for the campaign) by its test accuracy. Random search also gets its expectation from the
-reference sample (``1/q`` trainings for the top ``q``).
+training, best fine-tuned accuracy for the campaign) by its test accuracy.
+Random search also gets its expectation from the reference sample (``1/q`` trainings for the top ``q``).
 
 Every process runs torch on one thread, so a process's CPU-seconds are its
 wall seconds on an unshared core; CPU time is measured with
@@ -44,10 +48,9 @@ traces found there. It measures; it asserts nothing.
 
 Usage::
 
-    python bench/bench_search.py --methods campaign --seeds 0 &
-    python bench/bench_search.py --methods tpe random --seeds 0 --trials 60 &
-    wait; python bench/bench_search.py --methods campaign --seeds 1 2 --one-time-from 0
-    python bench/bench_search.py --report
+    python bench/bench_search.py --methods campaign --seeds 0 1 2 3 4 &
+    python bench/bench_search.py --methods tpe random --seeds 0 1 --trials 60 &
+    wait; python bench/bench_search.py --report
 """
 
 from __future__ import annotations
@@ -163,72 +166,94 @@ def run_trained_search(
               f"{cpu:.1f} CPU-s, total {cum:.0f} CPU-s", flush=True)
 
 
-def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, referee: Referee, trace: Path) -> None:
-    """The GHN campaign, stage by stage, with the CPU time of each."""
+ONE_TIME_COLUMNS = ["phase", "cpu_s", "wall_s", "path"]
+
+
+def run_one_time(args: argparse.Namespace, *, space: Any, data: Any, out: Path) -> pd.DataFrame:
+    """Meta-train the GHN and fit the ranker once, recording the CPU-seconds of each (resumable).
+
+    Both go into ``<work>/one_time/`` and every campaign seed reuses them. A
+    finished phase is recorded in ``<out>/search_one_time.csv`` and skipped
+    on the next call; an artifact found without its recorded CPU is refused,
+    since its cost would be unknown.
+    """
+    from nas.ghn import MetaTrainConfig, RankerConfig, ensure_ghn, ensure_ranker
+
+    record = out / "search_one_time.csv"
+    done = pd.read_csv(record) if record.exists() else pd.DataFrame(columns=ONE_TIME_COLUMNS)
+    folder = Path(args.work) / "one_time"
+    folder.mkdir(parents=True, exist_ok=True)
+    ghn_path, ranker_path = folder / "ghn.pt", folder / "ranker.pt"
+
+    def phase(name: str, path: Path, fn: Callable[[], Any]) -> Any:
+        nonlocal done
+        if name in set(done["phase"]):
+            return fn()  # loads the finished artifact
+        if path.exists():
+            raise SystemExit(f"error: {path} exists but its CPU time is not in {record}; delete it to measure again")
+        start_cpu, start_wall = _cpu_now(), time.perf_counter()
+        value = fn()
+        row = {"phase": name, "cpu_s": _cpu_now() - start_cpu, "wall_s": time.perf_counter() - start_wall,
+               "path": str(path)}
+        done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+        done.to_csv(record, index=False)
+        print(f"one-time {name}: {row['cpu_s']:.0f} CPU-s", flush=True)
+        return value
+
+    ghn = phase("meta_train", ghn_path, lambda: ensure_ghn(
+        space, data, path=ghn_path, config=MetaTrainConfig(steps=args.ghn_steps), progress=not args.no_progress))
+    phase("ranker", ranker_path, lambda: ensure_ranker(
+        space, data, ghn, path=ranker_path, labels=args.ranker_labels, k=args.ranker_k, seed=0,
+        config=RankerConfig(seed=0), progress=not args.no_progress))
+    return done
+
+
+def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, referee: Referee, trace: Path,
+                 one_time: pd.DataFrame) -> None:
+    """One campaign seed with the shared GHN and ranker, charged their one-time CPU; stage by stage."""
     from nas.campaign import Campaign
-    from nas.ghn import MetaTrainConfig
+    from nas.graph import ArchGraph
 
     if trace.exists():
         trace.unlink()  # a campaign resumes from its own storage; its trace is rebuilt
-    work = Path(args.work)
-    ghn, ranker, shared = None, None, None
-    if args.one_time_from is not None and seed != args.one_time_from:
-        # Reuse that seed's GHN and ranker, and charge the CPU they cost it.
-        first = work / f"campaign_s{args.one_time_from}"
-        ghn, ranker = first / "ghn.pt", first / "ranker.pt"
-        shared = pd.read_csv(trace.with_name(f"search_trace_campaign_s{args.one_time_from}.csv"))
-        shared = shared[shared["one_time"].astype(bool)]
+    folder = Path(args.work) / "one_time"
     campaign = Campaign(
-        space=space, dataset=data, ghn=ghn, ranker=ranker, trials=args.campaign_trials, top_k=args.top_k,
-        finetune_epochs=args.finetune_epochs, out=work / f"campaign_s{seed}", seed=seed,
-        ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, label_workers=1,
-        meta_train=MetaTrainConfig(steps=args.ghn_steps), progress=not args.no_progress,
+        space=space, dataset=data, ghn=folder / "ghn.pt", ranker=folder / "ranker.pt", trials=args.campaign_trials,
+        top_k=args.top_k, finetune_epochs=args.finetune_epochs, out=Path(args.work) / f"campaign_s{seed}",
+        seed=seed, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, progress=not args.no_progress,
     )
     rows: list[dict[str, Any]] = []
     cum = 0.0
 
-    def phase(name: str, fn: Callable[[], Any], one_time: bool) -> Any:
+    def add(phase: str, cpu: float, one_time_row: bool, **values: Any) -> None:
         nonlocal cum
-        value, cpu = _timed(fn)
         cum += cpu
         rows.append({
-            "method": "campaign", "seed": seed, "step": len(rows), "phase": name, "key": None, "val_acc": math.nan,
-            "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cum, "one_time": one_time,
-            "cached": False,
+            "method": "campaign", "seed": seed, "step": len(rows), "phase": phase, "key": None, "val_acc": math.nan,
+            "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cum,
+            "one_time": one_time_row, "cached": False, **values,
         })
-        print(f"campaign seed {seed}: {name} {cpu:.0f} CPU-s", flush=True)
-        return value
 
+    for row in one_time.itertuples():
+        add(str(row.phase), float(row.cpu_s), True)
+    _ = campaign.ghn, campaign.ranker  # loading the checkpoints is not charged
     campaign.open()
-    if shared is None:
-        phase("meta_train", lambda: campaign.ghn, True)
-        phase("ranker", lambda: campaign.ranker, True)
-    else:
-        for row in shared.itertuples():
-            cum += float(row.cpu_s)
-            rows.append({**{c: getattr(row, c) for c in TRACE_COLUMNS}, "seed": seed, "step": len(rows),
-                         "cum_cpu_s": cum})
-        _ = campaign.ghn, campaign.ranker
-    phase("rank", campaign.rank, False)
+    _, rank_cpu = _timed(campaign.rank)
+    add("rank", rank_cpu, False)
+    print(f"campaign seed {seed}: rank {rank_cpu:.1f} CPU-s", flush=True)
     campaign.enqueue()
     _, finetune_cpu = _timed(lambda: campaign.finetune(wait=True))
-    finetuned = campaign.report(write=True).finetuned.sort_values("rank")
+    # The order the candidates were fine-tuned in (the order of their stage-1 scores), not their result.
+    finetuned = campaign.report(write=True).finetuned.sort_values("trial")
     # Charge each fine-tune its own wall time, scaled so that they add up to the stage's measured CPU.
     scale = finetune_cpu / max(float(finetuned["wall_time"].sum()), 1e-9)
-    from nas.graph import ArchGraph
-
     for row in finetuned.itertuples():
         graph = ArchGraph.from_dict(json.loads(row.graph) if isinstance(row.graph, str) else row.graph)
         record, _, _ = referee.judge(graph)
-        cpu = float(row.wall_time) * scale
-        cum += cpu
-        rows.append({
-            "method": "campaign", "seed": seed, "step": len(rows), "phase": "finetune", "key": graph.key,
-            "val_acc": record.val_acc, "test_acc": record.test_acc, "finetuned_acc": row.val_acc, "cpu_s": cpu,
-            "cum_cpu_s": cum, "one_time": False, "cached": False,
-        })
-        print(f"campaign seed {seed}: fine-tuned rank {row.rank}: ground truth {record.val_acc:.4f}, "
-              f"fine-tuned {row.val_acc:.4f}", flush=True)
+        add("finetune", float(row.wall_time) * scale, False, key=graph.key, val_acc=record.val_acc,
+            test_acc=record.test_acc, finetuned_acc=row.val_acc)
+        print(f"campaign seed {seed}: fine-tuned #{row.trial} (rank trial {row.rank_trial}): ground truth "
+              f"{record.val_acc:.4f} val / {record.test_acc:.4f} test, fine-tuned {row.val_acc:.4f}", flush=True)
     _append(trace, rows)
 
 
@@ -402,9 +427,6 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("bench/results/search_ground_truth.sqlite"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench_search"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--one-time-from", type=int, default=None, metavar="SEED",
-                        help="campaigns of other seeds reuse the GHN and ranker of the campaign of SEED "
-                             "and are charged the CPU they cost it")
     parser.add_argument("--report", action="store_true", help="only rebuild the summary from the traces")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -420,11 +442,13 @@ def main() -> None:
     levels = thresholds(referee, space, args.reference_archs)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
+        one_time = run_one_time(args, space=space, data=data, out=args.out) if "campaign" in args.methods else None
         for seed in args.seeds:
             for method in args.methods:
                 trace = args.out / f"search_trace_{method}_s{seed}.csv"
                 if method == "campaign":
-                    run_campaign(seed, args=args, space=space, data=data, referee=referee, trace=trace)
+                    run_campaign(seed, args=args, space=space, data=data, referee=referee, trace=trace,
+                                 one_time=one_time)
                 else:
                     run_trained_search(method, seed, space=space, referee=referee, trials=args.trials, trace=trace)
     summary = summarize(args.out, levels)

@@ -401,8 +401,12 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     assert set(ft["key"]) == set(cand["key"].head(2)) and sorted(counting.materialized) == sorted(ft["key"])
     assert (ft["rank_by"] == "ranker").all()
     assert sorted(ft["rank_score"]) == pytest.approx(sorted(cand["rank_score"].head(2)))
+    # Fine-tuning records what the predicted weights reach before any SGD step (never run by the ranker).
+    assert ft["ghn_acc"].between(0, 1).all() and ft["ghn_loss"].map(math.isfinite).all()
+    assert (ft["ghn_loss"] != ft["val_loss"]).all()  # before and after fine-tuning differ
     best = json.loads((out / "best.json").read_text())
-    assert best["rank_by"] == "ranker" and "ghn_loss" not in best["metrics"] and "rank_score" in best["metrics"]
+    assert best["rank_by"] == "ranker" and "rank_score" in best["metrics"]
+    assert best["metrics"]["ghn_acc"] == pytest.approx(float(ft["ghn_acc"].iloc[0]))
     summary = result.summary()
     assert "ranked by ranker" in summary and "ranker_score" in summary and "ghn_loss" not in summary
     assert "rank_by,rank_score" in (out / "candidates.csv").read_text().splitlines()[0]

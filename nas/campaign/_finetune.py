@@ -6,8 +6,10 @@ The top-k candidates of the rank study (lowest rank score, whatever its
 trials through Optuna, so several processes (or machines) fine-tune different
 candidates and none twice; a worker stops when the queue is empty. Each trial
 rebuilds its candidate from its choices, initialises it with the GHN's
-predicted weights (``ghn.materialize``) and trains it with
-:func:`nas.training.train` for the campaign's budget.
+predicted weights (``ghn.materialize``), records their validation loss and
+accuracy before any SGD step (``ghn_loss``, ``ghn_acc``, when the rank stage
+did not already) and trains it with :func:`nas.training.train` for the
+campaign's budget.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 
 from nas._atomic import save_torch
 from nas.space import SearchSpace
-from nas.training import TrainConfig, train
+from nas.training import TrainConfig, evaluate, train
 
 from nas.campaign._storage import QUEUE_ATTRS, Heartbeat, reap_stale_trials, requeue_trial
 
@@ -249,6 +251,12 @@ def run_finetune_worker(
                 key[:12],
             )
         net = ghn.materialize(graph, data)
+        if "ghn_acc" not in trial.user_attrs:
+            # Ranked by the ranker, so the predicted weights were never run: record what they reach
+            # before any SGD step (one pass over the validation split).
+            ghn_loss, ghn_acc = evaluate(net, data.x_val, data.y_val, device=config.device)
+            trial.set_user_attr("ghn_loss", ghn_loss)
+            trial.set_user_attr("ghn_acc", ghn_acc)
         result = train(net, data, config)
         for name, value in result.to_dict().items():
             trial.set_user_attr(name, value)
