@@ -19,6 +19,9 @@ in ``--cache`` (a :class:`nas.evaluation.GroundTruthCache`).
   same space and dataset pays). The campaign "has" an architecture once it has
   fine-tuned it; the referee trains it from scratch to judge it, and that
   judging is not charged to the campaign.
+* ``campaign-journal``: the same campaign stored in Optuna's journal file
+  instead of the default SQLite database; it proposes the same candidates
+  (the sampler is seeded), so the difference is what the storage costs.
 
 Thresholds come from a trained reference sample (``--reference``, by default
 the 100 held-out candidates of ``experiments/rank_correlation.py``, whose
@@ -209,8 +212,12 @@ def run_one_time(args: argparse.Namespace, *, space: Any, data: Any, out: Path) 
 
 
 def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, referee: Referee, trace: Path,
-                 one_time: pd.DataFrame) -> None:
-    """One campaign seed with the shared GHN and ranker, charged their one-time CPU; stage by stage."""
+                 one_time: pd.DataFrame, method: str = "campaign") -> None:
+    """One campaign seed with the shared GHN and ranker, charged their one-time CPU; stage by stage.
+
+    ``method`` ``"campaign"`` keeps the campaign's default storage (SQLite);
+    ``"campaign-journal"`` stores the same campaign in Optuna's journal file.
+    """
     from nas.campaign import Campaign
     from nas.graph import ArchGraph
 
@@ -219,7 +226,9 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     folder = Path(args.work) / "one_time"
     campaign = Campaign(
         space=space, dataset=data, ghn=folder / "ghn.pt", ranker=folder / "ranker.pt", trials=args.campaign_trials,
-        top_k=args.top_k, finetune_epochs=args.finetune_epochs, out=Path(args.work) / f"campaign_s{seed}",
+        top_k=args.top_k, finetune_epochs=args.finetune_epochs, out=Path(args.work) / f"{method}_s{seed}",
+        storage=(f"journal:///{(Path(args.work) / f'{method}_s{seed}' / 'campaign.log').resolve()}"
+                 if method == "campaign-journal" else None),
         seed=seed, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, progress=not args.no_progress,
     )
     rows: list[dict[str, Any]] = []
@@ -229,7 +238,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
         nonlocal cum
         cum += cpu
         rows.append({
-            "method": "campaign", "seed": seed, "step": len(rows), "phase": phase, "key": None, "val_acc": math.nan,
+            "method": method, "seed": seed, "step": len(rows), "phase": phase, "key": None, "val_acc": math.nan,
             "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cum,
             "one_time": one_time_row, "cached": False, **values,
         })
@@ -240,7 +249,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     campaign.open()
     _, rank_cpu = _timed(campaign.rank)
     add("rank", rank_cpu, False)
-    print(f"campaign seed {seed}: rank {rank_cpu:.1f} CPU-s", flush=True)
+    print(f"{method} seed {seed}: rank {rank_cpu:.1f} CPU-s", flush=True)
     campaign.enqueue()
     _, finetune_cpu = _timed(lambda: campaign.finetune(wait=True))
     # The order the candidates were fine-tuned in (the order of their stage-1 scores), not their result.
@@ -252,7 +261,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
         record, _, _ = referee.judge(graph)
         add("finetune", float(row.wall_time) * scale, False, key=graph.key, val_acc=record.val_acc,
             test_acc=record.test_acc, finetuned_acc=row.val_acc)
-        print(f"campaign seed {seed}: fine-tuned #{row.trial} (rank trial {row.rank_trial}): ground truth "
+        print(f"{method} seed {seed}: fine-tuned #{row.trial} (rank trial {row.rank_trial}): ground truth "
               f"{record.val_acc:.4f} val / {record.test_acc:.4f} test, fine-tuned {row.val_acc:.4f}", flush=True)
     _append(trace, rows)
 
@@ -301,7 +310,7 @@ def _reported(run: pd.DataFrame, metric: str) -> pd.Series:
     Search with training reports its best validation accuracy; the campaign its
     best fine-tuned accuracy (it never sees the referee's ground truth).
     """
-    visible = run["finetuned_acc"] if (run["method"] == "campaign").all() else run["val_acc"]
+    visible = run["finetuned_acc"] if run["method"].str.startswith("campaign").all() else run["val_acc"]
     best_at = visible.fillna(-np.inf).cummax()
     reported, current = [], math.nan
     for v, b, gt in zip(visible.to_numpy(), best_at.to_numpy(), run[metric].to_numpy()):
@@ -335,7 +344,7 @@ def summarize(out: Path, levels: dict[str, float]) -> pd.DataFrame:
     marginal = float(np.mean(campaign_marginal)) if campaign_marginal else math.nan
     rows = []
     for (method, seed), run in runs.items():
-        is_campaign = method == "campaign"
+        is_campaign = method.startswith("campaign")
         row: dict[str, Any] = {
             "method": method, "seed": seed,
             "trained": int((run["phase"].isin(["train", "finetune"])).sum()),
@@ -384,7 +393,7 @@ def _plot(runs: dict[tuple[str, int], pd.DataFrame], levels: dict[str, float], o
     # Left: every CPU-second counted. Right: the campaign's one-time costs (GHN
     # meta-training, ranker) left out, as for a later campaign on the same space.
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), sharey=True)
-    colors = {"campaign": "C0", "tpe": "C1", "random": "C2"}
+    colors = {"campaign": "C0", "campaign-journal": "C4", "tpe": "C1", "random": "C2"}
     dashes = ["-", (0, (5, 1.5)), (0, (2, 1)), (0, (5, 1, 1, 1))]  # one per seed
     for ax, marginal in zip(axes, (False, True)):
         for (method, seed), run in runs.items():
@@ -412,7 +421,7 @@ def main() -> None:
     parser.add_argument("--space", default="nb201")
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--epochs", type=float, default=3, help="ground-truth budget (default 3)")
-    parser.add_argument("--methods", nargs="*", default=[], choices=["campaign", "tpe", "random"])
+    parser.add_argument("--methods", nargs="*", default=[], choices=["campaign", "campaign-journal", "tpe", "random"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", type=int, default=60, help="trained trials of tpe / random (default 60)")
     parser.add_argument("--campaign-trials", type=int, default=300)
@@ -442,13 +451,14 @@ def main() -> None:
     levels = thresholds(referee, space, args.reference_archs)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
-        one_time = run_one_time(args, space=space, data=data, out=args.out) if "campaign" in args.methods else None
+        campaigns = [m for m in args.methods if m.startswith("campaign")]
+        one_time = run_one_time(args, space=space, data=data, out=args.out) if campaigns else None
         for seed in args.seeds:
             for method in args.methods:
                 trace = args.out / f"search_trace_{method}_s{seed}.csv"
-                if method == "campaign":
+                if method.startswith("campaign"):
                     run_campaign(seed, args=args, space=space, data=data, referee=referee, trace=trace,
-                                 one_time=one_time)
+                                 one_time=one_time, method=method)
                 else:
                     run_trained_search(method, seed, space=space, referee=referee, trials=args.trials, trace=trace)
     summary = summarize(args.out, levels)

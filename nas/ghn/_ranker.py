@@ -224,8 +224,9 @@ class GHNRanker(nn.Module):
         for start in range(0, len(graphs), chunk):
             part = graphs[start : start + chunk]
             total = torch.zeros(len(part), dtype=torch.float64)
+            # The members share one graph network config, so one conversion serves them all.
+            batch = Batch.from_data_list([self.members[0].ghn.entry(g).data for g in part]).to(self.device)
             for member in self.members:
-                batch = Batch.from_data_list([member.ghn.entry(g).data for g in part]).to(self.device)
                 total += member(batch).double().cpu()
             out[start : start + len(part)] = (total / len(self.members)).numpy()
         return out * self.label_std + self.label_mean
