@@ -36,6 +36,9 @@ validation figures carry a winner's curse that the test figures do not.
 ``cpu_to_*_reported_test`` judge the architecture each method would itself
 report as its best so far (best validation accuracy for search with
 training, best fine-tuned accuracy for the campaign) by its test accuracy.
+A run that never reaches a level counts in the expected cost with restarts
+(:func:`expected_cost`, ``search_expected_cost.csv``): the CPU of all runs
+until their first hit (all of it for a miss) divided by the hits.
 Random search also gets its expectation from the reference sample (``1/q`` trainings for the top ``q``).
 
 Every process runs torch on one thread, so a process's CPU-seconds are its
@@ -330,6 +333,44 @@ def _best_within(run: pd.DataFrame, budget: float, *, marginal: bool = False) ->
     return float(within["val_acc"].max()) if within["val_acc"].notna().any() else math.nan
 
 
+def expected_cost(summary: pd.DataFrame) -> pd.DataFrame:
+    """Expected CPU-seconds to reach each level, restarting failed runs with a new seed (ERT).
+
+    ERT = (CPU of every run up to its first hit, or all its CPU when it never
+    hits) / (runs that hit): the expected running time with independent
+    restarts, as in COCO benchmarking (Hansen et al., 2021). A campaign restart
+    reuses the one-time GHN and ranker, so a campaign's ERT is its one-time
+    cost plus the ERT of its marginal costs; ``marginal_ert_cpu_s`` leaves the
+    one-time cost out. ``nan`` when no run hits.
+
+    Args:
+        summary: The per-run table of :func:`summarize` (without ``random_expected``).
+
+    Returns:
+        One row per method and level: runs, hits, ``ert_cpu_s``,
+        ``marginal_ert_cpu_s`` and ``tpe_over_ert`` (TPE's ERT divided by this one).
+    """
+    rows = []
+    for method, runs in summary[summary["seed"] >= 0].groupby("method"):
+        campaign = str(method).startswith("campaign")
+        one_time = float(runs["one_time_cpu_s"].mean()) if campaign else 0.0
+        spent = runs["cpu_s"] - runs["one_time_cpu_s"]  # what a restart pays
+        for tag in ("", "_test"):
+            for q in ("top5", "top1"):
+                reach = runs[f"marginal_cpu_to_{q}{tag}"] if campaign else runs[f"cpu_to_{q}{tag}"]
+                hits = int(reach.notna().sum())
+                ert = float(reach.fillna(spent).sum() / hits) if hits else math.nan
+                rows.append({
+                    "method": method, "level": f"{q}{tag or '_val'}", "runs": len(runs), "hits": hits,
+                    "ert_cpu_s": one_time + ert, "marginal_ert_cpu_s": ert,
+                })
+    frame = pd.DataFrame(rows)
+    tpe = frame[frame["method"] == "tpe"].set_index("level")["ert_cpu_s"]
+    frame["tpe_over_ert"] = frame["level"].map(tpe) / frame["ert_cpu_s"]
+    frame["tpe_over_marginal_ert"] = frame["level"].map(tpe) / frame["marginal_ert_cpu_s"]
+    return frame
+
+
 def summarize(out: Path, levels: dict[str, float]) -> pd.DataFrame:
     """One row per run: compute to the top 5% and 1%, best ground truth within the campaign's compute."""
     traces = sorted(out.glob("search_trace_*.csv"))
@@ -379,6 +420,7 @@ def summarize(out: Path, levels: dict[str, float]) -> pd.DataFrame:
     })
     summary = pd.DataFrame(rows)
     summary.to_csv(out / "search_summary.csv", index=False)
+    expected_cost(summary[summary["seed"] >= 0]).to_csv(out / "search_expected_cost.csv", index=False)
     (out / "search_thresholds.json").write_text(json.dumps({**levels, "train_cpu_s_median": train_s}, indent=2))
     _plot(runs, levels, out)
     return summary
@@ -472,7 +514,11 @@ def main() -> None:
     ]
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(summary[shown].round(4).to_string(index=False))
-    print(f"all columns: {args.out / 'search_summary.csv'}")
+    ert = pd.read_csv(args.out / "search_expected_cost.csv")
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print("expected CPU-seconds to reach each level, failed runs restarted with a new seed (ERT):")
+        print(ert.round(2).to_string(index=False))
+    print(f"all columns: {args.out / 'search_summary.csv'}, {args.out / 'search_expected_cost.csv'}")
 
 
 if __name__ == "__main__":

@@ -88,3 +88,28 @@ def test_summary_has_one_row_per_run_and_the_random_expectation(
     assert math.isnan(summary.loc["tpe", "best_within_campaign_marginal_cpu"])
     assert summary.loc["random_expected", "cpu_to_top1"] == pytest.approx(10.0 / 0.01)
     assert (tmp_path / "search_curves.png").stat().st_size > 0
+
+
+def test_expected_cost_restarts_failed_runs_and_reuses_the_campaigns_one_time_cost() -> None:
+    nan = math.nan
+    summary = pd.DataFrame([
+        # Campaign: 100 CPU-s one-time; seed 0 hits after 7 marginal CPU-s, seed 1 spends 9 and misses.
+        {"method": "campaign", "seed": 0, "cpu_s": 109.0, "one_time_cpu_s": 100.0, "marginal_cpu_to_top1": 7.0},
+        {"method": "campaign", "seed": 1, "cpu_s": 109.0, "one_time_cpu_s": 100.0, "marginal_cpu_to_top1": nan},
+        # TPE: seed 0 hits after 40, seed 1 after 80, seed 2 spends 120 and misses.
+        {"method": "tpe", "seed": 0, "cpu_s": 120.0, "one_time_cpu_s": 0.0, "cpu_to_top1": 40.0},
+        {"method": "tpe", "seed": 1, "cpu_s": 120.0, "one_time_cpu_s": 0.0, "cpu_to_top1": 80.0},
+        {"method": "tpe", "seed": 2, "cpu_s": 120.0, "one_time_cpu_s": 0.0, "cpu_to_top1": nan},
+    ])
+    for column in ("marginal_cpu_to_top5", "cpu_to_top5", "marginal_cpu_to_top5_test", "cpu_to_top5_test",
+                   "marginal_cpu_to_top1_test", "cpu_to_top1_test"):
+        summary[column] = nan
+    summary["cpu_to_top1"] = summary["cpu_to_top1"].astype(float)
+    ert = bench_search.expected_cost(summary).set_index(["method", "level"])
+    campaign, tpe = ert.loc[("campaign", "top1_val")], ert.loc[("tpe", "top1_val")]
+    assert campaign["hits"] == 1 and campaign["runs"] == 2
+    assert campaign["marginal_ert_cpu_s"] == pytest.approx((7.0 + 9.0) / 1)
+    assert campaign["ert_cpu_s"] == pytest.approx(100.0 + 16.0)
+    assert tpe["ert_cpu_s"] == pytest.approx((40.0 + 80.0 + 120.0) / 2)
+    assert campaign["tpe_over_marginal_ert"] == pytest.approx(120.0 / 16.0)
+    assert math.isnan(ert.loc[("tpe", "top5_val"), "ert_cpu_s"])  # no run hits: no expectation
