@@ -106,13 +106,47 @@ class Referee:
         self.data = data
         self.budget = TrainConfig(epochs=epochs)
 
-    def get(self, graph: Any) -> Any:
-        """The stored ground truth (this cache first, then the reference's), or ``None``."""
+    def get(self, graph: Any, seed: int = 0) -> Any:
+        """The stored ground truth of training seed ``seed`` (this cache first, then the reference's), or ``None``."""
         for cache in (self.cache, self.reference):
-            record = cache.get(graph, self.data, self.budget, seed=0) if cache is not None else None
+            record = cache.get(graph, self.data, self.budget, seed=seed) if cache is not None else None
             if record is not None:
                 return record
         return None
+
+    def graph(self, key: str) -> Any:
+        """The architecture of a canonical key any cache holds a result of, or ``None``."""
+        import sqlite3
+
+        from nas.graph import ArchGraph
+
+        for cache in (self.cache, self.reference):
+            if cache is None:
+                continue
+            with sqlite3.connect(cache.path) as db:
+                row = db.execute("SELECT graph FROM results WHERE arch_key = ? LIMIT 1", (key,)).fetchone()
+            if row is not None:
+                return ArchGraph.from_json(row[0])
+        return None
+
+    def judge_seeds(self, graphs: list[Any], seeds: list[int], *, workers: int = 1) -> pd.DataFrame:
+        """Mean validation and test accuracy over ``seeds`` of each graph, training the missing runs first.
+
+        Returns:
+            Columns ``key``, ``val_acc``, ``test_acc`` (one row per distinct key).
+        """
+        graphs = list({g.key: g for g in graphs}.values())
+        for seed in seeds:
+            missing = [g for g in graphs if self.get(g, seed) is None]
+            if missing:
+                print(f"referee: training {len(missing)} architectures with seed {seed}", flush=True)
+                self.cache.train_missing(missing, self.data, self.budget, seeds=[seed], workers=workers)
+        rows = []
+        for g in graphs:
+            records = [self.get(g, seed) for seed in seeds]
+            rows.append({"key": g.key, "val_acc": float(np.mean([r.val_acc for r in records])),
+                         "test_acc": float(np.mean([r.test_acc for r in records]))})
+        return pd.DataFrame(rows, columns=["key", "val_acc", "test_acc"])
 
     def judge(self, graph: Any) -> tuple[Any, float, bool]:
         """Return ``(record, cpu_s, cached)``: cpu_s is this training's CPU time, or the stored one."""
@@ -269,23 +303,22 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     _append(trace, rows)
 
 
-def thresholds(referee: Referee, space: Any, archs: int) -> dict[str, float]:
-    """The top-5% and top-1% validation accuracies of the trained reference sample.
+def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None = None) -> dict[str, float]:
+    """The top-5% and top-1% validation (and test) accuracies of the trained reference sample.
 
     The reference is ``archs`` candidates sampled uniformly (the held-out list
-    of ``experiments/rank_correlation.py``); any the caches lack are trained first.
+    of ``experiments/rank_correlation.py``); any run the caches lack is trained
+    first. Each candidate's accuracy is its mean over the referee's ``seeds``.
     """
     from nas.evaluation.correlate import sample_candidates
 
+    seeds = seeds or [0]
     graphs = sample_candidates(space, archs, seed=0)
-    missing = [g for g in graphs if referee.get(g) is None]
-    if missing:
-        print(f"training {len(missing)} reference candidates for the ground-truth budget", flush=True)
-        referee.cache.train_missing(missing, referee.data, referee.budget, seeds=[0], workers=1)
+    judged = referee.judge_seeds(graphs, seeds)
     records = [referee.get(g) for g in graphs]
-    levels: dict[str, float] = {"reference_n": len(records)}
+    levels: dict[str, float] = {"reference_n": len(records), "referee_seeds": len(seeds)}
     for metric in ("val_acc", "test_acc"):
-        acc = np.array([getattr(r, metric) for r in records])
+        acc = judged[metric].to_numpy()
         q5, q1 = np.quantile(acc, 0.95), np.quantile(acc, 0.99)
         levels.update({
             f"{metric}_top5": float(q5), f"{metric}_top1": float(q1), f"{metric}_mean": float(acc.mean()),
@@ -313,7 +346,8 @@ def _reported(run: pd.DataFrame, metric: str) -> pd.Series:
     Search with training reports its best validation accuracy; the campaign its
     best fine-tuned accuracy (it never sees the referee's ground truth).
     """
-    visible = run["finetuned_acc"] if run["method"].str.startswith("campaign").all() else run["val_acc"]
+    own = run["seen_acc"] if "seen_acc" in run else run["val_acc"]
+    visible = run["finetuned_acc"] if run["method"].str.startswith("campaign").all() else own
     best_at = visible.fillna(-np.inf).cummax()
     reported, current = [], math.nan
     for v, b, gt in zip(visible.to_numpy(), best_at.to_numpy(), run[metric].to_numpy()):
@@ -371,13 +405,28 @@ def expected_cost(summary: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def summarize(out: Path, levels: dict[str, float]) -> pd.DataFrame:
-    """One row per run: compute to the top 5% and 1%, best ground truth within the campaign's compute."""
+def summarize(out: Path, levels: dict[str, float], *, judge: pd.DataFrame | None = None,
+              suffix: str = "") -> pd.DataFrame:
+    """One row per run: compute to the top 5% and 1%, best ground truth within the campaign's compute.
+
+    Args:
+        out: Folder of the traces; the summary files are written there.
+        levels: The thresholds (:func:`thresholds`).
+        judge: Ground truth per ``key`` (``val_acc``, ``test_acc``) that
+            replaces the traces' seed-0 figures (e.g. means over two seeds);
+            search with training still reports by the accuracy it saw itself.
+        suffix: Added to the names of the files written.
+    """
     traces = sorted(out.glob("search_trace_*.csv"))
     if not traces:
         raise SystemExit(f"error: no search_trace_*.csv in {out}")
     frame = pd.concat([pd.read_csv(p) for p in traces], ignore_index=True)
     frame["one_time"] = frame["one_time"].astype(bool)
+    frame["seen_acc"] = frame["val_acc"]  # what search with training saw of its own trials
+    if judge is not None:
+        truth = judge.set_index("key")
+        for metric in ("val_acc", "test_acc"):
+            frame[metric] = frame["key"].map(truth[metric]).where(frame["key"].notna(), math.nan)
     runs = {key: run.sort_values("step") for key, run in frame.groupby(["method", "seed"])}
     campaign_budget = [run["cpu_s"].sum() for (m, _), run in runs.items() if m == "campaign"]
     campaign_marginal = [run.loc[~run["one_time"], "cpu_s"].sum() for (m, _), run in runs.items() if m == "campaign"]
@@ -419,14 +468,15 @@ def summarize(out: Path, levels: dict[str, float]) -> pd.DataFrame:
            for metric, tag in (("val_acc", ""), ("test_acc", "_test")) for q in ("top5", "top1")},
     })
     summary = pd.DataFrame(rows)
-    summary.to_csv(out / "search_summary.csv", index=False)
-    expected_cost(summary[summary["seed"] >= 0]).to_csv(out / "search_expected_cost.csv", index=False)
-    (out / "search_thresholds.json").write_text(json.dumps({**levels, "train_cpu_s_median": train_s}, indent=2))
-    _plot(runs, levels, out)
+    summary.to_csv(out / f"search_summary{suffix}.csv", index=False)
+    expected_cost(summary[summary["seed"] >= 0]).to_csv(out / f"search_expected_cost{suffix}.csv", index=False)
+    (out / f"search_thresholds{suffix}.json").write_text(
+        json.dumps({**levels, "train_cpu_s_median": train_s}, indent=2))
+    _plot(runs, levels, out, suffix=suffix)
     return summary
 
 
-def _plot(runs: dict[tuple[str, int], pd.DataFrame], levels: dict[str, float], out: Path) -> None:
+def _plot(runs: dict[tuple[str, int], pd.DataFrame], levels: dict[str, float], out: Path, suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -454,7 +504,7 @@ def _plot(runs: dict[tuple[str, int], pd.DataFrame], levels: dict[str, float], o
     axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     for ext in ("png", "pdf"):
-        fig.savefig(out / f"search_curves.{ext}", dpi=200)
+        fig.savefig(out / f"search_curves{suffix}.{ext}", dpi=200)
     plt.close(fig)
 
 
@@ -478,6 +528,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("bench/results/search_ground_truth.sqlite"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench_search"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--referee-seeds", nargs="+", type=int, default=[0],
+                        help="judge by the mean over these training seeds (default 0: the runs' own seed); "
+                             "missing runs are trained, and the files get the suffix _ref<seeds>")
+    parser.add_argument("--referee-workers", type=int, default=1, help="processes training referee runs")
     parser.add_argument("--report", action="store_true", help="only rebuild the summary from the traces")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -490,7 +544,7 @@ def main() -> None:
     data = load_dataset(args.dataset)
     space = load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes)
     referee = Referee(args.cache, data, args.epochs, reference=args.reference)
-    levels = thresholds(referee, space, args.reference_archs)
+    levels = thresholds(referee, space, args.reference_archs, args.referee_seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         campaigns = [m for m in args.methods if m.startswith("campaign")]
@@ -503,8 +557,18 @@ def main() -> None:
                                  one_time=one_time, method=method)
                 else:
                     run_trained_search(method, seed, space=space, referee=referee, trials=args.trials, trace=trace)
-    summary = summarize(args.out, levels)
-    print(f"reference: {levels['reference_n']} trained candidates ({args.epochs:g} epochs, seed 0): "
+    judge, suffix = None, ""
+    if args.referee_seeds != [0]:
+        suffix = "_ref" + "".join(str(s) for s in args.referee_seeds)
+        keys = set()
+        for path in args.out.glob("search_trace_*.csv"):
+            keys |= set(pd.read_csv(path)["key"].dropna())
+        graphs = [referee.graph(key) for key in sorted(keys)]
+        judge = referee.judge_seeds([g for g in graphs if g is not None], args.referee_seeds,
+                                    workers=args.referee_workers)
+    summary = summarize(args.out, levels, judge=judge, suffix=suffix)
+    seeds_text = "seed 0" if not suffix else f"mean of seeds {', '.join(map(str, args.referee_seeds))}"
+    print(f"reference: {levels['reference_n']} trained candidates ({args.epochs:g} epochs, {seeds_text}): "
           f"top 5% / 1% at validation accuracy {levels['val_acc_top5']:.4f} / {levels['val_acc_top1']:.4f}, "
           f"test accuracy {levels['test_acc_top5']:.4f} / {levels['test_acc_top1']:.4f}")
     shown = [
@@ -514,11 +578,11 @@ def main() -> None:
     ]
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(summary[shown].round(4).to_string(index=False))
-    ert = pd.read_csv(args.out / "search_expected_cost.csv")
+    ert = pd.read_csv(args.out / f"search_expected_cost{suffix}.csv")
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print("expected CPU-seconds to reach each level, failed runs restarted with a new seed (ERT):")
         print(ert.round(2).to_string(index=False))
-    print(f"all columns: {args.out / 'search_summary.csv'}, {args.out / 'search_expected_cost.csv'}")
+    print(f"all columns: {args.out / f'search_summary{suffix}.csv'}, {args.out / f'search_expected_cost{suffix}.csv'}")
 
 
 if __name__ == "__main__":
