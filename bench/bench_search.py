@@ -472,37 +472,62 @@ def summarize(out: Path, levels: dict[str, float], *, judge: pd.DataFrame | None
     expected_cost(summary[summary["seed"] >= 0]).to_csv(out / f"search_expected_cost{suffix}.csv", index=False)
     (out / f"search_thresholds{suffix}.json").write_text(
         json.dumps({**levels, "train_cpu_s_median": train_s}, indent=2))
-    _plot(runs, levels, out, suffix=suffix)
+    _plot(summary, out, suffix=suffix)
     return summary
 
 
-def _plot(runs: dict[tuple[str, int], pd.DataFrame], levels: dict[str, float], out: Path, suffix: str = "") -> None:
+def plot_reach(summary: pd.DataFrame) -> Any:
+    """Fraction of runs that have reached each level, against CPU-seconds (runtime ECDF, one panel per level).
+
+    Each method is a step curve over its runs (a run that never reaches a
+    level never counts); campaigns are drawn twice: every CPU-second counted
+    (solid) and their one-time costs left out (dashed), as for a further
+    campaign on the same space and dataset.
+
+    Args:
+        summary: The per-run table of :func:`summarize` (``random_expected`` is ignored).
+
+    Returns:
+        The matplotlib ``Figure`` (2 x 2 panels: validation / test, top 5% / top 1%).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # Left: every CPU-second counted. Right: the campaign's one-time costs (GHN
-    # meta-training, ranker) left out, as for a later campaign on the same space.
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), sharey=True)
+    runs = summary[summary["seed"] >= 0]
     colors = {"campaign": "C0", "campaign-journal": "C4", "tpe": "C1", "random": "C2"}
-    dashes = ["-", (0, (5, 1.5)), (0, (2, 1)), (0, (5, 1, 1, 1))]  # one per seed
-    for ax, marginal in zip(axes, (False, True)):
-        for (method, seed), run in runs.items():
-            cum = _cost(run, marginal=marginal).cumsum().to_numpy()
-            best = run["val_acc"].cummax().to_numpy()
-            keep = ~np.isnan(best) & (cum > 0)
-            ax.step(cum[keep], best[keep], where="post", color=colors.get(method, "C3"),
-                    label=f"{method} (seed {seed})", linestyle=dashes[seed % len(dashes)])
-        for name, style in (("top5", ":"), ("top1", "--")):
-            ax.axhline(levels[f"val_acc_{name}"], color="0.4", linestyle=style, linewidth=1,
-                       label=f"reference top {name[3:]}%")
-        ax.set_xscale("log")
-        ax.set_xlabel("CPU-seconds (log)" + (", campaign's one-time costs excluded" if marginal else ""))
-        ax.set_title("marginal cost" if marginal else "total cost", fontsize=9)
-    axes[0].set_ylabel("best ground-truth val. accuracy")
-    axes[1].legend(fontsize=7, loc="lower right")
+    fig, axes = plt.subplots(2, 2, figsize=(8.0, 5.6), sharex=True, sharey=True)
+    for row, (tag, judged) in enumerate((("", "validation"), ("_test", "test"))):
+        for col, q in enumerate(("top5", "top1")):
+            ax = axes[row, col]
+            for method, group in runs.groupby("method"):
+                campaign = str(method).startswith("campaign")
+                variants = [("cpu_to", "-", "")] + ([("marginal_cpu_to", "--", ", after one-time")] if campaign else [])
+                for prefix, style, note in variants:
+                    costs = np.sort(group[f"{prefix}_{q}{tag}"].dropna().to_numpy())
+                    x = np.concatenate([[1.0], costs, [1e4]])
+                    y = np.concatenate([[0.0], np.arange(1, len(costs) + 1), [len(costs)]]) / len(group)
+                    ax.step(x, y, where="post", color=colors.get(str(method), "C3"), linestyle=style,
+                            label=f"{method}{note} ({len(group)} runs)")
+            ax.set_xscale("log")
+            ax.set_xlim(5, 3000)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"reference {q[:3]} {q[3:]}%, {judged} accuracy", fontsize=9)
+            ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("CPU-seconds (log)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fraction of runs there")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def _plot(summary: pd.DataFrame, out: Path, suffix: str = "") -> None:
+    import matplotlib.pyplot as plt
+
+    fig = plot_reach(summary)
     for ext in ("png", "pdf"):
         fig.savefig(out / f"search_curves{suffix}.{ext}", dpi=200)
     plt.close(fig)
