@@ -141,6 +141,62 @@ def test_train_table_for_user_space(capsys: pytest.CaptureFixture[str]) -> None:
     assert 0.0 <= float(rows["val_acc"]) <= 1.0
 
 
+def test_train_arch_from_a_campaigns_best_json_and_save(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import torch
+
+    from nas.network import Network
+
+    graph = NB201Space(input_shape=(1, 8, 8), C=4).sample(3).graph
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"key": graph.key, "graph": graph.to_dict(), "metrics": {"val_acc": 0.5}}))
+    weights = tmp_path / "scratch.pt"
+    code, out, _ = _run(
+        capsys, "train", "--arch", str(best), "--dataset", "digits", "--epochs", "1", "--max-train", "256",
+        "--batch-size", "32", "--threads", "1", "--json", "--save", str(weights),
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out)
+    assert report["key"] == graph.key and report["space"] == str(best) and report["choices"] is None
+    assert report["steps"] == 256 // 32
+    state = torch.load(weights, weights_only=True)
+    net = Network(graph)
+    net.load_state_dict(state)  # every tensor of this architecture, nothing else
+    # A plain graph JSON (ArchGraph.to_json) trains the same architecture.
+    plain = tmp_path / "graph.json"
+    plain.write_text(graph.to_json())
+    code, out, _ = _run(capsys, "train", "--arch", str(plain), "--dataset", "digits", "--epochs", "0.1",
+                        "--threads", "1", "--json")
+    assert code == 0 and json.loads(out)["key"] == graph.key
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "needle"),
+    [
+        (None, [], "`--arch`: no such file"),
+        ("{not json", [], "is not JSON"),
+        ('{"metrics": {}}', [], 'holds no architecture (a graph, or an object with a "graph" entry)'),
+        ("graph28", [], "takes inputs (1, 28, 28) with 10 classes, but dataset 'digits' has (1, 8, 8)"),
+        ("graph8", ["--save", "weights.txt"], "`--save` must end in .pt, but got"),
+    ],
+)
+def test_train_arch_bad_input_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str | None, extra: list[str], needle: str
+) -> None:
+    path = tmp_path / "arch.json"
+    if content == "graph28":
+        content = NB201Space().sample(0).graph.to_json()
+    elif content == "graph8":
+        content = NB201Space(input_shape=(1, 8, 8), C=4).sample(0).graph.to_json()
+    if content is not None:
+        path.write_text(content)
+    extra = [str(tmp_path / e) if e.endswith(".txt") else e for e in extra]
+    code, out, err = _run(capsys, "train", "--arch", str(path), "--dataset", "digits", "--epochs", "0.1", *extra)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("nas train: error: ")
+    assert needle in err, err
+    assert not list(tmp_path.glob("*.pt"))
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

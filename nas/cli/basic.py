@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from nas.graph import ArchGraph
 from nas.space import SearchSpace, builtin_spaces, load_space
 
 __all__ = [
@@ -226,10 +227,10 @@ def run_sample(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- draw
 
 
-def _output_path(path: str) -> Path:
+def _output_path(path: str, *, suffixes: Sequence[str] = DRAW_FORMATS, flag: str = "-o") -> Path:
     out = Path(path)
-    if out.suffix.lower() not in DRAW_FORMATS:
-        raise ValueError(f"`-o` must end in {' or '.join(DRAW_FORMATS)}, but got {path!r}.")
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"`{flag}` must end in {' or '.join(suffixes)}, but got {path!r}.")
     folder = out.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder {str(folder)!r} does not exist; create it first.")
@@ -254,8 +255,39 @@ def run_draw(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- train
 
 
+def _read_arch(path: str) -> ArchGraph:
+    """The architecture in a JSON file: a graph, or an object holding one under ``"graph"``.
+
+    That covers ``best.json`` of a campaign, a line of ``nas sample`` saved to a
+    file, and :meth:`ArchGraph.to_json` output.
+
+    Raises:
+        FileNotFoundError: No such file.
+        GraphError: The file holds no valid architecture (the message names the file).
+    """
+    from nas.exceptions import GraphError
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"`--arch`: no such file {path!r}.")
+    try:
+        data = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GraphError(f"`--arch` file {path!r} is not JSON: {err}.") from None
+    if isinstance(data, dict) and isinstance(data.get("graph"), (dict, str)):
+        data = data["graph"]
+    if not isinstance(data, str) and not (isinstance(data, dict) and "nodes" in data):
+        raise GraphError(
+            f"`--arch` file {path!r} holds no architecture (a graph, or an object with a \"graph\" entry)."
+        )
+    try:
+        return ArchGraph.from_json(data) if isinstance(data, str) else ArchGraph.from_dict(data)
+    except GraphError as err:
+        raise GraphError(f"`--arch` file {path!r}: {err}") from None
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """Train the candidate of ``--seed`` and print its size and metrics."""
+    """Train a candidate from scratch (the one of ``--seed``, or the one in ``--arch``) and print its metrics."""
     import torch
 
     from nas.network import Network
@@ -276,15 +308,29 @@ def run_train(args: argparse.Namespace) -> int:
         )
     with flag_errors(args, seed="--data-seed"):
         data = _load_data(args.dataset, seed=args.data_seed, max_train=args.max_train)
-    space = space_from_args(args, data)
-    cand = space.sample(args.seed)
-    graph = cand.graph
+    if args.arch is not None:
+        graph, choices, source = _read_arch(args.arch), None, args.arch
+        if tuple(graph.input_shape) != tuple(data.input_shape) or graph.num_classes != data.num_classes:
+            raise ValueError(
+                f"`--arch` {args.arch!r} takes inputs {tuple(graph.input_shape)} with {graph.num_classes} classes, "
+                f"but dataset {data.name!r} has {tuple(data.input_shape)} with {data.num_classes}."
+            )
+    else:
+        space = space_from_args(args, data)
+        cand = space.sample(args.seed)
+        graph, choices, source = cand.graph, cand.params, space.name
+    save = _output_path(args.save, suffixes=(".pt",), flag="--save") if args.save is not None else None
     torch.manual_seed(args.seed)
     model = Network(graph)
-    logger.info("training candidate %s of %r on %s", graph.key[:12], space, data.name)
+    logger.info("training candidate %s of %s on %s", graph.key[:12], source, data.name)
     result = train(model, data, config)
+    if save is not None and not result.failed:
+        from nas._atomic import save_torch
+
+        save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, save, what="weights")
+        logger.info("weights saved to %s", save)
     report: dict[str, Any] = {
-        "space": space.name,
+        "space": source,
         "dataset": data.name,
         "seed": args.seed,
         "key": graph.key,
@@ -302,7 +348,7 @@ def run_train(args: argparse.Namespace) -> int:
     if result.error:
         report["error"] = result.error
     if args.json:
-        report["choices"] = cand.params
+        report["choices"] = choices
         finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
         print(json.dumps(finite))  # NaN (a failed run) becomes null, which JSON readers accept
     else:
@@ -339,8 +385,12 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--dpi", type=int, default=100, help="resolution of a PNG (default: 100)")
     p.set_defaults(func=run_draw)
 
-    p = subparsers.add_parser("train", help="train one sampled candidate", description=run_train.__doc__)
+    p = subparsers.add_parser("train", help="train one candidate from scratch", description=run_train.__doc__)
     add_space_arguments(p)
+    p.add_argument("--arch", default=None, metavar="FILE",
+                   help="train this architecture instead of a sampled one: a campaign's best.json, a saved "
+                        "line of `nas sample`, or a graph's JSON")
+    p.add_argument("--save", default=None, metavar="PATH", help="write the trained state_dict here (.pt)")
     p.add_argument("--dataset", default="mnist5k", help="dataset name (default: mnist5k)")
     p.add_argument("--seed", type=int, default=0, help="seed of the candidate and of training (default: 0)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default: 0)")
