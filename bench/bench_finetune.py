@@ -9,7 +9,10 @@ the trainer's defaults) starting from:
   (``ghn.materialize(..., rescale=False)``);
 * ``predicted``: the predicted weights with the tensors batch norm normalises
   rescaled to a fresh initialisation's norms (``ghn.materialize(...)``, the
-  campaign's default).
+  campaign's default);
+* ``predicted_convs``: the same, with every batch-norm scale and shift and
+  the linear classifier put back to a fresh initialisation (the predicted
+  convolutions alone).
 
 ``no_sgd`` is the accuracy of the predicted weights before any step. Prints
 the mean validation accuracy per start and budget and writes
@@ -18,7 +21,7 @@ measures; it asserts nothing.
 
 Usage::
 
-    python bench/bench_finetune.py --ghn runs/bench_search/campaign_s0/ghn.pt --archs 8 --epochs 1 2
+    python bench/bench_finetune.py --ghn runs/bench_search/one_time/ghn.pt --archs 8 --epochs 1 3
 """
 
 from __future__ import annotations
@@ -31,12 +34,33 @@ import pandas as pd
 import torch
 
 
+#: The starts fine-tuning is compared from (see the module docstring).
+STARTS = ("scratch", "predicted_raw", "predicted", "predicted_convs")
+
+
+def _fresh_affine_and_head(net: torch.nn.Module, graph: object) -> torch.nn.Module:
+    """Put every batch-norm scale and shift and every linear layer of ``net`` back to a fresh initialisation."""
+    from nas.network import Network
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = dict(Network(graph).named_parameters())
+    modules = dict(net.named_modules())
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            owner = modules[name.rsplit(".", 1)[0]]
+            if isinstance(owner, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Linear)):
+                param.copy_(fresh[name])
+    return net
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ghn", type=Path, required=True, help="a GHN checkpoint (its held-out architectures are used)")
     parser.add_argument("--dataset", default=None, help="dataset (default: the one the GHN was trained on)")
     parser.add_argument("--archs", type=int, default=8)
     parser.add_argument("--epochs", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--starts", nargs="+", default=list(STARTS), choices=list(STARTS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
@@ -66,8 +90,9 @@ def main() -> None:
                 "scratch": lambda g=graph: Network(g),
                 "predicted_raw": lambda g=graph: ghn.materialize(g, data, rescale=False),
                 "predicted": lambda g=graph: ghn.materialize(g, data),
+                "predicted_convs": lambda g=graph: _fresh_affine_and_head(ghn.materialize(g, data), g),
             }
-            for start, make in starts.items():
+            for start, make in ((name, starts[name]) for name in args.starts):
                 torch.manual_seed(0)
                 net = make()
                 begin = time.perf_counter()

@@ -257,6 +257,10 @@ def _setup(args: argparse.Namespace) -> None:
 
 def _print_result(result: Any, started: float) -> None:
     print(result.summary())
+    if result.best is not None and result.out is not None:
+        # Short fine-tunes from predicted weights trail full training from scratch (README, search benchmark).
+        print(f"to train the best architecture from scratch: nas train --arch {result.out / 'best.json'} "
+              f"--dataset {result.best.get('dataset', '<dataset>')} --epochs 3 --save best-scratch.pt")
     print(f"wall time {time.perf_counter() - started:.0f} s")
 
 
