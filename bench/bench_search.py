@@ -254,6 +254,8 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
 
     ``method`` ``"campaign"`` keeps the campaign's default storage (SQLite);
     ``"campaign-journal"`` stores the same campaign in Optuna's journal file.
+    ``"campaign-refine"`` and ``"campaign-refine-journal"`` add the local
+    refinement of the ``--refine`` best candidates after the sampler's trials.
     """
     from nas.campaign import Campaign
     from nas.graph import ArchGraph
@@ -265,8 +267,9 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
         space=space, dataset=data, ghn=folder / "ghn.pt", ranker=folder / "ranker.pt", trials=args.campaign_trials,
         top_k=args.top_k, finetune_epochs=args.finetune_epochs, out=Path(args.work) / f"{method}_s{seed}",
         storage=(f"journal:///{(Path(args.work) / f'{method}_s{seed}' / 'campaign.log').resolve()}"
-                 if method == "campaign-journal" else None),
+                 if method.endswith("-journal") else None),
         seed=seed, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, progress=not args.no_progress,
+        refine=args.refine if "-refine" in method else 0,
     )
     rows: list[dict[str, Any]] = []
     cum = 0.0
@@ -496,7 +499,8 @@ def plot_reach(summary: pd.DataFrame) -> Any:
     import matplotlib.pyplot as plt
 
     runs = summary[summary["seed"] >= 0]
-    colors = {"campaign": "C0", "campaign-journal": "C4", "tpe": "C1", "random": "C2"}
+    colors = {"campaign": "C0", "campaign-journal": "C4", "campaign-refine": "C3", "campaign-refine-journal": "C5",
+              "tpe": "C1", "random": "C2"}
     fig, axes = plt.subplots(2, 2, figsize=(8.0, 5.6), sharex=True, sharey=True)
     for row, (tag, judged) in enumerate((("", "validation"), ("_test", "test"))):
         for col, q in enumerate(("top5", "top1")):
@@ -538,11 +542,14 @@ def main() -> None:
     parser.add_argument("--space", default="nb201")
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--epochs", type=float, default=3, help="ground-truth budget (default 3)")
-    parser.add_argument("--methods", nargs="*", default=[], choices=["campaign", "campaign-journal", "tpe", "random"])
+    parser.add_argument("--methods", nargs="*", default=[], choices=[
+        "campaign", "campaign-journal", "campaign-refine", "campaign-refine-journal", "tpe", "random"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", type=int, default=60, help="trained trials of tpe / random (default 60)")
     parser.add_argument("--campaign-trials", type=int, default=300)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--refine", type=int, default=10,
+                        help="best candidates refined by the campaign-refine methods (default 10)")
     parser.add_argument("--finetune-epochs", type=float, default=1)
     parser.add_argument("--ghn-steps", type=int, default=1200, help="meta-training steps (default: the recipe's 1200)")
     parser.add_argument("--ranker-labels", type=int, default=150)

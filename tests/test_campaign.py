@@ -329,6 +329,85 @@ def test_duplicates_are_not_rescored(tmp_path: Path, ghn_path: Path) -> None:
     assert len(table) == 2 and sorted(table["n_trials"]) == [2, 2]
 
 
+def test_refinement_params_are_untried_one_step_changes_of_the_best() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from nas.campaign._rank import refinement_params
+
+    dists = {
+        "op": CategoricalDistribution(["a", "b", "c"]),
+        "width": IntDistribution(0, 4, step=2),
+        "lr": FloatDistribution(0.1, 1.0),  # continuous: never changed
+    }
+    study = optuna.create_study()
+
+    def add(params: dict[str, Any], score: float, key: str, **attrs: Any) -> None:
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, value=score,
+            user_attrs={"key": key, "rank_score": score, **attrs},
+        ))
+
+    add({"op": "a", "width": 2, "lr": 0.5}, 1.0, "k0")
+    add({"op": "b", "width": 2, "lr": 0.5}, 2.0, "k1")
+    add({"op": "c", "width": 4, "lr": 0.5}, 0.5, "k0", duplicate_of=0)  # a duplicate is not a candidate
+    add({"op": "a", "width": 0, "lr": 0.5}, 3.0, "k0")  # same key as the best: counted once, its choices tried
+    assert refinement_params(study, 1) == [
+        {"op": "c", "width": 2, "lr": 0.5},  # "b" is tried already
+        {"op": "a", "width": 4, "lr": 0.5},  # width 0 is tried already
+    ]
+    assert refinement_params(study, 2) == [
+        {"op": "c", "width": 2, "lr": 0.5},
+        {"op": "a", "width": 4, "lr": 0.5},
+        {"op": "b", "width": 0, "lr": 0.5},  # the second best's "c" neighbour is the first's
+        {"op": "b", "width": 4, "lr": 0.5},
+    ]
+
+
+def test_refine_reaches_a_local_optimum_of_the_score_and_resumes_without_rescoring(
+    tmp_path: Path, ghn_path: Path, ranker_path: Path
+) -> None:
+    from nas.campaign._rank import REFINE_ATTR, refinement_params
+    from nas.ghn import GHNRanker
+
+    out = tmp_path / "run"
+    make = lambda: small_campaign(  # noqa: E731
+        out, ghn_path, rank_by="ranker", ranker=ranker_path, trials=8, batch_size=8, refine=1, refine_trials=150,
+        sampler="random", storage=f"journal:///{tmp_path / 'campaign.log'}",
+    )
+    stats = make().rank()
+    rank, _ = make().open()
+    trials = rank.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    sampled = [t for t in trials if REFINE_ATTR not in t.user_attrs]
+    refined = [t for t in trials if REFINE_ATTR in t.user_attrs]
+    assert len([t for t in sampled if t.state == TrialState.COMPLETE]) == 8  # refinement is on top of `trials`
+    assert len(refined) == stats.refined > 0 and len(refined) < 150  # converged within the budget
+
+    # Every one-step change of the best candidate is scored, and none beats it.
+    assert refinement_params(rank, 1) == []
+    table = candidates_frame(rank)
+    best = next(t for t in trials if t.user_attrs.get("key") == table["key"].iloc[0] and "duplicate_of" not in t.user_attrs)
+    space = load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS)
+    ranker = GHNRanker.load(ranker_path)
+    neighbours = [{**best.params, name: op} for name in NB201_CHOICES for op in
+                  rank.trials[best.number].distributions[name].choices if op != best.params[name]]
+    graphs = [space.build(optuna.trial.FixedTrial(p)) for p in neighbours]
+    assert len(neighbours) == 24
+    assert min(ranker.score(graphs)) >= table["rank_score"].iloc[0] - 1e-6
+    assert table["rank_score"].iloc[0] <= min(t.user_attrs["rank_score"] for t in sampled if t.state == TrialState.COMPLETE)
+
+    # Running it again scores nothing: the sampler's trials are there and the best has no untried neighbour.
+    again = make().rank()
+    assert again.told == 0 and again.evaluated == 0
+
+
+@pytest.mark.parametrize("kwargs, name", [({"refine": -1}, "refine"), ({"refine": 1.5}, "refine"),
+                                          ({"refine": 2, "refine_trials": 0}, "refine_trials")])
+def test_refine_rejects_bad_values(tmp_path: Path, kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        Campaign(out=tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
 def test_multi_objective_takes_candidates_from_the_pareto_front(tmp_path: Path, ghn_path: Path) -> None:
     campaign = small_campaign(tmp_path / "mo", ghn_path, objectives="loss,params", trials=10, top_k=2, batch_size=10)
     campaign.rank()

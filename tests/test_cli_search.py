@@ -82,6 +82,8 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--ranker-labels", "many"], "argument --ranker-labels: invalid int value: 'many'"),
         (["--ranker-k", "0"], "`--ranker-k` must be positive, but got 0"),
         (["--label-workers", "-1"], "`--label-workers` must be positive, but got -1"),
+        (["--refine", "-1"], "`--refine` must be a non-negative int, but got -1"),
+        (["--refine", "2", "--refine-trials", "0"], "`--refine-trials` must be"),
         (["--rank-by", "loss", "--ranker", "r.pt"], "`--ranker` is used only when `--rank-by` is 'ranker'"),
     ],
 )

@@ -220,7 +220,12 @@ class Campaign:
         label_workers: Processes training labels in parallel.
         ranker_config: A :class:`nas.ghn.RankerConfig` for the ranker fitted
             when ``ranker`` is ``None`` (default: the default recipe, seeded with ``seed``).
-        trials: Complete rank trials the study must hold.
+        trials: Complete rank trials the study must hold (sampler trials).
+        refine: After the sampler's trials, score every one-step change of
+            the ``refine`` best candidates (one choice changed), and repeat
+            with the new best until they stop changing: a local search on
+            the rank score. ``0`` (default) skips it.
+        refine_trials: Most refinement trials (default: ``trials``).
         top_k: Distinct candidates to fine-tune.
         finetune_epochs: Fine-tuning budget per candidate (epochs, may be fractional).
         sampler: ``"tpe"``, ``"random"``, ``"gp"``, ``"nsga2"`` or an Optuna sampler.
@@ -289,8 +294,14 @@ class Campaign:
         ranker_k: int = 100,
         label_workers: int = 1,
         ranker_config: Any = None,
+        refine: int = 0,
+        refine_trials: int | None = None,
     ) -> None:
         self.trials = _positive_int("trials", trials)
+        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+            raise ValueError(f"`refine` must be a non-negative int, but got {refine!r}.")
+        self.refine = refine
+        self.refine_trials = self.trials if refine_trials is None else _positive_int("refine_trials", refine_trials)
         self.top_k = _positive_int("top_k", top_k)
         self.finetune_epochs = _positive_float("finetune_epochs", finetune_epochs)
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -537,6 +548,8 @@ class Campaign:
             "label_workers": self.label_workers,
             "out": str(self.out.resolve()),
             "trials": self.trials,
+            "refine": self.refine,
+            "refine_trials": self.refine_trials,
             "top_k": self.top_k,
             "seed": self.seed,
             "sampler": self.sampler_spec if isinstance(self.sampler_spec, str) else type(self.sampler_spec).__name__,
@@ -604,6 +617,8 @@ class Campaign:
                 heartbeat_interval=self.heartbeat_interval,
                 grace_period=self.grace_period,
                 progress=self.progress,
+                refine=self.refine,
+                refine_trials=self.refine_trials,
             )
         return self.rank_stats
 

@@ -18,6 +18,12 @@ scored before (by any worker) is not scored again: its trial is told the
 stored score. The score is stored in the trial's user attribute
 ``rank_score``; ranking by ``"loss"`` also stores ``ghn_loss`` and ``ghn_acc``
 (older campaigns stored only those).
+
+With ``refine > 0``, the sampler's trials are followed by a local search
+(:func:`refinement_params`): every change of one choice of the ``refine`` best
+candidates is enqueued and scored, until those best no longer change or the
+refinement budget is spent. Refinement trials carry the user attribute
+``refine`` and do not count towards ``n_trials``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
@@ -48,6 +55,7 @@ __all__ = [
     "RankStats",
     "rank_by_of",
     "rank_score",
+    "refinement_params",
     "resolve_objectives",
     "resolve_rank_by",
     "resolve_sampler",
@@ -148,6 +156,10 @@ def rank_score(attrs: Mapping[str, Any]) -> float:
         return math.nan
 
 
+#: User attribute that marks a trial of the local refinement (see :func:`refinement_params`).
+REFINE_ATTR = "refine"
+
+
 def _has_score(attrs: Mapping[str, Any]) -> bool:
     return "rank_score" in attrs or "ghn_loss" in attrs
 
@@ -199,6 +211,7 @@ class RankStats:
         duplicates: Trials answered from an earlier score of the same key.
         failed: Trials whose candidate could not be built or scored.
         score_calls: Calls of the scorer, ``ranker.score`` or ``ghn.evaluate`` (one per batch).
+        refined: Refinement trials this process finished (included in ``told``).
     """
 
     told: int = 0
@@ -206,6 +219,7 @@ class RankStats:
     duplicates: int = 0
     failed: int = 0
     score_calls: int = 0
+    refined: int = 0
 
     @property
     def ghn_calls(self) -> int:
@@ -230,7 +244,11 @@ def known_scores(study: optuna.Study) -> dict[str, FrozenTrial]:
 
 
 def _count(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    """Complete and running trials of the sampler (refinement trials left out)."""
+    trials = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        if REFINE_ATTR not in t.user_attrs
+    ]
     done = sum(t.state == TrialState.COMPLETE for t in trials)
     return done, len(trials) - done
 
@@ -366,8 +384,10 @@ def run_rank_stage(
     grace_period: float = 120.0,
     poll_interval: float = 2.0,
     progress: bool = True,
+    refine: int = 0,
+    refine_trials: int | None = None,
 ) -> RankStats:
-    """Run the rank study until it holds ``n_trials`` complete trials.
+    """Run the rank study until it holds ``n_trials`` complete trials, then refine its best.
 
     Several processes may run this on one study at once; each asks only what
     is still missing, and all wait until the running trials are told.
@@ -389,11 +409,18 @@ def run_rank_stage(
         grace_period: Seconds after which another worker's silent trial is dead.
         poll_interval: Seconds between checks while waiting for other workers.
         progress: Show a tqdm bar.
+        refine: After the sampler, score the one-step neighbours of this many
+            best candidates until they stop changing (:func:`refinement_params`); ``0`` skips it.
+        refine_trials: Most refinement trials (default ``n_trials``).
 
     Returns:
         What this process did.
     """
     stats = RankStats()
+
+    def score(asked: list[optuna.Trial]) -> None:
+        _score_batch(study, asked, space, ghn, data, objectives=objectives, device=device, stats=stats, ranker=ranker)
+
     reap_stale_trials(study, grace_period=grace_period)
     done, running = _count(study)
     desc = "rank (ranker)" if ranker is not None else "rank (GHN loss)"
@@ -412,25 +439,148 @@ def run_rank_stage(
                     continue
                 time.sleep(poll_interval)
                 continue
-            with warnings.catch_warnings():
-                # Heartbeats are recorded by our own thread (Heartbeat) for ask/tell trials.
-                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                asked = [study.ask() for _ in range(min(batch_size, missing))]
-            try:
-                with Heartbeat(asked, worker, interval=heartbeat_interval):
-                    _score_batch(
-                        study, asked, space, ghn, data, objectives=objectives, device=device, stats=stats, ranker=ranker
-                    )
-            except BaseException:
-                _abandon(study, asked)
-                raise
+            _ask_and_score(study, min(batch_size, missing), score, worker, heartbeat_interval)
             bar.set_postfix(scored=stats.evaluated, dup=stats.duplicates, refresh=False)
-            if stats.failed > max(10, n_trials) and stats.failed > stats.told // 2:
-                raise SpaceError(
-                    f"{stats.failed} of {stats.told} candidates of search space {space.name!r} could not be "
-                    "built or scored; see the warnings above."
-                )
+            _check_failures(stats, n_trials, space)
+    if refine > 0:
+        budget = n_trials if refine_trials is None else refine_trials
+        _refine(study, top=refine, budget=budget, batch_size=batch_size, score=score, worker=worker,
+                heartbeat_interval=heartbeat_interval, grace_period=grace_period, poll_interval=poll_interval,
+                stats=stats, progress=progress)
+        _check_failures(stats, n_trials, space)
     return stats
+
+
+def _check_failures(stats: RankStats, n_trials: int, space: SearchSpace) -> None:
+    if stats.failed > max(10, n_trials) and stats.failed > stats.told // 2:
+        raise SpaceError(
+            f"{stats.failed} of {stats.told} candidates of search space {space.name!r} could not be "
+            "built or scored; see the warnings above."
+        )
+
+
+def _ask_and_score(
+    study: optuna.Study, count: int, score: Callable[[list[optuna.Trial]], None], worker: str,
+    heartbeat_interval: float,
+) -> None:
+    """Ask ``count`` trials (enqueued ones first), then build, score and tell them as one batch."""
+    with warnings.catch_warnings():
+        # Heartbeats are recorded by our own thread (Heartbeat) for ask/tell trials.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        asked = [study.ask() for _ in range(count)]
+    try:
+        with Heartbeat(asked, worker, interval=heartbeat_interval):
+            score(asked)
+    except BaseException:
+        _abandon(study, asked)
+        raise
+
+
+def _neighbour_values(dist: BaseDistribution, value: Any) -> list[Any]:
+    """The values one step away from ``value``: every other choice, or one ``step`` down and up."""
+    if isinstance(dist, CategoricalDistribution):
+        return [c for c in dist.choices if c != value]
+    if isinstance(dist, (IntDistribution, FloatDistribution)) and dist.step is not None and not dist.log:
+        return [v for v in (value - dist.step, value + dist.step) if dist.low <= v <= dist.high]
+    if isinstance(dist, IntDistribution) and dist.log:
+        return [v for v in (value // 2, value * 2) if dist.low <= v <= dist.high and v != value]
+    return []  # a continuous parameter has no neighbours to enumerate
+
+
+def _params_key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((name, repr(value)) for name, value in params.items()))
+
+
+def refinement_params(study: optuna.Study, top: int) -> list[dict[str, Any]]:
+    """Choices one step away from the ``top`` best distinct candidates that no trial has tried yet.
+
+    A step changes one parameter of a candidate's trial: another choice of a
+    categorical parameter, or one ``step`` of a stepped int or float (a factor
+    of 2 for a log-scaled int). Continuous parameters are kept. Candidates are
+    ordered by their rank score (the first objective), best first, and each
+    canonical key counts once.
+
+    Args:
+        study: The rank study.
+        top: How many of the best candidates to take the neighbours of.
+
+    Returns:
+        Parameter dicts, best candidate's neighbours first, without repeats.
+    """
+    trials = study.get_trials(deepcopy=False)
+    tried = {_params_key(t.params or t.system_attrs.get("fixed_params", {})) for t in trials}
+    best: list[FrozenTrial] = []
+    seen: set[str] = set()
+    scored = [
+        t for t in trials
+        if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs and math.isfinite(rank_score(t.user_attrs))
+    ]
+    for trial in sorted(scored, key=lambda t: (rank_score(t.user_attrs), t.number)):
+        key = trial.user_attrs.get("key")
+        if key in seen:
+            continue
+        seen.add(key)
+        best.append(trial)
+        if len(best) == top:
+            break
+    out: list[dict[str, Any]] = []
+    for trial in best:
+        for name, dist in trial.distributions.items():
+            for value in _neighbour_values(dist, trial.params[name]):
+                params = {**trial.params, name: value}
+                key = _params_key(params)
+                if key not in tried:
+                    tried.add(key)
+                    out.append(params)
+    return out
+
+
+def _refine(
+    study: optuna.Study,
+    *,
+    top: int,
+    budget: int,
+    batch_size: int,
+    score: Callable[[list[optuna.Trial]], None],
+    worker: str,
+    heartbeat_interval: float,
+    grace_period: float,
+    poll_interval: float,
+    stats: RankStats,
+    progress: bool,
+) -> None:
+    """Local search after the sampler: score the untried neighbours of the ``top`` best until none is left.
+
+    Each round enqueues the neighbours (:func:`refinement_params`) of the
+    current best, marked with :data:`REFINE_ATTR`, and scores them in batches;
+    a better neighbour joins the best and its own neighbours come next round.
+    It ends when the best have no untried neighbour, or when the study holds
+    ``budget`` refinement trials (counted over all workers and reruns).
+    """
+    bar = tqdm(desc="refine", unit="trial", disable=not progress)
+    with bar:
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            marked = [t for t in trials if REFINE_ATTR in t.user_attrs]
+            waiting = sum(t.state == TrialState.WAITING for t in marked)
+            running = sum(t.state == TrialState.RUNNING for t in marked)
+            left = budget - len(marked)
+            if waiting == 0 and left > 0:
+                for params in refinement_params(study, top)[:left]:
+                    study.enqueue_trial(params, user_attrs={REFINE_ATTR: True}, skip_if_exists=False)
+                    waiting += 1
+            if waiting == 0:
+                if running == 0:
+                    break
+                # Another worker holds the last refinement trials; their scores may change the best.
+                if not reap_stale_trials(study, grace_period=grace_period):
+                    time.sleep(poll_interval)
+                continue
+            before = stats.told
+            _ask_and_score(study, min(batch_size, waiting), score, worker, heartbeat_interval)
+            stats.refined += stats.told - before
+            bar.update(stats.told - before)
+            bar.set_postfix(scored=stats.evaluated, dup=stats.duplicates, refresh=False)
 
 
 def _abandon(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:

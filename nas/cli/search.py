@@ -141,6 +141,14 @@ def add_parsers(subparsers: Any) -> None:
         help="processes running those short trainings in parallel (default 1)",
     )
     p.add_argument("--trials", type=int, default=300, metavar="N", help="rank trials (default 300)")
+    p.add_argument(
+        "--refine", type=int, default=0, metavar="R",
+        help="after the rank trials, score every one-choice change of the R best candidates until they stop "
+        "changing: a local search on the rank score (default 0: off)",
+    )
+    p.add_argument(
+        "--refine-trials", type=int, default=None, metavar="N", help="most refinement trials (default: --trials)"
+    )
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to fine-tune (default 5)")
     p.add_argument("--finetune-epochs", type=float, default=3.0, metavar="E", help="fine-tuning epochs (default 3)")
     p.add_argument("--sampler", default="tpe", help=f"{' | '.join(SAMPLERS)} (default tpe)")
@@ -331,6 +339,8 @@ def _search_campaign(args: argparse.Namespace) -> Any:
         ranker_labels=args.ranker_labels,
         ranker_k=args.ranker_k,
         label_workers=args.label_workers,
+        refine=args.refine,
+        refine_trials=args.refine_trials,
     )
 
 
