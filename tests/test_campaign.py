@@ -609,9 +609,11 @@ def test_from_storage_finds_the_ranker_checkpoint(tmp_path: Path, ghn_path: Path
     path = tmp_path / "my_ranker.pt"
     shutil.copy(ranker_path, path)
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    small_campaign(tmp_path / "a", ghn_path, rank_by="ranker", ranker=path, storage=url, study="r", ranker_k=7).open()
+    small_campaign(tmp_path / "a", ghn_path, rank_by="ranker", ranker=path, storage=url, study="r", ranker_k=7,
+                   refine=3, refine_trials=40).open()
     worker = Campaign.from_storage(url, "r", out=tmp_path / "w", progress=False)
     assert worker.rank_by == "ranker" and worker.ranker_k == 7
+    assert (worker.refine, worker.refine_trials) == (3, 40)
     x = [c.graph for c in load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS).sample_many(4)]
     assert list(worker.ranker.predict(x)) == list(GHNRanker.load(path).predict(x))
     worker.open()  # joins: same identity

@@ -877,6 +877,8 @@ class Campaign:
             ranker_labels=int(labels.get("n", 300)),
             ranker_k=int(labels.get("k", 30)),
             label_workers=int(info.get("label_workers", 1)),
+            refine=int(info.get("refine", 0)),
+            refine_trials=int(info["refine_trials"]) if info.get("refine_trials") else None,
         )
 
     def work(self) -> FinetuneStats:
