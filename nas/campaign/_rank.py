@@ -513,7 +513,9 @@ def refinement_params(study: optuna.Study, top: int) -> list[dict[str, Any]]:
     seen: set[str] = set()
     scored = [
         t for t in trials
-        if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs and math.isfinite(rank_score(t.user_attrs))
+        if t.state == TrialState.COMPLETE
+        and "duplicate_of" not in t.user_attrs
+        and math.isfinite(rank_score(t.user_attrs))
     ]
     for trial in sorted(scored, key=lambda t: (rank_score(t.user_attrs), t.number)):
         key = trial.user_attrs.get("key")
