@@ -501,6 +501,80 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     assert list(table["rank_score"]) == pytest.approx(list(fresh.score(graphs)), rel=1e-5, abs=1e-6)
 
 
+class StudyWatchingRanker(CountingRanker):
+    """A ranker that records, at each ``score`` call, the states of the stored rank trials."""
+
+    def __init__(self, ranker: Any, storage: str) -> None:
+        super().__init__(ranker)
+        self.storage = storage
+        self.states: list[set[TrialState]] = []
+
+    def score(self, graphs):
+        from nas.campaign._storage import open_storage
+
+        study = optuna.load_study(study_name="campaign-rank", storage=open_storage(self.storage))
+        self.states.append({t.state for t in study.get_trials(deepcopy=False)})
+        return super().score(graphs)
+
+
+def test_ranker_path_samples_in_memory_and_stores_finished_trials_only(
+    tmp_path: Path, ghn_path: Path, ranker_path: Path
+) -> None:
+    from nas.campaign._rank import REFINE_ATTR
+    from nas.campaign._storage import WORKER_ATTR
+    from nas.ghn import GHNRanker
+
+    storage = f"journal:///{tmp_path / 'campaign.log'}"
+    ranker = StudyWatchingRanker(GHNRanker.load(ranker_path), storage)
+    make = lambda trials, **kw: small_campaign(  # noqa: E731
+        tmp_path / "run", ghn_path, rank_by="ranker", ranker=ranker, trials=trials, batch_size=4,
+        storage=storage, study="campaign", **kw,
+    )
+    first = make(8).rank(worker="worker-a")
+    # While a batch is scored, the storage holds no running or queued trial of it: results are stored finished.
+    assert len(ranker.states) == first.score_calls >= 2
+    assert all(states <= {TrialState.COMPLETE, TrialState.FAIL} for states in ranker.states)
+    rank, _ = make(8).open()
+    stored = rank.get_trials(deepcopy=False)
+    assert len(stored) == first.told == 8
+    assert {t.user_attrs[WORKER_ATTR] for t in stored} == {"worker-a"}
+    assert all(t.datetime_complete is not None and len(t.params) == len(NB201_CHOICES) for t in stored)
+
+    # Another worker (a rerun) copies those trials in: it stores only new trials and re-scores no stored key.
+    scored_before = {k for call in ranker.calls for k in call}
+    ranker.calls.clear()
+    second = make(16, refine=1, refine_trials=30).rank(worker="worker-b")
+    rescored = {k for call in ranker.calls for k in call} & scored_before
+    assert not rescored
+    rank, _ = make(16).open()
+    trials = rank.get_trials(deepcopy=False)
+    assert len(trials) == 8 + second.told and second.refined > 0
+    assert sum(REFINE_ATTR not in t.user_attrs and t.state == TrialState.COMPLETE for t in trials) == 16
+    assert all(t.user_attrs[WORKER_ATTR] == "worker-b" for t in trials[8:])
+    # A duplicate points at the trial that scored its key.
+    by_number = {t.number: t for t in trials}
+    for t in trials:
+        if "duplicate_of" in t.user_attrs:
+            source = by_number[t.user_attrs["duplicate_of"]]
+            assert source.user_attrs["key"] == t.user_attrs["key"] and "duplicate_of" not in source.user_attrs
+
+
+def test_ranker_path_scores_trials_an_earlier_run_left_queued(
+    tmp_path: Path, ghn_path: Path, ranker_path: Path
+) -> None:
+    make = lambda: small_campaign(  # noqa: E731
+        tmp_path / "run", ghn_path, rank_by="ranker", ranker=ranker_path, trials=6, batch_size=3,
+    )
+    rank, _ = make().open()
+    params = {name: "skip_connect" for name in NB201_CHOICES}
+    rank.enqueue_trial(params)  # what a re-queued trial of a dead worker looks like
+    make().rank()
+    rank, _ = make().open()
+    assert not rank.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    taken = [t for t in rank.get_trials(deepcopy=False) if t.params == params]
+    assert len(taken) == 1 and taken[0].state == TrialState.COMPLETE and taken[0].number == 0
+
+
 def _ranker_campaign(out: Path, ghn_path: Path, **overrides: Any) -> Campaign:
     from nas.ghn import RankerConfig
 

@@ -46,7 +46,7 @@ from nas.exceptions import GraphError, SpaceError
 from nas.graph import ArchGraph
 from nas.space import SearchSpace
 
-from nas.campaign._storage import CAMPAIGN_ATTR, Heartbeat, reap_stale_trials
+from nas.campaign._storage import CAMPAIGN_ATTR, WORKER_ATTR, Heartbeat, reap_stale_trials
 
 __all__ = [
     "OBJECTIVES",
@@ -253,20 +253,36 @@ def _count(study: optuna.Study) -> tuple[int, int]:
     return done, len(trials) - done
 
 
-def _score_batch(
-    study: optuna.Study,
+@dataclass
+class _Outcome:
+    """What one asked trial is told: its state, its values and its user attributes.
+
+    ``copy_of`` names the key of an earlier trial of the same batch that this
+    one duplicates; its ``duplicate_of`` attribute is filled in once that
+    trial's number is known.
+    """
+
+    trial: optuna.Trial
+    state: TrialState
+    attrs: dict[str, Any]
+    values: list[float] | None = None
+    copy_of: str | None = None
+
+
+def _evaluate(
     trials: list[optuna.Trial],
     space: SearchSpace,
     ghn: Any,
     data: Any,
     *,
+    known: Mapping[str, FrozenTrial],
     objectives: Sequence[str],
     device: str,
     stats: RankStats,
     ranker: Any = None,
-) -> None:
-    """Build, deduplicate, score (one scorer call) and tell one batch of asked trials."""
-    known = known_scores(study)
+) -> list[_Outcome]:
+    """Build, deduplicate and score (one scorer call) one batch of asked trials; store nothing."""
+    outcomes: list[_Outcome] = []
     built: list[tuple[optuna.Trial, ArchGraph]] = []
     for trial in trials:
         try:
@@ -276,10 +292,8 @@ def _score_batch(
                     f"search space {space.name!r} build() returned {type(graph).__name__}, not an ArchGraph."
                 )
         except (GraphError, SpaceError) as err:
-            trial.set_user_attr("error", " ".join(str(err).split()))
-            study.tell(trial, state=TrialState.FAIL)
+            outcomes.append(_Outcome(trial, TrialState.FAIL, {"error": " ".join(str(err).split())}))
             stats.failed += 1
-            stats.told += 1
             logger.warning("rank trial %d: candidate cannot be built: %s", trial.number, err)
             continue
         built.append((trial, graph))
@@ -302,35 +316,73 @@ def _score_batch(
                 **result,
             }
 
-    first_in_batch: dict[str, int] = {}
+    seen: set[str] = set()
     for trial, graph in built:
         key = graph.key
-        trial.set_user_attr("key", key)
-        if key in known:
-            source = known[key]
-            _tell_duplicate(study, trial, source.number, source.user_attrs, source.state, objectives)
-            stats.duplicates += 1
-            stats.failed += source.state == TrialState.FAIL
-        elif key in first_in_batch:
-            attrs = scores[key]
-            state = TrialState.COMPLETE if math.isfinite(attrs["rank_score"]) else TrialState.FAIL
-            _tell_duplicate(study, trial, first_in_batch[key], attrs, state, objectives)
+        if key in known or key in seen:
+            source = known[key].user_attrs if key in known else scores[key]
+            if key in known:
+                state = known[key].state
+            else:
+                state = TrialState.COMPLETE if math.isfinite(scores[key]["rank_score"]) else TrialState.FAIL
+            attrs = {"key": key, **_duplicate_attrs(source)}
+            if key in known:
+                attrs["duplicate_of"] = int(known[key].number)
+            values = _values(source, objectives) if state == TrialState.COMPLETE else None
+            outcomes.append(_Outcome(trial, state, attrs, values, copy_of=None if key in known else key))
             stats.duplicates += 1
             stats.failed += state == TrialState.FAIL
+            continue
+        seen.add(key)
+        attrs = {"key": key, **scores[key]}
+        if math.isfinite(attrs["rank_score"]):
+            outcomes.append(_Outcome(trial, TrialState.COMPLETE, attrs, _values(attrs, objectives)))
         else:
-            attrs = scores[key]
-            first_in_batch[key] = trial.number
-            for name, value in attrs.items():
-                trial.set_user_attr(name, value)
-            if math.isfinite(attrs["rank_score"]):
-                values = _values(attrs, objectives)
-                study.tell(trial, values if len(values) > 1 else values[0])
-            else:
-                what = "ranker prediction" if ranker is not None else "predicted-weight loss"
-                trial.set_user_attr("error", f"{what} is not finite ({attrs['rank_score']})")
-                study.tell(trial, state=TrialState.FAIL)
-                stats.failed += 1
-        stats.told += 1
+            what = "ranker prediction" if ranker is not None else "predicted-weight loss"
+            attrs["error"] = f"{what} is not finite ({attrs['rank_score']})"
+            outcomes.append(_Outcome(trial, TrialState.FAIL, attrs))
+            stats.failed += 1
+    stats.told += len(outcomes)
+    return outcomes
+
+
+def _duplicate_attrs(source: Mapping[str, Any]) -> dict[str, Any]:
+    """The user attributes a duplicate trial copies from the trial that scored its key."""
+    attrs = {name: source[name] for name in ("num_params", "flops", "ghn_loss", "ghn_acc") if name in source}
+    attrs["rank_score"] = rank_score(source)
+    return attrs
+
+
+def _tell(study: optuna.Study, outcomes: list[_Outcome]) -> None:
+    """Store a batch of outcomes on the trials asked from ``study`` itself (attributes, then ``tell``)."""
+    first = {o.attrs["key"]: o.trial.number for o in outcomes if "key" in o.attrs and o.copy_of is None}
+    for outcome in outcomes:
+        if outcome.copy_of is not None:
+            outcome.attrs["duplicate_of"] = first[outcome.copy_of]
+        for name, value in outcome.attrs.items():
+            outcome.trial.set_user_attr(name, value)
+        if outcome.values is not None:
+            study.tell(outcome.trial, outcome.values if len(outcome.values) > 1 else outcome.values[0])
+        else:
+            study.tell(outcome.trial, state=TrialState.FAIL)
+
+
+def _score_batch(
+    study: optuna.Study,
+    trials: list[optuna.Trial],
+    space: SearchSpace,
+    ghn: Any,
+    data: Any,
+    *,
+    objectives: Sequence[str],
+    device: str,
+    stats: RankStats,
+    ranker: Any = None,
+) -> None:
+    """Build, deduplicate, score (one scorer call) and tell one batch of trials asked from ``study``."""
+    outcomes = _evaluate(trials, space, ghn, data, known=known_scores(study), objectives=objectives, device=device,
+                         stats=stats, ranker=ranker)
+    _tell(study, outcomes)
 
 
 def _score(graphs: list[ArchGraph], ghn: Any, data: Any, *, ranker: Any, device: str) -> list[dict[str, float]]:
@@ -346,26 +398,6 @@ def _score(graphs: list[ArchGraph], ghn: Any, data: Any, *, ranker: Any, device:
     return [
         {"ghn_loss": float(r["loss"]), "ghn_acc": float(r["acc"]), "rank_score": float(r["loss"])} for r in results
     ]
-
-
-def _tell_duplicate(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    source: int,
-    attrs: Mapping[str, Any],
-    state: TrialState,
-    objectives: Sequence[str],
-) -> None:
-    trial.set_user_attr("duplicate_of", int(source))
-    for name in ("num_params", "flops", "ghn_loss", "ghn_acc"):
-        if name in attrs:
-            trial.set_user_attr(name, attrs[name])
-    trial.set_user_attr("rank_score", rank_score(attrs))
-    if state == TrialState.COMPLETE:
-        values = _values(attrs, objectives)
-        study.tell(trial, values if len(values) > 1 else values[0])
-    else:
-        study.tell(trial, state=TrialState.FAIL)
 
 
 def run_rank_stage(
@@ -417,11 +449,33 @@ def run_rank_stage(
         What this process did.
     """
     stats = RankStats()
+    mirror = _Mirror(study, worker) if ranker is not None else None
 
-    def score(asked: list[optuna.Trial]) -> None:
-        _score_batch(study, asked, space, ghn, data, objectives=objectives, device=device, stats=stats, ranker=ranker)
+    def step(count: int, refine_params: list[dict[str, Any]] | None = None, *, stored: bool = False) -> None:
+        """Score ``count`` new trials, or one per ``refine_params``, and store the results.
+
+        ``stored=True`` asks the storage's own trials (the enqueued ones first)
+        even on the ranker's path, to take up what an earlier run left queued.
+        """
+        if refine_params is not None:
+            count = len(refine_params)
+        if mirror is not None and not stored:
+            mirror.step(count, evaluate, refine_params)
+            return
+        for params in refine_params or []:
+            study.enqueue_trial(params, user_attrs={REFINE_ATTR: True}, skip_if_exists=False)
+        _ask_and_score(study, count, lambda asked: _tell(study, evaluate(asked, known_scores(study))), worker,
+                       heartbeat_interval)
+
+    def evaluate(asked: list[optuna.Trial], known: Mapping[str, FrozenTrial]) -> list[_Outcome]:
+        return _evaluate(asked, space, ghn, data, known=known, objectives=objectives, device=device, stats=stats,
+                         ranker=ranker)
 
     reap_stale_trials(study, grace_period=grace_period)
+    if mirror is not None:
+        # Trials an earlier run left queued (a re-queued trial of a dead worker) are scored as they are.
+        while waiting := len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+            step(min(batch_size, waiting), stored=True)
     done, running = _count(study)
     desc = "rank (ranker)" if ranker is not None else "rank (GHN loss)"
     bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=desc, unit="trial", disable=not progress)
@@ -439,16 +493,82 @@ def run_rank_stage(
                     continue
                 time.sleep(poll_interval)
                 continue
-            _ask_and_score(study, min(batch_size, missing), score, worker, heartbeat_interval)
+            step(min(batch_size, missing))
             bar.set_postfix(scored=stats.evaluated, dup=stats.duplicates, refresh=False)
             _check_failures(stats, n_trials, space)
     if refine > 0:
         budget = n_trials if refine_trials is None else refine_trials
-        _refine(study, top=refine, budget=budget, batch_size=batch_size, score=score, worker=worker,
-                heartbeat_interval=heartbeat_interval, grace_period=grace_period, poll_interval=poll_interval,
-                stats=stats, progress=progress)
+        _refine(study, top=refine, budget=budget, batch_size=batch_size, step=step, grace_period=grace_period,
+                poll_interval=poll_interval, stats=stats, progress=progress)
         _check_failures(stats, n_trials, space)
     return stats
+
+
+class _Mirror:
+    """An in-memory copy of the rank study that the sampler asks from (the ranker's path).
+
+    The ranker scores a candidate in milliseconds, while every ask, parameter,
+    attribute and tell of a trial is a round trip to the storage: about 20
+    commits, 50-70 ms of CPU per trial on SQLite. So with a ranker the sampler
+    runs on an in-memory study that holds copies of the stored trials, and each
+    result is stored as one finished trial (``Study.add_trial``: one
+    transaction). Nothing of it is stored as running: a process killed in the
+    middle of a batch loses that batch's scores (milliseconds of work), and a
+    rerun asks again. Other workers' trials are copied in before each batch.
+    """
+
+    def __init__(self, study: optuna.Study, worker: str) -> None:
+        self.study = study
+        self.worker = worker
+        self.local = optuna.create_study(directions=study.directions, sampler=study.sampler)
+        self._copied: set[int] = set()
+
+    def sync(self) -> None:
+        """Copy the finished trials that other workers (or earlier runs) stored since the last call."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if trial.number in self._copied or trial.user_attrs.get(WORKER_ATTR) == self.worker:
+                continue
+            self._copied.add(trial.number)
+            self.local.add_trial(trial)
+
+    def step(self, count: int, evaluate: Callable[[list[optuna.Trial], Mapping[str, FrozenTrial]], list[_Outcome]],
+             refine_params: list[dict[str, Any]] | None = None) -> None:
+        """Ask ``count`` trials locally (``refine_params`` fixes their choices), score them, store the results."""
+        self.sync()
+        for params in refine_params or []:
+            self.local.enqueue_trial(params, skip_if_exists=False)
+        asked = [self.local.ask() for _ in range(count)]
+        try:
+            outcomes = evaluate(asked, known_scores(self.study))
+        except BaseException:
+            for trial in asked:
+                self.local.tell(trial, state=TrialState.FAIL)
+            raise
+        extra = {WORKER_ATTR: self.worker, **({REFINE_ATTR: True} if refine_params is not None else {})}
+        firsts = [o for o in outcomes if o.copy_of is None]
+        copies = [o for o in outcomes if o.copy_of is not None]
+        self.study.add_trials([_frozen(o, extra) for o in firsts])
+        if copies:
+            known = known_scores(self.study)
+            for outcome in copies:
+                outcome.attrs["duplicate_of"] = int(known[outcome.copy_of].number)
+            self.study.add_trials([_frozen(o, extra) for o in copies])
+        for outcome in outcomes:
+            if outcome.values is not None:
+                self.local.tell(outcome.trial, outcome.values if len(outcome.values) > 1 else outcome.values[0])
+            else:
+                self.local.tell(outcome.trial, state=TrialState.FAIL)
+
+
+def _frozen(outcome: _Outcome, extra: Mapping[str, Any]) -> FrozenTrial:
+    """The finished trial that stores ``outcome`` (its choices, values and attributes plus ``extra``)."""
+    return optuna.trial.create_trial(
+        state=outcome.state,
+        params=outcome.trial.params,
+        distributions=outcome.trial.distributions,
+        values=outcome.values,
+        user_attrs={**outcome.attrs, **extra},
+    )
 
 
 def _check_failures(stats: RankStats, n_trials: int, space: SearchSpace) -> None:
@@ -543,9 +663,7 @@ def _refine(
     top: int,
     budget: int,
     batch_size: int,
-    score: Callable[[list[optuna.Trial]], None],
-    worker: str,
-    heartbeat_interval: float,
+    step: Callable[..., None],
     grace_period: float,
     poll_interval: float,
     stats: RankStats,
@@ -553,36 +671,39 @@ def _refine(
 ) -> None:
     """Local search after the sampler: score the untried neighbours of the ``top`` best until none is left.
 
-    Each round enqueues the neighbours (:func:`refinement_params`) of the
-    current best, marked with :data:`REFINE_ATTR`, and scores them in batches;
-    a better neighbour joins the best and its own neighbours come next round.
-    It ends when the best have no untried neighbour, or when the study holds
-    ``budget`` refinement trials (counted over all workers and reruns).
+    Each round takes the neighbours (:func:`refinement_params`) of the current
+    best and scores them in batches, as trials marked with
+    :data:`REFINE_ATTR`; a better neighbour joins the best and its own
+    neighbours come next round. It ends when the best have no untried
+    neighbour, or when the study holds ``budget`` refinement trials (counted
+    over all workers and reruns).
     """
     bar = tqdm(desc="refine", unit="trial", disable=not progress)
     with bar:
         while True:
             trials = study.get_trials(deepcopy=False)
             marked = [t for t in trials if REFINE_ATTR in t.user_attrs]
-            waiting = sum(t.state == TrialState.WAITING for t in marked)
-            running = sum(t.state == TrialState.RUNNING for t in marked)
+            pending = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in marked)
             left = budget - len(marked)
-            if waiting == 0 and left > 0:
-                for params in refinement_params(study, top)[:left]:
-                    study.enqueue_trial(params, user_attrs={REFINE_ATTR: True}, skip_if_exists=False)
-                    waiting += 1
-            if waiting == 0:
-                if running == 0:
+            todo = refinement_params(study, top)[:left] if left > 0 and pending == 0 else []
+            if not todo:
+                if pending == 0:
                     break
-                # Another worker holds the last refinement trials; their scores may change the best.
-                if not reap_stale_trials(study, grace_period=grace_period):
+                # Trials enqueued by another worker, or held by one: their scores may change the best.
+                if any(t.state == TrialState.WAITING for t in marked):
+                    before = stats.told
+                    step(min(batch_size, sum(t.state == TrialState.WAITING for t in marked)), stored=True)
+                    stats.refined += stats.told - before
+                    bar.update(stats.told - before)
+                elif not reap_stale_trials(study, grace_period=grace_period):
                     time.sleep(poll_interval)
                 continue
-            before = stats.told
-            _ask_and_score(study, min(batch_size, waiting), score, worker, heartbeat_interval)
-            stats.refined += stats.told - before
-            bar.update(stats.told - before)
-            bar.set_postfix(scored=stats.evaluated, dup=stats.duplicates, refresh=False)
+            for start in range(0, len(todo), batch_size):
+                before = stats.told
+                step(0, todo[start : start + batch_size])
+                stats.refined += stats.told - before
+                bar.update(stats.told - before)
+                bar.set_postfix(scored=stats.evaluated, dup=stats.duplicates, refresh=False)
 
 
 def _abandon(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
