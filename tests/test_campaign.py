@@ -403,6 +403,13 @@ def test_refine_reaches_a_local_optimum_of_the_score_and_resumes_without_rescori
     assert again.told == 0 and again.evaluated == 0
 
 
+def test_refine_defaults_to_top_k_with_the_ranker_and_to_off_with_the_loss(tmp_path: Path, ghn_path: Path) -> None:
+    assert small_campaign(tmp_path, ghn_path, rank_by="ranker", top_k=3).refine == 3
+    assert small_campaign(tmp_path, ghn_path, rank_by="loss", top_k=3).refine == 0
+    assert small_campaign(tmp_path, ghn_path, rank_by="ranker", top_k=3, refine=0).refine == 0
+    assert small_campaign(tmp_path, ghn_path, rank_by="loss", top_k=3, refine=2).refine == 2
+
+
 @pytest.mark.parametrize("kwargs, name", [({"refine": -1}, "refine"), ({"refine": 1.5}, "refine"),
                                           ({"refine": 2, "refine_trials": 0}, "refine_trials")])
 def test_refine_rejects_bad_values(tmp_path: Path, kwargs: dict[str, Any], name: str) -> None:
@@ -450,7 +457,8 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     out = tmp_path / "run"
     counting = CountingGHN(load_ghn(ghn_path))
     ranker = CountingRanker(GHNRanker.load(ranker_path))
-    campaign = small_campaign(out, counting, rank_by="ranker", ranker=ranker, self_check=3, self_check_epochs=0.2)
+    campaign = small_campaign(out, counting, rank_by="ranker", ranker=ranker, self_check=3, self_check_epochs=0.2,
+                              refine=0)
     result = campaign.run()
 
     # No predicted-weight evaluation at all: one ranker call per batch scores the fresh keys.
@@ -526,9 +534,9 @@ def test_ranker_path_samples_in_memory_and_stores_finished_trials_only(
 
     storage = f"journal:///{tmp_path / 'campaign.log'}"
     ranker = StudyWatchingRanker(GHNRanker.load(ranker_path), storage)
-    make = lambda trials, **kw: small_campaign(  # noqa: E731
+    make = lambda trials, refine=0, **kw: small_campaign(  # noqa: E731
         tmp_path / "run", ghn_path, rank_by="ranker", ranker=ranker, trials=trials, batch_size=4,
-        storage=storage, study="campaign", **kw,
+        storage=storage, study="campaign", refine=refine, **kw,
     )
     first = make(8).rank(worker="worker-a")
     # While a batch is scored, the storage holds no running or queued trial of it: results are stored finished.
@@ -580,7 +588,7 @@ def _ranker_campaign(out: Path, ghn_path: Path, **overrides: Any) -> Campaign:
 
     settings: dict[str, Any] = dict(
         rank_by="ranker", ranker_labels=6, ranker_k=2, ranker_config=RankerConfig(epochs=2, ensemble=1),
-        trials=8, top_k=1, self_check=3, self_check_epochs=0.1,
+        trials=8, top_k=1, self_check=3, self_check_epochs=0.1, refine=0,
     )
     return small_campaign(out, ghn_path, **{**settings, **overrides})
 

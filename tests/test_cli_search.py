@@ -137,7 +137,7 @@ def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: 
     argv = [
         "search", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path),
         "--trials", "8", "--finetune-epochs", "0.2", "--batch-size", "8", "--out", str(out), "--no-progress",
-        "--ranker-labels", "6", "--ranker-k", "2",
+        "--ranker-labels", "6", "--ranker-k", "2", "--refine", "0",
     ]
     rc, _, err = run_cli([*argv, "--top-k", "50"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1

@@ -224,7 +224,9 @@ class Campaign:
         refine: After the sampler's trials, score every one-step change of
             the ``refine`` best candidates (one choice changed), and repeat
             with the new best until they stop changing: a local search on
-            the rank score. ``0`` (default) skips it.
+            the rank score. ``0`` skips it; ``None`` (default) refines the
+            ``top_k`` best when ranking by the ranker (milliseconds per
+            candidate) and skips it when ranking by the predicted-weight loss.
         refine_trials: Most refinement trials (default: ``trials``).
         top_k: Distinct candidates to fine-tune.
         finetune_epochs: Fine-tuning budget per candidate (epochs, may be fractional).
@@ -294,13 +296,12 @@ class Campaign:
         ranker_k: int = 100,
         label_workers: int = 1,
         ranker_config: Any = None,
-        refine: int = 0,
+        refine: int | None = None,
         refine_trials: int | None = None,
     ) -> None:
         self.trials = _positive_int("trials", trials)
-        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        if refine is not None and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
             raise ValueError(f"`refine` must be a non-negative int, but got {refine!r}.")
-        self.refine = refine
         self.refine_trials = self.trials if refine_trials is None else _positive_int("refine_trials", refine_trials)
         self.top_k = _positive_int("top_k", top_k)
         self.finetune_epochs = _positive_float("finetune_epochs", finetune_epochs)
@@ -338,6 +339,7 @@ class Campaign:
         self.progress = progress
         self.space_args = dict(space_args or {})
         self.rank_by = resolve_rank_by(rank_by)
+        self.refine = refine if refine is not None else (self.top_k if self.rank_by == "ranker" else 0)
         if ranker is not None:
             if self.rank_by != "ranker":
                 raise ValueError(f"`ranker` is used only when `rank_by` is 'ranker', but `rank_by` is {rank_by!r}.")

@@ -19,6 +19,12 @@ stored score. The score is stored in the trial's user attribute
 ``rank_score``; ranking by ``"loss"`` also stores ``ghn_loss`` and ``ghn_acc``
 (older campaigns stored only those).
 
+With a ranker, the sampler runs on an in-memory copy of the study and each
+result is stored as one finished trial (one storage transaction instead of
+about 20 round trips; see :class:`_Mirror`). Without one, each trial is asked
+and told in the storage and stays visible as running, with heartbeats, while
+its candidate is scored.
+
 With ``refine > 0``, the sampler's trials are followed by a local search
 (:func:`refinement_params`): every change of one choice of the ``refine`` best
 candidates is enqueued and scored, until those best no longer change or the
@@ -418,11 +424,14 @@ def run_rank_stage(
     progress: bool = True,
     refine: int = 0,
     refine_trials: int | None = None,
+    local_sampling: bool | None = None,
 ) -> RankStats:
     """Run the rank study until it holds ``n_trials`` complete trials, then refine its best.
 
     Several processes may run this on one study at once; each asks only what
-    is still missing, and all wait until the running trials are told.
+    is still missing, and all wait until the running trials are told. With
+    local sampling, batches in flight are not stored, so workers that start a
+    batch at the same moment can overshoot ``n_trials`` by up to a batch each.
 
     Args:
         study: The ``<name>-rank`` study (directions: one ``minimize`` per objective).
@@ -444,12 +453,20 @@ def run_rank_stage(
         refine: After the sampler, score the one-step neighbours of this many
             best candidates until they stop changing (:func:`refinement_params`); ``0`` skips it.
         refine_trials: Most refinement trials (default ``n_trials``).
+        local_sampling: Ask the sampler on an in-memory copy of the study and
+            store each result as one finished trial (:class:`_Mirror`), instead
+            of asking, filling and telling each trial in the storage. Default:
+            with a ``ranker`` (milliseconds per candidate, so the storage's
+            round trips would dominate), not without one (a candidate's trial
+            then stays visible as running, with heartbeats, while it is scored).
 
     Returns:
         What this process did.
     """
     stats = RankStats()
-    mirror = _Mirror(study, worker) if ranker is not None else None
+    if local_sampling is None:
+        local_sampling = ranker is not None
+    mirror = _Mirror(study, worker) if local_sampling else None
 
     def step(count: int, refine_params: list[dict[str, Any]] | None = None, *, stored: bool = False) -> None:
         """Score ``count`` new trials, or one per ``refine_params``, and store the results.

@@ -46,7 +46,7 @@ STORAGE_ENV = "NAS_STORAGE"
 #: 150 labels on 2 worker processes: ~3.5 min),
 #: ~0.15 s per epoch of a ranker member on those labels (3 members x 60 epochs, plus graph
 #: conversion: ~0.5 min), ~30 ms per rank trial with the ranker (mostly counting FLOPs; 300: ~10 s; ranking by
-#: the predicted-weight loss costs ~0.65 s each), ~4 s per fine-tuning epoch (3 x 2: ~25 s) and
+#: the predicted-weight loss costs ~0.65 s each; the refinement of the top 3 adds ~100-200 more), ~4 s per fine-tuning epoch (3 x 2: ~25 s) and
 #: ~7 s per self-check epoch (8 x 1: ~1 min), plus ~1 min of loading, held-out evaluation and
 #: plots: ~14 min in all.
 DEMO: dict[str, Any] = {
@@ -142,9 +142,10 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("--trials", type=int, default=300, metavar="N", help="rank trials (default 300)")
     p.add_argument(
-        "--refine", type=int, default=0, metavar="R",
+        "--refine", type=int, default=None, metavar="R",
         help="after the rank trials, score every one-choice change of the R best candidates until they stop "
-        "changing: a local search on the rank score (default 0: off)",
+        "changing: a local search on the rank score (default: --top-k when ranking by the ranker, 0 (off) "
+        "with --rank-by loss)",
     )
     p.add_argument(
         "--refine-trials", type=int, default=None, metavar="N", help="most refinement trials (default: --trials)"
