@@ -567,6 +567,33 @@ def test_ranker_path_samples_in_memory_and_stores_finished_trials_only(
             assert source.user_attrs["key"] == t.user_attrs["key"] and "duplicate_of" not in source.user_attrs
 
 
+@pytest.mark.parametrize("refine", [0, 2])
+def test_local_sampling_stores_what_sampling_in_the_storage_stores(
+    tmp_path: Path, ranker_path: Path, refine: int
+) -> None:
+    from nas.campaign import resolve_sampler, run_rank_stage
+    from nas.campaign._rank import REFINE_ATTR
+    from nas.campaign._storage import open_storage
+    from nas.ghn import GHNRanker
+
+    space = load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS)
+    ranker = GHNRanker.load(ranker_path)
+    stored: dict[bool, list[tuple[Any, ...]]] = {}
+    for local in (False, True):
+        storage = open_storage(f"journal:///{tmp_path / f'{local}.log'}")
+        study = optuna.create_study(storage=storage, sampler=resolve_sampler("tpe", seed=3))
+        run_rank_stage(study, space, None, None, n_trials=20, batch_size=6, ranker=ranker, worker="w",
+                       progress=False, refine=refine, local_sampling=local)
+        stored[local] = [
+            (t.state, t.params, t.user_attrs["key"], t.user_attrs.get("duplicate_of"), REFINE_ATTR in t.user_attrs,
+             t.values)
+            for t in study.get_trials(deepcopy=False)
+        ]
+    # Same seeded sampler, same trials in the same order: only where the sampler runs differs.
+    assert len(stored[True]) >= 20 + (refine > 0)
+    assert stored[True] == stored[False]
+
+
 def test_ranker_path_scores_trials_an_earlier_run_left_queued(
     tmp_path: Path, ghn_path: Path, ranker_path: Path
 ) -> None:
