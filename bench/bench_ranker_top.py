@@ -11,7 +11,8 @@ reports, per ranker, where its first top-1% and top-5% architecture sits
 
 Label sets (``--rankers``, each ``name=CSV[:N]``, the first N rows of a label
 cache written by :func:`nas.ghn.short_training_labels`), plus ``bench``: the
-search benchmark's own ranker checkpoint. Every ranker is fitted on the
+search benchmark's own ranker checkpoint, and ``bench-refit``: the same
+labels fitted again. Every ranker is fitted on the
 search benchmark's GHN with the default :class:`nas.ghn.RankerConfig`
 (seed 0). It measures; it asserts nothing.
 
@@ -113,7 +114,8 @@ def main() -> None:
     rankers: dict[str, tuple[Any, float, int, int]] = {
         "bench": (GHNRanker.load(folder / "ranker.pt"), float("nan"), 150, 150),
     }
-    for spec in args.rankers:
+    # The bench's labels fitted again: tells whether a fit on the same GHN and labels is reproducible.
+    for spec in [f"bench-refit={folder / 'ranker_labels_k30.csv'}", *args.rankers]:
         name, _, source = spec.partition("=")
         label_graphs, labels = read_labels(source)
         path = args.work / "ranker_top" / f"{name}.pt"
