@@ -242,9 +242,14 @@ def run_one_time(args: argparse.Namespace, *, space: Any, data: Any, out: Path) 
 
     ghn = phase("meta_train", ghn_path, lambda: ensure_ghn(
         space, data, path=ghn_path, config=MetaTrainConfig(steps=args.ghn_steps), progress=not args.no_progress))
+    exclude: list[str] = []
+    if args.exclude_reference:
+        from nas.evaluation.correlate import sample_candidates
+
+        exclude = [g.key for g in sample_candidates(space, args.reference_archs, seed=0)]
     phase("ranker", ranker_path, lambda: ensure_ranker(
-        space, data, ghn, path=ranker_path, labels=args.ranker_labels, k=args.ranker_k, seed=0,
-        config=RankerConfig(seed=0), progress=not args.no_progress))
+        space, data, ghn, path=ranker_path, labels=args.ranker_labels, k=args.ranker_k, seed=0, exclude=exclude,
+        workers=args.label_workers, config=RankerConfig(seed=0), progress=not args.no_progress))
     return done
 
 
@@ -554,6 +559,9 @@ def main() -> None:
     parser.add_argument("--ghn-steps", type=int, default=1200, help="meta-training steps (default: the recipe's 1200)")
     parser.add_argument("--ranker-labels", type=int, default=150)
     parser.add_argument("--ranker-k", type=int, default=30)
+    parser.add_argument("--exclude-reference", action="store_true",
+                        help="label only architectures outside the reference sample that sets the thresholds")
+    parser.add_argument("--label-workers", type=int, default=1, help="processes training the ranker's labels")
     parser.add_argument("--reference", type=Path,
                         default=Path("experiments/results/nb201-mnist5k/ground_truth.sqlite"))
     parser.add_argument("--reference-archs", type=int, default=100)
