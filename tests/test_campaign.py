@@ -610,6 +610,26 @@ def test_ranker_path_scores_trials_an_earlier_run_left_queued(
     assert len(taken) == 1 and taken[0].state == TrialState.COMPLETE and taken[0].number == 0
 
 
+def test_local_sampler_sees_the_trials_scored_in_the_storage(tmp_path: Path, ranker_path: Path) -> None:
+    from nas.campaign import resolve_sampler, run_rank_stage
+    from nas.campaign._rank import _Mirror
+    from nas.campaign._storage import open_storage
+    from nas.ghn import GHNRanker
+
+    space = load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS)
+    storage = open_storage(f"journal:///{tmp_path / 'rank.log'}")
+    study = optuna.create_study(storage=storage, sampler=resolve_sampler("random", seed=0))
+    study.enqueue_trial({name: "skip_connect" for name in NB201_CHOICES})
+    run_rank_stage(study, space, None, None, n_trials=5, batch_size=2, ranker=GHNRanker.load(ranker_path),
+                   worker="w", progress=False, refine=0)
+    mirror = _Mirror(study, "w")
+    mirror.sync()
+    # The queued trial was asked and told in the storage by worker "w": the mirror copies it; the trials
+    # that worker stored from its own in-memory study are not copied, as they are in that study already.
+    copied = mirror.local.get_trials(deepcopy=False)
+    assert [t.params for t in copied] == [{name: "skip_connect" for name in NB201_CHOICES}]
+
+
 def _ranker_campaign(out: Path, ghn_path: Path, **overrides: Any) -> Campaign:
     from nas.ghn import RankerConfig
 

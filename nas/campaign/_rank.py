@@ -52,7 +52,7 @@ from nas.exceptions import GraphError, SpaceError
 from nas.graph import ArchGraph
 from nas.space import SearchSpace
 
-from nas.campaign._storage import CAMPAIGN_ATTR, WORKER_ATTR, Heartbeat, reap_stale_trials
+from nas.campaign._storage import CAMPAIGN_ATTR, HEARTBEAT_ATTR, WORKER_ATTR, Heartbeat, reap_stale_trials
 
 __all__ = [
     "OBJECTIVES",
@@ -543,7 +543,10 @@ class _Mirror:
     def sync(self) -> None:
         """Copy the finished trials that other workers (or earlier runs) stored since the last call."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if trial.number in self._copied or trial.user_attrs.get(WORKER_ATTR) == self.worker:
+            # This mirror's own results are in the local study already. They are the trials of this
+            # worker without a heartbeat; one it asked and told in the storage (a re-queued trial) has one.
+            own = trial.user_attrs.get(WORKER_ATTR) == self.worker and HEARTBEAT_ATTR not in trial.user_attrs
+            if trial.number in self._copied or own:
                 continue
             self._copied.add(trial.number)
             self.local.add_trial(trial)
