@@ -506,7 +506,7 @@ def plot_reach(summary: pd.DataFrame) -> Any:
     runs = summary[summary["seed"] >= 0]
     colors = {"campaign": "C0", "campaign-journal": "C4", "campaign-refine": "C3", "campaign-refine-journal": "C5",
               "tpe": "C1", "random": "C2"}
-    fig, axes = plt.subplots(2, 2, figsize=(8.0, 5.6), sharex=True, sharey=True)
+    fig, axes = plt.subplots(2, 2, figsize=(8.0, 6.4), sharex=True, sharey=True)
     for row, (tag, judged) in enumerate((("", "validation"), ("_test", "test"))):
         for col, q in enumerate(("top5", "top1")):
             ax = axes[row, col]
@@ -528,8 +528,10 @@ def plot_reach(summary: pd.DataFrame) -> Any:
         ax.set_xlabel("CPU-seconds (log)")
     for ax in axes[:, 0]:
         ax.set_ylabel("fraction of runs there")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    # The legend goes below the panels, where it hides no curve.
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     return fig
 
 
