@@ -1,0 +1,159 @@
+"""Choosing the ranker's capacity-prior weight on a few label architectures trained to the referee's budget.
+
+The ranker's score is ``z(predicted TSE) - flops_weight * z(log FLOPs)``
+(:meth:`nas.ghn.GHNRanker.score`). Short-training labels cannot tell how much
+the prior should weigh, since the prior stands for what short training does not
+see. This script measures one way to set it without looking at any result the
+search benchmark judges by:
+
+1. *Calibration.* The first ``--calibration`` architectures of the ranker's own
+   label set (disjoint from the reference sample when the ranker was built with
+   ``bench_search.py --exclude-reference``) are trained to the referee's budget
+   with a training seed the judge never uses (``--calibration-seed``, default
+   2). Their CPU time is a one-time cost, like the labels'.
+2. For each weight of ``--weights``, Kendall tau between the ranker's score and
+   the calibration accuracy; the weight with the highest tau is the one chosen.
+3. *Judgement.* Every distinct candidate of the space is scored with each
+   weight, and the top ``--top`` of each are judged by the search benchmark's
+   referee (3 epochs from scratch, mean of seeds 0 and 1, cached in
+   ``bench/results/search_ground_truth.sqlite``), against the thresholds of
+   ``bench/bench_search.py``.
+
+Every weight's row is reported, so the table also shows what an oracle choice
+would have reached; only the ``chosen`` row is a result a user could get. It
+measures; it asserts nothing.
+
+Usage::
+
+    python bench/bench_flops_weight.py --work runs/bench_search_disjoint --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from scipy.stats import kendalltau
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ranker_top import _cpu, all_candidates, read_labels  # noqa: E402
+from bench_search import Referee, thresholds  # noqa: E402
+
+EXPERIMENT = Path("experiments/results/nb201-mnist5k")
+DEFAULT_WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_search_disjoint"),
+                        help="folder whose one_time/ holds ghn.pt, ranker.pt and ranker_labels_k30.csv")
+    parser.add_argument("--calibration", type=int, default=24, help="label architectures trained to the budget")
+    parser.add_argument("--calibration-seed", type=int, default=2, help="their training seed (the judge's are 0, 1)")
+    parser.add_argument("--weights", nargs="+", type=float, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--referee-seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--workers", type=int, default=1, help="processes training referee runs")
+    parser.add_argument("--cache", type=Path, default=Path("bench/results/search_ground_truth.sqlite"))
+    parser.add_argument("--reference", type=Path, default=EXPERIMENT / "ground_truth.sqlite")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/disjoint/flops_weight.csv"))
+    args = parser.parse_args()
+    if args.calibration < 3:
+        parser.error(f"--calibration must be at least 3, but got {args.calibration}")
+    if args.calibration_seed in args.referee_seeds:
+        parser.error(f"--calibration-seed {args.calibration_seed} is one of the judge's --referee-seeds")
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from nas.data import load_dataset
+    from nas.evaluation.correlate import sample_candidates
+    from nas.ghn import GHNRanker, with_flops_prior
+    from nas.space import load_space
+
+    data = load_dataset("mnist5k")
+    space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes)
+    referee = Referee(args.cache, data, 3, reference=args.reference)
+    levels = thresholds(referee, space, 100, args.referee_seeds)
+    folder = args.work / "one_time"
+    ranker = GHNRanker.load(folder / "ranker.pt")
+    label_graphs, _ = read_labels(str(folder / "ranker_labels_k30.csv"))
+    reference = {g.key for g in sample_candidates(space, 100, seed=0)}
+    calibration = label_graphs[: args.calibration]
+    overlap = sum(g.key in reference for g in calibration)
+
+    # 1. calibration: referee budget, a seed the judge never sees
+    start = time.perf_counter()
+    referee.cache.train_missing(calibration, data, referee.budget, seeds=[args.calibration_seed],
+                                workers=args.workers)
+    records = [referee.cache.get(g, data, referee.budget, seed=args.calibration_seed) for g in calibration]
+    calibration_acc = np.array([r.val_acc for r in records])
+    calibration_cpu = float(sum(r.wall_time for r in records))  # one torch thread per run: wall ~ CPU
+    print(f"calibration: {len(calibration)} label architectures ({overlap} in the reference), seed "
+          f"{args.calibration_seed}, {calibration_cpu:.0f} CPU-s ({time.perf_counter() - start:.0f} s wall here)",
+          flush=True)
+
+    # 2. each weight's agreement with the calibration accuracy
+    def z_tse(graphs: list) -> np.ndarray:
+        return (ranker.predict(graphs) - ranker.label_mean) / ranker.label_std
+
+    def scored(z: np.ndarray, graphs: list, weight: float) -> np.ndarray:
+        return with_flops_prior(z, graphs, weight=weight, mean=ranker.flops_mean, std=ranker.flops_std)
+
+    z_cal = z_tse(calibration)
+    cal_tau = {w: float(kendalltau(-scored(z_cal, calibration, w), calibration_acc).statistic) for w in args.weights}
+    chosen = max(args.weights, key=lambda w: (round(cal_tau[w], 12), -w))
+    print("calibration tau: " + ", ".join(f"{w:g}: {t:.3f}" for w, t in cal_tau.items()) + f"; chosen {chosen:g}",
+          flush=True)
+
+    # 3. the top of each weight's ranking of the whole space, judged
+    start = _cpu()
+    graphs = all_candidates(space)
+    z_all = z_tse(graphs)
+    print(f"{len(graphs)} distinct candidates built and scored in {_cpu() - start:.0f} CPU-s", flush=True)
+    tops = {w: [graphs[i] for i in np.argsort(scored(z_all, graphs, w), kind="stable")[: args.top]]
+            for w in args.weights}
+    judged = referee.judge_seeds([g for top in tops.values() for g in top], args.referee_seeds,
+                                 workers=args.workers).set_index("key")
+    rows = []
+    for weight, top in tops.items():
+        for position, graph in enumerate(top, start=1):
+            val, test = judged.loc[graph.key, "val_acc"], judged.loc[graph.key, "test_acc"]
+            rows.append({
+                "flops_weight": weight, "chosen": weight == chosen, "calibration_tau": cal_tau[weight],
+                "position": position, "key": graph.key, "in_reference": graph.key in reference,
+                "log_flops": float(np.log(max(graph.flops(), 1))), "val_acc": val, "test_acc": test,
+                "val_top1": val >= levels["val_acc_top1"], "val_top5": val >= levels["val_acc_top5"],
+                "test_top1": test >= levels["test_acc_top1"], "test_top5": test >= levels["test_acc_top5"],
+            })
+    table = pd.DataFrame(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+
+    def first(frame: pd.DataFrame, column: str) -> float:
+        hits = frame.loc[frame[column], "position"]
+        return float(hits.iloc[0]) if len(hits) else float("nan")
+
+    summary = pd.DataFrame([
+        {"flops_weight": w, "chosen": w == chosen, "calibration_tau": cal_tau[w],
+         "calibration_n": len(calibration), "calibration_cpu_s": calibration_cpu,
+         "best_val": frame["val_acc"].max(), "first_val_top1": first(frame, "val_top1"),
+         "first_val_top5": first(frame, "val_top5"), "first_test_top1": first(frame, "test_top1"),
+         "first_test_top5": first(frame, "test_top5"), "val_top1_in_top": int(frame["val_top1"].sum()),
+         "val_top5_in_top": int(frame["val_top5"].sum()), "test_top1_in_top": int(frame["test_top1"].sum()),
+         "in_reference": int(frame["in_reference"].sum())}
+        for w, frame in table.groupby("flops_weight", sort=False)
+    ])
+    print(f"thresholds ({'+'.join(map(str, args.referee_seeds))}): "
+          + json.dumps({k: round(v, 4) for k, v in levels.items() if k != "reference_n"}))
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    summary.to_csv(args.out.with_name(args.out.stem + "_summary.csv"), index=False)
+    print(f"wrote {args.out} at {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+if __name__ == "__main__":
+    main()
