@@ -20,8 +20,15 @@ search benchmark judges by:
    ``bench/bench_search.py``.
 
 Every weight's row is reported, so the table also shows what an oracle choice
-would have reached; only the ``chosen`` row is a result a user could get. It
-measures; it asserts nothing.
+would have reached; only the ``chosen`` row is a result a user could get.
+
+4. *Ranking.* For the ranker and for rankers fitted on the same GHN from other
+   label sets (``--rankers``, as in ``bench_ranker_top.py``), Kendall tau of
+   each weight's score against the 100 reference architectures' two-seed
+   accuracy (``<out stem>_reference_tau.csv``): does the calibrated weight
+   rank better than the default?
+
+It measures; it asserts nothing.
 
 Usage::
 
@@ -43,7 +50,7 @@ import torch
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ranker_top import _cpu, all_candidates, read_labels  # noqa: E402
+from bench_ranker_top import DEFAULT_RANKERS, _cpu, all_candidates, read_labels  # noqa: E402
 from bench_search import Referee, thresholds  # noqa: E402
 
 EXPERIMENT = Path("experiments/results/nb201-mnist5k")
@@ -58,6 +65,8 @@ def main() -> None:
     parser.add_argument("--calibration-seed", type=int, default=2, help="their training seed (the judge's are 0, 1)")
     parser.add_argument("--weights", nargs="+", type=float, default=DEFAULT_WEIGHTS)
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--rankers", nargs="*", default=DEFAULT_RANKERS[1:],
+                        help="name=CSV[:N] label sets of further rankers for the reference-tau table")
     parser.add_argument("--referee-seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--workers", type=int, default=1, help="processes training referee runs")
     parser.add_argument("--cache", type=Path, default=Path("bench/results/search_ground_truth.sqlite"))
@@ -72,7 +81,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from nas.data import load_dataset
     from nas.evaluation.correlate import sample_candidates
-    from nas.ghn import GHNRanker, with_flops_prior
+    from nas.ghn import GHN, GHNRanker, RankerConfig, fit_ranker, with_flops_prior
     from nas.space import load_space
 
     data = load_dataset("mnist5k")
@@ -98,11 +107,11 @@ def main() -> None:
           flush=True)
 
     # 2. each weight's agreement with the calibration accuracy
-    def z_tse(graphs: list) -> np.ndarray:
-        return (ranker.predict(graphs) - ranker.label_mean) / ranker.label_std
+    def z_tse(graphs: list, model: GHNRanker = ranker) -> np.ndarray:
+        return (model.predict(graphs) - model.label_mean) / model.label_std
 
-    def scored(z: np.ndarray, graphs: list, weight: float) -> np.ndarray:
-        return with_flops_prior(z, graphs, weight=weight, mean=ranker.flops_mean, std=ranker.flops_std)
+    def scored(z: np.ndarray, graphs: list, weight: float, model: GHNRanker = ranker) -> np.ndarray:
+        return with_flops_prior(z, graphs, weight=weight, mean=model.flops_mean, std=model.flops_std)
 
     z_cal = z_tse(calibration)
     cal_tau = {w: float(kendalltau(-scored(z_cal, calibration, w), calibration_acc).statistic) for w in args.weights}
@@ -152,6 +161,37 @@ def main() -> None:
           + json.dumps({k: round(v, 4) for k, v in levels.items() if k != "reference_n"}))
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     summary.to_csv(args.out.with_name(args.out.stem + "_summary.csv"), index=False)
+
+    # 4. each weight's ranking of the reference, for this ranker and others on the same GHN
+    rankers = {"work": ranker}
+    for spec in args.rankers:
+        name, _, source = spec.partition("=")
+        path = args.work / "flops_weight" / f"{name}.pt"
+        if not path.exists():
+            graphs_, labels_ = read_labels(source)
+            fitted = fit_ranker(GHN.load(folder / "ghn.pt"), graphs_, labels_, RankerConfig(seed=0), progress=False,
+                                label_info={"target": "tse", "source": source})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fitted.save(path)
+        rankers[name] = GHNRanker.load(path)
+    ref_graphs = sample_candidates(space, 100, seed=0)
+    ref = referee.judge_seeds(ref_graphs, args.referee_seeds).set_index("key").loc[[g.key for g in ref_graphs]]
+    tau_rows = []
+    for name, model in rankers.items():
+        z_ref, z_c = z_tse(ref_graphs, model), z_tse(calibration, model)
+        taus = {w: float(kendalltau(-scored(z_c, calibration, w, model), calibration_acc).statistic)
+                for w in args.weights}
+        pick = max(args.weights, key=lambda w: (round(taus[w], 12), -w))
+        for w in args.weights:
+            s = -scored(z_ref, ref_graphs, w, model)
+            tau_rows.append({
+                "ranker": name, "flops_weight": w, "chosen": w == pick, "calibration_tau": taus[w],
+                "reference_tau_val": float(kendalltau(s, ref["val_acc"]).statistic),
+                "reference_tau_test": float(kendalltau(s, ref["test_acc"]).statistic),
+            })
+    tau_table = pd.DataFrame(tau_rows)
+    tau_table.to_csv(args.out.with_name(args.out.stem + "_reference_tau.csv"), index=False)
+    print(tau_table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {args.out} at {time.strftime('%Y-%m-%d %H:%M')}")
 
 
