@@ -14,7 +14,10 @@ cache written by :func:`nas.ghn.short_training_labels`), plus ``bench``: the
 search benchmark's own ranker checkpoint, and ``bench-refit``: the same
 labels fitted again. Every ranker is fitted on the
 search benchmark's GHN with the default :class:`nas.ghn.RankerConfig`
-(seed 0). It measures; it asserts nothing.
+(seed 0). ``--ensembles name=A+B`` adds rankings by the mean standardised
+predicted TSE of named rankers. For every ranker it also reports Kendall tau
+against the 100 reference architectures (``reference_tau_val`` / ``_test``).
+It measures; it asserts nothing.
 
 Usage::
 
@@ -71,6 +74,21 @@ def all_candidates(space: Any) -> list[Any]:
     return list(graphs.values())
 
 
+class _Ensemble:
+    """Rank by the mean standardised predicted TSE of several rankers, plus the first one's capacity prior."""
+
+    def __init__(self, rankers: list[Any]) -> None:
+        self.rankers = rankers
+
+    def score(self, graphs: list[Any]) -> np.ndarray:
+        from nas.ghn import with_flops_prior
+
+        z = np.mean([(r.predict(graphs) - r.label_mean) / r.label_std for r in self.rankers], axis=0)
+        first = self.rankers[0]
+        return with_flops_prior(z, graphs, weight=first.config.flops_weight, mean=first.flops_mean,
+                                std=first.flops_std)
+
+
 def read_labels(spec: str) -> tuple[list[Any], np.ndarray]:
     """``CSV[:N]`` -> the first N (all without N) labelled graphs and their TSE."""
     from nas.graph import ArchGraph
@@ -87,6 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rankers", nargs="*", default=DEFAULT_RANKERS, help="name=CSV[:N] label sets to fit on")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_search"))
+    parser.add_argument("--ensembles", nargs="*", default=[],
+                        help="name=A+B+...: also rank by the mean standardised predicted TSE of those rankers "
+                             "(plus the first one's capacity prior)")
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--referee-seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--workers", type=int, default=1, help="processes training referee runs")
@@ -132,14 +153,32 @@ def main() -> None:
         print(f"{name}: {len(label_graphs)} labels ({shared} shared with the bench's), fit {rankers[name][1]:.0f} "
               "CPU-s", flush=True)
 
+    for spec in args.ensembles:
+        name, _, members = spec.partition("=")
+        unknown = [m for m in members.split("+") if m not in rankers]
+        if not members or unknown:
+            parser.error(f"--ensembles {spec!r}: unknown rankers {unknown} (known: {sorted(rankers)})")
+        parts = [rankers[m] for m in members.split("+")]
+        rankers[name] = (_Ensemble([p[0] for p in parts]), sum(p[1] for p in parts), sum(p[2] for p in parts),
+                         sum(p[3] for p in parts))
+
+    from nas.evaluation.correlate import sample_candidates
+    from scipy.stats import kendalltau
+
+    reference = sample_candidates(space, 100, seed=0)
+    ref = referee.judge_seeds(reference, args.referee_seeds).set_index("key").loc[[g.key for g in reference]]
     tops: dict[str, list[Any]] = {}
     score_cpu: dict[str, float] = {}
+    ref_tau: dict[str, tuple[float, float]] = {}
     for name, (ranker, *_rest) in rankers.items():
         start = _cpu()
         scores = ranker.score(graphs)
         score_cpu[name] = _cpu() - start
         order = np.argsort(scores, kind="stable")[: args.top]
         tops[name] = [graphs[i] for i in order]
+        ref_scores = -ranker.score(reference)
+        ref_tau[name] = (float(kendalltau(ref_scores, ref["val_acc"]).statistic),
+                         float(kendalltau(ref_scores, ref["test_acc"]).statistic))
     judged = referee.judge_seeds([g for top in tops.values() for g in top], args.referee_seeds,
                                  workers=args.workers).set_index("key")
     rows = []
@@ -163,6 +202,7 @@ def main() -> None:
     summary = pd.DataFrame([
         {"ranker": name, "labels": frame["labels"].iloc[0], "shared": frame["labels_shared_with_bench"].iloc[0],
          "best_val": frame["val_acc"].max(), "first_val_top1": first(frame, "val_top1"),
+         "reference_tau_val": ref_tau[name][0], "reference_tau_test": ref_tau[name][1],
          "first_val_top5": first(frame, "val_top5"), "first_test_top1": first(frame, "test_top1"),
          "first_test_top5": first(frame, "test_top5"), "val_top1_in_top": int(frame["val_top1"].sum()),
          "test_top1_in_top": int(frame["test_top1"].sum())}
