@@ -265,12 +265,17 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     from nas.campaign import Campaign
     from nas.graph import ArchGraph
 
+    out = Path(args.work) / f"{method}_s{seed}"
+    if (out / "campaign.db").exists() or (out / "campaign.log").exists():
+        # A campaign resumes from its storage, so a rerun would charge only what is left (nothing when done).
+        raise SystemExit(f"error: {out} holds a campaign already, whose CPU time cannot be measured again; "
+                         "delete that folder to rerun this seed")
     if trace.exists():
-        trace.unlink()  # a campaign resumes from its own storage; its trace is rebuilt
+        trace.unlink()
     folder = Path(args.work) / "one_time"
     campaign = Campaign(
         space=space, dataset=data, ghn=folder / "ghn.pt", ranker=folder / "ranker.pt", trials=args.campaign_trials,
-        top_k=args.top_k, finetune_epochs=args.finetune_epochs, out=Path(args.work) / f"{method}_s{seed}",
+        top_k=args.top_k, finetune_epochs=args.finetune_epochs, out=out,
         storage=(f"journal:///{(Path(args.work) / f'{method}_s{seed}' / 'campaign.log').resolve()}"
                  if method.endswith("-journal") else None),
         seed=seed, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, progress=not args.no_progress,
@@ -311,7 +316,8 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     _append(trace, rows)
 
 
-def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None = None) -> dict[str, float]:
+def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None = None, *,
+               workers: int = 1) -> dict[str, float]:
     """The top-5% and top-1% validation (and test) accuracies of the trained reference sample.
 
     The reference is ``archs`` candidates sampled uniformly (the held-out list
@@ -322,7 +328,7 @@ def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None
 
     seeds = seeds or [0]
     graphs = sample_candidates(space, archs, seed=0)
-    judged = referee.judge_seeds(graphs, seeds)
+    judged = referee.judge_seeds(graphs, seeds, workers=workers)
     records = [referee.get(g) for g in graphs]
     levels: dict[str, float] = {"reference_n": len(records), "referee_seeds": len(seeds)}
     for metric in ("val_acc", "test_acc"):
@@ -586,7 +592,7 @@ def main() -> None:
     data = load_dataset(args.dataset)
     space = load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes)
     referee = Referee(args.cache, data, args.epochs, reference=args.reference)
-    levels = thresholds(referee, space, args.reference_archs, args.referee_seeds)
+    levels = thresholds(referee, space, args.reference_archs, args.referee_seeds, workers=args.referee_workers)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         campaigns = [m for m in args.methods if m.startswith("campaign")]
