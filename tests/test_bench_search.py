@@ -131,3 +131,32 @@ def test_summary_judged_by_other_seeds_keeps_what_search_with_training_saw(
     assert summary.loc["tpe", "reported_val_acc"] == pytest.approx(0.95)  # TPE still reports what it saw best
     assert (tmp_path / "search_summary_ref01.csv").is_file() and (tmp_path / "search_curves_ref01.png").is_file()
     assert not (tmp_path / "search_summary.csv").exists()
+
+
+class _TiedReferee:
+    """A referee whose reference sample has its three best architectures tied (accuracies are quantised)."""
+
+    def __init__(self, n: int) -> None:
+        self.acc = {f"a{i}": 0.9 + 0.0001 * min(i, n - 3) for i in range(n)}
+
+    def judge_seeds(self, graphs: list, seeds: list[int], *, workers: int = 1) -> pd.DataFrame:
+        return pd.DataFrame({"key": [g.key for g in graphs], "val_acc": [self.acc[g.key] for g in graphs],
+                             "test_acc": [self.acc[g.key] for g in graphs]})
+
+    def get(self, graph, seed: int = 0):
+        return type("Record", (), {"wall_time": 5.0})()
+
+
+def test_strict_thresholds_exclude_architectures_tied_at_the_quantile(monkeypatch: pytest.MonkeyPatch) -> None:
+    correlate = importlib.import_module("nas.evaluation.correlate")  # the package also exports a function so named
+    graphs = [type("G", (), {"key": f"a{i}"})() for i in range(100)]
+    monkeypatch.setattr(correlate, "sample_candidates", lambda space, n, seed: graphs[:n])
+    referee = _TiedReferee(100)
+    tied = max(referee.acc.values())
+    loose = bench_search.thresholds(referee, None, 100, [0])
+    strict = bench_search.thresholds(referee, None, 100, [0], strict=True)
+    assert loose["val_acc_top1"] == pytest.approx(tied) and loose["val_acc_p_top1"] == 0.03
+    assert strict["val_acc_top1"] > tied and strict["val_acc_p_top1"] == 0.0
+    run = _trace("campaign", 0, [("rank", NAN, NAN, NAN, 5.0, False), ("finetune", tied, tied, 0.9, 2.0, False)])
+    assert bench_search._first_reach(run, loose["val_acc_top1"], marginal=True) == 7.0
+    assert math.isnan(bench_search._first_reach(run, strict["val_acc_top1"], marginal=True))
