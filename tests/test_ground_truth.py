@@ -191,3 +191,28 @@ def test_budget_key_treats_int_and_float_epochs_alike() -> None:
 
     assert budget_key(TrainConfig(epochs=3)) == budget_key(TrainConfig(epochs=3.0))
     assert budget_key(TrainConfig(epochs=3)) != budget_key(TrainConfig(epochs=4))
+
+
+def test_a_script_without_a_main_guard_fails_instead_of_waiting_forever(tmp_path: Path) -> None:
+    # Spawned workers re-import the main script; without `if __name__ == "__main__":` each one
+    # calls train_missing again and would wait for the claims of its parent.
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from nas.data import load_dataset\n"
+        "from nas.evaluation.ground_truth import GroundTruthCache\n"
+        "from nas.graph import GraphBuilder\n"
+        "from nas.training import TrainConfig\n"
+        "b = GraphBuilder((1, 8, 8))\n"
+        "g = b.build(b.add('linear', b.add('global_avg_pool', b.input), out_features=10))\n"
+        f"cache = GroundTruthCache({str(tmp_path / 'gt.sqlite')!r})\n"
+        "cache.train_missing([g], load_dataset('digits', max_train=64), TrainConfig(epochs=1), seeds=[0],\n"
+        "                    workers=2, progress=False)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode != 0
+    assert 'if __name__ == "__main__":' in done.stderr
+    assert len(GroundTruthCache(tmp_path / "gt.sqlite")) == 0

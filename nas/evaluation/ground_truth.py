@@ -531,11 +531,21 @@ class GroundTruthCache:
 
         Raises:
             ValueError: ``workers`` is below 1, or bad ``budget`` / ``seeds``.
+            RuntimeError: Called while a spawned worker imports the main
+                script (a script without ``if __name__ == "__main__":``),
+                which would otherwise wait forever for the parent's runs.
         """
         import pandas as pd
 
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"`workers` must be a positive int, but got {workers!r}.")
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # A spawned worker re-imports the main script; without the guard it would
+            # reach this call again and wait for the claims its parent holds.
+            raise RuntimeError(
+                "train_missing was called while a worker process was importing the main script; put the "
+                "script's top-level code under `if __name__ == \"__main__\":` to use workers > 1."
+            )
         graphs = _as_graphs(candidates)
         config = _as_config(budget)
         seed_list = _as_seeds(seeds)
