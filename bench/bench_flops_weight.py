@@ -44,14 +44,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pandas as pd
-import torch
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ranker_top import DEFAULT_RANKERS, _cpu, all_candidates, read_labels  # noqa: E402
-from bench_search import Referee, thresholds  # noqa: E402
+from bench_ranker_top import DEFAULT_RANKERS, _cpu, all_candidates, first_position, read_labels, setup  # noqa: E402
 
 EXPERIMENT = Path("experiments/results/nb201-mnist5k")
 DEFAULT_WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
@@ -77,21 +74,15 @@ def main() -> None:
         parser.error(f"--calibration must be at least 3, but got {args.calibration}")
     if args.calibration_seed in args.referee_seeds:
         parser.error(f"--calibration-seed {args.calibration_seed} is one of the judge's --referee-seeds")
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from nas.data import load_dataset
     from nas.evaluation.correlate import sample_candidates
     from nas.ghn import GHN, GHNRanker, RankerConfig, fit_ranker, with_flops_prior
-    from nas.space import load_space
 
-    data = load_dataset("mnist5k")
-    space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes)
-    referee = Referee(args.cache, data, 3, reference=args.reference)
-    levels = thresholds(referee, space, 100, args.referee_seeds)
+    data, space, referee, levels = setup(args.cache, args.reference, args.referee_seeds)
     folder = args.work / "one_time"
     ranker = GHNRanker.load(folder / "ranker.pt")
     label_graphs, _ = read_labels(str(folder / "ranker_labels_k30.csv"))
-    reference = {g.key for g in sample_candidates(space, 100, seed=0)}
+    ref_graphs = sample_candidates(space, 100, seed=0)
+    reference = {g.key for g in ref_graphs}
     calibration = label_graphs[: args.calibration]
     overlap = sum(g.key in reference for g in calibration)
 
@@ -107,22 +98,24 @@ def main() -> None:
           flush=True)
 
     # 2. each weight's agreement with the calibration accuracy
-    def z_tse(graphs: list, model: GHNRanker = ranker) -> np.ndarray:
-        return (model.predict(graphs) - model.label_mean) / model.label_std
-
     def scored(z: np.ndarray, graphs: list, weight: float, model: GHNRanker = ranker) -> np.ndarray:
         return with_flops_prior(z, graphs, weight=weight, mean=model.flops_mean, std=model.flops_std)
 
-    z_cal = z_tse(calibration)
-    cal_tau = {w: float(kendalltau(-scored(z_cal, calibration, w), calibration_acc).statistic) for w in args.weights}
-    chosen = max(args.weights, key=lambda w: (round(cal_tau[w], 12), -w))
+    def calibrate(model: GHNRanker) -> tuple[dict[float, float], float]:
+        """Kendall tau of each weight's score against the calibration accuracy, and the weight chosen."""
+        z = model.standardised(calibration)
+        taus = {w: float(kendalltau(-scored(z, calibration, w, model), calibration_acc).statistic)
+                for w in args.weights}
+        return taus, max(args.weights, key=lambda w: (round(taus[w], 12), -w))
+
+    cal_tau, chosen = calibrate(ranker)
     print("calibration tau: " + ", ".join(f"{w:g}: {t:.3f}" for w, t in cal_tau.items()) + f"; chosen {chosen:g}",
           flush=True)
 
     # 3. the top of each weight's ranking of the whole space, judged
     start = _cpu()
     graphs = all_candidates(space)
-    z_all = z_tse(graphs)
+    z_all = ranker.standardised(graphs)
     print(f"{len(graphs)} distinct candidates built and scored in {_cpu() - start:.0f} CPU-s", flush=True)
     tops = {w: [graphs[i] for i in np.argsort(scored(z_all, graphs, w), kind="stable")[: args.top]]
             for w in args.weights}
@@ -143,16 +136,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
 
-    def first(frame: pd.DataFrame, column: str) -> float:
-        hits = frame.loc[frame[column], "position"]
-        return float(hits.iloc[0]) if len(hits) else float("nan")
-
     summary = pd.DataFrame([
         {"flops_weight": w, "chosen": w == chosen, "calibration_tau": cal_tau[w],
          "calibration_n": len(calibration), "calibration_cpu_s": calibration_cpu,
-         "best_val": frame["val_acc"].max(), "first_val_top1": first(frame, "val_top1"),
-         "first_val_top5": first(frame, "val_top5"), "first_test_top1": first(frame, "test_top1"),
-         "first_test_top5": first(frame, "test_top5"), "val_top1_in_top": int(frame["val_top1"].sum()),
+         "best_val": frame["val_acc"].max(), "first_val_top1": first_position(frame, "val_top1"),
+         "first_val_top5": first_position(frame, "val_top5"), "first_test_top1": first_position(frame, "test_top1"),
+         "first_test_top5": first_position(frame, "test_top5"), "val_top1_in_top": int(frame["val_top1"].sum()),
          "val_top5_in_top": int(frame["val_top5"].sum()), "test_top1_in_top": int(frame["test_top1"].sum()),
          "in_reference": int(frame["in_reference"].sum())}
         for w, frame in table.groupby("flops_weight", sort=False)
@@ -174,14 +163,11 @@ def main() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fitted.save(path)
         rankers[name] = GHNRanker.load(path)
-    ref_graphs = sample_candidates(space, 100, seed=0)
     ref = referee.judge_seeds(ref_graphs, args.referee_seeds).set_index("key").loc[[g.key for g in ref_graphs]]
     tau_rows = []
     for name, model in rankers.items():
-        z_ref, z_c = z_tse(ref_graphs, model), z_tse(calibration, model)
-        taus = {w: float(kendalltau(-scored(z_c, calibration, w, model), calibration_acc).statistic)
-                for w in args.weights}
-        pick = max(args.weights, key=lambda w: (round(taus[w], 12), -w))
+        z_ref = model.standardised(ref_graphs)
+        taus, pick = calibrate(model)
         for w in args.weights:
             s = -scored(z_ref, ref_graphs, w, model)
             tau_rows.append({

@@ -83,10 +83,29 @@ class _Ensemble:
     def score(self, graphs: list[Any]) -> np.ndarray:
         from nas.ghn import with_flops_prior
 
-        z = np.mean([(r.predict(graphs) - r.label_mean) / r.label_std for r in self.rankers], axis=0)
+        z = np.mean([r.standardised(graphs) for r in self.rankers], axis=0)
         first = self.rankers[0]
         return with_flops_prior(z, graphs, weight=first.config.flops_weight, mean=first.flops_mean,
                                 std=first.flops_std)
+
+
+def setup(cache: Path, reference: Path, referee_seeds: list[int]) -> tuple[Any, Any, Referee, dict[str, float]]:
+    """nb201 on mnist5k, the search benchmark's referee and its thresholds: ``(data, space, referee, levels)``."""
+    from nas.data import load_dataset
+    from nas.space import load_space
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = load_dataset("mnist5k")
+    space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes)
+    referee = Referee(cache, data, 3, reference=reference)
+    return data, space, referee, thresholds(referee, space, 100, referee_seeds)
+
+
+def first_position(frame: pd.DataFrame, column: str) -> float:
+    """``position`` of the first row where the boolean ``column`` holds, or NaN."""
+    hits = frame.loc[frame[column], "position"]
+    return float(hits.iloc[0]) if len(hits) else float("nan")
 
 
 def read_labels(spec: str) -> tuple[list[Any], np.ndarray]:
@@ -115,16 +134,9 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=EXPERIMENT / "ground_truth.sqlite")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ranker_top.csv"))
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from nas.data import load_dataset
     from nas.ghn import GHN, GHNRanker, RankerConfig, fit_ranker
-    from nas.space import load_space
 
-    data = load_dataset("mnist5k")
-    space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes)
-    referee = Referee(args.cache, data, 3, reference=args.reference)
-    levels = thresholds(referee, space, 100, args.referee_seeds)
+    _, space, referee, levels = setup(args.cache, args.reference, args.referee_seeds)
     start = _cpu()
     graphs = all_candidates(space)
     print(f"{len(graphs)} distinct candidates built in {_cpu() - start:.0f} CPU-s", flush=True)
@@ -195,16 +207,12 @@ def main() -> None:
     table = pd.DataFrame(rows)
     table.to_csv(args.out, index=False)
 
-    def first(frame: pd.DataFrame, column: str) -> float:
-        hits = frame.loc[frame[column], "position"]
-        return float(hits.iloc[0]) if len(hits) else float("nan")
-
     summary = pd.DataFrame([
         {"ranker": name, "labels": frame["labels"].iloc[0], "shared": frame["labels_shared_with_bench"].iloc[0],
-         "best_val": frame["val_acc"].max(), "first_val_top1": first(frame, "val_top1"),
+         "best_val": frame["val_acc"].max(), "first_val_top1": first_position(frame, "val_top1"),
          "reference_tau_val": ref_tau[name][0], "reference_tau_test": ref_tau[name][1],
-         "first_val_top5": first(frame, "val_top5"), "first_test_top1": first(frame, "test_top1"),
-         "first_test_top5": first(frame, "test_top5"), "val_top1_in_top": int(frame["val_top1"].sum()),
+         "first_val_top5": first_position(frame, "val_top5"), "first_test_top1": first_position(frame, "test_top1"),
+         "first_test_top5": first_position(frame, "test_top5"), "val_top1_in_top": int(frame["val_top1"].sum()),
          "test_top1_in_top": int(frame["test_top1"].sum())}
         for name, frame in table.groupby("ranker", sort=False)
     ])

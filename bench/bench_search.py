@@ -277,7 +277,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     campaign = Campaign(
         space=space, dataset=data, ghn=folder / "ghn.pt", ranker=folder / "ranker.pt", trials=args.campaign_trials,
         top_k=args.top_k, finetune_epochs=args.finetune_epochs, out=out,
-        storage=(f"journal:///{(Path(args.work) / f'{method}_s{seed}' / 'campaign.log').resolve()}"
+        storage=(f"journal:///{(out / 'campaign.log').resolve()}"
                  if method.endswith("-journal") else None),
         seed=seed, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, progress=not args.no_progress,
         refine=args.refine if "-refine" in method else 0,

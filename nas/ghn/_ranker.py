@@ -246,8 +246,15 @@ class GHNRanker(nn.Module):
             Array ``[B]``.
         """
         graphs = list(graphs)
-        z = (self.predict(graphs, chunk=chunk) - self.label_mean) / self.label_std
+        z = self.standardised(graphs, chunk=chunk)
         return with_flops_prior(z, graphs, weight=self.config.flops_weight, mean=self.flops_mean, std=self.flops_std)
+
+    def standardised(self, graphs: Sequence[ArchGraph], *, chunk: int = 512) -> np.ndarray:
+        """Predicted TSE standardised over the labelled architectures, lower is better; ``[B]``.
+
+        This is :meth:`score` without the capacity prior.
+        """
+        return (self.predict(graphs, chunk=chunk) - self.label_mean) / self.label_std
 
     def check_compatible(self, space: SearchSpace, *, source: str | Path | None = None) -> None:
         """Refuse a space this ranker cannot score.
