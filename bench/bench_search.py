@@ -34,11 +34,14 @@ campaign's compute. The same is reported on test accuracy (``*_test``
 columns, thresholds from the reference's test accuracy): search with
 training selects on the validation accuracy it is judged by, so its
 validation figures carry a winner's curse that the test figures do not.
-``cpu_to_*_reported_test`` judge the architecture each method would itself
-report as its best so far (best validation accuracy for search with
-training, best fine-tuned accuracy for the campaign) by its test accuracy.
+Having fine-tuned or trained a top architecture is not the same as handing
+it to the user: ``cpu_to_*_reported`` (validation) and
+``cpu_to_*_reported_test`` judge only the architecture each method would
+itself report as its best so far (best validation accuracy it saw for search
+with training, best fine-tuned accuracy for the campaign).
 A run that never reaches a level counts in the expected cost with restarts
-(:func:`expected_cost`, ``search_expected_cost.csv``): the CPU of all runs
+(:func:`expected_cost`, ``search_expected_cost.csv``, levels ``top1_val``,
+``top1_test``, ``top1_reported_val``, ...): the CPU of all runs
 until their first hit (all of it for a miss) divided by the hits.
 Random search also gets its expectation from the reference sample (``1/q`` trainings for the top ``q``).
 
@@ -276,7 +279,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     folder = Path(args.work) / "one_time"
     campaign = Campaign(
         space=space, dataset=data, ghn=folder / "ghn.pt", ranker=folder / "ranker.pt", trials=args.campaign_trials,
-        top_k=args.top_k, finetune_epochs=args.finetune_epochs, out=out,
+        top_k=args.top_k, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, out=out,
         storage=(f"journal:///{(out / 'campaign.log').resolve()}"
                  if method.endswith("-journal") else None),
         seed=seed, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, progress=not args.no_progress,
@@ -375,9 +378,10 @@ def _reported(run: pd.DataFrame, metric: str) -> pd.Series:
     return pd.Series(reported, index=run.index)
 
 
-def _first_reach_reported(run: pd.DataFrame, level: float, metric: str) -> float:
+def _first_reach_reported(run: pd.DataFrame, level: float, metric: str, *, marginal: bool = False) -> float:
+    """CPU-seconds until the architecture the method reports as its best first has ground truth ``metric`` >= ``level``."""
     hit = _reported(run, metric).to_numpy() >= level - 1e-12
-    return float(run["cpu_s"].cumsum()[hit].iloc[0]) if hit.any() else math.nan
+    return float(_cost(run, marginal=marginal).cumsum()[hit].iloc[0]) if hit.any() else math.nan
 
 
 def _best_within(run: pd.DataFrame, budget: float, *, marginal: bool = False) -> float:
@@ -399,23 +403,27 @@ def expected_cost(summary: pd.DataFrame) -> pd.DataFrame:
         summary: The per-run table of :func:`summarize` (without ``random_expected``).
 
     Returns:
-        One row per method and level: runs, hits, ``ert_cpu_s``,
-        ``marginal_ert_cpu_s`` and ``tpe_over_ert`` (TPE's ERT divided by this one).
+        One row per method and level (``top5_val``, ``top1_test``, ...; with
+        ``_reported``: judged by the architecture the method reports as its
+        best): runs, hits, ``ert_cpu_s``, ``marginal_ert_cpu_s`` and
+        ``tpe_over_ert`` (TPE's ERT divided by this one).
     """
     rows = []
     for method, runs in summary[summary["seed"] >= 0].groupby("method"):
         campaign = str(method).startswith("campaign")
         one_time = float(runs["one_time_cpu_s"].mean()) if campaign else 0.0
         spent = runs["cpu_s"] - runs["one_time_cpu_s"]  # what a restart pays
-        for tag in ("", "_test"):
-            for q in ("top5", "top1"):
-                reach = runs[f"marginal_cpu_to_{q}{tag}"] if campaign else runs[f"cpu_to_{q}{tag}"]
-                hits = int(reach.notna().sum())
-                ert = float(reach.fillna(spent).sum() / hits) if hits else math.nan
-                rows.append({
-                    "method": method, "level": f"{q}{tag or '_val'}", "runs": len(runs), "hits": hits,
-                    "ert_cpu_s": one_time + ert, "marginal_ert_cpu_s": ert,
-                })
+        for kind in ("", "_reported"):
+            for tag in ("", "_test"):
+                for q in ("top5", "top1"):
+                    column = f"cpu_to_{q}{kind}{tag}"
+                    reach = runs[f"marginal_{column}"] if campaign else runs[column]
+                    hits = int(reach.notna().sum())
+                    ert = float(reach.fillna(spent).sum() / hits) if hits else math.nan
+                    rows.append({
+                        "method": method, "level": f"{q}{kind}{tag or '_val'}", "runs": len(runs), "hits": hits,
+                        "ert_cpu_s": one_time + ert, "marginal_ert_cpu_s": ert,
+                    })
     frame = pd.DataFrame(rows)
     tpe = frame[frame["method"] == "tpe"].set_index("level")["ert_cpu_s"]
     frame["tpe_over_ert"] = frame["level"].map(tpe) / frame["ert_cpu_s"]
@@ -466,8 +474,11 @@ def summarize(out: Path, levels: dict[str, float], *, judge: pd.DataFrame | None
                 row[f"marginal_cpu_to_{q}{tag}"] = (
                     _first_reach(run, level, marginal=True, metric=metric) if is_campaign else math.nan
                 )
-        for q in ("top5", "top1"):
-            row[f"cpu_to_{q}_reported_test"] = _first_reach_reported(run, levels[f"test_acc_{q}"], "test_acc")
+                # The same level reached by the pick the method would hand its user.
+                row[f"cpu_to_{q}_reported{tag}"] = _first_reach_reported(run, level, metric)
+                row[f"marginal_cpu_to_{q}_reported{tag}"] = (
+                    _first_reach_reported(run, level, metric, marginal=True) if is_campaign else math.nan
+                )
         row.update({
             "reported_val_acc": float(_reported(run, "val_acc").iloc[-1]),
             "reported_test_acc": float(_reported(run, "test_acc").iloc[-1]),
@@ -506,7 +517,8 @@ def plot_reach(summary: pd.DataFrame) -> Any:
         summary: The per-run table of :func:`summarize` (``random_expected`` is ignored).
 
     Returns:
-        The matplotlib ``Figure`` (2 x 2 panels: validation / test, top 5% / top 1%).
+        The matplotlib ``Figure`` (2 x 3 panels: validation / test by top 5%,
+        top 1% and top 1% of the architecture each method reports as its best).
     """
     import matplotlib
 
@@ -516,15 +528,15 @@ def plot_reach(summary: pd.DataFrame) -> Any:
     runs = summary[summary["seed"] >= 0]
     colors = {"campaign": "C0", "campaign-journal": "C4", "campaign-refine": "C3", "campaign-refine-journal": "C5",
               "tpe": "C1", "random": "C2"}
-    fig, axes = plt.subplots(2, 2, figsize=(8.0, 6.4), sharex=True, sharey=True)
+    fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.4), sharex=True, sharey=True)
     for row, (tag, judged) in enumerate((("", "validation"), ("_test", "test"))):
-        for col, q in enumerate(("top5", "top1")):
+        for col, (q, kind) in enumerate((("top5", ""), ("top1", ""), ("top1", "_reported"))):
             ax = axes[row, col]
             for method, group in runs.groupby("method"):
                 campaign = str(method).startswith("campaign")
                 variants = [("cpu_to", "-", "")] + ([("marginal_cpu_to", "--", ", after one-time")] if campaign else [])
                 for prefix, style, note in variants:
-                    costs = np.sort(group[f"{prefix}_{q}{tag}"].dropna().to_numpy())
+                    costs = np.sort(group[f"{prefix}_{q}{kind}{tag}"].dropna().to_numpy())
                     x = np.concatenate([[1.0], costs, [1e4]])
                     y = np.concatenate([[0.0], np.arange(1, len(costs) + 1), [len(costs)]]) / len(group)
                     ax.step(x, y, where="post", color=colors.get(str(method), "C3"), linestyle=style,
@@ -532,7 +544,8 @@ def plot_reach(summary: pd.DataFrame) -> Any:
             ax.set_xscale("log")
             ax.set_xlim(5, 3000)
             ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"reference {q[:3]} {q[3:]}%, {judged} accuracy", fontsize=9)
+            pick = ", reported pick" if kind else ""
+            ax.set_title(f"reference {q[:3]} {q[3:]}%, {judged} accuracy{pick}", fontsize=9)
             ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("CPU-seconds (log)")
@@ -568,6 +581,7 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=10,
                         help="best candidates refined by the campaign-refine methods (default 10)")
     parser.add_argument("--finetune-epochs", type=float, default=1)
+    parser.add_argument("--finetune-lr", type=float, default=0.05, help="fine-tuning peak learning rate (default 0.05)")
     parser.add_argument("--ghn-steps", type=int, default=1200, help="meta-training steps (default: the recipe's 1200)")
     parser.add_argument("--ranker-labels", type=int, default=150)
     parser.add_argument("--ranker-k", type=int, default=30)
@@ -631,7 +645,7 @@ def main() -> None:
           f"test accuracy {levels['test_acc_top5']:.4f} / {levels['test_acc_top1']:.4f}")
     shown = [
         "method", "seed", "trained", "cpu_s", "one_time_cpu_s", "cpu_to_top5", "cpu_to_top1", "marginal_cpu_to_top5",
-        "marginal_cpu_to_top1", "cpu_to_top5_test", "cpu_to_top1_test", "reported_test_acc",
+        "marginal_cpu_to_top1", "cpu_to_top5_test", "cpu_to_top1_test", "cpu_to_top1_reported_test", "reported_test_acc",
         "best_within_campaign_marginal_cpu",
     ]
     with pd.option_context("display.width", 250, "display.max_columns", 30):

@@ -84,6 +84,14 @@ def test_summary_has_one_row_per_run_and_the_random_expectation(
     assert summary.loc["tpe", "cpu_to_top5"] == pytest.approx(20.0)
     assert math.isnan(summary.loc["tpe", "cpu_to_top1"])
     assert summary.loc["tpe", "reported_test_acc"] == pytest.approx(0.90)
+    # The campaign's first fine-tune is both its reported pick and a top-1% architecture (val 0.99) ...
+    assert summary.loc["campaign", "cpu_to_top1_reported"] == pytest.approx(107.0)
+    assert summary.loc["campaign", "marginal_cpu_to_top1_reported"] == pytest.approx(7.0)
+    # ... but by test accuracy it reaches the top 1% only as a fine-tune, never as the pick (0.97 < 0.98).
+    assert math.isnan(summary.loc["campaign", "cpu_to_top1_reported_test"])
+    # TPE reports its 0.97 trial from step 1 on: top 5% (0.96) after 20 CPU-s.
+    assert summary.loc["tpe", "cpu_to_top5_reported"] == pytest.approx(20.0)
+    assert math.isnan(summary.loc["tpe", "marginal_cpu_to_top5_reported"])
     # Within the campaign's 9 marginal CPU-s, TPE has trained nothing yet.
     assert math.isnan(summary.loc["tpe", "best_within_campaign_marginal_cpu"])
     assert summary.loc["random_expected", "cpu_to_top1"] == pytest.approx(10.0 / 0.01)
@@ -104,6 +112,10 @@ def test_expected_cost_restarts_failed_runs_and_reuses_the_campaigns_one_time_co
     for column in ("marginal_cpu_to_top5", "cpu_to_top5", "marginal_cpu_to_top5_test", "cpu_to_top5_test",
                    "marginal_cpu_to_top1_test", "cpu_to_top1_test"):
         summary[column] = nan
+    for kind in ("", "_test"):  # the reported pick: campaign seed 1 hits after 9, TPE seed 2 after 120
+        for q in ("top5", "top1"):
+            summary[f"cpu_to_{q}_reported{kind}"] = [nan, nan, nan, nan, 120.0 if q == "top1" else nan]
+            summary[f"marginal_cpu_to_{q}_reported{kind}"] = [nan, 9.0 if q == "top1" else nan, nan, nan, nan]
     summary["cpu_to_top1"] = summary["cpu_to_top1"].astype(float)
     ert = bench_search.expected_cost(summary).set_index(["method", "level"])
     campaign, tpe = ert.loc[("campaign", "top1_val")], ert.loc[("tpe", "top1_val")]
@@ -113,6 +125,10 @@ def test_expected_cost_restarts_failed_runs_and_reuses_the_campaigns_one_time_co
     assert tpe["ert_cpu_s"] == pytest.approx((40.0 + 80.0 + 120.0) / 2)
     assert campaign["tpe_over_marginal_ert"] == pytest.approx(120.0 / 16.0)
     assert math.isnan(ert.loc[("tpe", "top5_val"), "ert_cpu_s"])  # no run hits: no expectation
+    reported = ert.loc[("campaign", "top1_reported_test")]
+    assert reported["hits"] == 1 and reported["marginal_ert_cpu_s"] == pytest.approx((9.0 + 9.0) / 1)
+    assert ert.loc[("tpe", "top1_reported_val"), "ert_cpu_s"] == pytest.approx(360.0)
+    assert reported["tpe_over_marginal_ert"] == pytest.approx(360.0 / 18.0)
 
 
 def test_summary_judged_by_other_seeds_keeps_what_search_with_training_saw(
