@@ -14,8 +14,10 @@ the trainer's defaults) starting from:
   the linear classifier put back to a fresh initialisation (the predicted
   convolutions alone).
 
-``no_sgd`` is the accuracy of the predicted weights before any step. Prints
-the mean validation accuracy per start and budget and writes
+``no_sgd`` is the accuracy of the predicted weights before any step. Every
+start is trained at each peak learning rate of ``--lrs`` (default: the
+trainer's 0.05). Prints the mean validation accuracy per start, budget and
+learning rate and writes
 ``finetune_runs.csv`` (one row per run) and ``finetune_summary.csv``. It
 measures; it asserts nothing.
 
@@ -32,6 +34,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
+from nas.training import TrainConfig
 
 
 #: The starts fine-tuning is compared from (see the module docstring).
@@ -61,6 +65,8 @@ def main() -> None:
     parser.add_argument("--archs", type=int, default=8)
     parser.add_argument("--epochs", type=float, nargs="+", default=[1.0])
     parser.add_argument("--starts", nargs="+", default=list(STARTS), choices=list(STARTS))
+    parser.add_argument("--lrs", type=float, nargs="+", default=[TrainConfig.lr],
+                        help="peak learning rates (default: the trainer's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
@@ -71,7 +77,7 @@ def main() -> None:
     from nas.ghn._checkpoint import read_checkpoint
     from nas.graph import ArchGraph
     from nas.network import Network
-    from nas.training import TrainConfig, train
+    from nas.training import train
 
     ghn = GHN.load(args.ghn).eval()
     payload = read_checkpoint(args.ghn)
@@ -93,15 +99,18 @@ def main() -> None:
                 "predicted_convs": lambda g=graph: _fresh_affine_and_head(ghn.materialize(g, data), g),
             }
             for start, make in ((name, starts[name]) for name in args.starts):
-                torch.manual_seed(0)
-                net = make()
-                begin = time.perf_counter()
-                result = train(net, data, TrainConfig(epochs=epochs, seed=0))
-                rows.append({"key": graph.key, "start": start, "epochs": epochs, "val_acc": result.val_acc,
-                             "val_loss": result.val_loss, "seconds": time.perf_counter() - begin})
-                print(f"{graph.key[:12]} {start:14s} {epochs:g} epochs: val_acc {result.val_acc:.4f}", flush=True)
+                for lr in args.lrs:
+                    torch.manual_seed(0)
+                    net = make()
+                    begin = time.perf_counter()
+                    result = train(net, data, TrainConfig(epochs=epochs, lr=lr, seed=0))
+                    rows.append({"key": graph.key, "start": start, "epochs": epochs, "lr": lr,
+                                 "val_acc": result.val_acc, "val_loss": result.val_loss,
+                                 "seconds": time.perf_counter() - begin})
+                    print(f"{graph.key[:12]} {start:14s} {epochs:g} epochs, lr {lr:g}: val_acc {result.val_acc:.4f}",
+                          flush=True)
     runs = pd.DataFrame(rows)
-    summary = runs.groupby(["start", "epochs"], as_index=False).agg(
+    summary = runs.groupby(["start", "epochs", "lr"], as_index=False, dropna=False).agg(
         val_acc=("val_acc", "mean"), val_acc_std=("val_acc", "std"), val_loss=("val_loss", "mean"),
         seconds=("seconds", "mean"), n=("key", "count"),
     )

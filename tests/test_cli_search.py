@@ -65,6 +65,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--trials", "0"], "`--trials` must be positive, but got 0"),
         (["--top-k", "-2"], "`--top-k` must be positive, but got -2"),
         (["--finetune-epochs", "0"], "`--finetune-epochs` must be positive, but got 0.0"),
+        (["--finetune-lr", "-0.1"], "`--finetune-lr` must be positive, but got -0.1"),
         (["--trials", "many"], "argument --trials: invalid int value: 'many'"),
         (["--self-check", "2"], "`--self-check` must be 0 or at least 3"),
         (["--sampler", "bogus"], "`--sampler` must be one of tpe, random, gp, nsga2, but got 'bogus'"),
@@ -137,7 +138,7 @@ def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: 
     argv = [
         "search", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path),
         "--trials", "8", "--finetune-epochs", "0.2", "--batch-size", "8", "--out", str(out), "--no-progress",
-        "--ranker-labels", "6", "--ranker-k", "2", "--refine", "0",
+        "--ranker-labels", "6", "--ranker-k", "2", "--refine", "0", "--finetune-lr", "0.02",
     ]
     rc, _, err = run_cli([*argv, "--top-k", "50"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1
@@ -158,6 +159,7 @@ def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: 
     rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)
     assert len(rank.trials) == 8  # the rerun ranked nothing new
     assert all("rank_score" in t.user_attrs and "ghn_loss" not in t.user_attrs for t in rank.trials)
+    assert rank.user_attrs["nas_campaign"]["finetune"]["lr"] == 0.02  # the fine-tunes' learning rate
 
     rc, _, err = run_cli([*argv, "--top-k", "2", "--rank-by", "loss"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1

@@ -152,6 +152,10 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to fine-tune (default 5)")
     p.add_argument("--finetune-epochs", type=float, default=3.0, metavar="E", help="fine-tuning epochs (default 3)")
+    p.add_argument(
+        "--finetune-lr", type=float, default=0.05, metavar="LR",
+        help="fine-tuning peak learning rate (default 0.05; 0.02 suits fine-tunes of about 1 epoch)",
+    )
     p.add_argument("--sampler", default="tpe", help=f"{' | '.join(SAMPLERS)} (default tpe)")
     p.add_argument("--objectives", default="loss", help=f"{' | '.join(OBJECTIVES)} (default loss)")
     p.add_argument(
@@ -279,7 +283,7 @@ def run_search(args: argparse.Namespace) -> int:
     from nas.cli.basic import flag_errors
 
     for flag in (
-        "trials", "top_k", "finetune_epochs", "batch_size", "heartbeat", "grace", "ghn_steps", "ranker_k",
+        "trials", "top_k", "finetune_epochs", "finetune_lr", "batch_size", "heartbeat", "grace", "ghn_steps", "ranker_k",
         "label_workers",
     ):
         _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
@@ -319,6 +323,7 @@ def _search_campaign(args: argparse.Namespace) -> Any:
         trials=args.trials,
         top_k=args.top_k,
         finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr,
         sampler=args.sampler,
         objectives=args.objectives,
         out=args.out,
