@@ -544,7 +544,7 @@ def plot_reach(summary: pd.DataFrame) -> Any:
             ax.set_xscale("log")
             ax.set_xlim(5, 3000)
             ax.set_ylim(-0.02, 1.02)
-            pick = ", reported pick" if kind else ""
+            pick = "\nof the architecture each method reports" if kind else ""
             ax.set_title(f"reference {q[:3]} {q[3:]}%, {judged} accuracy{pick}", fontsize=9)
             ax.grid(alpha=0.3)
     for ax in axes[1]:
@@ -553,7 +553,7 @@ def plot_reach(summary: pd.DataFrame) -> Any:
         ax.set_ylabel("fraction of runs there")
     # The legend goes below the panels, where it hides no curve.
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     return fig
 
