@@ -265,6 +265,9 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     ``"campaign-journal"`` stores the same campaign in Optuna's journal file.
     ``"campaign-refine"`` and ``"campaign-refine-journal"`` add the local
     refinement of the ``--refine`` best candidates after the sampler's trials.
+    A ``-rerank`` method (``"campaign-refine-rerank"``, ``"campaign-refine-rerank-journal"``)
+    reorders the ``--rerank-pool`` best by the zero-cost proxy ``--rerank`` before
+    fine-tuning the ``--top-k`` best of them; the proxy's CPU is charged to the fine-tune stage.
     """
     from nas.campaign import Campaign
     from nas.graph import ArchGraph
@@ -284,6 +287,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
                  if method.endswith("-journal") else None),
         seed=seed, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, progress=not args.no_progress,
         refine=args.refine if "-refine" in method else 0,
+        rerank=args.rerank if "-rerank" in method else None, rerank_pool=args.rerank_pool,
     )
     rows: list[dict[str, Any]] = []
     cum = 0.0
@@ -527,6 +531,7 @@ def plot_reach(summary: pd.DataFrame) -> Any:
 
     runs = summary[summary["seed"] >= 0]
     colors = {"campaign": "C0", "campaign-journal": "C4", "campaign-refine": "C3", "campaign-refine-journal": "C5",
+              "campaign-refine-rerank": "C6", "campaign-refine-rerank-journal": "C7",
               "tpe": "C1", "random": "C2"}
     fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.4), sharex=True, sharey=True)
     for row, (tag, judged) in enumerate((("", "validation"), ("_test", "test"))):
@@ -573,7 +578,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--epochs", type=float, default=3, help="ground-truth budget (default 3)")
     parser.add_argument("--methods", nargs="*", default=[], choices=[
-        "campaign", "campaign-journal", "campaign-refine", "campaign-refine-journal", "tpe", "random"])
+        "campaign", "campaign-journal", "campaign-refine", "campaign-refine-journal", "campaign-refine-rerank",
+        "campaign-refine-rerank-journal", "tpe", "random"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", type=int, default=60, help="trained trials of tpe / random (default 60)")
     parser.add_argument("--campaign-trials", type=int, default=300)
@@ -581,6 +587,8 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=10,
                         help="best candidates refined by the campaign-refine methods (default 10)")
     parser.add_argument("--finetune-epochs", type=float, default=1)
+    parser.add_argument("--rerank", default="grad_norm", help="zero-cost proxy of the -rerank methods (default grad_norm)")
+    parser.add_argument("--rerank-pool", type=int, default=30, help="candidates it reorders (default 30)")
     parser.add_argument("--finetune-lr", type=float, default=0.05, help="fine-tuning peak learning rate (default 0.05)")
     parser.add_argument("--ghn-steps", type=int, default=1200, help="meta-training steps (default: the recipe's 1200)")
     parser.add_argument("--ranker-labels", type=int, default=150)

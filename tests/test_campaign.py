@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -31,14 +32,17 @@ import torch
 from optuna.trial import TrialState
 
 from nas.campaign import (
+    CAMPAIGN_ATTR,
     CANDIDATE_COLUMNS,
     FINETUNED_COLUMNS,
     Campaign,
     candidates_frame,
+    finetuned_frame,
     mask_url,
     open_storage,
     reap_stale_trials,
     resolve_objectives,
+    rerank_candidates,
     resolve_sampler,
     select_candidates,
     write_report,
@@ -946,3 +950,64 @@ def test_report_on_a_full_disk_keeps_the_previous_files(
     assert isinstance(err.value, CheckpointError) == (failed == ["best.pt"])
     assert (tmp_path / failed[0]).read_bytes() == before[failed[0]]
     assert_only_files(tmp_path, set(before))
+
+
+# ---------------------------------------------------------------- rerank
+
+
+class _FixedScorer:
+    """A scorer that returns fixed values by key (higher is better)."""
+
+    name = "fixed"
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self.values = values
+
+    def score(self, graphs: list[Any], data: Any) -> list[float]:
+        return [self.values[g.key] for g in graphs]
+
+
+def test_rerank_candidates_orders_by_the_second_score_nan_last_ties_in_shortlist_order(
+    tmp_path: Path, ghn_path: Path
+) -> None:
+    campaign = small_campaign(tmp_path / "rr", ghn_path, trials=8, batch_size=8)
+    campaign.rank()
+    rank, _ = campaign.open()
+    shortlist = select_candidates(candidates_frame(rank), 5)
+    keys = list(shortlist["key"])
+    values = {keys[0]: 1.0, keys[1]: math.nan, keys[2]: 3.0, keys[3]: 1.0, keys[4]: 2.0}
+    kept = rerank_candidates(shortlist, 4, _FixedScorer(values), None)
+    assert list(kept["key"]) == [keys[2], keys[4], keys[0], keys[3]]  # the tie 0/3 keeps the shortlist order
+    assert list(kept["rerank_score"]) == [3.0, 2.0, 1.0, 1.0]
+    assert list(rerank_candidates(shortlist, 5, _FixedScorer(values), None)["key"])[-1] == keys[1]  # nan last
+
+
+def test_rerank_fine_tunes_the_proxys_best_of_the_shortlist(tmp_path: Path, ghn_path: Path) -> None:
+    from nas.evaluation import ProxyScorer
+
+    campaign = small_campaign(tmp_path / "rr", ghn_path, trials=10, batch_size=10, top_k=2, rerank="grad_norm",
+                              rerank_pool=5)
+    campaign.rank()
+    enqueued = campaign.enqueue()
+    rank, ft = campaign.open()
+    shortlist = select_candidates(candidates_frame(rank), 5)
+    graphs = [ArchGraph.from_json(g) for g in shortlist["graph"]]
+    proxy = ProxyScorer("grad_norm", seed=campaign.seed).score(graphs, campaign.data)
+    best_two = [graphs[i].key for i in np.argsort(proxy)[::-1][:2]]
+    assert enqueued == best_two  # the proxy's order, not the rank score's
+    campaign.finetune(wait=True)
+    table = finetuned_frame(ft)
+    assert set(table["key"]) == set(best_two)
+    assert sorted(table["rerank_score"]) == pytest.approx(sorted(np.sort(proxy)[::-1][:2]))
+    assert rank.user_attrs[CAMPAIGN_ATTR]["rerank"] == {"proxy": "grad_norm", "pool": 5}
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"rerank": "bogus"}, "`rerank` must be one of"),
+    ({"rerank": "snip", "rerank_pool": 1, "top_k": 2}, "`rerank_pool` (1) must be at least `top_k` (2)"),
+    ({"rerank": "snip", "rerank_pool": 0}, "`rerank_pool` must be a positive int, but got 0"),
+])
+def test_rerank_rejects_bad_values(tmp_path: Path, kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        Campaign(out=tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()

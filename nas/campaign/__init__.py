@@ -29,6 +29,7 @@ from nas.campaign._finetune import (
     FINETUNE_METRICS,
     FinetuneStats,
     enqueue_candidates,
+    rerank_candidates,
     run_finetune_worker,
     select_candidates,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "candidates_frame",
     "default_storage_url",
     "enqueue_candidates",
+    "rerank_candidates",
     "finetuned_frame",
     "mask_url",
     "open_storage",

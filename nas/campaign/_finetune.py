@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from nas._atomic import save_torch
+from nas.graph import ArchGraph
 from nas.space import SearchSpace
 from nas.training import TrainConfig, evaluate, train
 
@@ -39,6 +41,7 @@ __all__ = [
     "FINETUNE_METRICS",
     "FinetuneStats",
     "enqueue_candidates",
+    "rerank_candidates",
     "run_finetune_worker",
     "select_candidates",
     "wait_for_running",
@@ -99,6 +102,32 @@ def select_candidates(candidates: pd.DataFrame, top_k: int, *, pareto: bool = Fa
     if pareto and "pareto" in order.columns:
         order = pd.concat([order[order["pareto"]], order[~order["pareto"]]])
     return order.head(top_k).reset_index(drop=True)
+
+
+def rerank_candidates(shortlist: pd.DataFrame, top_k: int, scorer: Any, data: Any) -> pd.DataFrame:
+    """Reorder a shortlist by a second, costlier score and keep the ``top_k`` best.
+
+    The rank stage's score orders the space well overall but is least right
+    among its best candidates; a zero-cost proxy measured on those few can
+    order them better (README, search benchmark).
+
+    Args:
+        shortlist: Rows of :func:`select_candidates` (with ``graph``), best first.
+        top_k: How many to keep.
+        scorer: A :class:`nas.evaluation.Scorer` (higher is better), e.g. a
+            :class:`nas.evaluation.ProxyScorer`.
+        data: The dataset it scores on.
+
+    Returns:
+        ``top_k`` rows with a ``rerank_score`` column, highest first; a
+        candidate the scorer could not score (``nan``) goes last, and ties
+        keep the shortlist's order.
+    """
+    graphs = [ArchGraph.from_json(g) for g in shortlist["graph"]]
+    scores = np.asarray(scorer.score(graphs, data), dtype=float)  # [len(shortlist)]
+    ordered = shortlist.assign(rerank_score=scores, _unscored=~np.isfinite(scores))
+    ordered = ordered.sort_values(["_unscored", "rerank_score"], ascending=[True, False], kind="stable")
+    return ordered.drop(columns="_unscored").head(top_k).reset_index(drop=True)
 
 
 def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, selected: pd.DataFrame) -> list[str]:

@@ -71,6 +71,7 @@ FINETUNED_COLUMNS: tuple[str, ...] = (
     "flops",
     "rank_by",
     "rank_score",
+    "rerank_score",
     "ghn_loss",
     "ghn_acc",
     "val_loss",
@@ -260,8 +261,9 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
         Columns :data:`FINETUNED_COLUMNS`: ``rank`` (1 = best; ``<NA>`` for
         diverged runs), ``trial`` (fine-tune trial), ``rank_trial`` (the rank
         trial that scored it), ``key``, ``num_params``, ``flops``, ``rank_by``,
-        ``rank_score`` (as in :func:`candidates_frame`), ``ghn_loss``,
-        ``ghn_acc``, the training results ``val_loss``, ``val_acc``,
+        ``rank_score`` (as in :func:`candidates_frame`), ``rerank_score``
+        (the zero-cost proxy that ordered the shortlist, when the campaign
+        reranks; higher is better), ``ghn_loss``, ``ghn_acc``, the training results ``val_loss``, ``val_acc``,
         ``test_loss``, ``test_acc``, ``train_loss``, ``steps``, ``wall_time``,
         ``failed``, ``error``, ``worker`` (who trained it), ``weights`` (path of
         its state_dict on that worker); then one column per choice,
@@ -280,6 +282,7 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
             "flops": a.get("flops"),
             "rank_by": a.get("rank_by", "loss"),
             "rank_score": rank_score(a),
+            "rerank_score": _num(a.get("rerank_score")),
             "ghn_loss": _num(a.get("ghn_loss")),
             "ghn_acc": _num(a.get("ghn_acc")),
             "val_loss": _num(a.get("val_loss")),

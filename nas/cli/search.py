@@ -150,6 +150,14 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument(
         "--refine-trials", type=int, default=None, metavar="N", help="most refinement trials (default: --trials)"
     )
+    p.add_argument(
+        "--rerank", default=None, metavar="PROXY",
+        help="reorder the --rerank-pool best candidates by a zero-cost proxy (synflow, snip, grad_norm, jacob_cov, "
+        "naswot) and fine-tune the --top-k best of them (default: off)",
+    )
+    p.add_argument(
+        "--rerank-pool", type=int, default=30, metavar="N", help="candidates the proxy reorders (default 30)"
+    )
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to fine-tune (default 5)")
     p.add_argument("--finetune-epochs", type=float, default=3.0, metavar="E", help="fine-tuning epochs (default 3)")
     p.add_argument(
@@ -324,6 +332,8 @@ def _search_campaign(args: argparse.Namespace) -> Any:
         top_k=args.top_k,
         finetune_epochs=args.finetune_epochs,
         finetune_lr=args.finetune_lr,
+        rerank=args.rerank,
+        rerank_pool=args.rerank_pool,
         sampler=args.sampler,
         objectives=args.objectives,
         out=args.out,
