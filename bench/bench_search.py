@@ -267,7 +267,8 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     refinement of the ``--refine`` best candidates after the sampler's trials.
     A ``-rerank`` method (``"campaign-refine-rerank"``, ``"campaign-refine-rerank-journal"``)
     reorders the ``--rerank-pool`` best by the zero-cost proxy ``--rerank`` before
-    fine-tuning the ``--top-k`` best of them; the proxy's CPU is charged to the fine-tune stage.
+    fine-tuning the ``--top-k`` best of them; the proxy's CPU is charged as
+    the ``enqueue`` step (traces from before that step did not charge enqueueing, milliseconds without a proxy).
     """
     from nas.campaign import Campaign
     from nas.graph import ArchGraph
@@ -308,9 +309,10 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     _, rank_cpu = _timed(campaign.rank)
     add("rank", rank_cpu, False)
     print(f"{method} seed {seed}: rank {rank_cpu:.1f} CPU-s", flush=True)
-    campaign.enqueue()
+    _, enqueue_cpu = _timed(campaign.enqueue)
+    add("enqueue", enqueue_cpu, False)  # with -rerank: the proxy's scores of the shortlist
     _, finetune_cpu = _timed(lambda: campaign.finetune(wait=True))
-    # The order the candidates were fine-tuned in (the order of their stage-1 scores), not their result.
+    # The order the candidates were fine-tuned in (the order of their stage-1 or proxy scores), not their result.
     finetuned = campaign.report(write=True).finetuned.sort_values("trial")
     # Charge each fine-tune its own wall time, scaled so that they add up to the stage's measured CPU.
     scale = finetune_cpu / max(float(finetuned["wall_time"].sum()), 1e-9)
