@@ -549,7 +549,7 @@ def plot_reach(summary: pd.DataFrame) -> Any:
                     ax.step(x, y, where="post", color=colors.get(str(method), "C3"), linestyle=style,
                             label=f"{method}{note} ({len(group)} runs)")
             ax.set_xscale("log")
-            ax.set_xlim(5, 3000)
+            ax.set_xlim(2, 3000)
             ax.set_ylim(-0.02, 1.02)
             pick = "\nof the architecture each method reports" if kind else ""
             ax.set_title(f"reference {q[:3]} {q[3:]}%, {judged} accuracy{pick}", fontsize=9)
@@ -560,7 +560,9 @@ def plot_reach(summary: pd.DataFrame) -> Any:
         ax.set_ylabel("fraction of runs there")
     # The legend goes below the panels, where it hides no curve.
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    legend_rows = math.ceil(len(labels) / 3)
+    fig.set_figheight(6.4 + 0.16 * legend_rows)
+    fig.tight_layout(rect=(0, 0.03 + 0.03 * legend_rows, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     return fig
 
