@@ -267,7 +267,8 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     refinement of the ``--refine`` best candidates after the sampler's trials.
     A ``-rerank`` method (``"campaign-refine-rerank"``, ``"campaign-refine-rerank-journal"``)
     reorders the ``--rerank-pool`` best by the zero-cost proxy ``--rerank`` before
-    fine-tuning the ``--top-k`` best of them; the proxy's CPU is charged as
+    fine-tuning the ``--top-k`` best of them (``-blend``: by the sum of its rank and
+    the rank score's); the proxy's CPU is charged as
     the ``enqueue`` step (traces from before that step did not charge enqueueing, milliseconds without a proxy).
     """
     from nas.campaign import Campaign
@@ -288,7 +289,8 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
                  if method.endswith("-journal") else None),
         seed=seed, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, progress=not args.no_progress,
         refine=args.refine if "-refine" in method else 0,
-        rerank=args.rerank if "-rerank" in method else None, rerank_pool=args.rerank_pool,
+        rerank=args.rerank if "-rerank" in method else f"ranker+{args.rerank}" if "-blend" in method else None,
+        rerank_pool=args.rerank_pool,
     )
     rows: list[dict[str, Any]] = []
     cum = 0.0
@@ -534,6 +536,7 @@ def plot_reach(summary: pd.DataFrame) -> Any:
     runs = summary[summary["seed"] >= 0]
     colors = {"campaign": "C0", "campaign-journal": "C4", "campaign-refine": "C3", "campaign-refine-journal": "C5",
               "campaign-refine-rerank": "C6", "campaign-refine-rerank-journal": "C7",
+              "campaign-refine-blend-journal": "C8",
               "tpe": "C1", "random": "C2"}
     fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.4), sharex=True, sharey=True)
     for row, (tag, judged) in enumerate((("", "validation"), ("_test", "test"))):
@@ -583,7 +586,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3, help="ground-truth budget (default 3)")
     parser.add_argument("--methods", nargs="*", default=[], choices=[
         "campaign", "campaign-journal", "campaign-refine", "campaign-refine-journal", "campaign-refine-rerank",
-        "campaign-refine-rerank-journal", "tpe", "random"])
+        "campaign-refine-rerank-journal", "campaign-refine-blend-journal", "tpe", "random"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", type=int, default=60, help="trained trials of tpe / random (default 60)")
     parser.add_argument("--campaign-trials", type=int, default=300)

@@ -980,6 +980,10 @@ def test_rerank_candidates_orders_by_the_second_score_nan_last_ties_in_shortlist
     assert list(kept["key"]) == [keys[2], keys[4], keys[0], keys[3]]  # the tie 0/3 keeps the shortlist order
     assert list(kept["rerank_score"]) == [3.0, 2.0, 1.0, 1.0]
     assert list(rerank_candidates(shortlist, 5, _FixedScorer(values), None)["key"])[-1] == keys[1]  # nan last
+    # Blended with the rank score's order (keys[0] best): rank sums 7.5, 5, 8, 4.5, 5.
+    shortlist = shortlist.assign(rank_score=[0.1, 0.2, 0.3, 0.4, 0.5])
+    blended = rerank_candidates(shortlist, 4, _FixedScorer(values), None, blend=True)
+    assert list(blended["key"]) == [keys[2], keys[0], keys[1], keys[4]]
 
 
 def test_rerank_fine_tunes_the_proxys_best_of_the_shortlist(tmp_path: Path, ghn_path: Path) -> None:
@@ -1004,6 +1008,7 @@ def test_rerank_fine_tunes_the_proxys_best_of_the_shortlist(tmp_path: Path, ghn_
 
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"rerank": "bogus"}, "`rerank` must be one of"),
+    ({"rerank": "ranker+bogus"}, "'ranker+' and one of them"),
     ({"rerank": "snip", "rerank_pool": 1, "top_k": 2}, "`rerank_pool` (1) must be at least `top_k` (2)"),
     ({"rerank": "snip", "rerank_pool": 0}, "`rerank_pool` must be a positive int, but got 0"),
 ])

@@ -66,7 +66,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--top-k", "-2"], "`--top-k` must be positive, but got -2"),
         (["--finetune-epochs", "0"], "`--finetune-epochs` must be positive, but got 0.0"),
         (["--finetune-lr", "-0.1"], "`--finetune-lr` must be positive, but got -0.1"),
-        (["--rerank", "bogus"], "`--rerank` must be one of synflow, snip, grad_norm, jacob_cov, naswot or None"),
+        (["--rerank", "bogus"], "`--rerank` must be one of synflow, snip, grad_norm, jacob_cov, naswot, 'ranker+' and one of them"),
         (["--rerank", "snip", "--rerank-pool", "2"], "`--rerank-pool` (2) must be at least `--top-k` (5)"),
         (["--trials", "many"], "argument --trials: invalid int value: 'many'"),
         (["--self-check", "2"], "`--self-check` must be 0 or at least 3"),

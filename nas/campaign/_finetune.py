@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
+from scipy.stats import rankdata
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
@@ -104,7 +105,9 @@ def select_candidates(candidates: pd.DataFrame, top_k: int, *, pareto: bool = Fa
     return order.head(top_k).reset_index(drop=True)
 
 
-def rerank_candidates(shortlist: pd.DataFrame, top_k: int, scorer: Any, data: Any) -> pd.DataFrame:
+def rerank_candidates(
+    shortlist: pd.DataFrame, top_k: int, scorer: Any, data: Any, *, blend: bool = False
+) -> pd.DataFrame:
     """Reorder a shortlist by a second, costlier score and keep the ``top_k`` best.
 
     The rank stage's score orders the space well overall but is least right
@@ -117,17 +120,21 @@ def rerank_candidates(shortlist: pd.DataFrame, top_k: int, scorer: Any, data: An
         scorer: A :class:`nas.evaluation.Scorer` (higher is better), e.g. a
             :class:`nas.evaluation.ProxyScorer`.
         data: The dataset it scores on.
+        blend: Order by the sum of the two ranks within the shortlist (the
+            rank score's and the scorer's) instead of by the scorer alone.
 
     Returns:
-        ``top_k`` rows with a ``rerank_score`` column, highest first; a
-        candidate the scorer could not score (``nan``) goes last, and ties
-        keep the shortlist's order.
+        ``top_k`` rows with a ``rerank_score`` column (the scorer's value),
+        best first; a candidate the scorer could not score (``nan``) counts
+        as its worst, and ties keep the shortlist's order.
     """
     graphs = [ArchGraph.from_json(g) for g in shortlist["graph"]]
     scores = np.asarray(scorer.score(graphs, data), dtype=float)  # [len(shortlist)]
-    ordered = shortlist.assign(rerank_score=scores, _unscored=~np.isfinite(scores))
-    ordered = ordered.sort_values(["_unscored", "rerank_score"], ascending=[True, False], kind="stable")
-    return ordered.drop(columns="_unscored").head(top_k).reset_index(drop=True)
+    key = rankdata(np.where(np.isfinite(scores), scores, -np.inf))  # 1 = the scorer's worst
+    if blend:
+        key = key + rankdata(-shortlist["rank_score"].to_numpy(dtype=float))  # rank_score: lower is better
+    ordered = shortlist.assign(rerank_score=scores, _key=key).sort_values("_key", ascending=False, kind="stable")
+    return ordered.drop(columns="_key").head(top_k).reset_index(drop=True)
 
 
 def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, selected: pd.DataFrame) -> list[str]:

@@ -153,7 +153,8 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument(
         "--rerank", default=None, metavar="PROXY",
         help="reorder the --rerank-pool best candidates by a zero-cost proxy (synflow, snip, grad_norm, jacob_cov, "
-        "naswot) and fine-tune the --top-k best of them (default: off)",
+        "naswot), or by the sum of its rank and the rank score's (ranker+PROXY), and fine-tune the --top-k best "
+        "of them (default: off)",
     )
     p.add_argument(
         "--rerank-pool", type=int, default=30, metavar="N", help="candidates the proxy reorders (default 30)"
