@@ -35,6 +35,7 @@ from nas.campaign._finetune import (
     enqueue_candidates,
     rerank_candidates,
     run_finetune_worker,
+    scored_candidates,
     select_candidates,
     wait_for_running,
 )
@@ -234,9 +235,9 @@ class Campaign:
             of the rank stage before the ``top_k`` best of them are
             fine-tuned, in the proxy's order; ``"ranker+PROXY"`` orders them
             by the sum of their rank-score and proxy ranks instead; ``None``
-            (default) fine-tunes the rank stage's ``top_k`` best. Each proxy score costs one
-            forward and backward pass on one minibatch (0.01-0.04 CPU-s for
-            nb201 on mnist5k).
+            (default) fine-tunes the rank stage's ``top_k`` best. Each proxy
+            score costs one forward and backward pass on one minibatch
+            (0.01-0.05 CPU-s for nb201 on mnist5k).
         rerank_pool: How many of the rank stage's best candidates the proxy
             reorders (at least ``top_k``).
         top_k: Distinct candidates to fine-tune.
@@ -663,8 +664,8 @@ class Campaign:
             return enqueue_candidates(rank, ft, select_candidates(candidates, self.top_k, pareto=pareto))
         from nas.evaluation.proxies import ProxyScorer
 
-        scored = int(candidates["rank_score"].map(lambda v: isinstance(v, float) and math.isfinite(v)).sum())
-        shortlist = select_candidates(candidates, max(self.top_k, min(self.rerank_pool, scored)), pareto=pareto)
+        pool = max(self.top_k, min(self.rerank_pool, len(scored_candidates(candidates))))
+        shortlist = select_candidates(candidates, pool, pareto=pareto)
         proxy = self.rerank.removeprefix("ranker+")
         scorer = ProxyScorer(proxy, seed=self.seed, device=self.device)
         blend = proxy != self.rerank

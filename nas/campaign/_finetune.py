@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from scipy.stats import rankdata
 from optuna.trial import FrozenTrial, TrialState
+from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from nas._atomic import save_torch
@@ -44,6 +44,7 @@ __all__ = [
     "enqueue_candidates",
     "rerank_candidates",
     "run_finetune_worker",
+    "scored_candidates",
     "select_candidates",
     "wait_for_running",
 ]
@@ -75,6 +76,11 @@ class FinetuneStats:
     skipped: int = 0
 
 
+def scored_candidates(candidates: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the rank table with a finite ``rank_score`` (the ones that can be fine-tuned)."""
+    return candidates[candidates["rank_score"].map(lambda v: isinstance(v, float) and math.isfinite(v))]
+
+
 def select_candidates(candidates: pd.DataFrame, top_k: int, *, pareto: bool = False) -> pd.DataFrame:
     """Choose the candidates to fine-tune from the rank table.
 
@@ -93,7 +99,7 @@ def select_candidates(candidates: pd.DataFrame, top_k: int, *, pareto: bool = Fa
     """
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"`top_k` must be a positive int, but got {top_k!r}.")
-    scored = candidates[candidates["rank_score"].map(lambda v: isinstance(v, float) and math.isfinite(v))]
+    scored = scored_candidates(candidates)
     if len(scored) < top_k:
         raise ValueError(
             f"`top_k` is {top_k}, but the rank stage scored only {len(scored)} distinct candidates; "
@@ -111,8 +117,9 @@ def rerank_candidates(
     """Reorder a shortlist by a second, costlier score and keep the ``top_k`` best.
 
     The rank stage's score orders the space well overall but is least right
-    among its best candidates; a zero-cost proxy measured on those few can
-    order them better (README, search benchmark).
+    among its best candidates; this tests whether a zero-cost proxy measured
+    on those few orders them better (on nb201 / mnist5k it did not: README,
+    search benchmark).
 
     Args:
         shortlist: Rows of :func:`select_candidates` (with ``graph``), best first.

@@ -263,8 +263,8 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
         trial that scored it), ``key``, ``num_params``, ``flops``, ``rank_by``,
         ``rank_score`` (as in :func:`candidates_frame`), ``rerank_score``
         (the zero-cost proxy that ordered the shortlist, when the campaign
-        reranks; higher is better), ``ghn_loss``, ``ghn_acc``, the training results ``val_loss``, ``val_acc``,
-        ``test_loss``, ``test_acc``, ``train_loss``, ``steps``, ``wall_time``,
+        reranks; higher is better), ``ghn_loss``, ``ghn_acc``, the training
+        results ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``, ``train_loss``, ``steps``, ``wall_time``,
         ``failed``, ``error``, ``worker`` (who trained it), ``weights`` (path of
         its state_dict on that worker); then one column per choice,
         ``choices`` and ``graph``.

@@ -292,8 +292,8 @@ def run_search(args: argparse.Namespace) -> int:
     from nas.cli.basic import flag_errors
 
     for flag in (
-        "trials", "top_k", "finetune_epochs", "finetune_lr", "batch_size", "heartbeat", "grace", "ghn_steps", "ranker_k",
-        "label_workers",
+        "trials", "top_k", "finetune_epochs", "finetune_lr", "batch_size", "heartbeat", "grace", "ghn_steps",
+        "ranker_k", "label_workers",
     ):
         _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     _check_grace(args)
