@@ -33,7 +33,7 @@ import pandas as pd
 from scipy.stats import kendalltau, rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ranker_top import all_candidates, setup  # noqa: E402
+from bench_ranker_top import all_candidates, first_position, setup  # noqa: E402
 
 DEFAULT_RANKERS = [
     "runs/bench_fw/one_time/ranker.pt",
@@ -43,18 +43,17 @@ DEFAULT_RANKERS = [
 ]
 
 
-def _first(order: np.ndarray, truth: pd.Series, level: float) -> float:
-    """1-based position in ``order`` of the first candidate whose ``truth`` reaches ``level``, or NaN."""
-    hits = [i + 1 for i, j in enumerate(order) if truth.iloc[j] >= level - 1e-12]
-    return float(hits[0]) if hits else float("nan")
-
-
 def judge_orders(pool: pd.DataFrame, columns: list[str], levels: dict[str, float]) -> list[dict]:
     """One row per column of ``pool`` (higher is better): tau, first / top-3 ground truth, first top-1%."""
     rows = []
     for column in columns:
         x = np.nan_to_num(pool[column].to_numpy(float), nan=-np.inf)
         order = np.argsort(-x, kind="stable")
+        ranked = pool.iloc[order].assign(
+            position=np.arange(1, len(pool) + 1),
+            val_top1=lambda f: f["val_acc"] >= levels["val_acc_top1"] - 1e-12,
+            test_top1=lambda f: f["test_acc"] >= levels["test_acc_top1"] - 1e-12,
+        )
         rows.append({
             "order": column,
             "tau_val": kendalltau(x, pool["val_acc"])[0],
@@ -64,8 +63,8 @@ def judge_orders(pool: pd.DataFrame, columns: list[str], levels: dict[str, float
             "first_test": pool["test_acc"].iloc[order[0]],
             "top3_val": pool["val_acc"].iloc[order[:3]].mean(),
             "top3_test": pool["test_acc"].iloc[order[:3]].mean(),
-            "first_top1_val_position": _first(order, pool["val_acc"], levels["val_acc_top1"]),
-            "first_top1_test_position": _first(order, pool["test_acc"], levels["test_acc_top1"]),
+            "first_top1_val_position": first_position(ranked, "val_top1"),
+            "first_top1_test_position": first_position(ranked, "test_top1"),
         })
     return rows
 
