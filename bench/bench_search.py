@@ -26,7 +26,10 @@ in ``--cache`` (a :class:`nas.evaluation.GroundTruthCache`).
 Thresholds come from a trained reference sample (``--reference``, by default
 the 100 held-out candidates of ``experiments/rank_correlation.py``, whose
 seed-0 results share the referee's budget): top 5% = its 0.95 quantile of
-validation accuracy, top 1% = its 0.99 quantile. For every run the benchmark
+validation accuracy, top 1% = its 0.99 quantile. ``--reference-sample-seeds
+0 1 2`` unites three such samples (``--reference-archs`` each) into a larger
+reference, less the ranker's label architectures (summary files get the
+suffix ``_refsample012``). For every run the benchmark
 reports the CPU-seconds spent until an architecture at or above each
 threshold was first found (``--strict``: above it; accuracies are quantised,
 so an architecture can sit exactly at a quantile), and the best ground truth reached within the
@@ -329,21 +332,27 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
 
 
 def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None = None, *,
-               workers: int = 1, strict: bool = False) -> dict[str, float]:
+               workers: int = 1, strict: bool = False, sample_seeds: list[int] | None = None,
+               exclude: set[str] | None = None) -> dict[str, float]:
     """The top-5% and top-1% validation (and test) accuracies of the trained reference sample.
 
-    The reference is ``archs`` candidates sampled uniformly (the held-out list
-    of ``experiments/rank_correlation.py``); any run the caches lack is trained
-    first. Each candidate's accuracy is its mean over the referee's ``seeds``.
-    With ``strict``, a level is reached only above the quantile, not at it.
+    The reference is ``archs`` candidates sampled uniformly per seed of
+    ``sample_seeds`` (default ``[0]``: the held-out list of
+    ``experiments/rank_correlation.py``), their union by key, less the keys in
+    ``exclude`` (e.g. the ranker's label architectures); any run the caches
+    lack is trained first. Each candidate's accuracy is its mean over the
+    referee's ``seeds``. With ``strict``, a level is reached only above the
+    quantile, not at it.
     """
     from nas.evaluation.correlate import sample_candidates
 
     seeds = seeds or [0]
-    graphs = sample_candidates(space, archs, seed=0)
+    pool = {g.key: g for s in (sample_seeds or [0]) for g in sample_candidates(space, archs, seed=s)}
+    graphs = [g for key, g in pool.items() if key not in (exclude or set())]
     judged = referee.judge_seeds(graphs, seeds, workers=workers)
     records = [referee.get(g) for g in graphs]
-    levels: dict[str, float] = {"reference_n": len(records), "referee_seeds": len(seeds)}
+    levels: dict[str, float] = {"reference_n": len(records), "reference_excluded": len(pool) - len(graphs),
+                                "referee_seeds": len(seeds)}
     for metric in ("val_acc", "test_acc"):
         acc = judged[metric].to_numpy()
         q5, q1 = np.quantile(acc, 0.95), np.quantile(acc, 0.99)
@@ -605,7 +614,10 @@ def main() -> None:
     parser.add_argument("--label-workers", type=int, default=1, help="processes training the ranker's labels")
     parser.add_argument("--reference", type=Path,
                         default=Path("experiments/results/nb201-mnist5k/ground_truth.sqlite"))
-    parser.add_argument("--reference-archs", type=int, default=100)
+    parser.add_argument("--reference-archs", type=int, default=100, help="reference candidates per sample seed")
+    parser.add_argument("--reference-sample-seeds", nargs="+", type=int, default=[0],
+                        help="seeds of the reference samples, united (default 0: the held-out 100); "
+                             "the ranker's label architectures are left out")
     parser.add_argument("--cache", type=Path, default=Path("bench/results/search_ground_truth.sqlite"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench_search"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -628,8 +640,10 @@ def main() -> None:
     data = load_dataset(args.dataset)
     space = load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes)
     referee = Referee(args.cache, data, args.epochs, reference=args.reference)
+    labels = Path(args.work) / "one_time" / f"ranker_labels_k{args.ranker_k}.csv"
     levels = thresholds(referee, space, args.reference_archs, args.referee_seeds, workers=args.referee_workers,
-                        strict=args.strict)
+                        strict=args.strict, sample_seeds=args.reference_sample_seeds,
+                        exclude=set(pd.read_csv(labels)["key"]) if labels.exists() else None)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         campaigns = [m for m in args.methods if m.startswith("campaign")]
@@ -651,6 +665,8 @@ def main() -> None:
         graphs = [referee.graph(key) for key in sorted(keys)]
         judge = referee.judge_seeds([g for g in graphs if g is not None], args.referee_seeds,
                                     workers=args.referee_workers)
+    if args.reference_sample_seeds != [0]:
+        suffix += "_refsample" + "".join(str(s) for s in args.reference_sample_seeds)
     if args.strict:
         suffix += "_strict"
     summary = summarize(args.out, levels, judge=judge, suffix=suffix)

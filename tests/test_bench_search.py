@@ -176,3 +176,18 @@ def test_strict_thresholds_exclude_architectures_tied_at_the_quantile(monkeypatc
     run = _trace("campaign", 0, [("rank", NAN, NAN, NAN, 5.0, False), ("finetune", tied, tied, 0.9, 2.0, False)])
     assert bench_search._first_reach(run, loose["val_acc_top1"], marginal=True) == 7.0
     assert math.isnan(bench_search._first_reach(run, strict["val_acc_top1"], marginal=True))
+
+
+def test_reference_unites_sample_seeds_and_leaves_out_excluded_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    correlate = importlib.import_module("nas.evaluation.correlate")
+    graphs = [type("G", (), {"key": f"a{i}"})() for i in range(150)]
+    # Seed s draws a{50 s} .. a{50 s + n - 1}: seeds 0 and 1 overlap in 50 keys.
+    monkeypatch.setattr(correlate, "sample_candidates", lambda space, n, seed: graphs[50 * seed:50 * seed + n])
+    referee = _TiedReferee(150)
+    judged: list[list[str]] = []
+    original = referee.judge_seeds
+    monkeypatch.setattr(referee, "judge_seeds", lambda gs, seeds, workers=1: judged.append([g.key for g in gs])
+                        or original(gs, seeds, workers=workers))
+    levels = bench_search.thresholds(referee, None, 100, [0], sample_seeds=[0, 1], exclude={"a0", "a149", "zz"})
+    assert levels["reference_n"] == 148 and levels["reference_excluded"] == 2
+    assert judged == [[f"a{i}" for i in range(1, 149)]]
