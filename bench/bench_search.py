@@ -617,7 +617,7 @@ def main() -> None:
     parser.add_argument("--reference-archs", type=int, default=100, help="reference candidates per sample seed")
     parser.add_argument("--reference-sample-seeds", nargs="+", type=int, default=[0],
                         help="seeds of the reference samples, united (default 0: the held-out 100); "
-                             "the ranker's label architectures are left out")
+                             "a united reference leaves out the ranker's label architectures")
     parser.add_argument("--cache", type=Path, default=Path("bench/results/search_ground_truth.sqlite"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench_search"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -641,9 +641,11 @@ def main() -> None:
     space = load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes)
     referee = Referee(args.cache, data, args.epochs, reference=args.reference)
     labels = Path(args.work) / "one_time" / f"ranker_labels_k{args.ranker_k}.csv"
+    # The default reference stays the held-out 100 as earlier reports had it; a united one leaves the labels out.
+    united = args.reference_sample_seeds != [0]
     levels = thresholds(referee, space, args.reference_archs, args.referee_seeds, workers=args.referee_workers,
                         strict=args.strict, sample_seeds=args.reference_sample_seeds,
-                        exclude=set(pd.read_csv(labels)["key"]) if labels.exists() else None)
+                        exclude=set(pd.read_csv(labels)["key"]) if united and labels.exists() else None)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         campaigns = [m for m in args.methods if m.startswith("campaign")]
@@ -665,13 +667,14 @@ def main() -> None:
         graphs = [referee.graph(key) for key in sorted(keys)]
         judge = referee.judge_seeds([g for g in graphs if g is not None], args.referee_seeds,
                                     workers=args.referee_workers)
-    if args.reference_sample_seeds != [0]:
+    if united:
         suffix += "_refsample" + "".join(str(s) for s in args.reference_sample_seeds)
     if args.strict:
         suffix += "_strict"
     summary = summarize(args.out, levels, judge=judge, suffix=suffix)
     seeds_text = "seed 0" if args.referee_seeds == [0] else f"mean of seeds {', '.join(map(str, args.referee_seeds))}"
-    print(f"reference: {levels['reference_n']} trained candidates ({args.epochs:g} epochs, {seeds_text}): "
+    print(f"reference: {levels['reference_n']} trained candidates, {levels['reference_excluded']} label "
+          f"architectures left out ({args.epochs:g} epochs, {seeds_text}): "
           f"top 5% / 1% at validation accuracy {levels['val_acc_top5']:.4f} / {levels['val_acc_top1']:.4f}, "
           f"test accuracy {levels['test_acc_top5']:.4f} / {levels['test_acc_top1']:.4f}")
     shown = [
