@@ -53,8 +53,11 @@ LEVELS = {"top1": 0.99, "top5": 0.95}
 def reference_table(cache: Path, keys: list[str], seeds: list[int]) -> pd.DataFrame:
     """Validation and test accuracy of each training seed for ``keys``: columns ``val_0``, ``test_0``, ..."""
     with sqlite3.connect(cache) as db:
-        rows = pd.read_sql("SELECT arch_key, seed, val_acc, test_acc FROM results WHERE failed = 0", db)
+        rows = pd.read_sql("SELECT arch_key, seed, dataset, budget, val_acc, test_acc FROM results WHERE failed = 0",
+                           db)
     rows = rows[rows["seed"].isin(seeds)]
+    if rows[["dataset", "budget"]].drop_duplicates().shape[0] > 1:  # one referee per cache, as bench_search keeps it
+        raise SystemExit(f"error: {cache} holds results of several datasets or budgets; use the search benchmark's cache")
     wide = rows.pivot_table(index="arch_key", columns="seed", values=["val_acc", "test_acc"], aggfunc="mean")
     wide.columns = [f"{metric.split('_')[0]}_{seed}" for metric, seed in wide.columns]
     wide = wide.reindex(index=keys, columns=[f"{m}_{s}" for s in seeds for m in ("val", "test")])
