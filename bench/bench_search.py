@@ -331,27 +331,36 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     _append(trace, rows)
 
 
+def reference_graphs(space: Any, archs: int, sample_seeds: list[int] | None = None,
+                     exclude: set[str] | None = None) -> tuple[list[Any], int]:
+    """The reference sample: ``archs`` uniform candidates per seed of ``sample_seeds`` (default ``[0]``).
+
+    Returns:
+        The union by key, less the keys in ``exclude``, and how many were left out.
+    """
+    from nas.evaluation.correlate import sample_candidates
+
+    pool = {g.key: g for s in (sample_seeds or [0]) for g in sample_candidates(space, archs, seed=s)}
+    graphs = [g for key, g in pool.items() if key not in (exclude or set())]
+    return graphs, len(pool) - len(graphs)
+
+
 def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None = None, *,
                workers: int = 1, strict: bool = False, sample_seeds: list[int] | None = None,
                exclude: set[str] | None = None) -> dict[str, float]:
     """The top-5% and top-1% validation (and test) accuracies of the trained reference sample.
 
-    The reference is ``archs`` candidates sampled uniformly per seed of
-    ``sample_seeds`` (default ``[0]``: the held-out list of
-    ``experiments/rank_correlation.py``), their union by key, less the keys in
-    ``exclude`` (e.g. the ranker's label architectures); any run the caches
-    lack is trained first. Each candidate's accuracy is its mean over the
-    referee's ``seeds``. With ``strict``, a level is reached only above the
-    quantile, not at it.
+    The reference is :func:`reference_graphs` (by default the held-out list
+    of ``experiments/rank_correlation.py``; ``exclude``: e.g. the ranker's
+    label architectures); any run the caches lack is trained first. Each
+    candidate's accuracy is its mean over the referee's ``seeds``. With
+    ``strict``, a level is reached only above the quantile, not at it.
     """
-    from nas.evaluation.correlate import sample_candidates
-
     seeds = seeds or [0]
-    pool = {g.key: g for s in (sample_seeds or [0]) for g in sample_candidates(space, archs, seed=s)}
-    graphs = [g for key, g in pool.items() if key not in (exclude or set())]
+    graphs, excluded = reference_graphs(space, archs, sample_seeds, exclude)
     judged = referee.judge_seeds(graphs, seeds, workers=workers)
     records = [referee.get(g) for g in graphs]
-    levels: dict[str, float] = {"reference_n": len(records), "reference_excluded": len(pool) - len(graphs),
+    levels: dict[str, float] = {"reference_n": len(records), "reference_excluded": excluded,
                                 "referee_seeds": len(seeds)}
     for metric in ("val_acc", "test_acc"):
         acc = judged[metric].to_numpy()

@@ -37,35 +37,34 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import kendalltau
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_search import Referee, reference_graphs  # noqa: E402
+
 KS = (1, 3, 10)
 LEVELS = {"top1": 0.99, "top5": 0.95}
 
 
-def reference_table(cache: Path, keys: list[str], seeds: list[int]) -> pd.DataFrame:
-    """Validation and test accuracy of each training seed for ``keys``: columns ``val_0``, ``test_0``, ..."""
-    with sqlite3.connect(cache) as db:
-        rows = pd.read_sql("SELECT arch_key, seed, dataset, budget, val_acc, test_acc FROM results WHERE failed = 0",
-                           db)
-    rows = rows[rows["seed"].isin(seeds)]
-    if rows[["dataset", "budget"]].drop_duplicates().shape[0] > 1:  # one referee per cache, as bench_search keeps it
-        raise SystemExit(f"error: {cache} holds results of several datasets or budgets; use the search benchmark's cache")
-    wide = rows.pivot_table(index="arch_key", columns="seed", values=["val_acc", "test_acc"], aggfunc="mean")
-    wide.columns = [f"{metric.split('_')[0]}_{seed}" for metric, seed in wide.columns]
-    wide = wide.reindex(index=keys, columns=[f"{m}_{s}" for s in seeds for m in ("val", "test")])
-    missing = int(wide.isna().any(axis=1).sum())
+def mean_accuracy(referee: Referee, graphs: list[Any], seeds: list[int]) -> pd.DataFrame:
+    """Validation and test accuracy of each graph, averaged over training ``seeds``: columns ``val``, ``test``."""
+    records = [[referee.get(g, seed) for seed in seeds] for g in graphs]
+    missing = sum(any(r is None for r in runs) for runs in records)
     if missing:
-        raise SystemExit(f"error: {missing} reference candidates lack a run of training seeds {seeds} in {cache}; "
-                         "train them first (bench/bench_search.py --report --referee-seeds ..., see this file's usage)")
-    return wide
+        raise SystemExit(f"error: {missing} reference candidates lack a run of training seeds {seeds} in "
+                         f"{referee.cache.path}; train them first (bench/bench_search.py --report --referee-seeds "
+                         "..., see this file's usage)")
+    return pd.DataFrame({
+        "val": [float(np.mean([r.val_acc for r in runs])) for runs in records],
+        "test": [float(np.mean([r.test_acc for r in runs])) for runs in records],
+    }, index=[g.key for g in graphs])
 
 
 def hit_rates(orders: dict[str, np.ndarray], judge: np.ndarray, rng: np.random.Generator) -> dict[tuple, float]:
@@ -99,9 +98,7 @@ def main() -> None:
     if set(args.judge_seeds) & set(args.oracle_seeds):
         parser.error(f"--oracle-seeds {args.oracle_seeds} share a seed with --judge-seeds {args.judge_seeds}")
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from nas.data import load_dataset
-    from nas.evaluation.correlate import sample_candidates
     from nas.ghn import GHNRanker
     from nas.ghn._ranker import log_flops
     from nas.space import load_space
@@ -114,21 +111,20 @@ def main() -> None:
     exclude = set(pd.read_csv(args.labels)["key"]) if args.labels.exists() else set()
     if not exclude:
         print(f"note: no label file at {args.labels}, so no candidate is left out of the reference")
-    pool = {g.key: g for s in args.sample_seeds for g in sample_candidates(space, args.archs, seed=s)}
-    graphs = [g for key, g in pool.items() if key not in exclude]
+    graphs, excluded = reference_graphs(space, args.archs, args.sample_seeds, exclude)
     if args.subset > len(graphs):
         raise SystemExit(f"error: --subset {args.subset} exceeds the {len(graphs)} reference candidates")
-    table = reference_table(args.cache, [g.key for g in graphs], args.judge_seeds + args.oracle_seeds)
-    for metric in ("val", "test"):
-        for who, seeds in (("judge", args.judge_seeds), ("oracle", args.oracle_seeds or args.judge_seeds)):
-            table[f"{metric}_{who}"] = table[[f"{metric}_{s}" for s in seeds]].mean(axis=1)
+    referee = Referee(args.cache, data, 3)  # the search benchmark's referee: 3 epochs from scratch
+    judge = mean_accuracy(referee, graphs, args.judge_seeds)
+    oracle = mean_accuracy(referee, graphs, args.oracle_seeds or args.judge_seeds)
+    table = judge.add_suffix("_judge").join(oracle.add_suffix("_oracle"))
     table["ranker"] = -GHNRanker.load(args.ranker).score(graphs)  # lower score is better
     table["flops"] = log_flops(graphs)
     agreement = "no oracle" if not args.oracle_seeds else (
         f"Kendall tau oracle (seeds {args.oracle_seeds}) vs judge (seeds {args.judge_seeds}): validation "
         f"{kendalltau(table['val_oracle'], table['val_judge'])[0]:.3f}, "
         f"test {kendalltau(table['test_oracle'], table['test_judge'])[0]:.3f}")
-    print(f"reference: {len(graphs)} candidates ({len(pool) - len(graphs)} label architectures left out); {agreement}")
+    print(f"reference: {len(graphs)} candidates ({excluded} label architectures left out); {agreement}")
 
     rng = np.random.default_rng(args.seed)
     records: list[dict] = []
