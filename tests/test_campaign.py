@@ -1009,6 +1009,7 @@ def test_rerank_fine_tunes_the_proxys_best_of_the_shortlist(tmp_path: Path, ghn_
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"rerank": "bogus"}, "`rerank` must be one of"),
     ({"rerank": "ranker+bogus"}, "'ranker+' and one of them"),
+    ({"rerank": 3}, "`rerank` must be one of"),
     ({"rerank": "snip", "rerank_pool": 1, "top_k": 2}, "`rerank_pool` (1) must be at least `top_k` (2)"),
     ({"rerank": "snip", "rerank_pool": 0}, "`rerank_pool` must be a positive int, but got 0"),
 ])

@@ -321,7 +321,7 @@ class Campaign:
         if rerank is not None:
             from nas.evaluation.proxies import PROXIES
 
-            if rerank.removeprefix("ranker+") not in PROXIES:
+            if not isinstance(rerank, str) or rerank.removeprefix("ranker+") not in PROXIES:
                 raise ValueError(
                     f"`rerank` must be one of {', '.join(PROXIES)}, 'ranker+' and one of them, or None, "
                     f"but got {rerank!r}."
