@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import kendalltau, rankdata
+from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ranker_top import all_candidates, first_position, setup  # noqa: E402
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=Path("runs/none.sqlite"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/rerank.csv"))
     args = parser.parse_args()
+    from nas.campaign import rank_sum
     from nas.evaluation import ProxyScorer
     from nas.ghn import GHNRanker
 
@@ -102,7 +103,7 @@ def main() -> None:
                 pool[proxy] = ProxyScorer(proxy, seed=seed).score(shortlist, data)
                 cpu = (time.process_time() - start) / len(shortlist)
                 print(f"{path.stem}, seed {seed}: {proxy} {cpu:.3f} CPU-s per candidate", flush=True)
-                pool[f"ranker+{proxy}"] = rankdata(pool["ranker"]) + rankdata(np.nan_to_num(pool[proxy], nan=-np.inf))
+                pool[f"ranker+{proxy}"] = rank_sum(-pool["ranker"].to_numpy(), pool[proxy].to_numpy())
             columns = ["ranker", *args.proxies, *(f"ranker+{p}" for p in args.proxies)]
             rows += [{"ranker": path.stem, "proxy_seed": seed, **row} for row in judge_orders(pool, columns, levels)]
     frame = pd.DataFrame(rows)

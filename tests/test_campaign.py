@@ -42,6 +42,7 @@ from nas.campaign import (
     open_storage,
     reap_stale_trials,
     resolve_objectives,
+    rank_sum,
     rerank_candidates,
     resolve_sampler,
     select_candidates,
@@ -984,6 +985,14 @@ def test_rerank_candidates_orders_by_the_second_score_nan_last_ties_in_shortlist
     shortlist = shortlist.assign(rank_score=[0.1, 0.2, 0.3, 0.4, 0.5])
     blended = rerank_candidates(shortlist, 4, _FixedScorer(values), None, blend=True)
     assert list(blended["key"]) == [keys[2], keys[0], keys[1], keys[4]]
+
+
+def test_rank_sum_adds_the_two_ranks_nan_worst_and_checks_shapes() -> None:
+    # rank_score lower is better (ranks 3, 2, 1), scores higher is better with nan the worst (ranks 2, 1, 3).
+    key = rank_sum(np.array([0.1, 0.5, 0.9]), np.array([1.0, math.nan, 5.0]))
+    assert key.tolist() == [5.0, 3.0, 4.0]
+    with pytest.raises(ValueError, match="`scores` must have the shape"):
+        rank_sum(np.zeros(3), np.zeros(2))
 
 
 def test_rerank_fine_tunes_the_proxys_best_of_the_shortlist(tmp_path: Path, ghn_path: Path) -> None:

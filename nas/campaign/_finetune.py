@@ -42,6 +42,7 @@ __all__ = [
     "FINETUNE_METRICS",
     "FinetuneStats",
     "enqueue_candidates",
+    "rank_sum",
     "rerank_candidates",
     "run_finetune_worker",
     "scored_candidates",
@@ -137,11 +138,32 @@ def rerank_candidates(
     """
     graphs = [ArchGraph.from_json(g) for g in shortlist["graph"]]
     scores = np.asarray(scorer.score(graphs, data), dtype=float)  # [len(shortlist)]
-    key = rankdata(np.where(np.isfinite(scores), scores, -np.inf))  # 1 = the scorer's worst
     if blend:
-        key = key + rankdata(-shortlist["rank_score"].to_numpy(dtype=float))  # rank_score: lower is better
+        key = rank_sum(shortlist["rank_score"].to_numpy(dtype=float), scores)
+    else:
+        key = rankdata(np.where(np.isfinite(scores), scores, -np.inf))  # 1 = the scorer's worst
     ordered = shortlist.assign(rerank_score=scores, _key=key).sort_values("_key", ascending=False, kind="stable")
     return ordered.drop(columns="_key").head(top_k).reset_index(drop=True)
+
+
+def rank_sum(rank_score: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The blend of :func:`rerank_candidates`: the rank score's rank plus a second score's rank.
+
+    Args:
+        rank_score: ``[N]`` rank-stage scores, lower is better.
+        scores: ``[N]`` second scores (a proxy's), higher is better; ``nan``
+            ranks as the worst.
+
+    Returns:
+        ``[N]`` sums of the two ranks (average ranks on ties), higher is better.
+
+    Raises:
+        ValueError: The two arrays differ in length.
+    """
+    rank_score, scores = np.asarray(rank_score, dtype=float), np.asarray(scores, dtype=float)
+    if rank_score.shape != scores.shape:
+        raise ValueError(f"`scores` must have the shape of `rank_score` {rank_score.shape}, but got {scores.shape}.")
+    return rankdata(-rank_score) + rankdata(np.where(np.isfinite(scores), scores, -np.inf))
 
 
 def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, selected: pd.DataFrame) -> list[str]:

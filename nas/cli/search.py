@@ -97,6 +97,7 @@ def add_parsers(subparsers: Any) -> None:
     """Register ``search``, ``worker`` and ``demo``."""
     from nas.campaign import FINETUNE_METRICS, OBJECTIVES, RANK_BY, SAMPLERS
     from nas.cli.basic import add_space_arguments
+    from nas.evaluation.proxies import PROXIES
 
     p = _parser(
         subparsers,
@@ -152,9 +153,8 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument(
         "--rerank", default=None, metavar="PROXY",
-        help="reorder the --rerank-pool best candidates by a zero-cost proxy (synflow, snip, grad_norm, jacob_cov, "
-        "naswot), or by the sum of its rank and the rank score's (ranker+PROXY), and fine-tune the --top-k best "
-        "of them (default: off)",
+        help=f"reorder the --rerank-pool best candidates by a zero-cost proxy ({', '.join(PROXIES)}), or by the "
+        "sum of its rank and the rank score's (ranker+PROXY), and fine-tune the --top-k best of them (default: off)",
     )
     p.add_argument(
         "--rerank-pool", type=int, default=30, metavar="N", help="candidates the proxy reorders (default 30)"
