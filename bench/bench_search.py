@@ -413,7 +413,15 @@ def _best_within(run: pd.DataFrame, budget: float, *, marginal: bool = False) ->
     return float(within["val_acc"].max()) if within["val_acc"].notna().any() else math.nan
 
 
-def expected_cost(summary: pd.DataFrame) -> pd.DataFrame:
+def _ert(reach: np.ndarray, spent: np.ndarray) -> np.ndarray:
+    """ERT of runs, along the last axis: CPU up to each hit (all of ``spent`` for a miss) / hits; inf without hits."""
+    hits = np.isfinite(reach).sum(axis=-1)
+    total = np.where(np.isfinite(reach), reach, spent).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(hits > 0, total / np.maximum(hits, 1), np.inf)
+
+
+def expected_cost(summary: pd.DataFrame, *, resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """Expected CPU-seconds to reach each level, restarting failed runs with a new seed (ERT).
 
     ERT = (CPU of every run up to its first hit, or all its CPU when it never
@@ -423,35 +431,60 @@ def expected_cost(summary: pd.DataFrame) -> pd.DataFrame:
     cost plus the ERT of its marginal costs; ``marginal_ert_cpu_s`` leaves the
     one-time cost out. ``nan`` when no run hits.
 
+    How much the ratio to TPE owes to which seeds ran is estimated by a
+    bootstrap over runs: each of ``resamples`` draws resamples the runs of the
+    method and, independently, TPE's, with replacement, and recomputes both
+    ERTs (a draw without a hit has an infinite ERT).
+
     Args:
         summary: The per-run table of :func:`summarize` (without ``random_expected``).
+        resamples: Bootstrap draws.
+        seed: Seed of the bootstrap.
 
     Returns:
         One row per method and level (``top5_val``, ``top1_test``, ...; with
         ``_reported``: judged by the architecture the method reports as its
-        best): runs, hits, ``ert_cpu_s``, ``marginal_ert_cpu_s`` and
-        ``tpe_over_ert`` (TPE's ERT divided by this one).
+        best): runs, hits, ``ert_cpu_s``, ``marginal_ert_cpu_s``,
+        ``tpe_over_ert`` (TPE's ERT divided by this one),
+        ``tpe_over_marginal_ert``, its bootstrap 5% and 95% quantiles
+        (``..._q05``, ``..._q95``) and the share of draws where it is at least
+        20 (``p_marginal_ratio_ge_20``).
     """
-    rows = []
+    rng = np.random.default_rng(seed)
+    rows, draws = [], {}
     for method, runs in summary[summary["seed"] >= 0].groupby("method"):
         campaign = str(method).startswith("campaign")
         one_time = float(runs["one_time_cpu_s"].mean()) if campaign else 0.0
-        spent = runs["cpu_s"] - runs["one_time_cpu_s"]  # what a restart pays
+        spent = (runs["cpu_s"] - runs["one_time_cpu_s"]).to_numpy(float)  # what a restart pays
+        pick = rng.integers(0, len(runs), size=(resamples, len(runs)))  # [resamples, runs], shared by the levels
         for kind in ("", "_reported"):
             for tag in ("", "_test"):
                 for q in ("top5", "top1"):
                     column = f"cpu_to_{q}{kind}{tag}"
-                    reach = runs[f"marginal_{column}"] if campaign else runs[column]
-                    hits = int(reach.notna().sum())
-                    ert = float(reach.fillna(spent).sum() / hits) if hits else math.nan
+                    reach = (runs[f"marginal_{column}"] if campaign else runs[column]).to_numpy(float)
+                    level = f"{q}{kind}{tag or '_val'}"
+                    ert = float(_ert(reach, spent))
+                    draws[method, level] = _ert(reach[pick], spent[pick])  # [resamples]
                     rows.append({
-                        "method": method, "level": f"{q}{kind}{tag or '_val'}", "runs": len(runs), "hits": hits,
-                        "ert_cpu_s": one_time + ert, "marginal_ert_cpu_s": ert,
+                        "method": method, "level": level, "runs": len(runs), "hits": int(np.isfinite(reach).sum()),
+                        "ert_cpu_s": one_time + ert if np.isfinite(ert) else math.nan,
+                        "marginal_ert_cpu_s": ert if np.isfinite(ert) else math.nan,
                     })
     frame = pd.DataFrame(rows)
     tpe = frame[frame["method"] == "tpe"].set_index("level")["ert_cpu_s"]
     frame["tpe_over_ert"] = frame["level"].map(tpe) / frame["ert_cpu_s"]
     frame["tpe_over_marginal_ert"] = frame["level"].map(tpe) / frame["marginal_ert_cpu_s"]
+    for name in ("tpe_over_marginal_ert_q05", "tpe_over_marginal_ert_q95", "p_marginal_ratio_ge_20"):
+        frame[name] = math.nan
+    for i, row in frame.iterrows():
+        if ("tpe", row["level"]) not in draws or math.isnan(row["tpe_over_marginal_ert"]):
+            continue  # no TPE run, or no hit of one of the two: no ratio to bootstrap
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = draws["tpe", row["level"]] / draws[row["method"], row["level"]]  # inf / inf -> nan
+        ratio = np.where(np.isnan(ratio), 0.0, ratio)  # neither hit: no evidence of a speed-up
+        frame.loc[i, ["tpe_over_marginal_ert_q05", "tpe_over_marginal_ert_q95"]] = np.quantile(
+            ratio, [0.05, 0.95], method="inverted_cdf")
+        frame.loc[i, "p_marginal_ratio_ge_20"] = float((ratio >= 20).mean())
     return frame
 
 

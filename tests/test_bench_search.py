@@ -131,6 +131,36 @@ def test_expected_cost_restarts_failed_runs_and_reuses_the_campaigns_one_time_co
     assert reported["tpe_over_marginal_ert"] == pytest.approx(360.0 / 18.0)
 
 
+def test_expected_cost_bootstraps_the_ratio_to_tpe_over_runs() -> None:
+    nan = math.nan
+    rows = [
+        # "campaign": both runs hit after 5 marginal CPU-s, so every draw's ERT is 5 (ratio 20).
+        {"method": "campaign", "seed": 0, "cpu_s": 105.0, "one_time_cpu_s": 100.0, "marginal_cpu_to_top1": 5.0},
+        {"method": "campaign", "seed": 1, "cpu_s": 105.0, "one_time_cpu_s": 100.0, "marginal_cpu_to_top1": 5.0},
+        # "campaign-b": one hit after 10, one miss spending 10: draws give ERT 10, 20 or inf (ratio 10, 5, 0).
+        {"method": "campaign-b", "seed": 0, "cpu_s": 110.0, "one_time_cpu_s": 100.0, "marginal_cpu_to_top1": 10.0},
+        {"method": "campaign-b", "seed": 1, "cpu_s": 110.0, "one_time_cpu_s": 100.0, "marginal_cpu_to_top1": nan},
+        {"method": "tpe", "seed": 0, "cpu_s": 100.0, "one_time_cpu_s": 0.0, "cpu_to_top1": 100.0},
+        {"method": "tpe", "seed": 1, "cpu_s": 100.0, "one_time_cpu_s": 0.0, "cpu_to_top1": 100.0},
+    ]
+    summary = pd.DataFrame(rows)
+    for kind in ("", "_reported"):
+        for tag in ("", "_test"):
+            for q in ("top5", "top1"):
+                for column in (f"cpu_to_{q}{kind}{tag}", f"marginal_cpu_to_{q}{kind}{tag}"):
+                    if column not in summary:
+                        summary[column] = nan
+    ert = bench_search.expected_cost(summary, resamples=4000).set_index(["method", "level"])
+    sure, unsure = ert.loc[("campaign", "top1_val")], ert.loc[("campaign-b", "top1_val")]
+    assert sure["tpe_over_marginal_ert"] == pytest.approx(20.0)
+    assert sure["tpe_over_marginal_ert_q05"] == pytest.approx(20.0) == sure["tpe_over_marginal_ert_q95"]
+    assert sure["p_marginal_ratio_ge_20"] == 1.0
+    assert unsure["tpe_over_marginal_ert"] == pytest.approx(5.0)
+    assert unsure["tpe_over_marginal_ert_q05"] == 0.0 and unsure["tpe_over_marginal_ert_q95"] == pytest.approx(10.0)
+    assert unsure["p_marginal_ratio_ge_20"] == 0.0
+    assert math.isnan(ert.loc[("campaign", "top5_val"), "tpe_over_marginal_ert_q05"])  # no run hits: no ratio, no interval
+
+
 def test_summary_judged_by_other_seeds_keeps_what_search_with_training_saw(
     tmp_path: Path, tpe: pd.DataFrame
 ) -> None:
