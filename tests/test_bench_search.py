@@ -221,3 +221,19 @@ def test_reference_unites_sample_seeds_and_leaves_out_excluded_keys(monkeypatch:
     levels = bench_search.thresholds(referee, None, 100, [0], sample_seeds=[0, 1], exclude={"a0", "a149", "zz"})
     assert levels["reference_n"] == 148 and levels["reference_excluded"] == 2
     assert judged == [[f"a{i}" for i in range(1, 149)]]
+
+
+def test_judges_table_reads_each_judges_file_and_marks_the_ones_no_search_selected_on(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_judges", _PATH.with_name("bench_judges.py"))
+    bench_judges = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_judges)
+    row = {"method": "tpe", "level": "top1_val", "runs": 2, "hits": 1, "ert_cpu_s": 9.0}
+    for name in ("search_expected_cost.csv", "search_expected_cost_ref01.csv",
+                 "search_expected_cost_ref123_refsample012.csv", "search_expected_cost_ref01_strict.csv"):
+        pd.DataFrame([row]).to_csv(tmp_path / name, index=False)
+    frame = bench_judges.judges(tmp_path).set_index("judge")
+    assert sorted(frame.index) == ["0", "0+1", "1+2+3"]  # the --strict file is left out
+    assert frame.loc["1+2+3", "unseen"] and not frame.loc["0+1", "unseen"] and not frame.loc["0", "unseen"]
+    assert frame.loc["1+2+3", "reference"] == 240 and frame.loc["0+1", "reference"] == 100
+    with pytest.raises(FileNotFoundError, match="no search_expected_cost"):
+        bench_judges.judges(tmp_path / "empty")
