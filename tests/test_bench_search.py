@@ -237,3 +237,28 @@ def test_judges_table_reads_each_judges_file_and_marks_the_ones_no_search_select
     assert frame.loc["1+2+3", "reference"] == 240 and frame.loc["0+1", "reference"] == 100
     with pytest.raises(FileNotFoundError, match="no search_expected_cost"):
         bench_judges.judges(tmp_path / "empty")
+
+
+def test_threshold_sweep_recomputes_each_methods_ert_at_each_top_percentage() -> None:
+    spec = importlib.util.spec_from_file_location("bench_threshold_sweep", _PATH.with_name("bench_threshold_sweep.py"))
+    sweep_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep_module)
+    acc = [0.90 + 0.09 * i / 99 for i in range(100)]  # top 1% starts at 0.98992, top 5% at 0.98550
+    reference = pd.DataFrame({"val_acc": acc, "test_acc": acc})
+    traces = pd.concat([
+        # TPE seed 0 trains a 0.99 second (hits both levels at 20 CPU-s); seed 1 a 0.986 (top 5% only).
+        _trace("tpe", 0, [("train", 0.95, 0.95, NAN, 10.0, False), ("train", 0.99, 0.99, NAN, 10.0, False)]),
+        _trace("tpe", 1, [("train", 0.95, 0.95, NAN, 10.0, False), ("train", 0.986, 0.986, NAN, 10.0, False)]),
+        # The campaigns pay 100 CPU-s once, then fine-tune one candidate: 2 and 6 marginal CPU-s.
+        _trace("campaign", 0, [("meta_train", NAN, NAN, NAN, 100.0, True), ("finetune", 0.99, 0.99, 0.9, 2.0, False)]),
+        _trace("campaign", 1, [("meta_train", NAN, NAN, NAN, 100.0, True), ("finetune", 0.986, 0.986, 0.9, 6.0, False)]),
+    ], ignore_index=True)
+    frame = sweep_module.sweep(traces, reference, [1, 5], resamples=200).set_index(["top_pct", "metric", "method"])
+    assert frame.loc[(1, "val", "tpe"), "marginal_ert_cpu_s"] == pytest.approx(40.0)  # (20 + 20) / 1 hit
+    assert frame.loc[(1, "val", "campaign"), "marginal_ert_cpu_s"] == pytest.approx(8.0)  # (2 + 6) / 1 hit
+    assert frame.loc[(5, "test", "tpe"), "marginal_ert_cpu_s"] == pytest.approx(20.0)
+    assert frame.loc[(5, "test", "campaign"), "tpe_over_marginal_ert"] == pytest.approx(5.0)
+    assert frame.loc[(1, "val", "campaign"), "reference_at_or_above"] == 1
+    assert frame.loc[(5, "val", "campaign"), "reference_at_or_above"] == 5
+    with pytest.raises(ValueError, match="`tops` must be percentages"):
+        sweep_module.sweep(traces, reference, [0])
