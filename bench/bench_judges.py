@@ -28,7 +28,7 @@ PATTERN = re.compile(r"search_expected_cost(?:_ref(?P<seeds>\d+))?(?P<united>_re
 
 
 def judges(results: Path) -> pd.DataFrame:
-    """Every ``search_expected_cost*.csv`` of ``results`` with its judge seeds and reference, ``--strict`` ones left out.
+    """Every ``search_expected_cost*.csv`` of ``results`` (but ``--strict`` ones) with its judge and reference.
 
     Args:
         results: The folder ``bench_search.py --out`` wrote.
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     frame = judges(args.results)
     tpe = frame[frame["method"] == "tpe"].set_index(["judge", "reference", "level"])["ert_cpu_s"]
-    frame["tpe_ert_cpu_s"] = [tpe.get((j, r, lv)) for j, r, lv in zip(frame["judge"], frame["reference"], frame["level"])]
+    frame["tpe_ert_cpu_s"] = [tpe.get(key) for key in zip(frame["judge"], frame["reference"], frame["level"])]
     table = frame[frame["method"].isin(args.methods) & frame["level"].isin(args.levels)]
     order = {"method": {m: i for i, m in enumerate(args.methods)}, "level": {lv: i for i, lv in enumerate(args.levels)}}
     table = table.assign(

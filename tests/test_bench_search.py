@@ -158,7 +158,8 @@ def test_expected_cost_bootstraps_the_ratio_to_tpe_over_runs() -> None:
     assert unsure["tpe_over_marginal_ert"] == pytest.approx(5.0)
     assert unsure["tpe_over_marginal_ert_q05"] == 0.0 and unsure["tpe_over_marginal_ert_q95"] == pytest.approx(10.0)
     assert unsure["p_marginal_ratio_ge_20"] == 0.0
-    assert math.isnan(ert.loc[("campaign", "top5_val"), "tpe_over_marginal_ert_q05"])  # no run hits: no ratio, no interval
+    # No run hits the top 5%: no ratio, no interval.
+    assert math.isnan(ert.loc[("campaign", "top5_val"), "tpe_over_marginal_ert_q05"])
 
 
 def test_summary_judged_by_other_seeds_keeps_what_search_with_training_saw(
@@ -251,7 +252,8 @@ def test_threshold_sweep_recomputes_each_methods_ert_at_each_top_percentage() ->
         _trace("tpe", 1, [("train", 0.95, 0.95, NAN, 10.0, False), ("train", 0.986, 0.986, NAN, 10.0, False)]),
         # The campaigns pay 100 CPU-s once, then fine-tune one candidate: 2 and 6 marginal CPU-s.
         _trace("campaign", 0, [("meta_train", NAN, NAN, NAN, 100.0, True), ("finetune", 0.99, 0.99, 0.9, 2.0, False)]),
-        _trace("campaign", 1, [("meta_train", NAN, NAN, NAN, 100.0, True), ("finetune", 0.986, 0.986, 0.9, 6.0, False)]),
+        _trace("campaign", 1, [("meta_train", NAN, NAN, NAN, 100.0, True),
+                               ("finetune", 0.986, 0.986, 0.9, 6.0, False)]),
     ], ignore_index=True)
     frame = sweep_module.sweep(traces, reference, [1, 5], resamples=200).set_index(["top_pct", "metric", "method"])
     assert frame.loc[(1, "val", "tpe"), "marginal_ert_cpu_s"] == pytest.approx(40.0)  # (20 + 20) / 1 hit
