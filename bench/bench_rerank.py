@@ -5,10 +5,12 @@ GHN), every distinct nb201 candidate is scored and the ranker's best
 ``--pool`` are kept. Each of those is scored by the zero-cost proxies of
 ``--proxies`` (:class:`nas.evaluation.ProxyScorer`, at each initialisation
 and minibatch seed of ``--proxy-seeds``) and judged by the
-search benchmark's referee (3 epochs from scratch, mean of training seeds 0
-and 1, trained if missing into ``--cache``). Orders compared, within the
-pool: the ranker's, each proxy's, and each proxy's rank summed with the
-ranker's (``ranker+PROXY``). Per ranker and order it reports Kendall tau
+search benchmark's referee (3 epochs from scratch, mean of the training
+seeds ``--judge-seeds``, default 0 and 1, trained if missing into
+``--cache``). Orders compared, within the pool: the ranker's, each proxy's, and each proxy's rank summed with the
+ranker's (``ranker+PROXY``). With several proxy seeds, each proxy's mean rank
+over them is one more order (rows with ``proxy_seed`` -1), alone and summed
+with the ranker's. Per ranker and order it reports Kendall tau
 against the ground truth, the ground truth of the first and of the first
 three candidates, and the position of the first top-1% architecture
 (validation and test, thresholds of ``bench/bench_search.py``).
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import kendalltau
+from scipy.stats import kendalltau, rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ranker_top import all_candidates, first_position, setup  # noqa: E402
@@ -76,6 +78,8 @@ def main() -> None:
     parser.add_argument("--proxies", nargs="+", default=["snip", "grad_norm", "jacob_cov", "synflow"])
     parser.add_argument("--proxy-seeds", nargs="+", type=int, default=[0, 1, 2],
                         help="seeds of the proxies' initialisation and minibatch (default 0 1 2)")
+    parser.add_argument("--judge-seeds", nargs="+", type=int, default=[0, 1],
+                        help="training seeds whose mean judges a candidate (default 0 1)")
     parser.add_argument("--workers", type=int, default=1, help="processes training referee runs")
     parser.add_argument("--cache", type=Path, default=Path("bench/results/fresh/search_ground_truth.sqlite"))
     parser.add_argument("--reference", type=Path, default=Path("runs/none.sqlite"))
@@ -85,7 +89,7 @@ def main() -> None:
     from nas.evaluation import ProxyScorer
     from nas.ghn import GHNRanker
 
-    data, space, referee, levels = setup(args.cache, args.reference, [0, 1])
+    data, space, referee, levels = setup(args.cache, args.reference, args.judge_seeds)
     graphs = all_candidates(space)
     rows = []
     for path in args.rankers:
@@ -93,10 +97,11 @@ def main() -> None:
         score = -np.asarray(ranker.score(graphs))  # [len(graphs)], higher is better
         best = np.argsort(-score, kind="stable")[: args.pool]
         shortlist = [graphs[i] for i in best]
-        truth = referee.judge_seeds(shortlist, [0, 1], workers=args.workers).set_index("key")
+        truth = referee.judge_seeds(shortlist, args.judge_seeds, workers=args.workers).set_index("key")
         pool = pd.DataFrame({"key": [g.key for g in shortlist], "ranker": score[best]})
         pool["val_acc"] = pool["key"].map(truth["val_acc"])
         pool["test_acc"] = pool["key"].map(truth["test_acc"])
+        ranks: dict[str, list[np.ndarray]] = {proxy: [] for proxy in args.proxies}  # per proxy: [len(pool)] per seed
         for seed in args.proxy_seeds:
             for proxy in args.proxies:
                 start = time.process_time()
@@ -104,12 +109,19 @@ def main() -> None:
                 cpu = (time.process_time() - start) / len(shortlist)
                 print(f"{path.stem}, seed {seed}: {proxy} {cpu:.3f} CPU-s per candidate", flush=True)
                 pool[f"ranker+{proxy}"] = rank_sum(-pool["ranker"].to_numpy(), pool[proxy].to_numpy())
+                ranks[proxy].append(rankdata(np.nan_to_num(pool[proxy].to_numpy(float), nan=-np.inf)))
             columns = ["ranker", *args.proxies, *(f"ranker+{p}" for p in args.proxies)]
             rows += [{"ranker": path.stem, "proxy_seed": seed, **row} for row in judge_orders(pool, columns, levels)]
+        if len(args.proxy_seeds) > 1:  # each proxy's mean rank over its initialisations (proxy_seed -1)
+            for proxy in args.proxies:
+                pool[proxy] = np.mean(ranks[proxy], axis=0)
+                pool[f"ranker+{proxy}"] = rank_sum(-pool["ranker"].to_numpy(), pool[proxy].to_numpy())
+            rows += [{"ranker": path.stem, "proxy_seed": -1, **row} for row in judge_orders(pool, columns, levels)]
     frame = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out, index=False)
-    print(f"top-1% thresholds (two-seed): validation {levels['val_acc_top1']:.4f}, test {levels['test_acc_top1']:.4f}")
+    print(f"top-1% thresholds (judge seeds {args.judge_seeds}): validation {levels['val_acc_top1']:.4f}, "
+          f"test {levels['test_acc_top1']:.4f}")
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(frame.round(4).to_string(index=False))
         numeric = frame.drop(columns=["ranker", "first_key"])
