@@ -123,21 +123,31 @@ def plot(frame: pd.DataFrame, methods: list[str], title: str) -> Any:
     return fig
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of :func:`load_judged`: the judge, the reference and where the traces are."""
     parser.add_argument("--judge-seeds", nargs="+", type=int, default=[1, 2, 3, 4])
     parser.add_argument("--reference-sample-seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--reference-archs", type=int, default=100)
-    parser.add_argument("--tops", nargs="+", type=float, default=[0.5, 1, 1.5, 2, 3, 4, 5])
-    parser.add_argument("--methods", nargs="+", default=["campaign-refine-journal", "campaign-refine-blend-journal",
-                                                         "campaign-refine", "campaign-journal"])
     parser.add_argument("--results", type=Path, default=Path("bench/results/fresh"))
     parser.add_argument("--cache", type=Path, default=Path("bench/results/fresh/search_ground_truth.sqlite"))
     parser.add_argument("--labels", type=Path, default=Path("runs/bench_fw/one_time/ranker_labels_k30.csv"),
                         help="the ranker's label architectures, left out of a united reference")
     parser.add_argument("--epochs", type=float, default=3)
-    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap draws per percentage (default 10000)")
-    args = parser.parse_args()
+
+
+def load_judged(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+    """The traces of ``args.results`` and the reference, both judged by the mean of ``args.judge_seeds``.
+
+    Returns:
+        ``(traces, reference, suffix, title)``: the trace rows with ``val_acc``
+        / ``test_acc`` set to the judge's accuracies (``seen_acc``: what the
+        search itself saw), the reference's judged accuracies, the file suffix
+        of ``bench_search.py`` for this judge and reference, and a plot title.
+
+    Raises:
+        SystemExit: A judged run is missing from the cache, or the label file
+            of a united reference is.
+    """
     from nas.data import load_dataset
     from nas.space import load_space
 
@@ -161,17 +171,30 @@ def main() -> None:
                          "run bench_search.py --report with these --referee-seeds first")
     reference = referee.judge_seeds(graphs, args.judge_seeds)
     truth = referee.judge_seeds([g for g in traced if g is not None], args.judge_seeds).set_index("key")
+    traces["seen_acc"] = traces["val_acc"]  # what search with training saw of its own trials
     for metric in ("val_acc", "test_acc"):
         traces[metric] = traces["key"].map(truth[metric]).where(traces["key"].notna(), math.nan)
-    frame = sweep(traces, reference, args.tops, resamples=args.resamples)
     suffix = "_ref" + "".join(map(str, args.judge_seeds))
     if united:
         suffix += "_refsample" + "".join(map(str, args.reference_sample_seeds))
+    title = (f"judge: mean of seeds {', '.join(map(str, args.judge_seeds))}; reference: {len(graphs)} candidates"
+             f"{f' ({excluded} label architectures left out)' if excluded else ''}")
+    return traces, reference, suffix, title
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_judge_arguments(parser)
+    parser.add_argument("--tops", nargs="+", type=float, default=[0.5, 1, 1.5, 2, 3, 4, 5])
+    parser.add_argument("--methods", nargs="+", default=["campaign-refine-journal", "campaign-refine-blend-journal",
+                                                         "campaign-refine", "campaign-journal"])
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap draws per percentage (default 10000)")
+    args = parser.parse_args()
+    traces, reference, suffix, title = load_judged(args)
+    frame = sweep(traces, reference, args.tops, resamples=args.resamples)
     out = args.results / f"search_threshold_sweep{suffix}.csv"
     frame.to_csv(out, index=False)
     shown = frame[frame["method"].isin([*args.methods, "tpe"])]
-    title = (f"judge: mean of seeds {', '.join(map(str, args.judge_seeds))}; reference: {len(graphs)} candidates"
-             f"{f' ({excluded} label architectures left out)' if excluded else ''}")
     fig = plot(shown, args.methods, title)
     for ext in ("png", "pdf"):
         fig.savefig(out.with_suffix(f".{ext}"), dpi=150)

@@ -264,3 +264,32 @@ def test_threshold_sweep_recomputes_each_methods_ert_at_each_top_percentage() ->
     assert frame.loc[(5, "val", "campaign"), "reference_at_or_above"] == 5
     with pytest.raises(ValueError, match="`tops` must be percentages"):
         sweep_module.sweep(traces, reference, [0])
+
+
+def test_equal_compute_reports_best_and_reported_accuracy_after_each_budget() -> None:
+    spec = importlib.util.spec_from_file_location("bench_equal_compute", _PATH.with_name("bench_equal_compute.py"))
+    equal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(equal)
+    acc = [0.90 + 0.09 * i / 99 for i in range(100)]
+    reference = pd.DataFrame({"val_acc": acc, "test_acc": acc})
+    # TPE saw 0.95 then 0.94 with its own seed, so it keeps reporting the first (judged 0.9505).
+    tpe = _trace("tpe", 0, [("train", 0.9505, 0.9505, NAN, 10.0, False), ("train", 0.995, 0.995, NAN, 10.0, False)])
+    tpe["seen_acc"] = [0.95, 0.94]
+    # The campaign pays 100 CPU-s once; its first fine-tune scores higher, so it reports that one.
+    campaign = _trace("campaign", 0, [("meta_train", NAN, NAN, NAN, 100.0, True),
+                                      ("finetune", 0.9705, 0.9705, 0.9, 2.0, False),
+                                      ("finetune", 0.995, 0.995, 0.8, 2.0, False)])
+    campaign["seen_acc"] = campaign["val_acc"]
+    frame = equal.at_budgets(pd.concat([tpe, campaign], ignore_index=True), reference, [1, 2, 4, 20])
+    frame = frame.set_index(["method", "budget_cpu_s"])
+    assert frame.loc[("campaign", 1), "runs_with_a_result"] == 0  # nothing fine-tuned within 1 marginal CPU-s
+    assert frame.loc[("campaign", 2), "best_val_acc"] == pytest.approx(0.9705)
+    assert frame.loc[("campaign", 2), "best_val_acc_pct"] == pytest.approx(78.0)  # 78 reference values below
+    assert frame.loc[("campaign", 4), "best_test_acc"] == pytest.approx(0.995)
+    assert frame.loc[("campaign", 4), "best_test_acc_pct"] == pytest.approx(100.0)
+    assert frame.loc[("campaign", 4), "reported_val_acc"] == pytest.approx(0.9705)
+    assert frame.loc[("tpe", 4), "runs_with_a_result"] == 0
+    assert frame.loc[("tpe", 20), "best_val_acc"] == pytest.approx(0.995)
+    assert frame.loc[("tpe", 20), "reported_val_acc_pct"] == pytest.approx(56.0)
+    with pytest.raises(ValueError, match="`budgets` must be positive"):
+        equal.at_budgets(tpe, reference, [0])
