@@ -7,10 +7,11 @@ GHN), every distinct nb201 candidate is scored and the ranker's best
 and minibatch seed of ``--proxy-seeds``) and judged by the
 search benchmark's referee (3 epochs from scratch, mean of the training
 seeds ``--judge-seeds``, default 0 and 1, trained if missing into
-``--cache``). Orders compared, within the pool: the ranker's, each proxy's, and each proxy's rank summed with the
-ranker's (``ranker+PROXY``). With several proxy seeds, each proxy's mean rank
-over them is one more order (rows with ``proxy_seed`` -1), alone and summed
-with the ranker's. Per ranker and order it reports Kendall tau
+``--cache``). Orders compared, within the pool: the ranker's, each proxy's,
+and each proxy's rank summed with the ranker's (``ranker+PROXY``). With
+several proxy seeds, each proxy's mean rank over them is one more order (rows
+with ``proxy_seed`` -1), alone and summed with the ranker's. Per ranker and
+order it reports Kendall tau
 against the ground truth, the ground truth of the first and of the first
 three candidates, and the position of the first top-1% architecture
 (validation and test, thresholds of ``bench/bench_search.py``).
