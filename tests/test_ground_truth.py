@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from nas.data import Dataset, load_dataset
 from nas.evaluation import ground_truth
@@ -96,6 +97,20 @@ def test_interrupted_run_resumes(tmp_path: Path, data: Dataset, monkeypatch: pyt
     table = cache.train_missing(graphs, data, BUDGET, seeds=2, progress=False)
     assert len(resumed) == 4 and not set(resumed) & set(done)
     assert table["cached"].sum() == 2 and table["val_loss"].notna().all()
+
+
+def test_dataset_key_is_reused_until_a_split_changes_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = load_dataset("digits", max_train=64)
+    first = dataset_key(data)
+    hashed = []
+    real = ground_truth.hashlib.blake2b
+    monkeypatch.setattr(ground_truth.hashlib, "blake2b", lambda **kw: hashed.append(1) or real(**kw))
+    assert dataset_key(data) == first and not hashed  # the same object: no second hash
+    data.y_val[0] = (data.y_val[0] + 1) % data.num_classes  # an in-place change
+    assert dataset_key(data) != first and len(hashed) == 1
+    with torch.inference_mode():  # no version counter: hashed every time, same key as a normal copy
+        frozen = load_dataset("digits", max_train=64)
+    assert dataset_key(frozen) == first
 
 
 def test_keys_separate_budgets_and_datasets(tmp_path: Path, data: Dataset) -> None:
