@@ -345,6 +345,18 @@ def reference_graphs(space: Any, archs: int, sample_seeds: list[int] | None = No
     return graphs, len(pool) - len(graphs)
 
 
+def report_suffix(referee_seeds: list[int], sample_seeds: list[int], *, strict: bool = False) -> str:
+    """The ending of a report's file names.
+
+    ``_ref<seeds>`` for a judge other than seed 0, ``_refsample<seeds>`` for a
+    united reference, ``_strict`` with ``--strict``; empty for the defaults.
+    """
+    suffix = "" if referee_seeds == [0] else "_ref" + "".join(map(str, referee_seeds))
+    if sample_seeds != [0]:
+        suffix += "_refsample" + "".join(map(str, sample_seeds))
+    return suffix + ("_strict" if strict else "")
+
+
 def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None = None, *,
                workers: int = 1, strict: bool = False, sample_seeds: list[int] | None = None,
                exclude: set[str] | None = None) -> dict[str, float]:
@@ -700,19 +712,15 @@ def main() -> None:
                                  one_time=one_time, method=method)
                 else:
                     run_trained_search(method, seed, space=space, referee=referee, trials=args.trials, trace=trace)
-    judge, suffix = None, ""
+    judge = None
     if args.referee_seeds != [0]:
-        suffix = "_ref" + "".join(str(s) for s in args.referee_seeds)
         keys = set()
         for path in args.out.glob("search_trace_*.csv"):
             keys |= set(pd.read_csv(path)["key"].dropna())
         graphs = [referee.graph(key) for key in sorted(keys)]
         judge = referee.judge_seeds([g for g in graphs if g is not None], args.referee_seeds,
                                     workers=args.referee_workers)
-    if united:
-        suffix += "_refsample" + "".join(str(s) for s in args.reference_sample_seeds)
-    if args.strict:
-        suffix += "_strict"
+    suffix = report_suffix(args.referee_seeds, args.reference_sample_seeds, strict=args.strict)
     summary = summarize(args.out, levels, judge=judge, suffix=suffix)
     seeds_text = "seed 0" if args.referee_seeds == [0] else f"mean of seeds {', '.join(map(str, args.referee_seeds))}"
     print(f"reference: {levels['reference_n']} trained candidates, {levels['reference_excluded']} label "

@@ -174,9 +174,7 @@ def load_judged(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, s
     traces["seen_acc"] = traces["val_acc"]  # what search with training saw of its own trials
     for metric in ("val_acc", "test_acc"):
         traces[metric] = traces["key"].map(truth[metric]).where(traces["key"].notna(), math.nan)
-    suffix = "_ref" + "".join(map(str, args.judge_seeds))
-    if united:
-        suffix += "_refsample" + "".join(map(str, args.reference_sample_seeds))
+    suffix = bench_search.report_suffix(args.judge_seeds, args.reference_sample_seeds)
     title = (f"judge: mean of seeds {', '.join(map(str, args.judge_seeds))}; reference: {len(graphs)} candidates"
              f"{f' ({excluded} label architectures left out)' if excluded else ''}")
     return traces, reference, suffix, title
