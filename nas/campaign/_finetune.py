@@ -141,7 +141,7 @@ def rerank_candidates(
     if blend:
         key = rank_sum(shortlist["rank_score"].to_numpy(dtype=float), scores)
     else:
-        key = rankdata(np.where(np.isfinite(scores), scores, -np.inf))  # 1 = the scorer's worst
+        key = _rank_nan_worst(scores)
     ordered = shortlist.assign(rerank_score=scores, _key=key).sort_values("_key", ascending=False, kind="stable")
     return ordered.drop(columns="_key").head(top_k).reset_index(drop=True)
 
@@ -163,7 +163,12 @@ def rank_sum(rank_score: np.ndarray, scores: np.ndarray) -> np.ndarray:
     rank_score, scores = np.asarray(rank_score, dtype=float), np.asarray(scores, dtype=float)
     if rank_score.shape != scores.shape:
         raise ValueError(f"`scores` must have the shape of `rank_score` {rank_score.shape}, but got {scores.shape}.")
-    return rankdata(-rank_score) + rankdata(np.where(np.isfinite(scores), scores, -np.inf))
+    return rankdata(-rank_score) + _rank_nan_worst(scores)
+
+
+def _rank_nan_worst(scores: np.ndarray) -> np.ndarray:
+    """Ranks of ``scores`` (1 = the lowest, ties averaged), a non-finite score ranked lowest."""
+    return rankdata(np.where(np.isfinite(scores), scores, -np.inf))
 
 
 def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, selected: pd.DataFrame) -> list[str]:
