@@ -7,7 +7,8 @@ accuracy judges an architecture) and reference (``_refsample012``: the
 lays out, per judge, reference, method and level: hits / runs, the marginal
 ERT, TPE's ERT, the ratio, its bootstrap 5-95% interval over runs and the
 share of bootstrap draws at 20x or more. A judge is marked ``unseen`` when
-none of its seeds is seed 0, the one TPE and random search select on.
+none of its seeds is seed 0, the one TPE and random search select on. Each
+file names its judge and reference in its ``judge`` and ``reference`` columns.
 
 Writes ``--out`` (CSV) and prints a Markdown table. It reads; it trains nothing.
 
@@ -19,38 +20,38 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import pandas as pd
 
-PATTERN = re.compile(r"search_expected_cost(?:_ref(?P<seeds>\d+))?(?P<united>_refsample\d+)?(?P<strict>_strict)?\.csv")
-
-
 def judges(results: Path) -> pd.DataFrame:
-    """Every ``search_expected_cost*.csv`` of ``results`` (but ``--strict`` ones) with its judge and reference.
+    """Every ``search_expected_cost*.csv`` of ``results`` (but ``--strict`` ones), with whether its judge is unseen.
+
+    Each file names its judge (``judge``, e.g. ``"1+2+3"``: the training seeds
+    averaged) and reference (``reference``: its candidates) in its own columns.
 
     Args:
         results: The folder ``bench_search.py --out`` wrote.
 
     Returns:
-        Their rows with the columns ``judge`` (e.g. ``"1+2+3"``), ``unseen``
-        (no seed 0) and ``reference`` (``100`` or ``240``) added.
+        Their rows with the column ``unseen`` (no seed 0 in the judge) added.
 
     Raises:
         FileNotFoundError: ``results`` holds no such file.
+        ValueError: A file lacks the ``judge`` column (written before it existed:
+            rerun ``bench_search.py --report`` with its judge).
     """
     frames = []
     for path in sorted(results.glob("search_expected_cost*.csv")):
-        match = PATTERN.fullmatch(path.name)
-        if match is None or match["strict"]:
-            continue
-        seeds = list(match["seeds"] or "0")  # single-digit seeds, as bench_search names them
-        frames.append(pd.read_csv(path).assign(
-            judge="+".join(seeds), unseen="0" not in seeds, reference=240 if match["united"] else 100))
+        frame = pd.read_csv(path, dtype={"judge": str})
+        if not {"judge", "reference", "strict"} <= set(frame.columns):
+            raise ValueError(f"{path} does not name its judge (no `judge` / `reference` / `strict` columns); "
+                             "rerun bench_search.py --report with its --referee-seeds to rewrite it")
+        frames.append(frame[~frame["strict"].astype(bool)])
     if not frames:
         raise FileNotFoundError(f"no search_expected_cost*.csv in {results}")
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.assign(unseen=~frame["judge"].str.split("+").map(lambda seeds: "0" in seeds))
 
 
 def main() -> None:

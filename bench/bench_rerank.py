@@ -46,11 +46,17 @@ DEFAULT_RANKERS = [
 ]
 
 
+def _worst_if_not_finite(x: np.ndarray) -> np.ndarray:
+    """``x`` with ``nan`` and ``inf`` set to ``-inf``: ordered last, as ``nas.campaign.rerank_candidates`` does."""
+    x = np.asarray(x, dtype=float)
+    return np.where(np.isfinite(x), x, -np.inf)
+
+
 def judge_orders(pool: pd.DataFrame, columns: list[str], levels: dict[str, float]) -> list[dict]:
     """One row per column of ``pool`` (higher is better): tau, first / top-3 ground truth, first top-1%."""
     rows = []
     for column in columns:
-        x = np.nan_to_num(pool[column].to_numpy(float), nan=-np.inf)
+        x = _worst_if_not_finite(pool[column].to_numpy(float))
         order = np.argsort(-x, kind="stable")
         ranked = pool.iloc[order].assign(
             position=np.arange(1, len(pool) + 1),
@@ -110,7 +116,7 @@ def main() -> None:
                 cpu = (time.process_time() - start) / len(shortlist)
                 print(f"{path.stem}, seed {seed}: {proxy} {cpu:.3f} CPU-s per candidate", flush=True)
                 pool[f"ranker+{proxy}"] = rank_sum(-pool["ranker"].to_numpy(), pool[proxy].to_numpy())
-                ranks[proxy].append(rankdata(np.nan_to_num(pool[proxy].to_numpy(float), nan=-np.inf)))
+                ranks[proxy].append(rankdata(_worst_if_not_finite(pool[proxy].to_numpy(float))))
             columns = ["ranker", *args.proxies, *(f"ranker+{p}" for p in args.proxies)]
             rows += [{"ranker": path.stem, "proxy_seed": seed, **row} for row in judge_orders(pool, columns, levels)]
         if len(args.proxy_seeds) > 1:  # each proxy's mean rank over its initialisations (proxy_seed -1)

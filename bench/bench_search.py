@@ -136,8 +136,11 @@ class Referee:
                 return ArchGraph.from_json(row[0])
         return None
 
-    def judge_seeds(self, graphs: list[Any], seeds: list[int], *, workers: int = 1) -> pd.DataFrame:
+    def judge_seeds(self, graphs: list[Any], seeds: list[int], *, workers: int = 1,
+                    train: bool = True) -> pd.DataFrame:
         """Mean validation and test accuracy over ``seeds`` of each graph, training the missing runs first.
+
+        With ``train=False`` a missing run is an error instead (exit with a message naming the cache).
 
         Returns:
             Columns ``key``, ``val_acc``, ``test_acc`` (one row per distinct key).
@@ -145,6 +148,10 @@ class Referee:
         graphs = list({g.key: g for g in graphs}.values())
         for seed in seeds:
             missing = [g for g in graphs if self.get(g, seed) is None]
+            if missing and not train:
+                raise SystemExit(f"error: {len(missing)} architectures lack a run of training seed {seed} in "
+                                 f"{self.cache.path}; train them first (bench/bench_search.py --report "
+                                 "--referee-seeds ...)")
             if missing:
                 print(f"referee: training {len(missing)} architectures with seed {seed}", flush=True)
                 self.cache.train_missing(missing, self.data, self.budget, seeds=[seed], workers=workers)
@@ -273,11 +280,14 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     fine-tuning the ``--top-k`` best of them (``-blend``: by the sum of its rank and
     the rank score's); the proxy's CPU is charged as
     the ``enqueue`` step (traces from before that step did not charge enqueueing, milliseconds without a proxy).
+    With ``args.variant``, the trace and the work folder name the method ``<method>-<variant>``: the same
+    method run with other settings (e.g. ``--finetune-epochs 3 --variant ft3``).
     """
     from nas.campaign import Campaign
     from nas.graph import ArchGraph
 
-    out = Path(args.work) / f"{method}_s{seed}"
+    name = f"{method}-{args.variant}" if args.variant else method
+    out = Path(args.work) / f"{name}_s{seed}"
     if (out / "campaign.db").exists() or (out / "campaign.log").exists():
         # A campaign resumes from its storage, so a rerun would charge only what is left (nothing when done).
         raise SystemExit(f"error: {out} holds a campaign already, whose CPU time cannot be measured again; "
@@ -302,7 +312,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
         nonlocal cum
         cum += cpu
         rows.append({
-            "method": method, "seed": seed, "step": len(rows), "phase": phase, "key": None, "val_acc": math.nan,
+            "method": name, "seed": seed, "step": len(rows), "phase": phase, "key": None, "val_acc": math.nan,
             "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cum,
             "one_time": one_time_row, "cached": False, **values,
         })
@@ -313,7 +323,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     campaign.open()
     _, rank_cpu = _timed(campaign.rank)
     add("rank", rank_cpu, False)
-    print(f"{method} seed {seed}: rank {rank_cpu:.1f} CPU-s", flush=True)
+    print(f"{name} seed {seed}: rank {rank_cpu:.1f} CPU-s", flush=True)
     _, enqueue_cpu = _timed(campaign.enqueue)
     add("enqueue", enqueue_cpu, False)  # with -rerank: the proxy's scores of the shortlist
     _, finetune_cpu = _timed(lambda: campaign.finetune(wait=True))
@@ -326,7 +336,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
         record, _, _ = referee.judge(graph)
         add("finetune", float(row.wall_time) * scale, False, key=graph.key, val_acc=record.val_acc,
             test_acc=record.test_acc, finetuned_acc=row.val_acc)
-        print(f"{method} seed {seed}: fine-tuned #{row.trial} (rank trial {row.rank_trial}): ground truth "
+        print(f"{name} seed {seed}: fine-tuned #{row.trial} (rank trial {row.rank_trial}): ground truth "
               f"{record.val_acc:.4f} val / {record.test_acc:.4f} test, fine-tuned {row.val_acc:.4f}", flush=True)
     _append(trace, rows)
 
@@ -359,7 +369,7 @@ def report_suffix(referee_seeds: list[int], sample_seeds: list[int], *, strict: 
 
 def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None = None, *,
                workers: int = 1, strict: bool = False, sample_seeds: list[int] | None = None,
-               exclude: set[str] | None = None) -> dict[str, float]:
+               exclude: set[str] | None = None) -> dict[str, Any]:
     """The top-5% and top-1% validation (and test) accuracies of the trained reference sample.
 
     The reference is :func:`reference_graphs` (by default the held-out list
@@ -372,8 +382,8 @@ def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None
     graphs, excluded = reference_graphs(space, archs, sample_seeds, exclude)
     judged = referee.judge_seeds(graphs, seeds, workers=workers)
     records = [referee.get(g) for g in graphs]
-    levels: dict[str, float] = {"reference_n": len(records), "reference_excluded": excluded,
-                                "referee_seeds": len(seeds)}
+    levels: dict[str, Any] = {"reference_n": len(records), "reference_excluded": excluded,
+                              "referee_seeds": len(seeds), "judge": "+".join(map(str, seeds)), "strict": strict}
     for metric in ("val_acc", "test_acc"):
         acc = judged[metric].to_numpy()
         q5, q1 = np.quantile(acc, 0.95), np.quantile(acc, 0.99)
@@ -500,7 +510,7 @@ def expected_cost(summary: pd.DataFrame, *, resamples: int = 10_000, seed: int =
     return frame
 
 
-def summarize(out: Path, levels: dict[str, float], *, judge: pd.DataFrame | None = None,
+def summarize(out: Path, levels: dict[str, Any], *, judge: pd.DataFrame | None = None,
               suffix: str = "") -> pd.DataFrame:
     """One row per run: compute to the top 5% and 1%, best ground truth within the campaign's compute.
 
@@ -568,7 +578,10 @@ def summarize(out: Path, levels: dict[str, float], *, judge: pd.DataFrame | None
     })
     summary = pd.DataFrame(rows)
     summary.to_csv(out / f"search_summary{suffix}.csv", index=False)
-    expected_cost(summary[summary["seed"] >= 0]).to_csv(out / f"search_expected_cost{suffix}.csv", index=False)
+    # Each table names its judge and reference, so readers (bench_judges.py) need not parse file names.
+    expected_cost(summary[summary["seed"] >= 0]).assign(
+        judge=levels["judge"], reference=levels["reference_n"], strict=levels["strict"],
+    ).to_csv(out / f"search_expected_cost{suffix}.csv", index=False)
     (out / f"search_thresholds{suffix}.json").write_text(
         json.dumps({**levels, "train_cpu_s_median": train_s}, indent=2))
     _plot(summary, out, suffix=suffix)
@@ -656,6 +669,9 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=10,
                         help="best candidates refined by the campaign-refine methods (default 10)")
     parser.add_argument("--finetune-epochs", type=float, default=1)
+    parser.add_argument("--variant", default="",
+                        help="name campaign traces <method>-VARIANT: the same method with other settings "
+                             "(e.g. --finetune-epochs 3 --variant ft3)")
     parser.add_argument("--rerank", default="grad_norm",
                         help="zero-cost proxy of the -rerank and -blend methods (default grad_norm)")
     parser.add_argument("--rerank-pool", type=int, default=30, help="candidates it reorders (default 30)")
@@ -706,7 +722,8 @@ def main() -> None:
         one_time = run_one_time(args, space=space, data=data, out=args.out) if campaigns else None
         for seed in args.seeds:
             for method in args.methods:
-                trace = args.out / f"search_trace_{method}_s{seed}.csv"
+                named = f"{method}-{args.variant}" if args.variant and method.startswith("campaign") else method
+                trace = args.out / f"search_trace_{named}_s{seed}.csv"
                 if method.startswith("campaign"):
                     run_campaign(seed, args=args, space=space, data=data, referee=referee, trace=trace,
                                  one_time=one_time, method=method)

@@ -159,18 +159,16 @@ def load_judged(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, s
         raise SystemExit(f"error: --labels {args.labels} not found; a united reference leaves those keys out")
     exclude = set(pd.read_csv(args.labels)["key"]) if united else None
     graphs, excluded = bench_search.reference_graphs(space, args.reference_archs, args.reference_sample_seeds, exclude)
-    missing = [g.key[:10] for g in graphs for s in args.judge_seeds if referee.get(g, s) is None]
     traces = pd.concat([pd.read_csv(p) for p in sorted(args.results.glob("search_trace_*.csv"))], ignore_index=True)
     traces["one_time"] = traces["one_time"].astype(bool)
     keys = sorted(set(traces["key"].dropna()))
     traced = [referee.graph(k) for k in keys]
-    missing += [k[:10] for k, g in zip(keys, traced) if g is None]
-    missing += [g.key[:10] for g in traced if g is not None for s in args.judge_seeds if referee.get(g, s) is None]
-    if missing:
-        raise SystemExit(f"error: {len(missing)} judged runs are not in {args.cache} (first: {missing[0]}); "
+    unknown = [k[:10] for k, g in zip(keys, traced) if g is None]
+    if unknown:
+        raise SystemExit(f"error: {len(unknown)} traced architectures are not in {args.cache} (first: {unknown[0]}); "
                          "run bench_search.py --report with these --referee-seeds first")
-    reference = referee.judge_seeds(graphs, args.judge_seeds)
-    truth = referee.judge_seeds([g for g in traced if g is not None], args.judge_seeds).set_index("key")
+    reference = referee.judge_seeds(graphs, args.judge_seeds, train=False)
+    truth = referee.judge_seeds(traced, args.judge_seeds, train=False).set_index("key")
     traces["seen_acc"] = traces["val_acc"]  # what search with training saw of its own trials
     for metric in ("val_acc", "test_acc"):
         traces[metric] = traces["key"].map(truth[metric]).where(traces["key"].notna(), math.nan)

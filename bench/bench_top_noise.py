@@ -54,17 +54,12 @@ LEVELS = {"top1": 0.99, "top5": 0.95}
 
 
 def mean_accuracy(referee: Referee, graphs: list[Any], seeds: list[int]) -> pd.DataFrame:
-    """Validation and test accuracy of each graph, averaged over training ``seeds``: columns ``val``, ``test``."""
-    records = [[referee.get(g, seed) for seed in seeds] for g in graphs]
-    missing = sum(any(r is None for r in runs) for runs in records)
-    if missing:
-        raise SystemExit(f"error: {missing} reference candidates lack a run of training seeds {seeds} in "
-                         f"{referee.cache.path}; train them first (bench/bench_search.py --report --referee-seeds "
-                         "..., see this file's usage)")
-    return pd.DataFrame({
-        "val": [float(np.mean([r.val_acc for r in runs])) for runs in records],
-        "test": [float(np.mean([r.test_acc for r in runs])) for runs in records],
-    }, index=[g.key for g in graphs])
+    """Validation and test accuracy of each graph, averaged over training ``seeds``: columns ``val``, ``test``.
+
+    Every run must be in the cache already (:meth:`Referee.judge_seeds` with ``train=False``).
+    """
+    judged = referee.judge_seeds(graphs, seeds, train=False).set_index("key")
+    return judged.rename(columns={"val_acc": "val", "test_acc": "test"}).loc[[g.key for g in graphs]]
 
 
 def hit_rates(orders: dict[str, np.ndarray], judge: np.ndarray, rng: np.random.Generator) -> dict[tuple, float]:

@@ -72,7 +72,7 @@ def test_summary_has_one_row_per_run_and_the_random_expectation(
 ) -> None:
     campaign.to_csv(tmp_path / "search_trace_campaign_s0.csv", index=False)
     tpe.to_csv(tmp_path / "search_trace_tpe_s0.csv", index=False)
-    levels = {"reference_train_s": 10.0}
+    levels = {"reference_train_s": 10.0, "reference_n": 100, "judge": "0", "strict": False}
     for metric in ("val_acc", "test_acc"):
         levels.update({f"{metric}_top5": 0.96, f"{metric}_top1": 0.98,
                        f"{metric}_p_top5": 0.05, f"{metric}_p_top1": 0.01})
@@ -166,7 +166,7 @@ def test_summary_judged_by_other_seeds_keeps_what_search_with_training_saw(
     tmp_path: Path, tpe: pd.DataFrame
 ) -> None:
     tpe.to_csv(tmp_path / "search_trace_tpe_s0.csv", index=False)
-    levels = {"reference_train_s": 10.0}
+    levels = {"reference_train_s": 10.0, "reference_n": 240, "judge": "0+1", "strict": False}
     for metric in ("val_acc", "test_acc"):
         levels.update({f"{metric}_top5": 0.96, f"{metric}_top1": 0.98,
                        f"{metric}_p_top5": 0.05, f"{metric}_p_top1": 0.01})
@@ -178,6 +178,8 @@ def test_summary_judged_by_other_seeds_keeps_what_search_with_training_saw(
     assert summary.loc["tpe", "reported_val_acc"] == pytest.approx(0.95)  # TPE still reports what it saw best
     assert (tmp_path / "search_summary_ref01.csv").is_file() and (tmp_path / "search_curves_ref01.png").is_file()
     assert not (tmp_path / "search_summary.csv").exists()
+    ert = pd.read_csv(tmp_path / "search_expected_cost_ref01.csv", dtype={"judge": str})
+    assert set(ert["judge"]) == {"0+1"} and set(ert["reference"]) == {240} and not ert["strict"].any()
 
 
 class _TiedReferee:
@@ -229,15 +231,23 @@ def test_judges_table_reads_each_judges_file_and_marks_the_ones_no_search_select
     bench_judges = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_judges)
     row = {"method": "tpe", "level": "top1_val", "runs": 2, "hits": 1, "ert_cpu_s": 9.0}
-    for name in ("search_expected_cost.csv", "search_expected_cost_ref01.csv",
-                 "search_expected_cost_ref123_refsample012.csv", "search_expected_cost_ref01_strict.csv"):
-        pd.DataFrame([row]).to_csv(tmp_path / name, index=False)
+    for name, judge, reference, strict in (("search_expected_cost.csv", "0", 100, False),
+                                           ("search_expected_cost_ref01.csv", "0+1", 100, False),
+                                           ("search_expected_cost_ref123_refsample012.csv", "1+2+3", 240, False),
+                                           ("search_expected_cost_ref01_strict.csv", "0+1", 100, True),
+                                           ("search_expected_cost_ref10.csv", "10", 100, False)):
+        pd.DataFrame([{**row, "judge": judge, "reference": reference, "strict": strict}]).to_csv(
+            tmp_path / name, index=False)
     frame = bench_judges.judges(tmp_path).set_index("judge")
-    assert sorted(frame.index) == ["0", "0+1", "1+2+3"]  # the --strict file is left out
+    assert sorted(frame.index) == ["0", "0+1", "1+2+3", "10"]  # the --strict file is left out
     assert frame.loc["1+2+3", "unseen"] and not frame.loc["0+1", "unseen"] and not frame.loc["0", "unseen"]
+    assert frame.loc["10", "unseen"]  # seed 10 is not seed 0
     assert frame.loc["1+2+3", "reference"] == 240 and frame.loc["0+1", "reference"] == 100
     with pytest.raises(FileNotFoundError, match="no search_expected_cost"):
         bench_judges.judges(tmp_path / "empty")
+    pd.DataFrame([row]).to_csv(tmp_path / "search_expected_cost_ref2.csv", index=False)
+    with pytest.raises(ValueError, match="does not name its judge"):
+        bench_judges.judges(tmp_path)
 
 
 def test_threshold_sweep_recomputes_each_methods_ert_at_each_top_percentage() -> None:
