@@ -73,6 +73,7 @@ import json
 import math
 import resource
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -254,16 +255,17 @@ def run_one_time(args: argparse.Namespace, *, space: Any, data: Any, out: Path) 
         print(f"one-time {name}: {row['cpu_s']:.0f} CPU-s", flush=True)
         return value
 
+    seed = args.one_time_seed
     ghn = phase("meta_train", ghn_path, lambda: ensure_ghn(
-        space, data, path=ghn_path, config=MetaTrainConfig(steps=args.ghn_steps), progress=not args.no_progress))
+        space, data, path=ghn_path, config=MetaTrainConfig(steps=args.ghn_steps, seed=seed),
+        progress=not args.no_progress))
     exclude: list[str] = []
     if args.exclude_reference:
-        from nas.evaluation.correlate import sample_candidates
-
-        exclude = [g.key for g in sample_candidates(space, args.reference_archs, seed=0)]
+        # Every reference sample: the labels never hold an architecture that sets the thresholds.
+        exclude = [g.key for g in reference_graphs(space, args.reference_archs, args.reference_sample_seeds)[0]]
     phase("ranker", ranker_path, lambda: ensure_ranker(
-        space, data, ghn, path=ranker_path, labels=args.ranker_labels, k=args.ranker_k, seed=0, exclude=exclude,
-        workers=args.label_workers, config=RankerConfig(seed=0), progress=not args.no_progress))
+        space, data, ghn, path=ranker_path, labels=args.ranker_labels, k=args.ranker_k, seed=seed, exclude=exclude,
+        workers=args.label_workers, config=RankerConfig(seed=seed), progress=not args.no_progress))
     return done
 
 
@@ -456,7 +458,8 @@ def expected_cost(summary: pd.DataFrame, *, resamples: int = 10_000, seed: int =
     How much the ratio to TPE owes to which seeds ran is estimated by a
     bootstrap over runs: each of ``resamples`` draws resamples the runs of the
     method and, independently, TPE's, with replacement, and recomputes both
-    ERTs (a draw without a hit has an infinite ERT).
+    ERTs (a draw without a hit has an infinite ERT). Each method's draws come
+    from a stream seeded by ``seed`` and its name alone.
 
     Args:
         summary: The per-run table of :func:`summarize` (without ``random_expected``).
@@ -472,12 +475,13 @@ def expected_cost(summary: pd.DataFrame, *, resamples: int = 10_000, seed: int =
         (``..._q05``, ``..._q95``) and the share of draws where it is at least
         20 (``p_marginal_ratio_ge_20``).
     """
-    rng = np.random.default_rng(seed)
     rows, draws = [], {}
     for method, runs in summary[summary["seed"] >= 0].groupby("method"):
         campaign = str(method).startswith("campaign")
         one_time = float(runs["one_time_cpu_s"].mean()) if campaign else 0.0
         spent = (runs["cpu_s"] - runs["one_time_cpu_s"]).to_numpy(float)  # what a restart pays
+        # Each method draws from its own stream, so adding a method to the folder leaves the others' intervals.
+        rng = np.random.default_rng([seed, zlib.crc32(str(method).encode())])
         pick = rng.integers(0, len(runs), size=(resamples, len(runs)))  # [resamples, runs], shared by the levels
         for kind in ("", "_reported"):
             for tag in ("", "_test"):
@@ -510,8 +514,19 @@ def expected_cost(summary: pd.DataFrame, *, resamples: int = 10_000, seed: int =
     return frame
 
 
+def trace_paths(out: Path, baseline: Path | None = None) -> list[Path]:
+    """The traces of ``out``, plus the search-with-training ones (TPE, random) of ``baseline`` when given."""
+    paths = sorted(out.glob("search_trace_*.csv"))
+    if baseline is not None:
+        if not baseline.is_dir():
+            raise SystemExit(f"error: --baseline {baseline} is not a folder")
+        paths += [p for p in sorted(baseline.glob("search_trace_*.csv"))
+                  if not p.name.startswith("search_trace_campaign") and not (out / p.name).exists()]
+    return paths
+
+
 def summarize(out: Path, levels: dict[str, Any], *, judge: pd.DataFrame | None = None,
-              suffix: str = "") -> pd.DataFrame:
+              suffix: str = "", baseline: Path | None = None) -> pd.DataFrame:
     """One row per run: compute to the top 5% and 1%, best ground truth within the campaign's compute.
 
     Args:
@@ -521,8 +536,9 @@ def summarize(out: Path, levels: dict[str, Any], *, judge: pd.DataFrame | None =
             replaces the traces' seed-0 figures (e.g. means over two seeds);
             search with training still reports by the accuracy it saw itself.
         suffix: Added to the names of the files written.
+        baseline: A folder whose TPE and random traces are read too (:func:`trace_paths`).
     """
-    traces = sorted(out.glob("search_trace_*.csv"))
+    traces = trace_paths(out, baseline)
     if not traces:
         raise SystemExit(f"error: no search_trace_*.csv in {out}")
     frame = pd.concat([pd.read_csv(p) for p in traces], ignore_index=True)
@@ -680,7 +696,18 @@ def main() -> None:
     parser.add_argument("--ranker-labels", type=int, default=150)
     parser.add_argument("--ranker-k", type=int, default=30)
     parser.add_argument("--exclude-reference", action="store_true",
-                        help="label only architectures outside the reference sample that sets the thresholds")
+                        help="label only architectures outside the reference samples (--reference-sample-seeds) "
+                             "that set the thresholds")
+    parser.add_argument("--one-time-seed", type=int, default=0,
+                        help="seed of the GHN's meta-training and of the ranker's label sample and fit (default 0); "
+                             "another seed in another --work replicates the one-time artifacts")
+    parser.add_argument("--reference-labels", type=Path, default=None,
+                        help="label file whose architectures a united reference leaves out (default: "
+                             "<work>/one_time/ranker_labels_k<K>.csv); a replicate names the first run's to keep "
+                             "its reference")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="folder whose tpe / random traces the report reads too (a replicate's --out holds "
+                             "only its campaigns)")
     parser.add_argument("--label-workers", type=int, default=1, help="processes training the ranker's labels")
     parser.add_argument("--reference", type=Path,
                         default=Path("experiments/results/nb201-mnist5k/ground_truth.sqlite"))
@@ -710,7 +737,9 @@ def main() -> None:
     data = load_dataset(args.dataset)
     space = load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes)
     referee = Referee(args.cache, data, args.epochs, reference=args.reference)
-    labels = Path(args.work) / "one_time" / f"ranker_labels_k{args.ranker_k}.csv"
+    labels = args.reference_labels or Path(args.work) / "one_time" / f"ranker_labels_k{args.ranker_k}.csv"
+    if args.reference_labels is not None and not args.reference_labels.is_file():
+        raise SystemExit(f"error: --reference-labels {args.reference_labels} not found")
     # The default reference stays the held-out 100 as earlier reports had it; a united one leaves the labels out.
     united = args.reference_sample_seeds != [0]
     levels = thresholds(referee, space, args.reference_archs, args.referee_seeds, workers=args.referee_workers,
@@ -732,13 +761,13 @@ def main() -> None:
     judge = None
     if args.referee_seeds != [0]:
         keys = set()
-        for path in args.out.glob("search_trace_*.csv"):
+        for path in trace_paths(args.out, args.baseline):
             keys |= set(pd.read_csv(path)["key"].dropna())
         graphs = [referee.graph(key) for key in sorted(keys)]
         judge = referee.judge_seeds([g for g in graphs if g is not None], args.referee_seeds,
                                     workers=args.referee_workers)
     suffix = report_suffix(args.referee_seeds, args.reference_sample_seeds, strict=args.strict)
-    summary = summarize(args.out, levels, judge=judge, suffix=suffix)
+    summary = summarize(args.out, levels, judge=judge, suffix=suffix, baseline=args.baseline)
     seeds_text = "seed 0" if args.referee_seeds == [0] else f"mean of seeds {', '.join(map(str, args.referee_seeds))}"
     print(f"reference: {levels['reference_n']} trained candidates, {levels['reference_excluded']} label "
           f"architectures left out ({args.epochs:g} epochs, {seeds_text}): "

@@ -162,6 +162,31 @@ def test_expected_cost_bootstraps_the_ratio_to_tpe_over_runs() -> None:
     assert math.isnan(ert.loc[("campaign", "top5_val"), "tpe_over_marginal_ert_q05"])
 
 
+def test_expected_cost_draws_each_methods_bootstrap_from_its_own_stream() -> None:
+    nan = math.nan
+    hits = {"campaign-a": [3.0, 7.0, 11.0, nan, 20.0, 4.0], "campaign-z": [1.0, 2.0, nan, 9.0, 5.0, 30.0],
+            "tpe": [80.0, 150.0, nan, 60.0, 300.0, 120.0]}
+    rows = [{"method": m, "seed": i, "cpu_s": (130.0 if m != "tpe" else 310.0), "one_time_cpu_s": 0.0,
+             ("cpu_to_top1" if m == "tpe" else "marginal_cpu_to_top1"): v}
+            for m, values in hits.items() for i, v in enumerate(values)]
+    summary = pd.DataFrame(rows)
+    for kind in ("", "_reported"):
+        for tag in ("", "_test"):
+            for q in ("top5", "top1"):
+                for column in (f"cpu_to_{q}{kind}{tag}", f"marginal_cpu_to_{q}{kind}{tag}"):
+                    if column not in summary:
+                        summary[column] = nan
+    interval = ["tpe_over_marginal_ert_q05", "tpe_over_marginal_ert_q95"]
+    both = bench_search.expected_cost(summary, resamples=500).set_index(["method", "level"])
+    # Adding or removing a method ("campaign-a" sorts before "campaign-z" and "tpe") leaves the others' draws.
+    alone = bench_search.expected_cost(summary[summary["method"] != "campaign-a"], resamples=500)
+    alone = alone.set_index(["method", "level"])
+    drawn = both.loc[("campaign-z", "top1_val"), interval].tolist()
+    assert alone.loc[("campaign-z", "top1_val"), interval].tolist() == drawn
+    other_seed = bench_search.expected_cost(summary, resamples=500, seed=1).set_index(["method", "level"])
+    assert other_seed.loc[("campaign-z", "top1_val"), interval].tolist() != drawn  # the draws do matter
+
+
 def test_summary_judged_by_other_seeds_keeps_what_search_with_training_saw(
     tmp_path: Path, tpe: pd.DataFrame
 ) -> None:
@@ -303,3 +328,18 @@ def test_equal_compute_reports_best_and_reported_accuracy_after_each_budget() ->
     assert frame.loc[("tpe", 20), "reported_val_acc_pct"] == pytest.approx(56.0)
     with pytest.raises(ValueError, match="`budgets` must be positive"):
         equal.at_budgets(tpe, reference, [0])
+
+
+def test_a_replicates_report_reads_the_baselines_search_with_training_but_not_its_campaigns(tmp_path: Path) -> None:
+    out, baseline = tmp_path / "replicate", tmp_path / "first"
+    out.mkdir()
+    baseline.mkdir()
+    for folder, names in ((out, ["campaign-x_s0", "random_s0"]), (baseline, ["campaign-x_s0", "tpe_s0", "random_s0"])):
+        for name in names:
+            (folder / f"search_trace_{name}.csv").write_text("method\n")
+    names = [(p.parent.name, p.name) for p in bench_search.trace_paths(out, baseline)]
+    assert names == [("replicate", "search_trace_campaign-x_s0.csv"), ("replicate", "search_trace_random_s0.csv"),
+                     ("first", "search_trace_tpe_s0.csv")]  # the replicate's own random run wins
+    assert len(bench_search.trace_paths(out)) == 2
+    with pytest.raises(SystemExit, match="not a folder"):
+        bench_search.trace_paths(out, tmp_path / "missing")
