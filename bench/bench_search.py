@@ -270,7 +270,7 @@ def run_one_time(args: argparse.Namespace, *, space: Any, data: Any, out: Path) 
 
 
 def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, referee: Referee, trace: Path,
-                 one_time: pd.DataFrame, method: str = "campaign") -> None:
+                 one_time: pd.DataFrame, method: str = "campaign", name: str | None = None) -> None:
     """One campaign seed with the shared GHN and ranker, charged their one-time CPU; stage by stage.
 
     ``method`` ``"campaign"`` keeps the campaign's default storage (SQLite);
@@ -282,13 +282,13 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     fine-tuning the ``--top-k`` best of them (``-blend``: by the sum of its rank and
     the rank score's); the proxy's CPU is charged as
     the ``enqueue`` step (traces from before that step did not charge enqueueing, milliseconds without a proxy).
-    With ``args.variant``, the trace and the work folder name the method ``<method>-<variant>``: the same
-    method run with other settings (e.g. ``--finetune-epochs 3 --variant ft3``).
+    ``name`` (default ``method``) names the run in its trace and work folder, e.g.
+    ``"campaign-refine-journal-ft3"`` for the same method with other settings (``--variant``).
     """
     from nas.campaign import Campaign
     from nas.graph import ArchGraph
 
-    name = f"{method}-{args.variant}" if args.variant else method
+    name = name or method
     out = Path(args.work) / f"{name}_s{seed}"
     if (out / "campaign.db").exists() or (out / "campaign.log").exists():
         # A campaign resumes from its storage, so a rerun would charge only what is left (nothing when done).
@@ -755,7 +755,7 @@ def main() -> None:
                 trace = args.out / f"search_trace_{named}_s{seed}.csv"
                 if method.startswith("campaign"):
                     run_campaign(seed, args=args, space=space, data=data, referee=referee, trace=trace,
-                                 one_time=one_time, method=method)
+                                 one_time=one_time, method=method, name=named)
                 else:
                     run_trained_search(method, seed, space=space, referee=referee, trials=args.trials, trace=trace)
     judge = None
