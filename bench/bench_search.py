@@ -59,6 +59,15 @@ Each run appends to its own trace CSV in ``--out`` (so runs can go in
 parallel processes), and every invocation rewrites the summary from all the
 traces found there. It measures; it asserts nothing.
 
+Variants and replicates. ``--variant NAME`` runs a campaign method with other
+settings under the name ``<method>-NAME`` (e.g. ``--finetune-epochs 3
+--variant ft3``). ``--one-time-seed S`` in another ``--work`` and ``--out``
+meta-trains another GHN and fits another ranker on another label sample:
+a replicate of the whole one-time pipeline. With ``--reference-labels`` (the
+first run's label file: the same reference) and ``--baseline`` (the first
+run's ``--out``: its TPE and random traces) its report compares against the
+same thresholds and the same search with training.
+
 Usage::
 
     python bench/bench_search.py --methods campaign --seeds 0 1 2 3 4 &
