@@ -343,3 +343,36 @@ def test_a_replicates_report_reads_the_baselines_search_with_training_but_not_it
     assert len(bench_search.trace_paths(out)) == 2
     with pytest.raises(SystemExit, match="not a folder"):
         bench_search.trace_paths(out, tmp_path / "missing")
+
+
+def test_replicates_pool_the_builds_erts_and_bootstrap_over_builds_then_runs() -> None:
+    spec = importlib.util.spec_from_file_location("bench_replicates", _PATH.with_name("bench_replicates.py"))
+    bench_replicates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_replicates)
+    columns = {column for pair in bench_replicates.LEVELS.values() for column in pair}
+
+    def runs(hit_at: list[float], spent: float) -> pd.DataFrame:
+        frame = pd.DataFrame({"cpu_s": [spent] * len(hit_at), "one_time_cpu_s": 0.0})
+        for column in columns:
+            frame[column] = math.nan
+        frame["marginal_cpu_to_top1"] = hit_at
+        frame["cpu_to_top1"] = hit_at
+        return frame
+
+    # Build a hits after 5 CPU-s in every run, build b after 15: ERTs 5 and 15, pooled 10; TPE's ERT is 100.
+    builds = {"a": runs([5.0, 5.0, 5.0], 20.0), "b": runs([15.0, 15.0, 15.0], 20.0)}
+    frame = bench_replicates.replicates(builds, runs([100.0, 100.0], 300.0), resamples=4000)
+    top1 = frame[frame["level"] == "top1_val"].set_index("build")
+    assert top1.loc["a", "tpe_over_marginal_ert"] == pytest.approx(20.0)
+    assert top1.loc["b", "tpe_over_marginal_ert"] == pytest.approx(100 / 15)
+    pooled = top1.loc["pooled"]
+    assert pooled["marginal_ert_cpu_s"] == pytest.approx(10.0) and pooled["hits"] == 6 and pooled["runs"] == 6
+    # Drawing the builds (a, a) gives 20x, (b, b) 6.7x, a mix 10x: 20x in about a quarter of the draws.
+    assert pooled["tpe_over_marginal_ert_q05"] == pytest.approx(100 / 15)
+    assert pooled["tpe_over_marginal_ert_q95"] == pytest.approx(20.0)
+    assert 0.2 < pooled["p_marginal_ratio_ge_20"] < 0.3
+    # A build that never hits makes the pooled ERT infinite: no speed-up.
+    frame = bench_replicates.replicates({**builds, "c": runs([math.nan] * 3, 20.0)}, runs([100.0], 300.0))
+    assert frame.set_index(["level", "build"]).loc[("top1_val", "pooled"), "tpe_over_marginal_ert"] == 0.0
+    with pytest.raises(ValueError, match="`builds`"):
+        bench_replicates.replicates({}, runs([100.0], 300.0))
