@@ -6,6 +6,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -376,3 +377,14 @@ def test_replicates_pool_the_builds_erts_and_bootstrap_over_builds_then_runs() -
     assert frame.set_index(["level", "build"]).loc[("top1_val", "pooled"), "tpe_over_marginal_ert"] == 0.0
     with pytest.raises(ValueError, match="`builds`"):
         bench_replicates.replicates({}, runs([100.0], 300.0))
+
+
+def test_a_combination_of_builds_ranks_by_the_mean_standardised_tse_and_the_first_builds_prior() -> None:
+    spec = importlib.util.spec_from_file_location("bench_build_rankers", _PATH.with_name("bench_build_rankers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    z = {"a": np.array([0.0, 1.0, 2.0]), "b": np.array([2.0, 1.0, -2.0])}
+    prior = {"a": np.array([0.5, 0.0, 0.0]), "b": np.array([0.0, 0.0, 9.0])}
+    np.testing.assert_allclose(module.ensemble_scores(z, ("a",), prior), [0.5, 1.0, 2.0])  # the ranker's own score
+    np.testing.assert_allclose(module.ensemble_scores(z, ("a", "b"), prior), [1.5, 1.0, 0.0])
+    np.testing.assert_allclose(module.ensemble_scores(z, ("b", "a"), prior), [1.0, 1.0, 9.0])
