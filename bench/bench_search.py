@@ -307,7 +307,8 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
         trace.unlink()
     folder = Path(args.work) / "one_time"
     campaign = Campaign(
-        space=space, dataset=data, ghn=folder / "ghn.pt", ranker=folder / "ranker.pt", trials=args.campaign_trials,
+        space=space, dataset=data, ghn=folder / "ghn.pt", trials=args.campaign_trials,
+        ranker=[folder / "ranker.pt", *args.extra_rankers] if args.extra_rankers else folder / "ranker.pt",
         top_k=args.top_k, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, out=out,
         storage=(f"journal:///{(out / 'campaign.log').resolve()}"
                  if method.endswith("-journal") else None),
@@ -714,6 +715,11 @@ def main() -> None:
                         help="label file whose architectures a united reference leaves out (default: "
                              "<work>/one_time/ranker_labels_k<K>.csv); a replicate names the first run's to keep "
                              "its reference")
+    parser.add_argument("--extra-rankers", nargs="*", type=Path, default=[],
+                        help="rankers of other builds that join the campaign's own (a nas.ghn.RankerEnsemble); "
+                             "give their one-time costs with --extra-one-time")
+    parser.add_argument("--extra-one-time", nargs="*", type=Path, default=[],
+                        help="search_one_time.csv of each build of --extra-rankers: charged as one-time costs too")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="folder whose tpe / random traces the report reads too (a replicate's --out holds "
                              "only its campaigns)")
@@ -758,6 +764,13 @@ def main() -> None:
     if not args.report:
         campaigns = [m for m in args.methods if m.startswith("campaign")]
         one_time = run_one_time(args, space=space, data=data, out=args.out) if campaigns else None
+        if campaigns and len(args.extra_one_time) != len(args.extra_rankers):
+            raise SystemExit(f"error: {len(args.extra_rankers)} --extra-rankers but {len(args.extra_one_time)} "
+                             "--extra-one-time records; give each build's search_one_time.csv")
+        for record in args.extra_one_time if campaigns else []:
+            extra = pd.read_csv(record)  # another build's GHN and ranker: charged once, like this build's
+            one_time = pd.concat([one_time, extra.assign(phase=extra["phase"] + f" ({record.parent.name})")],
+                                 ignore_index=True)
         for seed in args.seeds:
             for method in args.methods:
                 named = f"{method}-{args.variant}" if args.variant and method.startswith("campaign") else method

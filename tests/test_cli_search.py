@@ -233,3 +233,50 @@ def test_two_workers_on_a_journal_storage_finetune_disjoint_candidates(tmp_path:
         by_worker.setdefault(pid, set()).add(t.user_attrs["key"])
     assert sum(len(v) for v in by_worker.values()) == 4  # disjoint
     assert all(Path(t.user_attrs["weights"]).is_file() for t in done)
+
+
+def test_search_with_two_rankers_ranks_by_their_mean_and_a_bad_one_is_refused(
+    tmp_path: Path, ghn_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import numpy as np
+
+    from nas.ghn import GHN, GHNRanker, RankerConfig, RankerEnsemble, fit_ranker
+    from nas.graph import ArchGraph
+    from nas.space import load_space
+
+    space = load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS)
+    graphs = [c.graph for c in space.sample_many(16, seed=3)]
+    ghn = GHN.load(ghn_path)
+    paths = []
+    for name, sign in (("a", 1.0), ("b", -1.0)):  # two rankers that disagree
+        path = tmp_path / f"{name}.pt"
+        fit_ranker(ghn, graphs[:8], [sign * g.num_params() for g in graphs[:8]], RankerConfig(epochs=2, ensemble=1),
+                   progress=False).save(path)
+        paths.append(path)
+    out = tmp_path / "run"
+    argv = ["search", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path),
+            "--trials", "8", "--top-k", "2", "--finetune-epochs", "0.2", "--batch-size", "8", "--refine", "0",
+            "--out", str(out), "--no-progress", "--ranker", str(paths[0]), "--ranker", str(paths[1])]
+    rc, stdout, err = run_cli(argv, capsys)
+    assert rc == 0, err
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'campaign.db'}")
+    rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)
+    assert rank.user_attrs["nas_campaign"]["ranker"] == [str(p.resolve()) for p in paths]
+    trial = next(t for t in rank.trials if t.state == TrialState.COMPLETE)
+    graph = ArchGraph.from_dict(json.loads(trial.user_attrs["graph"]) if isinstance(trial.user_attrs["graph"], str)
+                                else trial.user_attrs["graph"])
+    ensemble = RankerEnsemble.load(paths)
+    assert trial.user_attrs["rank_score"] == pytest.approx(float(ensemble.score([graph])[0]), rel=1e-5)
+    assert trial.user_attrs["rank_score"] != pytest.approx(float(GHNRanker.load(paths[0]).score([graph])[0]),
+                                                          rel=1e-5)
+    assert np.isfinite(trial.user_attrs["rank_score"])
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    other = tmp_path / "other"
+    rc, stdout, err = run_cli([*argv[:-4], "--out", str(other), "--ranker", str(paths[0]), "--ranker", str(bad)],
+                              capsys)
+    assert rc == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+    assert str(bad) in err and not (other / "campaign.db").exists()

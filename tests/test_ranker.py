@@ -374,3 +374,33 @@ def test_fit_ranker_cli_bad_input_is_one_line_exit_2(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("nas fit-ranker: error:")
     assert not (tmp_path / "r.pt").exists()
+
+
+def test_ranker_ensemble_scores_the_mean_standardised_tse_with_the_first_rankers_prior(
+    tmp_path: Path, ghn: GHN, small_ranker: GHNRanker, graphs: list[ArchGraph]
+) -> None:
+    from nas.ghn import RankerEnsemble, with_flops_prior
+
+    # A second ranker that disagrees: fitted on the opposite labels.
+    other = fit_ranker(ghn, graphs[8:16], [-math.log(g.num_params()) for g in graphs[8:16]],
+                       RankerConfig(epochs=2, ensemble=1, flops_weight=0.0), progress=False)
+    ensemble = RankerEnsemble([small_ranker, other])
+    z = (small_ranker.standardised(graphs) + other.standardised(graphs)) / 2
+    np.testing.assert_allclose(ensemble.standardised(graphs), z, rtol=1e-6)
+    first = small_ranker
+    expected = with_flops_prior(z, graphs, weight=first.config.flops_weight, mean=first.flops_mean, std=first.flops_std)
+    np.testing.assert_allclose(ensemble.score(graphs), expected, rtol=1e-6)
+    assert not np.allclose(ensemble.score(graphs), small_ranker.score(graphs))  # the second ranker counts
+    np.testing.assert_allclose(RankerEnsemble([small_ranker]).score(graphs), small_ranker.score(graphs), rtol=1e-6)
+    assert ensemble.space_info == small_ranker.space_info
+
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    small_ranker.save(paths[0])
+    other.save(paths[1])
+    np.testing.assert_allclose(RankerEnsemble.load(paths).score(graphs), ensemble.score(graphs), rtol=1e-6)
+    with pytest.raises(CheckpointError, match="missing.pt"):
+        RankerEnsemble.load([paths[0], tmp_path / "missing.pt"])
+    with pytest.raises(ValueError, match="`rankers` must hold at least one"):
+        RankerEnsemble([])
+    with pytest.raises(ValueError, match="`rankers` must hold GHNRanker objects, but got str"):
+        RankerEnsemble([small_ranker, "b.pt"])

@@ -213,8 +213,9 @@ class Campaign:
             (see :data:`~nas.campaign.RANK_BY`). Part of the campaign's identity.
         ranker: With ``rank_by="ranker"``: a fitted :class:`nas.ghn.GHNRanker`,
             the path of a ranker checkpoint (checked before the storage is
-            touched), or ``None`` to fit one into ``<out>/ranker.pt`` (reused
-            when there).
+            touched), a list of those (ranked by their mean, a
+            :class:`nas.ghn.RankerEnsemble`), or ``None`` to fit one into
+            ``<out>/ranker.pt`` (reused when there).
         ranker_labels: Architectures labelled by short training to fit the
             ranker when ``ranker`` is ``None`` (at least 4; at most the size of
             a smaller space).
@@ -369,9 +370,13 @@ class Campaign:
         if ranker is not None:
             if self.rank_by != "ranker":
                 raise ValueError(f"`ranker` is used only when `rank_by` is 'ranker', but `rank_by` is {rank_by!r}.")
-            if not isinstance(ranker, (str, Path)) and not callable(getattr(ranker, "score", None)):
+            several = ranker if isinstance(ranker, (list, tuple)) else [ranker]
+            if not several or any(
+                not isinstance(r, (str, Path)) and not callable(getattr(r, "score", None)) for r in several
+            ):
                 raise ValueError(
-                    f"`ranker` must be a GHNRanker, the path of a ranker checkpoint or None, but got {ranker!r}."
+                    "`ranker` must be a GHNRanker, the path of a ranker checkpoint, a list of those (an "
+                    f"ensemble) or None, but got {ranker!r}."
                 )
         if isinstance(ranker_labels, bool) or not isinstance(ranker_labels, int) or ranker_labels < _MIN_LABELS:
             raise ValueError(f"`ranker_labels` must be an int of at least {_MIN_LABELS}, but got {ranker_labels!r}.")
@@ -502,12 +507,32 @@ class Campaign:
             return Path(self._ranker_in).expanduser().resolve()
         return None
 
+    def _ranker_setting(self) -> str | list[str | None] | None:
+        """The ranker as stored in the settings: its path, the members' paths of an ensemble, or ``None``."""
+        if self.rank_by == "ranker" and isinstance(self._ranker_in, (list, tuple)):
+            return [str(Path(r).expanduser().resolve()) if isinstance(r, (str, Path)) else None
+                    for r in self._ranker_in]
+        path = self._ranker_path()
+        return str(path) if path is not None else None
+
     def _resolve_ranker(self) -> Any:
-        from nas.ghn import GHNRanker
+        from nas.ghn import RankerEnsemble
 
         ranker = self._ranker_in
         if ranker is None:
             return self._ensure_ranker()
+        if isinstance(ranker, (list, tuple)):
+            ranker = RankerEnsemble([self._load_ranker(r) for r in ranker])
+        else:
+            ranker = self._load_ranker(ranker)
+        if isinstance(ranker, torch.nn.Module):
+            ranker.to(self.device)
+        return ranker
+
+    def _load_ranker(self, ranker: Any) -> Any:
+        """A ranker object, or the checkpoint at a path, checked against the space."""
+        from nas.ghn import GHNRanker
+
         source = None
         if isinstance(ranker, (str, Path)):
             source = Path(ranker).expanduser()
@@ -518,8 +543,6 @@ class Campaign:
                 )
             ranker = GHNRanker.load(source, map_location=self.device)
         _check_ranker(ranker, self.space, self.dataset_name, source=source)
-        if isinstance(ranker, torch.nn.Module):
-            ranker.to(self.device)
         return ranker
 
     def _ensure_ranker(self) -> Any:
@@ -555,7 +578,6 @@ class Campaign:
     def settings(self) -> dict[str, Any]:
         """The campaign's settings as stored in the rank study (user attribute ``nas_campaign``)."""
         ghn_path = self._ghn_path()
-        ranker_path = self._ranker_path()
         return _normalise({
             "format": _FORMAT,
             "space": _space_spec(self._space_in),
@@ -571,7 +593,7 @@ class Campaign:
             },
             "ghn": str(ghn_path) if ghn_path is not None else None,
             "rank_by": self.rank_by,
-            "ranker": str(ranker_path) if ranker_path is not None else None,
+            "ranker": self._ranker_setting(),
             "ranker_labels": {"n": self.ranker_labels, "k": self.ranker_k} if self.rank_by == "ranker" else None,
             "label_workers": self.label_workers,
             "out": str(self.out.resolve()),
@@ -876,7 +898,10 @@ class Campaign:
                 f"campaign {study!r} was started with a GHN object, not a checkpoint file; pass --ghn PATH."
             )
         rank_by = info.get("rank_by", "loss")
-        if rank_by == "ranker" and ranker is None and info.get("ranker") is None:
+        stored_ranker = info.get("ranker")
+        if rank_by == "ranker" and ranker is None and (
+            stored_ranker is None or (isinstance(stored_ranker, list) and None in stored_ranker)
+        ):
             raise CheckpointError(
                 f"campaign {study!r} was started with a ranker object, not a checkpoint file; pass --ranker PATH."
             )

@@ -126,8 +126,9 @@ def add_parsers(subparsers: Any) -> None:
         + " (default ranker)",
     )
     p.add_argument(
-        "--ranker", default=None, metavar="PATH",
-        help="ranker checkpoint (default: fit one into OUT/ranker.pt; with --rank-by ranker only)",
+        "--ranker", action="append", default=None, metavar="PATH",
+        help="ranker checkpoint (default: fit one into OUT/ranker.pt; with --rank-by ranker only); repeat it to "
+        "rank by the mean of several rankers, e.g. fitted on GHNs meta-trained with different seeds",
     )
     p.add_argument(
         "--ranker-labels", type=int, default=300, metavar="N",
@@ -209,8 +210,9 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("--ghn", default=None, metavar="PATH", help="GHN checkpoint (default: the campaign's)")
     p.add_argument(
-        "--ranker", default=None, metavar="PATH",
-        help="ranker checkpoint (default: the campaign's; checked when given, fine-tuning itself does not use it)",
+        "--ranker", action="append", default=None, metavar="PATH",
+        help="ranker checkpoint, repeated for an ensemble (default: the campaign's; checked when given, "
+        "fine-tuning itself does not use it)",
     )
     _add_common(p, threads=1)
     p.set_defaults(func=run_worker)
@@ -352,13 +354,20 @@ def _search_campaign(args: argparse.Namespace) -> Any:
         progress=not args.no_progress,
         meta_train=_meta_train_config(args.ghn_steps, args.device),
         rank_by=args.rank_by,
-        ranker=args.ranker,
+        ranker=_ranker_arg(args.ranker),
         ranker_labels=args.ranker_labels,
         ranker_k=args.ranker_k,
         label_workers=args.label_workers,
         refine=args.refine,
         refine_trials=args.refine_trials,
     )
+
+
+def _ranker_arg(paths: list[str] | None) -> str | list[str] | None:
+    """``--ranker``, given once (a path) or several times (an ensemble's paths)."""
+    if paths is None or len(paths) > 1:
+        return paths
+    return paths[0]
 
 
 def _meta_train_config(steps: int | None, device: str) -> Any:
@@ -394,7 +403,7 @@ def run_worker(args: argparse.Namespace) -> int:
             args.study,
             out=args.out,
             ghn=args.ghn,
-            ranker=args.ranker,
+            ranker=_ranker_arg(args.ranker),
             device=args.device,
             progress=not args.no_progress,
             heartbeat_interval=args.heartbeat,

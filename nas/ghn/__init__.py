@@ -18,7 +18,8 @@ Modules, in the order data flows through them:
 * ``_meta_train``: :class:`MetaTrainConfig`, :func:`meta_train`;
 * ``_default``: :func:`default_ghn_path`, :func:`ensure_ghn`, :func:`ensure_ranker`;
 * ``_ranker``: :class:`GHNRanker`, the GHN's graph network with a head that
-  predicts short-training loss (:func:`short_training_labels`, :func:`fit_ranker`).
+  predicts short-training loss (:func:`short_training_labels`, :func:`fit_ranker`);
+* ``_ranker_ensemble``: :class:`RankerEnsemble`, several rankers scoring together.
 
 Example:
     >>> from nas.ghn import GHN, GHNConfig
@@ -42,6 +43,7 @@ from nas.ghn._ranker import (
     short_training_labels,
     with_flops_prior,
 )
+from nas.ghn._ranker_ensemble import RankerEnsemble
 
 __all__ = [
     "GHN",
@@ -50,6 +52,7 @@ __all__ = [
     "GatedDAGConv",
     "MetaTrainConfig",
     "RankerConfig",
+    "RankerEnsemble",
     "NodeEncoder",
     "ShapeEncoder",
     "WeightDecoder",
