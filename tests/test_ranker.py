@@ -404,3 +404,29 @@ def test_ranker_ensemble_scores_the_mean_standardised_tse_with_the_first_rankers
         RankerEnsemble([])
     with pytest.raises(ValueError, match="`rankers` must hold GHNRanker objects, but got str"):
         RankerEnsemble([small_ranker, "b.pt"])
+
+
+def test_ranker_ensemble_converts_each_graph_once_for_builds_that_convert_alike(
+    monkeypatch: pytest.MonkeyPatch, ghn: GHN, space: SearchSpace, graphs: list[ArchGraph]
+) -> None:
+    import nas.ghn._model as model_module
+    from nas.ghn import RankerEnsemble
+
+    def fit(seed: int, config: GHNConfig = TINY) -> GHNRanker:
+        torch.manual_seed(seed)
+        build = GHN(config, space_info={**space.describe(), "dataset": "digits"})
+        labels = [math.log(g.num_params()) for g in graphs[:8]]
+        return fit_ranker(build, graphs[:8], labels, RankerConfig(epochs=1, ensemble=1, seed=seed), progress=False)
+
+    rankers = [fit(1), fit(2), fit(3, GHNConfig(hidden=16, layers=1, s_max=3))]  # the third converts otherwise
+    alone = [r.standardised(graphs[40:60]) for r in rankers]
+    for r in rankers:
+        r.members[0].ghn._entries.clear()
+    calls = []
+    real = model_module.graph_entry
+    monkeypatch.setattr(model_module, "graph_entry", lambda g, **kw: calls.append(kw) or real(g, **kw))
+    ensemble = RankerEnsemble(rankers)
+    np.testing.assert_allclose(ensemble.standardised(graphs[40:60]), np.mean(alone, axis=0), rtol=1e-6)
+    assert len(calls) == 40  # 20 graphs for the two alike builds, 20 more for the third
+    assert sorted({kw["s_max"] for kw in calls}) == [2, 3]
+    assert not rankers[0].members[0].ghn.share_graph_cache(rankers[2].members[0].ghn)

@@ -163,6 +163,25 @@ class GHN(nn.Module):
         """The cached :class:`~nas.ghn._graphs.GraphEntry` of ``graph``."""
         return self._entries.get(graph_id(graph), lambda: self._make_entry(graph))
 
+    def share_graph_cache(self, other: GHN) -> bool:
+        """Convert graphs once for this GHN and ``other``: use ``other``'s cache of converted graphs.
+
+        Only when both convert alike (same ``s_max``, ``max_positions``,
+        ``max_kernel`` and op vocabulary), since an entry depends on those and
+        was checked against the vocabulary of the GHN that made it.
+
+        Returns:
+            Whether the cache is shared now.
+        """
+        def conversion(ghn: GHN) -> tuple[Any, ...]:
+            c = ghn.config
+            return c.s_max, c.max_positions, c.max_kernel, tuple(c.ops)
+
+        if conversion(self) != conversion(other):
+            return False
+        self._entries = other._entries
+        return True
+
     def _make_entry(self, graph: ArchGraph) -> GraphEntry:
         self._check_ops(graph)
         return graph_entry(graph, s_max=self.config.s_max, max_positions=self.config.max_positions)

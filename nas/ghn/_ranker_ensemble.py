@@ -57,6 +57,11 @@ class RankerEnsemble(nn.Module):
             raise ValueError(f"`rankers` must hold GHNRanker objects, but got {type(wrong[0]).__name__}.")
         super().__init__()
         self.rankers = nn.ModuleList(rankers)
+        # Builds of one space convert a graph alike: convert it once for all of them.
+        ghns = [_graph_network(r) for r in rankers]
+        for ghn in ghns[1:]:
+            if ghn is not None and ghns[0] is not None:
+                ghn.share_graph_cache(ghns[0])
 
     @property
     def space_info(self) -> dict[str, Any]:
@@ -106,3 +111,9 @@ class RankerEnsemble(nn.Module):
         if not paths:
             raise ValueError("`paths` must name at least one ranker checkpoint, but got none.")
         return cls([GHNRanker.load(p, map_location=map_location) for p in paths])
+
+
+def _graph_network(ranker: Any) -> Any:
+    """The GHN whose graph cache ``ranker`` converts graphs with (``None`` for another kind of ranker)."""
+    members = getattr(ranker, "members", None)
+    return getattr(members[0], "ghn", None) if members else None
