@@ -5,9 +5,11 @@ meta-trained with some seed, labels sampled with some seed, a fit. Builds
 that differ only in those seeds put very different architectures first. On
 nb201 / mnist5k, five builds put their first validation top-1% architecture
 1st, 5th, 1st, 1st and nowhere in their first ten (test: 8th, 8th, 1st, 1st,
-nowhere). The mean of their standardised scores was steadier
-(``bench/RESULTS.md``, "Builds of the GHN and ranker"). An ensemble costs one
-build per member, once; scoring costs one forward pass per member.
+nowhere). Averaging those five put a top-1% architecture first, but five
+other builds averaged ranked like a weak single build (``bench/RESULTS.md``,
+"Builds of the GHN and ranker"): an ensemble is an option, not a cure. It
+costs one build per member, once; scoring costs one forward pass per member
+(graphs are converted once for members that convert alike).
 
 Example:
     >>> from nas.ghn import RankerEnsemble  # doctest: +SKIP
