@@ -37,13 +37,6 @@ _spec = importlib.util.spec_from_file_location("bench_search", Path(__file__).wi
 bench_search = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_search)
 
-#: Level name -> (summary column of a campaign, of search with training).
-LEVELS = {
-    f"{q}{kind}{tag or '_val'}": (f"marginal_cpu_to_{q}{kind}{tag}", f"cpu_to_{q}{kind}{tag}")
-    for kind in ("", "_reported") for tag in ("", "_test") for q in ("top1", "top5")
-}
-
-
 def _spent(runs: pd.DataFrame) -> np.ndarray:
     """What a restart of each run pays: all its CPU but the one-time costs."""
     return (runs["cpu_s"] - runs["one_time_cpu_s"]).to_numpy(float)
@@ -78,7 +71,8 @@ def replicates(builds: dict[str, pd.DataFrame], tpe: pd.DataFrame, *, resamples:
     rng = np.random.default_rng(seed)
     names = list(builds)
     rows = []
-    for level, (column, tpe_column) in LEVELS.items():
+    for level, tpe_column in bench_search.LEVELS.items():
+        column = f"marginal_{tpe_column}"  # a campaign's cost leaves its one-time steps out
         tpe_reach, tpe_spent = tpe[tpe_column].to_numpy(float), _spent(tpe)
         tpe_ert = float(bench_search._ert(tpe_reach, tpe_spent))
         erts = []

@@ -447,6 +447,14 @@ def _best_within(run: pd.DataFrame, budget: float, *, marginal: bool = False) ->
     return float(within["val_acc"].max()) if within["val_acc"].notna().any() else math.nan
 
 
+#: Level of :func:`expected_cost` (``top1_val``, ``top5_reported_test``, ...) -> the per-run summary column
+#: of the CPU-seconds to its first hit (a campaign's marginal cost is that column with the prefix ``marginal_``).
+LEVELS: dict[str, str] = {
+    f"{q}{kind}{tag or '_val'}": f"cpu_to_{q}{kind}{tag}"
+    for kind in ("", "_reported") for tag in ("", "_test") for q in ("top5", "top1")
+}
+
+
 def _ert(reach: np.ndarray, spent: np.ndarray) -> np.ndarray:
     """ERT of runs, along the last axis: CPU up to each hit (all of ``spent`` for a miss) / hits; inf without hits."""
     hits = np.isfinite(reach).sum(axis=-1)
@@ -493,19 +501,15 @@ def expected_cost(summary: pd.DataFrame, *, resamples: int = 10_000, seed: int =
         # Each method draws from its own stream, so adding a method to the folder leaves the others' intervals.
         rng = np.random.default_rng([seed, zlib.crc32(str(method).encode())])
         pick = rng.integers(0, len(runs), size=(resamples, len(runs)))  # [resamples, runs], shared by the levels
-        for kind in ("", "_reported"):
-            for tag in ("", "_test"):
-                for q in ("top5", "top1"):
-                    column = f"cpu_to_{q}{kind}{tag}"
-                    reach = (runs[f"marginal_{column}"] if campaign else runs[column]).to_numpy(float)
-                    level = f"{q}{kind}{tag or '_val'}"
-                    ert = float(_ert(reach, spent))
-                    draws[method, level] = _ert(reach[pick], spent[pick])  # [resamples]
-                    rows.append({
-                        "method": method, "level": level, "runs": len(runs), "hits": int(np.isfinite(reach).sum()),
-                        "ert_cpu_s": one_time + ert if np.isfinite(ert) else math.nan,
-                        "marginal_ert_cpu_s": ert if np.isfinite(ert) else math.nan,
-                    })
+        for level, column in LEVELS.items():
+            reach = (runs[f"marginal_{column}"] if campaign else runs[column]).to_numpy(float)
+            ert = float(_ert(reach, spent))
+            draws[method, level] = _ert(reach[pick], spent[pick])  # [resamples]
+            rows.append({
+                "method": method, "level": level, "runs": len(runs), "hits": int(np.isfinite(reach).sum()),
+                "ert_cpu_s": one_time + ert if np.isfinite(ert) else math.nan,
+                "marginal_ert_cpu_s": ert if np.isfinite(ert) else math.nan,
+            })
     frame = pd.DataFrame(rows)
     tpe = frame[frame["method"] == "tpe"].set_index("level")["ert_cpu_s"]
     frame["tpe_over_ert"] = frame["level"].map(tpe) / frame["ert_cpu_s"]

@@ -36,8 +36,7 @@ bench_search = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_search)
 
 Y_TICKS = [1, 2, 5, 10, 20, 50, 100]
-LEVEL_COLUMNS = [f"{m}cpu_to_{q}{kind}{tag}" for m in ("", "marginal_") for q in ("top5", "top1")
-                 for kind in ("", "_reported") for tag in ("", "_test")]
+LEVEL_COLUMNS = [prefix + column for prefix in ("", "marginal_") for column in bench_search.LEVELS.values()]
 
 
 def sweep(traces: pd.DataFrame, reference: pd.DataFrame, tops: list[float], *,

@@ -132,6 +132,16 @@ def test_expected_cost_restarts_failed_runs_and_reuses_the_campaigns_one_time_co
     assert reported["tpe_over_marginal_ert"] == pytest.approx(360.0 / 18.0)
 
 
+def _summary(rows: list[dict]) -> pd.DataFrame:
+    """Per-run summary rows with every level's column (``nan``: never reached) that ``rows`` leave out."""
+    summary = pd.DataFrame(rows)
+    for column in bench_search.LEVELS.values():
+        for name in (column, f"marginal_{column}"):
+            if name not in summary:
+                summary[name] = math.nan
+    return summary
+
+
 def test_expected_cost_bootstraps_the_ratio_to_tpe_over_runs() -> None:
     nan = math.nan
     rows = [
@@ -144,13 +154,7 @@ def test_expected_cost_bootstraps_the_ratio_to_tpe_over_runs() -> None:
         {"method": "tpe", "seed": 0, "cpu_s": 100.0, "one_time_cpu_s": 0.0, "cpu_to_top1": 100.0},
         {"method": "tpe", "seed": 1, "cpu_s": 100.0, "one_time_cpu_s": 0.0, "cpu_to_top1": 100.0},
     ]
-    summary = pd.DataFrame(rows)
-    for kind in ("", "_reported"):
-        for tag in ("", "_test"):
-            for q in ("top5", "top1"):
-                for column in (f"cpu_to_{q}{kind}{tag}", f"marginal_cpu_to_{q}{kind}{tag}"):
-                    if column not in summary:
-                        summary[column] = nan
+    summary = _summary(rows)
     ert = bench_search.expected_cost(summary, resamples=4000).set_index(["method", "level"])
     sure, unsure = ert.loc[("campaign", "top1_val")], ert.loc[("campaign-b", "top1_val")]
     assert sure["tpe_over_marginal_ert"] == pytest.approx(20.0)
@@ -170,13 +174,7 @@ def test_expected_cost_draws_each_methods_bootstrap_from_its_own_stream() -> Non
     rows = [{"method": m, "seed": i, "cpu_s": (130.0 if m != "tpe" else 310.0), "one_time_cpu_s": 0.0,
              ("cpu_to_top1" if m == "tpe" else "marginal_cpu_to_top1"): v}
             for m, values in hits.items() for i, v in enumerate(values)]
-    summary = pd.DataFrame(rows)
-    for kind in ("", "_reported"):
-        for tag in ("", "_test"):
-            for q in ("top5", "top1"):
-                for column in (f"cpu_to_{q}{kind}{tag}", f"marginal_cpu_to_{q}{kind}{tag}"):
-                    if column not in summary:
-                        summary[column] = nan
+    summary = _summary(rows)
     interval = ["tpe_over_marginal_ert_q05", "tpe_over_marginal_ert_q95"]
     both = bench_search.expected_cost(summary, resamples=500).set_index(["method", "level"])
     # Adding or removing a method ("campaign-a" sorts before "campaign-z" and "tpe") leaves the others' draws.
@@ -350,15 +348,9 @@ def test_replicates_pool_the_builds_erts_and_bootstrap_over_builds_then_runs() -
     spec = importlib.util.spec_from_file_location("bench_replicates", _PATH.with_name("bench_replicates.py"))
     bench_replicates = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_replicates)
-    columns = {column for pair in bench_replicates.LEVELS.values() for column in pair}
-
     def runs(hit_at: list[float], spent: float) -> pd.DataFrame:
-        frame = pd.DataFrame({"cpu_s": [spent] * len(hit_at), "one_time_cpu_s": 0.0})
-        for column in columns:
-            frame[column] = math.nan
-        frame["marginal_cpu_to_top1"] = hit_at
-        frame["cpu_to_top1"] = hit_at
-        return frame
+        return _summary([{"cpu_s": spent, "one_time_cpu_s": 0.0, "marginal_cpu_to_top1": h, "cpu_to_top1": h}
+                         for h in hit_at])
 
     # Build a hits after 5 CPU-s in every run, build b after 15: ERTs 5 and 15, pooled 10; TPE's ERT is 100.
     builds = {"a": runs([5.0, 5.0, 5.0], 20.0), "b": runs([15.0, 15.0, 15.0], 20.0)}
