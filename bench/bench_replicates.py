@@ -84,18 +84,16 @@ def replicates(builds: dict[str, pd.DataFrame], tpe: pd.DataFrame, *, resamples:
             rows.append({"level": level, "build": name, "runs": len(runs), "hits": int(np.isfinite(reach).sum()),
                          "marginal_ert_cpu_s": ert, "tpe_ert_cpu_s": tpe_ert, "tpe_over_marginal_ert": tpe_ert / ert})
         pooled = float(np.mean(erts))
-        # Two levels: builds with replacement, then each drawn build's runs with replacement.
-        drawn = np.zeros(resamples)  # [resamples], mean ERT over the drawn builds
-        which = rng.integers(0, len(names), size=(resamples, len(names)))  # [resamples, builds]
-        for slot in range(len(names)):
-            for b, name in enumerate(names):
-                mask = which[:, slot] == b
-                if not mask.any():
-                    continue
-                runs = builds[name]
-                pick = rng.integers(0, len(runs), size=(int(mask.sum()), len(runs)))
-                drawn[mask] += bench_search._ert(runs[column].to_numpy(float)[pick], _spent(runs)[pick])
-        drawn /= len(names)
+        # Two levels: builds with replacement, then each drawn build's runs with replacement. Every build
+        # gets a resample of its runs for every (draw, slot); a draw averages the builds its slots drew.
+        B = len(names)  # builds, and slots per draw
+        which = rng.integers(0, B, size=(resamples, B))  # [resamples, slots]
+        per_build = np.stack([
+            bench_search._ert(runs[column].to_numpy(float)[pick], _spent(runs)[pick])
+            for runs in builds.values()
+            for pick in [rng.integers(0, len(runs), size=(resamples, B, len(runs)))]
+        ])  # [builds, resamples, slots]
+        drawn = per_build[which, np.arange(resamples)[:, None], np.arange(B)].mean(axis=1)  # [resamples]
         tpe_pick = rng.integers(0, len(tpe), size=(resamples, len(tpe)))
         tpe_drawn = bench_search._ert(tpe_reach[tpe_pick], tpe_spent[tpe_pick])  # [resamples]
         with np.errstate(divide="ignore", invalid="ignore"):
