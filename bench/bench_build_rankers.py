@@ -36,7 +36,6 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ranker_top import all_candidates, setup  # noqa: E402
-from bench_search import thresholds  # noqa: E402
 
 
 def ensemble_scores(z: dict[str, np.ndarray], members: tuple[str, ...], prior: dict[str, np.ndarray]) -> np.ndarray:
@@ -75,9 +74,8 @@ def main() -> None:
         parser.error(f"--rankers: no checkpoint at {missing[0]}")
     if not args.labels.is_file():
         parser.error(f"--labels {args.labels} not found")
-    _, space, referee, _ = setup(args.cache, args.reference, args.judge_seeds)
-    levels = thresholds(referee, space, 100, args.judge_seeds, sample_seeds=[0, 1, 2],
-                        exclude=set(pd.read_csv(args.labels)["key"]))
+    _, space, referee, levels = setup(args.cache, args.reference, args.judge_seeds, sample_seeds=[0, 1, 2],
+                                      exclude=set(pd.read_csv(args.labels)["key"]))
     graphs = all_candidates(space)
     z, prior = {}, {}
     for name, path in specs.items():

@@ -89,8 +89,13 @@ class _Ensemble:
                                 std=first.flops_std)
 
 
-def setup(cache: Path, reference: Path, referee_seeds: list[int]) -> tuple[Any, Any, Referee, dict[str, float]]:
-    """nb201 on mnist5k, the search benchmark's referee and its thresholds: ``(data, space, referee, levels)``."""
+def setup(cache: Path, reference: Path, referee_seeds: list[int], *, sample_seeds: list[int] | None = None,
+          exclude: set[str] | None = None) -> tuple[Any, Any, Referee, dict[str, Any]]:
+    """nb201 on mnist5k, the search benchmark's referee and its thresholds: ``(data, space, referee, levels)``.
+
+    The thresholds come from the reference of ``sample_seeds`` (default: the held-out 100) less ``exclude``
+    (:func:`bench_search.thresholds`).
+    """
     from nas.data import load_dataset
     from nas.space import load_space
 
@@ -99,7 +104,8 @@ def setup(cache: Path, reference: Path, referee_seeds: list[int]) -> tuple[Any, 
     data = load_dataset("mnist5k")
     space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes)
     referee = Referee(cache, data, 3, reference=reference)
-    return data, space, referee, thresholds(referee, space, 100, referee_seeds)
+    return data, space, referee, thresholds(referee, space, 100, referee_seeds, sample_seeds=sample_seeds,
+                                            exclude=exclude)
 
 
 def first_position(frame: pd.DataFrame, column: str) -> float:
