@@ -721,7 +721,7 @@ def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
     rank, _ = small_campaign(out, None, rank_by="ranker").open()
     for overrides, fragment in (
         ({"rank_by": "loss"}, "rank_by: stored 'ranker', requested 'loss'"),
-        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_labels: stored {'k': 100, 'n': 300}"),
+        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_labels: stored {'k': 30, 'n': 700}"),
     ):
         with pytest.raises(StorageError) as err:
             small_campaign(out, None, **overrides).open()

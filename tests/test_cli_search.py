@@ -280,3 +280,20 @@ def test_search_with_two_rankers_ranks_by_their_mean_and_a_bad_one_is_refused(
                               capsys)
     assert rc == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
     assert str(bad) in err and not (other / "campaign.db").exists()
+
+
+def test_every_entry_point_defaults_to_the_same_label_recipe() -> None:
+    import inspect
+
+    from nas.cli import _parser
+    from nas.ghn import RANKER_K, RANKER_LABELS, ensure_ranker
+
+    parser = _parser()
+    search = parser.parse_args(["search", "--out", "x"])
+    fit = parser.parse_args(["fit-ranker", "--space", "nb201", "--dataset", "digits", "--ghn", "g.pt", "--out", "r.pt"])
+    campaign = inspect.signature(Campaign).parameters
+    ensure = inspect.signature(ensure_ranker).parameters
+    assert (search.ranker_labels, search.ranker_k) == (RANKER_LABELS, RANKER_K)
+    assert (fit.labels, fit.k) == (RANKER_LABELS, RANKER_K)
+    assert (campaign["ranker_labels"].default, campaign["ranker_k"].default) == (RANKER_LABELS, RANKER_K)
+    assert (ensure["labels"].default, ensure["k"].default) == (RANKER_LABELS, RANKER_K)

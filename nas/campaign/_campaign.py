@@ -305,8 +305,8 @@ class Campaign:
         meta_train: Any = None,
         rank_by: str = "ranker",
         ranker: Any = None,
-        ranker_labels: int = 300,
-        ranker_k: int = 100,
+        ranker_labels: int = 700,  # nas.ghn.RANKER_LABELS (nas.ghn is imported when needed)
+        ranker_k: int = 30,  # nas.ghn.RANKER_K
         label_workers: int = 1,
         ranker_config: Any = None,
         refine: int | None = None,

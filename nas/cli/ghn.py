@@ -67,7 +67,7 @@ def add_parsers(subparsers: Any) -> None:
 
 def _add_fit_ranker(subparsers: Any) -> None:
     from nas.cli.basic import add_space_arguments
-    from nas.ghn import RankerConfig
+    from nas.ghn import RANKER_K, RANKER_LABELS, RankerConfig
 
     rc = RankerConfig()
     p = subparsers.add_parser(
@@ -82,8 +82,9 @@ def _add_fit_ranker(subparsers: Any) -> None:
     p.add_argument("--dataset", required=True, help="dataset name (digits, mnist5k, mnist:PATH, cifar10:PATH)")
     p.add_argument("--ghn", type=Path, required=True, metavar="PATH", help="meta-trained GHN checkpoint")
     p.add_argument("--out", type=Path, required=True, help="ranker checkpoint to write (reused when it exists)")
-    p.add_argument("--labels", type=int, default=300, metavar="N", help="architectures to label (default 300)")
-    p.add_argument("--k", type=int, default=100, help="SGD steps per label (default 100)")
+    p.add_argument("--labels", type=int, default=RANKER_LABELS, metavar="N",
+                   help=f"architectures to label (default {RANKER_LABELS})")
+    p.add_argument("--k", type=int, default=RANKER_K, help=f"SGD steps per label (default {RANKER_K})")
     p.add_argument("--label-workers", type=int, default=1, metavar="W",
                    help="processes training labels in parallel (default 1)")
     p.add_argument("--flops-weight", type=float, default=rc.flops_weight,

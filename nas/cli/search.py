@@ -40,15 +40,12 @@ logger = logging.getLogger(__name__)
 #: password off the command line (where ``ps`` shows it to every user).
 STORAGE_ENV = "NAS_STORAGE"
 
-#: Settings of ``nas demo`` (nb201 on mnist5k), sized for about 15 minutes on 2 CPU cores from
-#: measured single-thread CPU costs: ~1.1 s per GHN meta-training step (400 steps: ~7.5 min),
-#: ~2.8 s of CPU per ranker label (30 SGD steps, where `nas search` takes 100 at about 3x the cost;
-#: 150 labels on 2 worker processes: ~3.5 min),
-#: ~0.15 s per epoch of a ranker member on those labels (3 members x 60 epochs, plus graph
-#: conversion: ~0.5 min), ~30 ms per rank trial with the ranker (mostly counting FLOPs; 300: ~10 s; ranking by
-#: the predicted-weight loss costs ~0.65 s each; the refinement of the top 3 adds ~100-200 more), ~4 s per fine-tuning epoch (3 x 2: ~25 s) and
-#: ~7 s per self-check epoch (8 x 1: ~1 min), plus ~1 min of loading, held-out evaluation and
-#: plots: ~14 min in all.
+#: Settings of ``nas demo`` (nb201 on mnist5k), sized to stay under 15 minutes on 2 CPU cores. Measured
+#: single-thread CPU costs on the AMD EPYC development machine: ~0.33 s per GHN meta-training step
+#: (400 steps), ~1.1 s per ranker label (30 SGD steps; 700 labels on 2 worker processes: ~6.5 min), ~100 s
+#: to fit the ranker on them, ~5 ms per rank trial (300 plus the refinement of the top 3), ~3 s per
+#: fine-tuning epoch (3 x 2) and ~7 s per self-check epoch (8 x 1), plus loading, held-out evaluation and
+#: plots. The labels are the recipe's default count (``nas.ghn.RANKER_LABELS``).
 DEMO: dict[str, Any] = {
     "space": "nb201",
     "dataset": "mnist5k",
@@ -59,7 +56,7 @@ DEMO: dict[str, Any] = {
     "self_check_epochs": 1.0,
     "batch_size": 50,
     "rank_by": "ranker",
-    "ranker_labels": 150,
+    "ranker_labels": 700,
     "ranker_k": 30,
     "label_workers": 2,
     "ghn_steps": 400,
@@ -98,6 +95,7 @@ def add_parsers(subparsers: Any) -> None:
     from nas.campaign import FINETUNE_METRICS, OBJECTIVES, RANK_BY, SAMPLERS
     from nas.cli.basic import add_space_arguments
     from nas.evaluation.proxies import PROXIES
+    from nas.ghn import RANKER_K, RANKER_LABELS
 
     p = _parser(
         subparsers,
@@ -131,12 +129,12 @@ def add_parsers(subparsers: Any) -> None:
         "rank by the mean of several rankers, e.g. fitted on GHNs meta-trained with different seeds",
     )
     p.add_argument(
-        "--ranker-labels", type=int, default=300, metavar="N",
-        help="architectures trained briefly to fit the ranker when --ranker is not given (default 300)",
+        "--ranker-labels", type=int, default=RANKER_LABELS, metavar="N",
+        help=f"architectures trained briefly to fit the ranker when --ranker is not given (default {RANKER_LABELS})",
     )
     p.add_argument(
-        "--ranker-k", type=int, default=100, metavar="K",
-        help="SGD steps of each of those short trainings (default 100)",
+        "--ranker-k", type=int, default=RANKER_K, metavar="K",
+        help=f"SGD steps of each of those short trainings (default {RANKER_K})",
     )
     p.add_argument(
         "--label-workers", type=int, default=1, metavar="W",
@@ -221,7 +219,7 @@ def add_parsers(subparsers: Any) -> None:
         subparsers,
         "demo",
         help="the demo: search nb201 on mnist5k end to end",
-        description="Meta-train a GHN (or reuse OUT/ghn.pt), fit the GHN ranker on 150 short trainings (or reuse "
+        description="Meta-train a GHN (or reuse OUT/ghn.pt), fit the GHN ranker on 700 short trainings (or reuse "
         "OUT/ranker.pt), rank 300 nb201 candidates on mnist5k with it, fine-tune the top 3 from their "
         "GHN-predicted weights, run a self-check and write tables and plots into OUT (sized for about 15 minutes "
         "on 2 CPU cores).",

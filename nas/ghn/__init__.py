@@ -16,7 +16,7 @@ Modules, in the order data flows through them:
 * ``_predicted``: running networks with predicted weights (batch-norm statistics
   from training images, see that module's docstring);
 * ``_meta_train``: :class:`MetaTrainConfig`, :func:`meta_train`;
-* ``_default``: :func:`default_ghn_path`, :func:`ensure_ghn`, :func:`ensure_ranker`;
+* ``_default``: :func:`default_ghn_path`, :func:`ensure_ghn`, :func:`ensure_ranker` and the default label recipe;
 * ``_ranker``: :class:`GHNRanker`, the GHN's graph network with a head that
   predicts short-training loss (:func:`short_training_labels`, :func:`fit_ranker`);
 * ``_ranker_ensemble``: :class:`RankerEnsemble`, several rankers scoring together.
@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 from nas.ghn._decoder import WeightDecoder
-from nas.ghn._default import default_ghn_path, ensure_ghn, ensure_ranker
+from nas.ghn._default import RANKER_K, RANKER_LABELS, default_ghn_path, ensure_ghn, ensure_ranker
 from nas.ghn._encoder import NodeEncoder, ShapeEncoder
 from nas.ghn._message_passing import GatedDAGConv
 from nas.ghn._meta_train import MetaTrainConfig, meta_train, snapshot_path
@@ -54,6 +54,8 @@ __all__ = [
     "RankerConfig",
     "RankerEnsemble",
     "NodeEncoder",
+    "RANKER_K",
+    "RANKER_LABELS",
     "ShapeEncoder",
     "WeightDecoder",
     "calibrate_batch_norm",

@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["default_ghn_path", "ensure_ghn", "ensure_ranker"]
+__all__ = ["RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker"]
+
+#: Architectures labelled to fit a ranker by default. On nb201 / mnist5k, rankers on about 700 labels
+#: put a top-1% architecture first for GHN builds where 150 labels left it out of the top 10
+#: (``bench/RESULTS.md``, "More labels per build").
+RANKER_LABELS = 700
+#: SGD steps of each label's short training by default (its TSE sums the first ``RANKER_K`` losses).
+RANKER_K = 30
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +151,8 @@ def ensure_ranker(
     ghn: GHN,
     *,
     path: str | Path,
-    labels: int = 300,
-    k: int = 100,
+    labels: int = RANKER_LABELS,
+    k: int = RANKER_K,
     seed: int = 0,
     exclude: Sequence[str] = (),
     labels_cache: str | Path | None = None,
