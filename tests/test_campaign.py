@@ -36,6 +36,7 @@ from nas.campaign import (
     CANDIDATE_COLUMNS,
     FINETUNED_COLUMNS,
     Campaign,
+    best_record,
     candidates_frame,
     finetuned_frame,
     mask_url,
@@ -254,7 +255,7 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
 
     # best.json is the top fine-tuned row and best.pt loads into its network.
     best = json.loads((out / "best.json").read_text())
-    assert best["key"] == ft["key"].iloc[0] == result.best["key"]
+    assert best["key"] == ft["key"].iloc[0] == result.best["key"] and best["pick"] == "finetuned"
     assert best["metrics"]["val_acc"] == pytest.approx(ft["val_acc"].iloc[0])
     graph = ArchGraph.from_dict(best["graph"])
     assert graph.key == best["key"]
@@ -499,9 +500,15 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     # Fine-tuning records what the predicted weights reach before any SGD step (never run by the ranker).
     assert ft["ghn_acc"].between(0, 1).all() and ft["ghn_loss"].map(math.isfinite).all()
     assert (ft["ghn_loss"] != ft["val_loss"]).all()  # before and after fine-tuning differ
+    # With the ranker, the campaign reports the ranking's first fine-tuned candidate, not the best fine-tuned one.
+    assert sorted(ft["queue_position"]) == [0, 1]
+    first = ft.set_index("key").loc[cand["key"].iloc[0]]
+    assert first["queue_position"] == 0
     best = json.loads((out / "best.json").read_text())
-    assert best["rank_by"] == "ranker" and "rank_score" in best["metrics"]
-    assert best["metrics"]["ghn_acc"] == pytest.approx(float(ft["ghn_acc"].iloc[0]))
+    assert best["rank_by"] == "ranker" and "rank_score" in best["metrics"] and best["pick"] == "rank"
+    assert best["key"] == cand["key"].iloc[0] == result.best["key"]
+    assert best["metrics"]["ghn_acc"] == pytest.approx(float(first["ghn_acc"]))
+    assert "first fine-tuned candidate in the ranking's order" in result.summary()
     summary = result.summary()
     assert "ranked by ranker" in summary and "ranker_score" in summary and "ghn_loss" not in summary
     assert "rank_by,rank_score" in (out / "candidates.csv").read_text().splitlines()[0]
@@ -881,6 +888,7 @@ def test_resolvers_list_valid_names() -> None:
         ({"self_check": 2}, "self_check"),
         ({"sampler": "bogus"}, "sampler"),
         ({"finetune_metric": "f1"}, "finetune_metric"),
+        ({"pick": "best"}, "pick"),
         ({"rank_by": "bogus"}, "rank_by"),
         ({"rank_by": "ranker", "ranker_labels": 3}, "ranker_labels"),
         ({"rank_by": "ranker", "ranker_labels": 10.0}, "ranker_labels"),
@@ -894,6 +902,33 @@ def test_campaign_rejects_bad_settings(tmp_path: Path, kwargs: dict[str, Any], n
         small_campaign(tmp_path, None, **kwargs)
     with pytest.raises(ValueError, match="`ranker` is used only when `rank_by` is 'ranker'"):
         small_campaign(tmp_path, None, rank_by="loss", ranker="ranker.pt")
+
+
+def test_pick_defaults_to_the_rank_order_with_the_ranker_on_one_objective(tmp_path: Path) -> None:
+    assert small_campaign(tmp_path, None, rank_by="ranker").pick == "rank"
+    assert small_campaign(tmp_path, None, rank_by="loss").pick == "finetuned"
+    assert small_campaign(tmp_path, None, rank_by="ranker", objectives="loss,params").pick == "finetuned"
+    assert small_campaign(tmp_path, None, rank_by="ranker", pick="finetuned").pick == "finetuned"
+
+
+def test_best_record_picks_by_queue_position_or_by_finetuned_result() -> None:
+    # Sorted as finetuned_frame sorts them: best validation accuracy first; one run diverged.
+    frame = pd.DataFrame({
+        "rank": pd.array([1, 2, 3, pd.NA], dtype="Int64"), "trial": [5, 3, 4, 2],
+        "rank_trial": [50, 30, 40, 20], "queue_position": pd.array([3, 1, 2, 0], dtype="Int64"),
+        "key": ["d", "b", "c", "a"], "num_params": [1, 1, 1, 1], "flops": [1, 1, 1, 1],
+        "rank_by": ["ranker"] * 4, "rank_score": [0.3, 0.1, 0.2, 0.0], "val_acc": [0.9, 0.8, 0.7, math.nan],
+        "test_acc": [0.9, 0.8, 0.7, math.nan], "val_loss": [0.1, 0.2, 0.3, math.nan], "choices": ["{}"] * 4,
+        "graph": [None] * 4, "weights": [None] * 4, "worker": [None] * 4,
+    })
+    assert best_record(frame)["key"] == "d"  # the best fine-tuned result
+    assert best_record(frame, pick="rank")["key"] == "b"  # first queued that did not diverge
+    assert best_record(frame, pick="rank")["pick"] == "rank"
+    # A campaign stored before queue positions existed: the fine-tune trials' order.
+    old = frame.assign(queue_position=pd.array([pd.NA] * 4, dtype="Int64"))
+    assert best_record(old, pick="rank")["key"] == "b"  # trial 3 (trial 2 diverged)
+    with pytest.raises(ValueError, match="`pick` must be one of rank, finetuned, but got 'best'"):
+        best_record(frame, pick="best")
 
 
 def test_top_k_larger_than_distinct_candidates_is_a_clear_error() -> None:

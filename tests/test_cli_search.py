@@ -82,6 +82,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--study", " "], "`--study` must be a non-empty name, but got ' '"),
         (["--ghn-steps", "0"], "`--ghn-steps` must be positive, but got 0"),
         (["--rank-by", "bogus"], "argument --rank-by: invalid choice: 'bogus'"),
+        (["--pick", "best"], "argument --pick: invalid choice: 'best'"),
         (["--ranker-labels", "3"], "`--ranker-labels` must be an int of at least 4, but got 3"),
         (["--ranker-labels", "many"], "argument --ranker-labels: invalid int value: 'many'"),
         (["--ranker-k", "0"], "`--ranker-k` must be positive, but got 0"),

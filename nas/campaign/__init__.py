@@ -49,6 +49,7 @@ from nas.campaign._rank import (
 from nas.campaign._report import (
     CANDIDATE_COLUMNS,
     FINETUNED_COLUMNS,
+    PICKS,
     RANK_SCORE_NAMES,
     best_record,
     candidates_frame,
@@ -78,6 +79,7 @@ __all__ = [
     "CampaignResult",
     "FINETUNED_COLUMNS",
     "FINETUNE_METRICS",
+    "PICKS",
     "FinetuneStats",
     "IDENTITY_KEYS",
     "OBJECTIVES",

@@ -49,6 +49,7 @@ from nas.campaign._rank import (
     run_rank_stage,
 )
 from nas.campaign._report import (
+    PICKS,
     RANK_SCORE_NAMES,
     best_record,
     candidates_frame,
@@ -86,7 +87,8 @@ class CampaignResult:
             (:func:`~nas.campaign.candidates_frame`), best rank score first.
         finetuned: One row per fine-tuned candidate
             (:func:`~nas.campaign.finetuned_frame`), best first.
-        best: The best fine-tuned architecture (as in ``best.json``), or ``None``.
+        best: The campaign's pick (as in ``best.json``; its ``pick`` entry says
+            by which rule, see :data:`~nas.campaign.PICKS`), or ``None``.
         trials: One row per rank trial (:func:`~nas.campaign.rank_trials_frame`).
         self_check: The self-check, when one was run.
         rank_stats: What this process did in stage 1.
@@ -134,7 +136,8 @@ class CampaignResult:
             m = self.best["metrics"]
             lines.append(
                 f"best: rank trial {self.best['rank_trial']}, key {self.best['key'][:10]}, "
-                f"{self.best['num_params']} params, val acc {m['val_acc']:.4f}, test acc {m['test_acc']:.4f}"
+                f"{self.best['num_params']} params, val acc {m['val_acc']:.4f}, test acc {m['test_acc']:.4f} "
+                f"({PICKS[self.best.get('pick', 'finetuned')]})"
             )
         if self.self_check is not None:
             lines.append(self.self_check.message)
@@ -256,6 +259,14 @@ class Campaign:
         self_check_epochs: Their training budget (default ``finetune_epochs``).
         space_args: Settings of the search space (e.g. ``{"C": 16}``).
         finetune_metric: ``"acc"`` (maximise validation accuracy) or ``"loss"``.
+        pick: What the campaign reports as its best (``best.json``, ``best.pt``):
+            ``"rank"``, the first fine-tuned candidate in the ranking's order, or
+            ``"finetuned"``, the best fine-tuned result by ``finetune_metric``
+            (:data:`~nas.campaign.PICKS`). ``None`` (default): ``"rank"`` when
+            ranking by the ranker on one objective, else ``"finetuned"``. On
+            nb201 / mnist5k a 1-epoch fine-tune from predicted weights does not
+            order the ranker's top candidates, and its first is the better pick
+            (README, search benchmark). Not part of the campaign's identity.
         finetune_lr: Peak learning rate of fine-tuning.
         finetune_batch_size: Images per fine-tuning step.
         data_seed: Seed of the dataset split (must match the GHN's meta-training split).
@@ -296,6 +307,7 @@ class Campaign:
         self_check_epochs: float | None = None,
         space_args: dict[str, Any] | None = None,
         finetune_metric: str = "acc",
+        pick: str | None = None,
         finetune_lr: float = 0.05,
         finetune_batch_size: int = 64,
         data_seed: int = 0,
@@ -367,6 +379,9 @@ class Campaign:
         self.space_args = dict(space_args or {})
         self.rank_by = resolve_rank_by(rank_by)
         self.refine = refine if refine is not None else (self.top_k if self.rank_by == "ranker" else 0)
+        if pick is not None and pick not in PICKS:
+            raise ValueError(f"`pick` must be one of {', '.join(PICKS)} or None, but got {pick!r}.")
+        self.pick = pick or ("rank" if self.rank_by == "ranker" and len(self.objectives) == 1 else "finetuned")
         if ranker is not None:
             if self.rank_by != "ranker":
                 raise ValueError(f"`ranker` is used only when `rank_by` is 'ranker', but `rank_by` is {rank_by!r}.")
@@ -762,7 +777,7 @@ class Campaign:
         candidates = candidates_frame(rank, finetuned_keys=list(finetuned["key"]))
         trials = rank_trials_frame(rank)
         extra = {"space": self.space.describe(), "dataset": self.dataset_name, "study": self.study_name}
-        best = best_record(finetuned, extra=extra)
+        best = best_record(finetuned, pick=self.pick, extra=extra)
         files: list[Path] = []
         if write:
             best_state, best_graph = None, None

@@ -177,6 +177,8 @@ def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, s
     The keys enqueued are recorded in the rank study's user attribute
     ``nas_enqueued``; a key already recorded there, or already present in the
     fine-tune study, is not enqueued again (so a rerun enqueues nothing).
+    Each trial records its place in the queue (``queue_position``, from 0
+    over the whole campaign), the order ``pick="rank"`` reports by.
 
     Args:
         rank_study: The rank study (holds the record).
@@ -189,6 +191,7 @@ def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, s
     done = set(rank_study.user_attrs.get(ENQUEUED_ATTR, []))
     done.update(t.user_attrs.get("key") for t in finetune_study.get_trials(deepcopy=False))
     new: list[str] = []
+    position = sum(isinstance(k, str) for k in done)
     for row in selected.to_dict("records"):
         key = row["key"]
         if key in done:
@@ -199,10 +202,11 @@ def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, s
             for name in QUEUE_ATTRS
             if name in row and name not in ("rank_trial", "choices") and not _missing(row[name])
         }
-        attrs.update(choices=choices, rank_trial=int(row["trial"]))
+        attrs.update(choices=choices, rank_trial=int(row["trial"]), queue_position=position)
         finetune_study.enqueue_trial(params=choices, user_attrs=attrs, skip_if_exists=False)
         done.add(key)
         new.append(key)
+        position += 1
     if new:
         rank_study.set_user_attr(ENQUEUED_ATTR, sorted(k for k in done if isinstance(k, str)))
         logger.info("enqueued %d candidates for fine-tuning in %s", len(new), finetune_study.study_name)

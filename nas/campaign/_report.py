@@ -27,6 +27,7 @@ from nas.campaign._rank import RANK_BY, rank_by_of, rank_score
 __all__ = [
     "CANDIDATE_COLUMNS",
     "FINETUNED_COLUMNS",
+    "PICKS",
     "RANK_SCORE_NAMES",
     "best_record",
     "candidates_frame",
@@ -61,11 +62,18 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
     "finetuned",
 )
 
+#: What a campaign reports as its best (``best.json``): name -> what it means.
+PICKS: dict[str, str] = {
+    "rank": "the first fine-tuned candidate in the ranking's order",
+    "finetuned": "the candidate with the best fine-tuned validation result",
+}
+
 #: Leading columns of :func:`finetuned_frame` (then one column per choice, then ``choices`` and ``graph``).
 FINETUNED_COLUMNS: tuple[str, ...] = (
     "rank",
     "trial",
     "rank_trial",
+    "queue_position",
     "key",
     "num_params",
     "flops",
@@ -277,6 +285,7 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
         rows.append({
             "trial": t.number,
             "rank_trial": a.get("rank_trial"),
+            "queue_position": a.get("queue_position"),
             "key": a["key"],
             "num_params": a.get("num_params"),
             "flops": a.get("flops"),
@@ -307,29 +316,42 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
     rank = pd.Series(pd.NA, index=frame.index, dtype="Int64")
     rank[ok.astype(bool)] = np.arange(1, int(ok.sum()) + 1)
     frame["rank"] = rank
-    for col in ("trial", "rank_trial", "num_params", "flops", "steps"):
+    for col in ("trial", "rank_trial", "queue_position", "num_params", "flops", "steps"):
         frame[col] = frame[col].astype("Int64")
     frame["failed"] = frame["failed"].astype(bool)
     return frame
 
 
-def best_record(finetuned: pd.DataFrame, *, extra: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-    """The best fine-tuned candidate as a plain dict (for ``best.json``).
+def best_record(finetuned: pd.DataFrame, *, pick: str = "finetuned",
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The campaign's pick among its fine-tuned candidates, as a plain dict (for ``best.json``).
 
     Args:
         finetuned: :func:`finetuned_frame` output.
+        pick: ``"finetuned"`` (the best fine-tuned result, the first row) or
+            ``"rank"`` (the first candidate in the fine-tune queue, i.e. the
+            ranking's order, that fine-tuned without diverging); see :data:`PICKS`.
         extra: More entries to include (space description, dataset, ...).
 
     Returns:
-        ``{"key", "trial", "rank_trial", "rank_by", "choices", "graph",
+        ``{"key", "trial", "rank_trial", "rank_by", "pick", "choices", "graph",
         "num_params", "flops", "metrics": {...}, "weights", "worker",
         ...extra}``, or ``None`` when no candidate was fine-tuned successfully.
         ``metrics`` holds ``rank_score``, ``ghn_loss`` and ``ghn_acc`` (when
         the GHN scored it) and the fine-tuning results.
+
+    Raises:
+        ValueError: ``pick`` is not one of :data:`PICKS`.
     """
+    if pick not in PICKS:
+        raise ValueError(f"`pick` must be one of {', '.join(PICKS)}, but got {pick!r}.")
     ok = finetuned[finetuned["rank"].notna()] if len(finetuned) else finetuned
     if not len(ok):
         return None
+    if pick == "rank":
+        # Queue order; a campaign stored before queue positions were recorded falls back to trial order.
+        position = ok["queue_position"].astype("Float64").fillna(math.inf)
+        ok = ok.assign(_position=position).sort_values(["_position", "trial"], kind="stable")
     row = ok.iloc[0]
     names = ("rank_score", "ghn_loss", "ghn_acc", "val_loss", "val_acc", "test_loss", "test_acc", "train_loss")
     metrics = {name: float(row[name]) for name in names if name in row}
@@ -339,6 +361,7 @@ def best_record(finetuned: pd.DataFrame, *, extra: Mapping[str, Any] | None = No
     record: dict[str, Any] = {
         "key": row["key"],
         "rank_by": row["rank_by"] if "rank_by" in row else "loss",
+        "pick": pick,
         "trial": int(row["trial"]),
         "rank_trial": None if pd.isna(row["rank_trial"]) else int(row["rank_trial"]),
         "choices": json.loads(row["choices"]),

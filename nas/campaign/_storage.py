@@ -75,7 +75,7 @@ RETRY_OF_ATTR = "nas_retry_of"
 QUEUE_ATTRS = frozenset(
     {
         "key", "graph", "choices", "num_params", "flops", "rank_by", "rank_score", "ghn_loss", "ghn_acc", "ghn_score",
-        "rank_trial", "refine", "rerank_score",
+        "rank_trial", "refine", "rerank_score", "queue_position",
     }
 )
 

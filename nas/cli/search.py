@@ -92,7 +92,7 @@ def _add_common(p: argparse.ArgumentParser, *, threads: int | None) -> None:
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``search``, ``worker`` and ``demo``."""
-    from nas.campaign import FINETUNE_METRICS, OBJECTIVES, RANK_BY, SAMPLERS
+    from nas.campaign import FINETUNE_METRICS, OBJECTIVES, PICKS, RANK_BY, SAMPLERS
     from nas.cli.basic import add_space_arguments
     from nas.evaluation.proxies import PROXIES
     from nas.ghn import RANKER_K, RANKER_LABELS
@@ -168,6 +168,11 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--objectives", default="loss", help=f"{' | '.join(OBJECTIVES)} (default loss)")
     p.add_argument(
         "--finetune-metric", default="acc", help=f"fine-tune trial value: {' | '.join(FINETUNE_METRICS)} (default acc)"
+    )
+    p.add_argument(
+        "--pick", choices=list(PICKS), default=None,
+        help="what best.json reports: " + "; ".join(f"{name}: {what}" for name, what in PICKS.items())
+        + " (default rank with the ranker on one objective, else finetuned)",
     )
     p.add_argument(
         "--storage", default=None, metavar="URL",
@@ -347,6 +352,7 @@ def _search_campaign(args: argparse.Namespace) -> Any:
         self_check_epochs=args.self_check_epochs,
         space_args=parse_space_args(args.space_arg),
         finetune_metric=args.finetune_metric,
+        pick=args.pick,
         heartbeat_interval=args.heartbeat,
         grace_period=args.grace,
         progress=not args.no_progress,
