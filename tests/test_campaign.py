@@ -834,6 +834,7 @@ def test_trials_of_dead_workers_are_failed_and_requeued(tmp_path: Path) -> None:
     dead.suggest_categorical("x", ["a", "b"])
     dead.set_user_attr(WORKER_ATTR, f"{host}:{_dead_pid()}:deadbeef")
     dead.set_user_attr(HEARTBEAT_ATTR, time.time())
+    dead.set_user_attr("queue_position", 4)  # its place in the fine-tune queue goes with the candidate
     silent = study.ask()
     silent.suggest_categorical("x", ["a", "b"])
     silent.set_user_attr(WORKER_ATTR, "other-host:1:cafe")
@@ -855,6 +856,8 @@ def test_trials_of_dead_workers_are_failed_and_requeued(tmp_path: Path) -> None:
         [dead.params["x"], silent.params["x"]]
     )
     assert {t.user_attrs["nas_retry_of"] for t in waiting} == {dead.number, silent.number}
+    assert {t.user_attrs["nas_retry_of"]: t.user_attrs.get("queue_position") for t in waiting} == {
+        dead.number: 4, silent.number: None}
     assert reap_stale_trials(study, grace_period=120) == []
     assert not is_stale(study.get_trials()[alive.number], grace_period=120)
 
