@@ -162,6 +162,11 @@ def _normalise(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def _checkpoint_path(value: Any) -> Path | None:
+    """The resolved path of a checkpoint given by its path; ``None`` for one given as an object."""
+    return Path(value).expanduser().resolve() if isinstance(value, (str, Path)) else None
+
+
 def _space_spec(space: str | SearchSpace) -> str | None:
     """A string that :func:`load_space` resolves back to the same space class."""
     if isinstance(space, str):
@@ -468,9 +473,7 @@ class Campaign:
     def _ghn_path(self) -> Path | None:
         if self._ghn_in is None:
             return (self.out / "ghn.pt").resolve()
-        if isinstance(self._ghn_in, (str, Path)):
-            return Path(self._ghn_in).expanduser().resolve()
-        return None
+        return _checkpoint_path(self._ghn_in)
 
     def _resolve_ghn(self) -> Any:
         import nas.ghn as ghn_mod
@@ -518,15 +521,13 @@ class Campaign:
             return None
         if self._ranker_in is None:
             return (self.out / "ranker.pt").resolve()
-        if isinstance(self._ranker_in, (str, Path)):
-            return Path(self._ranker_in).expanduser().resolve()
-        return None
+        return _checkpoint_path(self._ranker_in)
 
     def _ranker_setting(self) -> str | list[str | None] | None:
         """The ranker as stored in the settings: its path, the members' paths of an ensemble, or ``None``."""
         if self.rank_by == "ranker" and isinstance(self._ranker_in, (list, tuple)):
-            return [str(Path(r).expanduser().resolve()) if isinstance(r, (str, Path)) else None
-                    for r in self._ranker_in]
+            paths = [_checkpoint_path(r) for r in self._ranker_in]
+            return [str(path) if path is not None else None for path in paths]
         path = self._ranker_path()
         return str(path) if path is not None else None
 
