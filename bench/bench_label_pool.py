@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/label_pool"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/label_pool_fits.csv"))
     parser.add_argument("--seed", type=int, default=0, help="fit i uses seed SEED + i (default 0)")
+    parser.add_argument("--k", type=int, default=30, help="SGD steps of the pooled labels, recorded in the ranker "
+                        "(default 30; every label file must have the same)")
     args = parser.parse_args()
     from nas.ghn import GHN, RankerConfig, fit_ranker
     from nas.graph import ArchGraph
@@ -78,7 +80,7 @@ def main() -> None:
         seed = args.seed + i
         start_cpu, start_wall = _cpu(), time.perf_counter()
         ranker = fit_ranker(ghn, graphs, labels["tse"].to_numpy(dtype=float), RankerConfig(seed=seed),
-                            label_info={"target": "tse", "k": 30, "n": len(graphs), "labelled": len(graphs),
+                            label_info={"target": "tse", "k": args.k, "n": len(graphs), "labelled": len(graphs),
                                         "seed": seed, "labels": ",".join(map(str, paths))},
                             progress=False)
         row = {"name": name, "ghn": str(ghn_path), "label_files": len(paths), "labels": len(graphs), "seed": seed,

@@ -15,8 +15,9 @@ search benchmark's own ranker checkpoint, and ``bench-refit``: the same
 labels fitted again. Every ranker is fitted on the
 search benchmark's GHN with the default :class:`nas.ghn.RankerConfig`
 (seed 0). ``--ensembles name=A+B`` adds rankings by the mean standardised
-predicted TSE of named rankers. For every ranker it also reports Kendall tau
-against the 100 reference architectures (``reference_tau_val`` / ``_test``).
+predicted TSE of named rankers (:class:`nas.ghn.RankerEnsemble`). For every
+ranker it also reports Kendall tau against the 100 reference architectures
+(``reference_tau_val`` / ``_test``).
 It measures; it asserts nothing.
 
 Usage::
@@ -74,21 +75,6 @@ def all_candidates(space: Any) -> list[Any]:
     return list(graphs.values())
 
 
-class _Ensemble:
-    """Rank by the mean standardised predicted TSE of several rankers, plus the first one's capacity prior."""
-
-    def __init__(self, rankers: list[Any]) -> None:
-        self.rankers = rankers
-
-    def score(self, graphs: list[Any]) -> np.ndarray:
-        from nas.ghn import with_flops_prior
-
-        z = np.mean([r.standardised(graphs) for r in self.rankers], axis=0)
-        first = self.rankers[0]
-        return with_flops_prior(z, graphs, weight=first.config.flops_weight, mean=first.flops_mean,
-                                std=first.flops_std)
-
-
 def setup(cache: Path, reference: Path, referee_seeds: list[int], *, sample_seeds: list[int] | None = None,
           exclude: set[str] | None = None) -> tuple[Any, Any, Referee, dict[str, Any]]:
     """nb201 on mnist5k, the search benchmark's referee and its thresholds: ``(data, space, referee, levels)``.
@@ -140,7 +126,7 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=EXPERIMENT / "ground_truth.sqlite")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ranker_top.csv"))
     args = parser.parse_args()
-    from nas.ghn import GHN, GHNRanker, RankerConfig, fit_ranker
+    from nas.ghn import GHN, GHNRanker, RankerConfig, RankerEnsemble, fit_ranker
 
     _, space, referee, levels = setup(args.cache, args.reference, args.referee_seeds)
     start = _cpu()
@@ -177,7 +163,7 @@ def main() -> None:
         if not members or unknown:
             parser.error(f"--ensembles {spec!r}: unknown rankers {unknown} (known: {sorted(rankers)})")
         parts = [rankers[m] for m in members.split("+")]
-        rankers[name] = (_Ensemble([p[0] for p in parts]), sum(p[1] for p in parts), sum(p[2] for p in parts),
+        rankers[name] = (RankerEnsemble([p[0] for p in parts]), sum(p[1] for p in parts), sum(p[2] for p in parts),
                          sum(p[3] for p in parts))
 
     from nas.evaluation.correlate import sample_candidates
