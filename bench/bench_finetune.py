@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from nas.data import load_dataset
     from nas.ghn import GHN
-    from nas.ghn._checkpoint import read_checkpoint
+    from nas.ghn import read_checkpoint
     from nas.graph import ArchGraph
     from nas.network import Network
     from nas.training import train

@@ -58,7 +58,7 @@ def bench_one(*, space: Any, data: Any, ranker: Any, storage: str, mode: str, tr
               batch_size: int, folder: Path) -> dict[str, Any]:
     """Run one rank stage in a fresh storage and measure it."""
     from nas.campaign import resolve_sampler, run_rank_stage
-    from nas.campaign._storage import open_storage
+    from nas.campaign import open_storage
 
     url = {"sqlite": f"sqlite:///{folder / 'bench.db'}", "journal": f"journal:///{folder / 'bench.log'}"}[storage]
     study = optuna.create_study(storage=open_storage(url), study_name="bench-rank",

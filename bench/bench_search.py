@@ -286,11 +286,8 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     ``"campaign-journal"`` stores the same campaign in Optuna's journal file.
     ``"campaign-refine"`` and ``"campaign-refine-journal"`` add the local
     refinement of the ``--refine`` best candidates after the sampler's trials.
-    A ``-rerank`` method (``"campaign-refine-rerank"``, ``"campaign-refine-rerank-journal"``)
-    reorders the ``--rerank-pool`` best by the zero-cost proxy ``--rerank`` before
-    fine-tuning the ``--top-k`` best of them (``-blend``: by the sum of its rank and
-    the rank score's); the proxy's CPU is charged as
-    the ``enqueue`` step (traces from before that step did not charge enqueueing, milliseconds without a proxy).
+    The ``enqueue`` step is charged its CPU (milliseconds; traces of the removed ``-rerank`` and
+    ``-blend`` methods charged a zero-cost proxy's scores there, bench/RESULTS.md).
     ``name`` (default ``method``) names the run in its trace and work folder, e.g.
     ``"campaign-refine-journal-ft3"`` for the same method with other settings (``--variant``).
     """
@@ -314,8 +311,6 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
                  if method.endswith("-journal") else None),
         seed=seed, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, progress=not args.no_progress,
         refine=args.refine if "-refine" in method else 0,
-        rerank=args.rerank if "-rerank" in method else f"ranker+{args.rerank}" if "-blend" in method else None,
-        rerank_pool=args.rerank_pool,
     )
     rows: list[dict[str, Any]] = []
     cum = 0.0
@@ -337,9 +332,9 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     add("rank", rank_cpu, False)
     print(f"{name} seed {seed}: rank {rank_cpu:.1f} CPU-s", flush=True)
     _, enqueue_cpu = _timed(campaign.enqueue)
-    add("enqueue", enqueue_cpu, False)  # with -rerank: the proxy's scores of the shortlist
+    add("enqueue", enqueue_cpu, False)
     _, finetune_cpu = _timed(lambda: campaign.finetune(wait=True))
-    # The order the candidates were fine-tuned in (the order of their stage-1 or proxy scores), not their result.
+    # The order the candidates were fine-tuned in (the order of their stage-1 scores), not their result.
     finetuned = campaign.report(write=True).finetuned.sort_values("trial")
     # Charge each fine-tune its own wall time, scaled so that they add up to the stage's measured CPU.
     scale = finetune_cpu / max(float(finetuned["wall_time"].sum()), 1e-9)
@@ -690,8 +685,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--epochs", type=float, default=3, help="ground-truth budget (default 3)")
     parser.add_argument("--methods", nargs="*", default=[], choices=[
-        "campaign", "campaign-journal", "campaign-refine", "campaign-refine-journal", "campaign-refine-rerank",
-        "campaign-refine-rerank-journal", "campaign-refine-blend-journal", "tpe", "random"])
+        "campaign", "campaign-journal", "campaign-refine", "campaign-refine-journal", "tpe", "random"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", type=int, default=60, help="trained trials of tpe / random (default 60)")
     parser.add_argument("--campaign-trials", type=int, default=300)
@@ -702,9 +696,6 @@ def main() -> None:
     parser.add_argument("--variant", default="",
                         help="name campaign traces <method>-VARIANT: the same method with other settings "
                              "(e.g. --finetune-epochs 3 --variant ft3)")
-    parser.add_argument("--rerank", default="grad_norm",
-                        help="zero-cost proxy of the -rerank and -blend methods (default grad_norm)")
-    parser.add_argument("--rerank-pool", type=int, default=30, help="candidates it reorders (default 30)")
     parser.add_argument("--finetune-lr", type=float, default=0.05, help="fine-tuning peak learning rate (default 0.05)")
     parser.add_argument("--ghn-steps", type=int, default=1200, help="meta-training steps (default: the recipe's 1200)")
     parser.add_argument("--ranker-labels", type=int, default=150)

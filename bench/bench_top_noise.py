@@ -95,7 +95,7 @@ def main() -> None:
 
     from nas.data import load_dataset
     from nas.ghn import GHNRanker
-    from nas.ghn._ranker import log_flops
+    from nas.ghn import log_flops
     from nas.space import load_space
 
     torch.set_num_threads(1)

@@ -17,7 +17,7 @@ import contextlib
 import io
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,21 @@ import torch
 
 from nas.exceptions import CheckpointError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "one_line", "save_torch", "temporary_path"]
+__all__ = [
+    "FIGURE_DPI",
+    "FIGURE_FORMATS",
+    "atomic_write",
+    "atomic_write_bytes",
+    "one_line",
+    "save_figure",
+    "save_torch",
+    "temporary_path",
+]
+
+#: Resolution of every PNG figure the package writes.
+FIGURE_DPI = 200
+#: Files :func:`save_figure` writes for one figure, by suffix.
+FIGURE_FORMATS: tuple[str, ...] = (".png", ".pdf")
 
 
 def one_line(err: BaseException) -> str:
@@ -134,3 +148,30 @@ def save_torch(obj: Any, path: str | Path, *, what: str = "checkpoint") -> Path:
             "any previous file there is unchanged."
         ) from err
     return path
+
+
+def save_figure(
+    figure: Any, path: str | Path, *, formats: Sequence[str] = FIGURE_FORMATS, dpi: int = FIGURE_DPI
+) -> list[Path]:
+    """Save a matplotlib figure atomically, once per format: ``<path>.png`` and ``<path>.pdf`` by default.
+
+    Args:
+        figure: A :class:`matplotlib.figure.Figure` (e.g. ``ax.figure``).
+        path: Target path; a suffix among ``formats`` is replaced. Its folder is created.
+        formats: Suffixes to write (matplotlib infers the format from each).
+        dpi: Resolution of raster formats.
+
+    Returns:
+        The written paths, in the order of ``formats``.
+
+    Raises:
+        OSError: A write failed (see :func:`atomic_write`); no temporary file is left.
+    """
+    target = Path(path)
+    stem = target.with_suffix("") if target.suffix.lower() in [f.lower() for f in formats] else target
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    return [
+        atomic_write(stem.with_name(stem.name + suffix),
+                     lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight"))
+        for suffix in formats
+    ]

@@ -15,6 +15,7 @@ __all__ = [
     "NASError",
     "SpaceError",
     "StorageError",
+    "Terminated",
 ]
 
 
@@ -59,4 +60,13 @@ class StorageError(NASError, ValueError):
 
     For example: an unsupported URL scheme, or a study name that already exists
     with different settings.
+    """
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM (``nas`` raises it from its signal handler).
+
+    It derives from :class:`KeyboardInterrupt`, so everything that cleans up
+    after an interrupt (temporary files of atomic writes, claimed trials put
+    back in the queue) cleans up after a termination too.
     """

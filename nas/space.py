@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.metadata
 import importlib.util
+import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from optuna.trial import FixedTrial
@@ -43,7 +45,20 @@ from optuna.trial import FixedTrial
 from nas.exceptions import GraphError, SpaceError
 from nas.graph import ArchGraph
 
-__all__ = ["SearchSpace", "Candidate", "RandomTrial", "load_space", "builtin_spaces"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "SearchSpace",
+    "Candidate",
+    "RandomTrial",
+    "builtin_spaces",
+    "load_space",
+    "register_space",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Entry-point group through which installed packages add search spaces (``name = module:Class``).
+ENTRY_POINT_GROUP = "nas.spaces"
 
 
 class Candidate(NamedTuple):
@@ -231,11 +246,78 @@ class FunctionSpace(SearchSpace):
         return self.fn(trial, self)
 
 
-def builtin_spaces() -> dict[str, type[SearchSpace]]:
-    """The built-in spaces of the ``search_spaces`` package, by name."""
-    from search_spaces import BUILTIN_SPACES
+#: Search spaces by name, filled by :func:`register_space` (the registry imports no space).
+_REGISTRY: dict[str, type[SearchSpace]] = {}
+_discovered = False
 
-    return dict(BUILTIN_SPACES)
+_S = TypeVar("_S", bound=type)
+
+
+def register_space(name: str) -> Callable[[_S], _S]:
+    """Class decorator: make a :class:`SearchSpace` subclass resolvable by ``name`` in :func:`load_space`.
+
+    A package adds its spaces by decorating them and declaring each module in
+    the ``nas.spaces`` entry-point group (``name = package.module:Class``), so
+    that :func:`builtin_spaces` imports it.
+
+    Args:
+        name: The name (``"nb201"``).
+
+    Raises:
+        ValueError: ``name`` is empty, or registered already for another class.
+
+    Example:
+        >>> @register_space("tiny-example")
+        ... class TinyExample(SearchSpace):
+        ...     def build(self, trial): ...
+        >>> builtin_spaces()["tiny-example"] is TinyExample
+        True
+        >>> del _REGISTRY["tiny-example"]
+    """
+    if not isinstance(name, str) or not name.strip() or ":" in name:
+        raise ValueError(f"`name` must be a non-empty name without ':', but got {name!r}.")
+
+    def decorator(cls: _S) -> _S:
+        if not (isinstance(cls, type) and issubclass(cls, SearchSpace)):
+            raise ValueError(f"`register_space({name!r})` decorates a SearchSpace subclass, not {cls!r}.")
+        old = _REGISTRY.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(
+                f"search space name {name!r} is registered already, by {old.__module__}.{old.__qualname__}."
+            )
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _discover() -> None:
+    """Import the spaces declared in the ``nas.spaces`` entry points, once (their modules register them).
+
+    From a source tree whose package is not installed (no entry points of
+    ``search_spaces``), the built-in ``search_spaces`` package is imported instead.
+    """
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    for point in points:
+        try:
+            cls = point.load()
+        except Exception as err:  # a broken plug-in must not break the built-in spaces
+            logger.warning("search space %r (%s) cannot be imported: %s", point.name, point.value, err)
+            continue
+        if point.name not in _REGISTRY and isinstance(cls, type) and issubclass(cls, SearchSpace):
+            _REGISTRY[point.name] = cls
+    if not any(point.value.startswith("search_spaces") for point in points):
+        importlib.import_module("search_spaces")
+
+
+def builtin_spaces() -> dict[str, type[SearchSpace]]:
+    """The registered search spaces by name, sorted: the built-in ones and those of installed plug-ins."""
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
 
 
 def _import_attr(spec: str) -> Any:

@@ -4,8 +4,11 @@
 * ``"darts"``: :class:`DARTSSpace`, DARTS's normal and reduction cells (Liu et al., ICLR 2019).
 * ``"macro"``: :class:`MacroSpace`, MobileNetV2-like stages of inverted bottlenecks.
 
-:func:`nas.space.load_space` resolves these names; a user's own space is a
-:class:`nas.space.SearchSpace` subclass in any module or file.
+:func:`nas.space.load_space` resolves these names: each class registers itself
+with :func:`nas.space.register_space`, and ``setup.cfg`` declares the modules in
+the ``nas.spaces`` entry-point group, which an installed package of a user's
+spaces can join. A user's own space may also be a :class:`nas.space.SearchSpace`
+subclass in any module or file (``module:attr``, ``file.py:attr``).
 """
 
 from __future__ import annotations
@@ -28,8 +31,4 @@ __all__ = [
 ]
 
 #: Built-in search spaces by the name :func:`nas.space.load_space` accepts.
-BUILTIN_SPACES: dict[str, type[SearchSpace]] = {
-    "nb201": NB201Space,
-    "darts": DARTSSpace,
-    "macro": MacroSpace,
-}
+BUILTIN_SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (DARTSSpace, MacroSpace, NB201Space)}

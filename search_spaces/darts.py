@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from nas.graph import ArchGraph, GraphBuilder
-from nas.space import SearchSpace
+from nas.space import SearchSpace, register_space
 
 __all__ = ["DARTSSpace", "DARTS_OPS"]
 
@@ -37,6 +37,7 @@ def _pairs(step: int) -> list[str]:
     return [f"{a},{b}" for a, b in itertools.combinations(range(step + 2), 2)]
 
 
+@register_space("darts")
 class DARTSSpace(SearchSpace):
     """DARTS: a normal and a reduction cell, stacked ``layers`` times.
 

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from nas.graph import ArchGraph, GraphBuilder
-from nas.space import SearchSpace
+from nas.space import SearchSpace, register_space
 
 __all__ = ["MacroSpace", "MACRO_CHOICES"]
 
@@ -30,6 +30,7 @@ MACRO_CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
+@register_space("macro")
 class MacroSpace(SearchSpace):
     """A chain of stages of inverted-bottleneck blocks (MobileNetV2 / OFA-like).
 

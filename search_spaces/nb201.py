@@ -13,7 +13,7 @@ from typing import Any
 
 from nas.exceptions import SpaceError
 from nas.graph import ArchGraph, GraphBuilder
-from nas.space import Candidate, SearchSpace
+from nas.space import Candidate, SearchSpace, register_space
 
 __all__ = ["NB201Space", "NB201_OPS", "NB201_EDGES", "arch_string", "params_from_arch_string"]
 
@@ -85,6 +85,7 @@ def params_from_arch_string(text: str) -> dict[str, str]:
     return out
 
 
+@register_space("nb201")
 class NB201Space(SearchSpace):
     """NAS-Bench-201: one cell of 6 edges, repeated in a fixed ResNet-like skeleton.
 

@@ -43,8 +43,6 @@ from nas.campaign import (
     open_storage,
     reap_stale_trials,
     resolve_objectives,
-    rank_sum,
-    rerank_candidates,
     resolve_sampler,
     select_candidates,
     write_report,
@@ -166,6 +164,9 @@ class CountingRanker:
         self.calls.append([g.key for g in graphs])
         return self.ranker.score(graphs)
 
+    def check_compatible(self, space, *, source=None):
+        self.ranker.check_compatible(space, source=source)
+
 
 def small_campaign(out: Path, ghn: Any, **overrides: Any) -> Campaign:
     settings: dict[str, Any] = dict(
@@ -218,8 +219,8 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
             assert t.user_attrs["num_params"] == graph.num_params()
             assert t.values[0] == pytest.approx(t.user_attrs["ghn_loss"])
     rank, _ = small_campaign(out, ghn_path).open()
-    assert rank.user_attrs["nas_campaign"]["rank_by"] == "loss"
-    assert rank.user_attrs["nas_campaign"]["ranker"] is None
+    assert rank.user_attrs["nas_campaign"]["config"]["rank_by"] == "loss"
+    assert rank.user_attrs["nas_campaign"]["config"]["ranker"] is None
 
     # The candidates table: one row per distinct key, documented columns, sorted by GHN loss.
     cand = result.candidates
@@ -410,10 +411,10 @@ def test_refine_reaches_a_local_optimum_of_the_score_and_resumes_without_rescori
 
 
 def test_refine_defaults_to_top_k_with_the_ranker_and_to_off_with_the_loss(tmp_path: Path, ghn_path: Path) -> None:
-    assert small_campaign(tmp_path, ghn_path, rank_by="ranker", top_k=3).refine == 3
-    assert small_campaign(tmp_path, ghn_path, rank_by="loss", top_k=3).refine == 0
-    assert small_campaign(tmp_path, ghn_path, rank_by="ranker", top_k=3, refine=0).refine == 0
-    assert small_campaign(tmp_path, ghn_path, rank_by="loss", top_k=3, refine=2).refine == 2
+    assert small_campaign(tmp_path, ghn_path, rank_by="ranker", top_k=3).config.refine == 3
+    assert small_campaign(tmp_path, ghn_path, rank_by="loss", top_k=3).config.refine == 0
+    assert small_campaign(tmp_path, ghn_path, rank_by="ranker", top_k=3, refine=0).config.refine == 0
+    assert small_campaign(tmp_path, ghn_path, rank_by="loss", top_k=3, refine=2).config.refine == 2
 
 
 @pytest.mark.parametrize("kwargs, name", [({"refine": -1}, "refine"), ({"refine": 1.5}, "refine"),
@@ -484,7 +485,7 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
             assert t.user_attrs["rank_score"] == pytest.approx(float(fresh.score([graph])[0]), rel=1e-5, abs=1e-6)
         assert t.values[0] == pytest.approx(t.user_attrs["rank_score"])
     rank, _ = campaign.open()
-    settings = rank.user_attrs["nas_campaign"]
+    settings = rank.user_attrs["nas_campaign"]["config"]
     assert settings["rank_by"] == "ranker" and settings["ranker"] is None  # an object, not a file
 
     # Tables name the score; the top-2 by rank score are fine-tuned from the GHN's predicted weights.
@@ -673,9 +674,9 @@ def test_default_ranker_is_fitted_once_then_reused(
             graph = ArchGraph.from_json(t.user_attrs["graph"])
             assert t.user_attrs["rank_score"] == pytest.approx(float(ranker.score([graph])[0]), rel=1e-5, abs=1e-6)
     rank, _ = _ranker_campaign(out, ghn_path).open()
-    settings = rank.user_attrs["nas_campaign"]
+    settings = rank.user_attrs["nas_campaign"]["config"]
     assert settings["rank_by"] == "ranker" and settings["ranker"] == str(ranker_pt.resolve())
-    assert settings["ranker_labels"] == {"n": 6, "k": 2}
+    assert (settings["ranker_labels"], settings["ranker_k"]) == (6, 2)
 
     # Resume with more trials: the ranker is loaded, no architecture is trained or fitted again.
     def forbidden(*_: Any, **__: Any) -> None:
@@ -728,17 +729,24 @@ def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
     rank, _ = small_campaign(out, None, rank_by="ranker").open()
     for overrides, fragment in (
         ({"rank_by": "loss"}, "rank_by: stored 'ranker', requested 'loss'"),
-        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_labels: stored {'k': 30, 'n': 700}"),
+        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_k: stored 30, requested 5"),
     ):
         with pytest.raises(StorageError) as err:
             small_campaign(out, None, **overrides).open()
         assert fragment in str(err.value) and "\n" not in str(err.value)
     small_campaign(out, None, rank_by="ranker", label_workers=2, trials=50).open()  # not part of the identity
 
-    # A campaign stored before rank_by existed ranked by the predicted-weight loss.
+    # A campaign stored before rank_by existed (format 1, one key per setting) ranked by the predicted-weight loss.
     old = tmp_path / "old"
     rank, _ = small_campaign(old, None, rank_by="loss").open()
-    settings = {k: v for k, v in rank.user_attrs["nas_campaign"].items() if k not in ("rank_by", "ranker_labels")}
+    config = rank.user_attrs["nas_campaign"]["config"]
+    settings = {
+        "format": 1, "space": "nb201", "space_info": rank.user_attrs["nas_campaign"]["space_info"],
+        "dataset": config["dataset"], "data_seed": 0, "objectives": "loss", "ghn": config["ghn"],
+        "finetune": {"epochs": config["finetune_epochs"], "lr": config["finetune_lr"],
+                     "batch_size": config["finetune_batch_size"], "metric": config["finetune_metric"]},
+        "out": config["out"], "trials": 12, "top_k": 2, "seed": 0, "sampler": "tpe", "device": "cpu",
+    }
     rank.set_user_attr("nas_campaign", settings)
     small_campaign(old, None, rank_by="loss").open()
     with pytest.raises(StorageError, match="rank_by: stored 'loss', requested 'ranker'"):
@@ -756,8 +764,8 @@ def test_from_storage_finds_the_ranker_checkpoint(tmp_path: Path, ghn_path: Path
     small_campaign(tmp_path / "a", ghn_path, rank_by="ranker", ranker=path, storage=url, study="r", ranker_k=7,
                    refine=3, refine_trials=40).open()
     worker = Campaign.from_storage(url, "r", out=tmp_path / "w", progress=False)
-    assert worker.rank_by == "ranker" and worker.ranker_k == 7
-    assert (worker.refine, worker.refine_trials) == (3, 40)
+    assert worker.config.rank_by == "ranker" and worker.config.ranker_k == 7
+    assert (worker.config.refine, worker.config.refine_trials) == (3, 40)
     x = [c.graph for c in load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS).sample_many(4)]
     assert list(worker.ranker.predict(x)) == list(GHNRanker.load(path).predict(x))
     worker.open()  # joins: same identity
@@ -908,10 +916,10 @@ def test_campaign_rejects_bad_settings(tmp_path: Path, kwargs: dict[str, Any], n
 
 
 def test_pick_defaults_to_the_rank_order_with_the_ranker_on_one_objective(tmp_path: Path) -> None:
-    assert small_campaign(tmp_path, None, rank_by="ranker").pick == "rank"
-    assert small_campaign(tmp_path, None, rank_by="loss").pick == "finetuned"
-    assert small_campaign(tmp_path, None, rank_by="ranker", objectives="loss,params").pick == "finetuned"
-    assert small_campaign(tmp_path, None, rank_by="ranker", pick="finetuned").pick == "finetuned"
+    assert small_campaign(tmp_path, None, rank_by="ranker").config.pick == "rank"
+    assert small_campaign(tmp_path, None, rank_by="loss").config.pick == "finetuned"
+    assert small_campaign(tmp_path, None, rank_by="ranker", objectives="loss,params").config.pick == "finetuned"
+    assert small_campaign(tmp_path, None, rank_by="ranker", pick="finetuned").config.pick == "finetuned"
 
 
 def test_best_record_picks_by_queue_position_or_by_finetuned_result() -> None:
@@ -991,76 +999,21 @@ def test_report_on_a_full_disk_keeps_the_previous_files(
     assert_only_files(tmp_path, set(before))
 
 
-# ---------------------------------------------------------------- rerank
+# ---------------------------------------------------------------- removed settings
 
 
-class _FixedScorer:
-    """A scorer that returns fixed values by key (higher is better)."""
-
-    name = "fixed"
-
-    def __init__(self, values: dict[str, float]) -> None:
-        self.values = values
-
-    def score(self, graphs: list[Any], data: Any) -> list[float]:
-        return [self.values[g.key] for g in graphs]
+@pytest.mark.parametrize("name, value", [("rerank", "grad_norm"), ("rerank_pool", 30)])
+def test_removed_rerank_settings_are_refused_by_name(tmp_path: Path, name: str, value: Any) -> None:
+    # Reranking the shortlist by a zero-cost proxy reached no benefit in its benchmark and was removed.
+    with pytest.raises(ValueError, match=f"unknown campaign setting '{name}'"):
+        Campaign(out=tmp_path / "run", **{name: value})
+    assert not (tmp_path / "run").exists()
 
 
-def test_rerank_candidates_orders_by_the_second_score_nan_last_ties_in_shortlist_order(
-    tmp_path: Path, ghn_path: Path
-) -> None:
-    campaign = small_campaign(tmp_path / "rr", ghn_path, trials=8, batch_size=8)
+def test_enqueue_takes_the_top_k_by_rank_score(tmp_path: Path, ghn_path: Path) -> None:
+    campaign = small_campaign(tmp_path / "rr", ghn_path, trials=8, batch_size=8, top_k=3)
     campaign.rank()
     rank, _ = campaign.open()
-    shortlist = select_candidates(candidates_frame(rank), 5)
-    keys = list(shortlist["key"])
-    values = {keys[0]: 1.0, keys[1]: math.nan, keys[2]: 3.0, keys[3]: 1.0, keys[4]: 2.0}
-    kept = rerank_candidates(shortlist, 4, _FixedScorer(values), None)
-    assert list(kept["key"]) == [keys[2], keys[4], keys[0], keys[3]]  # the tie 0/3 keeps the shortlist order
-    assert list(kept["rerank_score"]) == [3.0, 2.0, 1.0, 1.0]
-    assert list(rerank_candidates(shortlist, 5, _FixedScorer(values), None)["key"])[-1] == keys[1]  # nan last
-    # Blended with the rank score's order (keys[0] best): rank sums 7.5, 5, 8, 4.5, 5.
-    shortlist = shortlist.assign(rank_score=[0.1, 0.2, 0.3, 0.4, 0.5])
-    blended = rerank_candidates(shortlist, 4, _FixedScorer(values), None, blend=True)
-    assert list(blended["key"]) == [keys[2], keys[0], keys[1], keys[4]]
-
-
-def test_rank_sum_adds_the_two_ranks_nan_worst_and_checks_shapes() -> None:
-    # rank_score lower is better (ranks 3, 2, 1), scores higher is better with nan the worst (ranks 2, 1, 3).
-    key = rank_sum(np.array([0.1, 0.5, 0.9]), np.array([1.0, math.nan, 5.0]))
-    assert key.tolist() == [5.0, 3.0, 4.0]
-    with pytest.raises(ValueError, match="`scores` must have the shape"):
-        rank_sum(np.zeros(3), np.zeros(2))
-
-
-def test_rerank_fine_tunes_the_proxys_best_of_the_shortlist(tmp_path: Path, ghn_path: Path) -> None:
-    from nas.evaluation import ProxyScorer
-
-    campaign = small_campaign(tmp_path / "rr", ghn_path, trials=10, batch_size=10, top_k=2, rerank="grad_norm",
-                              rerank_pool=5)
-    campaign.rank()
-    enqueued = campaign.enqueue()
-    rank, ft = campaign.open()
-    shortlist = select_candidates(candidates_frame(rank), 5)
-    graphs = [ArchGraph.from_json(g) for g in shortlist["graph"]]
-    proxy = ProxyScorer("grad_norm", seed=campaign.seed).score(graphs, campaign.data)
-    best_two = [graphs[i].key for i in np.argsort(proxy)[::-1][:2]]
-    assert enqueued == best_two  # the proxy's order, not the rank score's
-    campaign.finetune(wait=True)
-    table = finetuned_frame(ft)
-    assert set(table["key"]) == set(best_two)
-    assert sorted(table["rerank_score"]) == pytest.approx(sorted(np.sort(proxy)[::-1][:2]))
-    assert rank.user_attrs[CAMPAIGN_ATTR]["rerank"] == {"proxy": "grad_norm", "pool": 5}
-
-
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"rerank": "bogus"}, "`rerank` must be one of"),
-    ({"rerank": "ranker+bogus"}, "'ranker+' and one of them"),
-    ({"rerank": 3}, "`rerank` must be one of"),
-    ({"rerank": "snip", "rerank_pool": 1, "top_k": 2}, "`rerank_pool` (1) must be at least `top_k` (2)"),
-    ({"rerank": "snip", "rerank_pool": 0}, "`rerank_pool` must be a positive int, but got 0"),
-])
-def test_rerank_rejects_bad_values(tmp_path: Path, kwargs: dict[str, Any], fragment: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(fragment)):
-        Campaign(out=tmp_path / "run", **kwargs)
-    assert not (tmp_path / "run").exists()
+    expected = list(select_candidates(candidates_frame(rank), 3)["key"])
+    assert campaign.enqueue() == expected
+    assert campaign.enqueue() == []  # each key once per campaign

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 from nas.cli import main
-from nas.cli.basic import parse_space_args
+from nas.cli.options import parse_space_args
 from nas.graph import ArchGraph
 from search_spaces import BUILTIN_SPACES, NB201Space
 
@@ -83,7 +83,7 @@ def test_sample_user_space_file(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("suffix", [".png", ".pdf"])
 def test_draw_writes_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str) -> None:
     out_file = tmp_path / f"cell{suffix}"
-    code, out, _ = _run(capsys, "draw", "--space", "nb201", "--seed", "2", "-o", str(out_file), "--dataset", "digits")
+    code, out, _ = _run(capsys, "draw", "--space", "nb201", "--seed", "2", "--out", str(out_file), "--dataset", "digits")
     assert code == 0
     magic = {".png": b"\x89PNG", ".pdf": b"%PDF"}[suffix]
     assert out_file.read_bytes()[:4] == magic
@@ -92,7 +92,7 @@ def test_draw_writes_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
 
 def test_draw_user_space(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out_file = tmp_path / "mine.png"
-    assert _run(capsys, "draw", "--space", MY_SPACE, "-o", str(out_file))[0] == 0
+    assert _run(capsys, "draw", "--space", MY_SPACE, "--out", str(out_file))[0] == 0
     assert out_file.stat().st_size > 1000
 
 
@@ -100,11 +100,11 @@ def test_draw_user_space(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     ("name", "message"),
     [
         ("missing/cell.png", "output folder '{tmp}/missing' does not exist"),
-        ("cell.jpg", "`-o` must end in .png or .pdf, but got '{tmp}/cell.jpg'"),
+        ("cell.jpg", "`--out` must end in .png or .pdf, but got '{tmp}/cell.jpg'"),
     ],
 )
 def test_draw_refuses_bad_outputs(capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, message: str) -> None:
-    code, _, err = _run(capsys, "draw", "-o", str(tmp_path / name))
+    code, _, err = _run(capsys, "draw", "--out", str(tmp_path / name))
     assert code == 2
     assert err.strip() == f"nas draw: error: {message.format(tmp=tmp_path)}" + (
         "; create it first." if "folder" in message else "."
@@ -202,18 +202,18 @@ def test_train_arch_bad_input_is_one_line_exit_2(
     [
         (["sample", "--space", "nb2001"], "unknown search space 'nb2001'; built-in spaces: darts, macro, nb201"),
         (["train", "--space", "resnet", "--dataset", "digits"], "built-in spaces: darts, macro, nb201"),
-        (["draw", "--space", "nope", "-o", "x.png"], "built-in spaces: darts, macro, nb201"),
+        (["draw", "--space", "nope", "--out", "x.png"], "built-in spaces: darts, macro, nb201"),
         (["sample", "--space-arg", "C"], "`--space-arg` must be KEY=VALUE with KEY a name, but got 'C'"),
         (["sample", "--space-arg", "depth=2"], "NB201Space rejects its settings"),
         (["sample", "--space", "no/file.py:Space"], "space file 'no/file.py' does not exist"),
         (["sample", "-n", "0"], "`-n` must be positive, but got 0"),
         (["sample", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-        (["train", "--dataset", "digits", "--threads", "0"], "`--threads` must be positive, but got 0"),
+        (["train", "--dataset", "digits", "--threads", "-1"], "`--threads` must be 0 or positive, but got -1"),
         (["train", "--dataset", "digits", "--epochs", "0"], "`--epochs` must be positive, but got 0.0"),
         (["train", "--dataset", "digits", "--batch-size", "0"], "`--batch-size` must be positive, but got 0"),
         (["train", "--dataset", "digits", "--device", "bogus"], "`--device` is not a valid torch device: 'bogus'"),
         (["train", "--dataset", "digits", "--max-train", "0"], "`--max-train` must be positive, but got 0"),
-        (["draw", "--dpi", "0", "-o", "x.png"], "`--dpi` must be positive, but got 0"),
+        (["draw", "--dpi", "0", "--out", "x.png"], "`--dpi` must be positive, but got 0"),
     ],
 )
 def test_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
@@ -235,6 +235,12 @@ def test_parse_space_args_types() -> None:
         "name": "wide",
         "neg": -2,
     }
+    # Python literals (ast.literal_eval), bare words as strings: the one parser of every subcommand.
+    assert parse_space_args(["widths=(8, 16)", "ops=['conv', 'pool']", "quoted='a b'", "none=None", "x=1e-3"]) == {
+        "widths": (8, 16), "ops": ["conv", "pool"], "quoted": "a b", "none": None, "x": 1e-3,
+    }
+    with pytest.raises(ValueError, match="`--space-arg` must be KEY=VALUE"):
+        parse_space_args(["C"])
     with pytest.raises(ValueError, match="sets 'C' twice"):
         parse_space_args(["C=1", "C=2"])
 
@@ -259,3 +265,72 @@ def test_layered_layout_and_drawing(name: str) -> None:
     for i in range(len(graph)):
         assert node_label(graph, i) in labels
     assert node_label(graph, graph.input_index) == "input\n1x8x8"
+
+
+@pytest.mark.parametrize("old", ["-o", "--output"])
+def test_draw_old_output_flags_still_work_with_a_deprecation_warning(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str
+) -> None:
+    out_file = tmp_path / "cell.png"
+    code, out, err = _run(capsys, "draw", "--space-arg", "C=4", old, str(out_file))
+    assert code == 0 and out_file.is_file() and out.startswith("wrote ")
+    assert f"nas draw: warning: {old} is deprecated" in err and "use --out" in err
+
+
+def test_version_and_verbose_after_the_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"nas {version('ghn-nas')}"
+    from nas.cli import _parser
+
+    assert _parser().parse_args(["spaces", "-v"]).verbose is True
+    assert _parser().parse_args(["-v", "spaces"]).verbose is True
+    assert _parser().parse_args(["spaces"]).verbose is False
+
+
+@pytest.mark.parametrize("argv", [["sample", "--se", "1"], ["draw", "--ou", "x.png"], ["--verb", "spaces"]])
+def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "unrecognized arguments" in err
+
+
+def test_every_subcommand_defaults_to_the_same_space_and_dataset() -> None:
+    from nas.cli import _parser
+
+    parser = _parser()
+    for argv in (["sample"], ["draw"], ["train"], ["train-ghn", "--out", "g.pt"],
+                 ["fit-ranker", "--ghn", "g.pt", "--out", "r.pt"]):
+        args = parser.parse_args(argv)
+        assert (args.space, args.dataset) == ("nb201", "mnist5k"), argv
+        assert getattr(args, "threads", 1) == 1, argv
+    search = parser.parse_args(["search"])
+    assert "space" not in vars(search)  # unset unless given: CampaignConfig's default applies
+    from nas.campaign import CampaignConfig
+
+    assert (CampaignConfig().space, CampaignConfig().dataset) == ("nb201", "mnist5k")
+
+
+def test_sigterm_exits_143_with_a_resume_message(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time; import nas.cli.basic as b\n"
+        "def slow(args):\n    print('started', flush=True); time.sleep(60)\n"
+        "b.run_spaces = slow\n"
+        "from nas.cli import main; sys.exit(main(['spaces']))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1] == "nas spaces: terminated; run the same command again to resume."
+

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nas.campaign import Campaign
+from nas.campaign import Campaign, CampaignConfig
 from nas.cli import main
 
 SPACE_ARGS = {"C": 4}
@@ -66,18 +66,19 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--top-k", "-2"], "`--top-k` must be positive, but got -2"),
         (["--finetune-epochs", "0"], "`--finetune-epochs` must be positive, but got 0.0"),
         (["--finetune-lr", "-0.1"], "`--finetune-lr` must be positive, but got -0.1"),
-        (["--rerank", "bogus"],
-         "`--rerank` must be one of synflow, snip, grad_norm, jacob_cov, naswot, 'ranker+' and one of them"),
-        (["--rerank", "snip", "--rerank-pool", "2"], "`--rerank-pool` (2) must be at least `--top-k` (5)"),
+        (["--rerank", "grad_norm"], "unrecognized arguments: --rerank grad_norm"),  # removed: no benefit measured
+        (["--tri", "3"], "unrecognized arguments: --tri 3"),  # no abbreviated flags
+        (["--config", "nosuch.toml"], "`--config`: no such file 'nosuch.toml'"),
+        (["--finetune-metric", "f1"], "`--finetune-metric` must be one of acc, loss, but got 'f1'"),
         (["--trials", "many"], "argument --trials: invalid int value: 'many'"),
-        (["--self-check", "2"], "`--self-check` must be 0 or at least 3"),
+        (["--self-check", "2"], "`--self-check` must be 0 or an int of at least 3"),
         (["--sampler", "bogus"], "`--sampler` must be one of tpe, random, gp, nsga2, but got 'bogus'"),
         (["--objectives", "acc"], "`--objectives` must be one of loss, loss,params, loss,flops"),
         (["--storage", "ftp://user:hunter2@host/x"], "unsupported scheme"),
         (["--space", "nosuchspace"], "unknown search space 'nosuchspace'"),
-        (["--threads", "0"], "`--threads` must be positive, but got 0"),
-        (["--grace", "1"], "`--grace` (1) must exceed `--heartbeat` (30)"),
-        (["--heartbeat", "200"], "`--grace` (120) must exceed `--heartbeat` (200)"),
+        (["--threads", "-1"], "`--threads` must be 0 or positive, but got -1"),
+        (["--grace-period", "1"], "`--grace-period` (1) must exceed `--heartbeat-interval` (30)"),
+        (["--heartbeat-interval", "200"], "`--grace-period` (120) must exceed `--heartbeat-interval` (200)"),
         (["--device", "bogus"], "`--device` must be a torch device such as 'cpu' or 'cuda', but got 'bogus'"),
         (["--study", " "], "`--study` must be a non-empty name, but got ' '"),
         (["--ghn-steps", "0"], "`--ghn-steps` must be positive, but got 0"),
@@ -131,9 +132,18 @@ def test_grace_at_most_heartbeat_names_the_flags_and_touches_nothing(
         "worker": ["worker", "--storage", f"sqlite:///{tmp_path / 'c.db'}", "--study", "s"],
         "demo": ["demo", "--out", str(tmp_path / "o")],
     }[command]
-    rc, out, err = run_cli([*argv, "--heartbeat", "10", "--grace", "10"], capsys)
+    rc, out, err = run_cli([*argv, "--heartbeat-interval", "10", "--grace-period", "10"], capsys)
     assert rc == 2 and out == ""
-    assert err == f"nas {command}: error: `--grace` (10) must exceed `--heartbeat` (10).\n"
+    assert err == f"nas {command}: error: `--grace-period` (10) must exceed `--heartbeat-interval` (10).\n"
+    assert list(tmp_path.iterdir()) == []  # refused before any storage or folder was created
+    rc, out, err = run_cli([*argv, "--heartbeat", "10", "--grace", "10"], capsys)  # deprecated names still work
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [
+        f"nas {command}: warning: --heartbeat is deprecated and will be removed in the next release; "
+        "use --heartbeat-interval",
+        f"nas {command}: warning: --grace is deprecated and will be removed in the next release; use --grace-period",
+        f"nas {command}: error: `--grace-period` (10) must exceed `--heartbeat-interval` (10).",
+    ]
     assert list(tmp_path.iterdir()) == []  # refused before any storage or folder was created
 
 
@@ -163,7 +173,7 @@ def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: 
     rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)
     assert len(rank.trials) == 8  # the rerun ranked nothing new
     assert all("rank_score" in t.user_attrs and "ghn_loss" not in t.user_attrs for t in rank.trials)
-    assert rank.user_attrs["nas_campaign"]["finetune"]["lr"] == 0.02  # the fine-tunes' learning rate
+    assert rank.user_attrs["nas_campaign"]["config"]["finetune_lr"] == 0.02  # the fine-tunes' learning rate
 
     rc, _, err = run_cli([*argv, "--top-k", "2", "--rank-by", "loss"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1
@@ -264,7 +274,7 @@ def test_search_with_two_rankers_ranks_by_their_mean_and_a_bad_one_is_refused(
     assert rc == 0, err
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'campaign.db'}")
     rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)
-    assert rank.user_attrs["nas_campaign"]["ranker"] == [str(p.resolve()) for p in paths]
+    assert rank.user_attrs["nas_campaign"]["config"]["ranker"] == [str(p.resolve()) for p in paths]
     trial = next(t for t in rank.trials if t.state == TrialState.COMPLETE)
     graph = ArchGraph.from_dict(json.loads(trial.user_attrs["graph"]) if isinstance(trial.user_attrs["graph"], str)
                                 else trial.user_attrs["graph"])
@@ -292,9 +302,9 @@ def test_every_entry_point_defaults_to_the_same_label_recipe() -> None:
     parser = _parser()
     search = parser.parse_args(["search", "--out", "x"])
     fit = parser.parse_args(["fit-ranker", "--space", "nb201", "--dataset", "digits", "--ghn", "g.pt", "--out", "r.pt"])
-    campaign = inspect.signature(Campaign).parameters
     ensure = inspect.signature(ensure_ranker).parameters
-    assert (search.ranker_labels, search.ranker_k) == (RANKER_LABELS, RANKER_K)
-    assert (fit.labels, fit.k) == (RANKER_LABELS, RANKER_K)
-    assert (campaign["ranker_labels"].default, campaign["ranker_k"].default) == (RANKER_LABELS, RANKER_K)
+    config = CampaignConfig()
+    assert "ranker_labels" not in vars(search)  # unset unless given: the configuration's default applies
+    assert (fit.ranker_labels, fit.ranker_k) == (RANKER_LABELS, RANKER_K)
+    assert (config.ranker_labels, config.ranker_k) == (RANKER_LABELS, RANKER_K)
     assert (ensure["labels"].default, ensure["k"].default) == (RANKER_LABELS, RANKER_K)

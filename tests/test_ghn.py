@@ -533,7 +533,7 @@ def test_cli_train_ghn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     from nas.cli import main
 
     out = tmp_path / "ghn.pt"
-    args = ["train-ghn", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--steps", "2",
+    args = ["train-ghn", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn-steps", "2",
             "--eval-every", "2", "--meta-batch", "2", "--batch-size", "16", "--hidden", "16", "--layers", "1",
             "--num-held-out", "2", "--out", str(out), "--no-progress"]
     assert main(args) == 0
@@ -556,7 +556,7 @@ def test_cli_train_ghn_errors_name_the_flag(
     from nas.cli import main
 
     out = tmp_path / "ghn.pt"
-    argv = ["train-ghn", "--space", "nb201", "--dataset", "digits", "--steps", "1", "--out", str(out), flag, value]
+    argv = ["train-ghn", "--space", "nb201", "--dataset", "digits", "--ghn-steps", "1", "--out", str(out), flag, value]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -575,7 +575,7 @@ def test_cli_train_ghn_on_a_full_disk_is_one_line(
 
     monkeypatch.setattr(os, "fsync", no_space)  # the checkpoint's bytes are written, then the disk is full
     out = tmp_path / "ghn.pt"
-    argv = ["train-ghn", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--steps", "1",
+    argv = ["train-ghn", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn-steps", "1",
             "--eval-every", "1", "--meta-batch", "1", "--batch-size", "8", "--hidden", "8", "--layers", "1",
             "--num-held-out", "1", "--out", str(out), "--no-progress"]
     assert main(argv) == 2

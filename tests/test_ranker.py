@@ -343,7 +343,7 @@ def test_fit_ranker_cli_writes_a_ranker_that_search_can_load(
     ghn.save(ghn_path)
     out = tmp_path / "ranker.pt"
     argv = ["fit-ranker", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path),
-            "--out", str(out), "--labels", "5", "--k", "2", "--epochs", "2", "--ensemble", "1", "--no-progress",
+            "--out", str(out), "--ranker-labels", "5", "--ranker-k", "2", "--epochs", "2", "--ensemble", "1", "--no-progress",
             "--threads", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -356,8 +356,8 @@ def test_fit_ranker_cli_writes_a_ranker_that_search_can_load(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--labels", "2"], "`--labels` must be at least 4, but got 2."),
-        (["--k", "0"], "`--k` must be positive, but got 0."),
+        (["--ranker-labels", "2"], "`--ranker-labels` must be at least 4, but got 2."),
+        (["--ranker-k", "0"], "`--ranker-k` must be positive, but got 0."),
         (["--ghn", "missing.pt"], "GHN checkpoint 'missing.pt' does not exist"),
     ],
 )

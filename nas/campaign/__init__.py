@@ -12,25 +12,25 @@ A campaign is two Optuna studies in one storage:
    fine-tuned from their GHN-predicted weights by any number of workers
    (``nas.campaign._finetune``).
 
-Results come as DataFrames and plots (``nas.campaign._report``); the storage
+The settings are one :class:`CampaignConfig` (``nas.campaign._config``), which
+``nas search --config FILE`` reads as TOML. Results come as DataFrames and plots (``nas.campaign._report``); the storage
 URL schemes and the handling of dead workers are in ``nas.campaign._storage``.
 
 Example:
-    >>> from nas.campaign import Campaign
-    >>> result = Campaign(space="nb201", dataset="mnist5k", trials=300, top_k=5,
-    ...                   out="runs/x").run()  # doctest: +SKIP
+    >>> from nas.campaign import Campaign, CampaignConfig
+    >>> config = CampaignConfig(space="nb201", dataset="mnist5k", trials=300, top_k=5, out="runs/x")
+    >>> result = Campaign(config).run()  # doctest: +SKIP
     >>> result.finetuned[["key", "val_acc"]].head()  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from nas.campaign._campaign import CAMPAIGN_ATTR, IDENTITY_KEYS, Campaign, CampaignResult
+from nas.campaign._campaign import CAMPAIGN_ATTR, Campaign, CampaignResult, stored_campaign_config
+from nas.campaign._config import GROUPS, IDENTITY_KEYS, CampaignConfig, setting_names
 from nas.campaign._finetune import (
     FINETUNE_METRICS,
     FinetuneStats,
     enqueue_candidates,
-    rank_sum,
-    rerank_candidates,
     run_finetune_worker,
     select_candidates,
 )
@@ -76,7 +76,9 @@ __all__ = [
     "CAMPAIGN_ATTR",
     "CANDIDATE_COLUMNS",
     "Campaign",
+    "CampaignConfig",
     "CampaignResult",
+    "GROUPS",
     "FINETUNED_COLUMNS",
     "FINETUNE_METRICS",
     "PICKS",
@@ -94,8 +96,6 @@ __all__ = [
     "candidates_frame",
     "default_storage_url",
     "enqueue_candidates",
-    "rank_sum",
-    "rerank_candidates",
     "finetuned_frame",
     "mask_url",
     "open_storage",
@@ -117,5 +117,7 @@ __all__ = [
     "run_self_check",
     "select_candidates",
     "self_check_candidates",
+    "setting_names",
+    "stored_campaign_config",
     "write_report",
 ]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -28,23 +28,20 @@ from nas.exceptions import CheckpointError, StorageError
 from nas.space import SearchSpace, builtin_spaces, load_space
 from nas.training import TrainConfig
 
+from nas.campaign._config import IDENTITY_KEYS, MIN_RANKER_LABELS, CampaignConfig
 from nas.campaign._finetune import (
-    FINETUNE_METRICS,
     FinetuneStats,
     directions_for,
     enqueue_candidates,
-    rerank_candidates,
     run_finetune_worker,
-    scored_candidates,
     select_candidates,
     wait_for_running,
 )
 from nas.campaign._rank import (
     RANK_BY,
+    SAMPLERS,
     RankStats,
-    objectives_spec,
     resolve_objectives,
-    resolve_rank_by,
     resolve_sampler,
     run_rank_stage,
 )
@@ -60,22 +57,15 @@ from nas.campaign._report import (
 from nas.campaign._selfcheck import SelfCheck, run_self_check, self_check_candidates
 from nas.campaign._storage import CAMPAIGN_ATTR, default_storage_url, mask_url, open_storage, worker_session
 
-__all__ = ["Campaign", "CampaignResult", "CAMPAIGN_ATTR", "IDENTITY_KEYS"]
+if TYPE_CHECKING:
+    from nas.ghn import GHN, MetaTrainConfig, Ranker, RankerConfig
+
+__all__ = ["Campaign", "CampaignResult", "CAMPAIGN_ATTR", "IDENTITY_KEYS", "stored_campaign_config"]
 
 logger = logging.getLogger(__name__)
 
-#: Settings that must agree for a process to join an existing campaign.
-IDENTITY_KEYS: tuple[str, ...] = (
-    "space_info", "dataset", "data_seed", "objectives", "finetune", "rank_by", "ranker_labels",
-)
-
-#: Identity settings of campaigns stored before they existed (those ranked by the predicted-weight loss).
-_IDENTITY_DEFAULTS: dict[str, Any] = {"rank_by": "loss", "ranker_labels": None}
-
-#: Fewest labelled architectures :func:`nas.ghn.fit_ranker` accepts.
-_MIN_LABELS = 4
-
-_FORMAT = 1
+#: Layout of the settings stored in the rank study (1: before :class:`CampaignConfig`; 2: its ``to_dict``).
+_FORMAT = 2
 
 
 @dataclass
@@ -146,20 +136,15 @@ class CampaignResult:
         return "\n".join(lines)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
-    return value
-
-
-def _positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number, but got {value!r}.")
-    return float(value)
-
-
 def _normalise(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _is_ranker(value: Any) -> bool:
+    """Whether ``value`` implements :class:`nas.ghn.Ranker` (``score`` and ``check_compatible``)."""
+    from nas.ghn import Ranker
+
+    return isinstance(value, Ranker)
 
 
 def _checkpoint_path(value: Any) -> Path | None:
@@ -184,22 +169,25 @@ def _space_spec(space: str | SearchSpace) -> str | None:
 class Campaign:
     """A two-stage architecture search: ranking without training, then fine-tuning of the top-k.
 
+    The settings are one :class:`~nas.campaign.CampaignConfig`; the campaign
+    holds the resources (search space, dataset, GHN, ranker, sampler) and runs
+    the stages.
+
     Stage 1 (study ``<study>-rank``): an Optuna sampler proposes candidates
     through the search space and each gets a rank score (minimised). With
     ``rank_by="ranker"`` (the default) the score is
     :meth:`nas.ghn.GHNRanker.score`: the short-training loss (TSE: the sum of
     the first ``ranker_k`` SGD losses from random initialisation) that the
-    ranker predicts from the graph alone, with a log-FLOPs capacity prior. Without a given ``ranker``, one is fitted once per campaign into
+    ranker predicts from the graph alone, with a log-FLOPs capacity prior.
+    Without a given ranker, one is fitted once per campaign into
     ``<out>/ranker.pt``: ``ranker_labels`` architectures sampled from the space
     (never the self-check's) are trained for ``ranker_k`` steps
     (``<out>/ranker_labels.csv``, resumable), then the GHN's graph network is
     fine-tuned on those labels. With ``rank_by="loss"`` the score is the
-    validation loss of the GHN-predicted weights (about 0.6 s per candidate on
-    a CPU core, and on nb201 / mnist5k a much weaker ranking than the ranker's).
-    Candidates are scored in batches, and a candidate seen before (same
-    canonical key) reuses its stored score. With two objectives, the second
-    (parameters or FLOPs) is minimised too and fine-tuning candidates come
-    from the Pareto front.
+    validation loss of the GHN-predicted weights. Candidates are scored in
+    batches, and a candidate seen before (same canonical key) reuses its
+    stored score. With two objectives, the second (parameters or FLOPs) is
+    minimised too and fine-tuning candidates come from the Pareto front.
 
     Stage 2 (study ``<study>-finetune``): the ``top_k`` best distinct candidates
     are enqueued once; workers (this process and any ``nas worker``) claim them,
@@ -210,207 +198,96 @@ class Campaign:
     trials of dead workers are re-queued, nothing is scored or trained twice.
 
     Args:
-        space: A built-in space name (``"nb201"``), ``"module:attr"``,
-            ``"path/file.py:attr"`` or a :class:`~nas.space.SearchSpace`.
-        dataset: A dataset name for :func:`nas.data.load_dataset` or a loaded
-            :class:`~nas.data.Dataset`.
-        ghn: A trained GHN, the path of a GHN checkpoint, or ``None`` to
-            meta-train the default recipe into ``<out>/ghn.pt`` (reused when there).
-            Fine-tuning starts from its predicted weights whatever ``rank_by`` is.
-        rank_by: What scores a candidate in stage 1: ``"ranker"`` or ``"loss"``
-            (see :data:`~nas.campaign.RANK_BY`). Part of the campaign's identity.
-        ranker: With ``rank_by="ranker"``: a fitted :class:`nas.ghn.GHNRanker`,
-            the path of a ranker checkpoint (checked before the storage is
-            touched), a list of those (ranked by their mean, a
-            :class:`nas.ghn.RankerEnsemble`), or ``None`` to fit one into
-            ``<out>/ranker.pt`` (reused when there).
-        ranker_labels: Architectures labelled by short training to fit the
-            ranker when ``ranker`` is ``None`` (at least 4; at most the size of
-            a smaller space).
-        ranker_k: SGD steps of each label's short training.
-        label_workers: Processes training labels in parallel.
-        ranker_config: A :class:`nas.ghn.RankerConfig` for the ranker fitted
-            when ``ranker`` is ``None`` (default: the default recipe, seeded with ``seed``).
-        trials: Complete rank trials the study must hold (sampler trials).
-        refine: After the sampler's trials, score every one-step change of
-            the ``refine`` best candidates (one choice changed), and repeat
-            with the new best until they stop changing: a local search on
-            the rank score. ``0`` skips it; ``None`` (default) refines the
-            ``top_k`` best when ranking by the ranker (milliseconds per
-            candidate) and skips it when ranking by the predicted-weight loss.
-        refine_trials: Most refinement trials (default: ``trials``).
-        rerank: A zero-cost proxy of :data:`nas.evaluation.PROXIES` (e.g.
-            ``"grad_norm"``) that reorders the ``rerank_pool`` best candidates
-            of the rank stage before the ``top_k`` best of them are
-            fine-tuned, in the proxy's order; ``"ranker+PROXY"`` orders them
-            by the sum of their rank-score and proxy ranks instead; ``None``
-            (default) fine-tunes the rank stage's ``top_k`` best. Each proxy
-            score costs one forward and backward pass on one minibatch
-            (0.01-0.05 CPU-s for nb201 on mnist5k).
-        rerank_pool: How many of the rank stage's best candidates the proxy
-            reorders (at least ``top_k``).
-        top_k: Distinct candidates to fine-tune.
-        finetune_epochs: Fine-tuning budget per candidate (epochs, may be fractional).
-        sampler: ``"tpe"``, ``"random"``, ``"gp"``, ``"nsga2"`` or an Optuna sampler.
-        objectives: ``"loss"``, ``"loss,params"`` or ``"loss,flops"``.
-        out: Output folder (tables, plots, best architecture, default storage).
-        storage: Optuna storage URL; default ``sqlite:///<out>/campaign.db``.
-        study: Campaign name; default ``<space>-<dataset>``.
-        device: ``"cpu"`` or ``"cuda"``.
-        seed: Seed of the sampler, fine-tuning and self-check.
-        batch_size: Candidates scored per GHN forward pass.
-        self_check: Random candidates to train from scratch for the self-check
-            (0 = none, else at least 3).
-        self_check_epochs: Their training budget (default ``finetune_epochs``).
-        space_args: Settings of the search space (e.g. ``{"C": 16}``).
-        finetune_metric: ``"acc"`` (maximise validation accuracy) or ``"loss"``.
-        pick: What the campaign reports as its best (``best.json``, ``best.pt``):
-            ``"rank"``, the first fine-tuned candidate in the ranking's order, or
-            ``"finetuned"``, the best fine-tuned result by ``finetune_metric``
-            (:data:`~nas.campaign.PICKS`). ``None`` (default): ``"rank"`` when
-            ranking by the ranker on one objective, else ``"finetuned"``. On
-            nb201 / mnist5k a 1-epoch fine-tune from predicted weights does not
-            order the ranker's top candidates, and its first is the better pick
-            (README, search benchmark). Not part of the campaign's identity.
-        finetune_lr: Peak learning rate of fine-tuning.
-        finetune_batch_size: Images per fine-tuning step.
-        data_seed: Seed of the dataset split (must match the GHN's meta-training split).
-        heartbeat_interval: Seconds between heartbeats of running trials.
-        grace_period: Seconds without heartbeat after which a worker counts as dead.
-        progress: Show tqdm progress bars.
+        config: The settings (default: :class:`~nas.campaign.CampaignConfig` ``()``).
+        space: A :class:`~nas.space.SearchSpace` to search instead of
+            ``config.space``, or a space name (then a setting).
+        dataset: A loaded :class:`~nas.data.Dataset` instead of
+            ``config.dataset``, or a dataset name (then a setting).
+        ghn: A trained GHN instead of ``config.ghn``, or a checkpoint path (then a setting).
+        ranker: A fitted :class:`~nas.ghn.Ranker`, or a list of rankers and
+            checkpoint paths (ranked by their mean, a :class:`nas.ghn.RankerEnsemble`),
+            instead of ``config.ranker``; or a path, or a list of paths (then a setting).
+        sampler: An Optuna sampler instead of ``config.sampler``, or a sampler name (then a setting).
         meta_train: A :class:`nas.ghn.MetaTrainConfig` for the GHN meta-trained
-            when ``ghn`` is ``None`` (default: the default recipe on ``device``).
+            when there is none (default: the recipe with ``config.ghn_steps`` on ``config.device``).
+        ranker_config: A :class:`nas.ghn.RankerConfig` for the ranker fitted
+            when there is none (default: the recipe, seeded with ``config.seed``).
+        **settings: Settings that override those of ``config`` (the fields of
+            :class:`~nas.campaign.CampaignConfig`).
 
     Raises:
         ValueError: A setting is out of range (the message names it).
 
     Example:
-        >>> campaign = Campaign(space="nb201", dataset="mnist5k", trials=300, top_k=5,
-        ...                     out="runs/x")  # doctest: +SKIP
+        >>> campaign = Campaign(CampaignConfig(trials=300, top_k=5, out="runs/x"))  # doctest: +SKIP
         >>> result = campaign.run()  # doctest: +SKIP
         >>> result.best["metrics"]["val_acc"]  # doctest: +SKIP
     """
 
     def __init__(
         self,
+        config: CampaignConfig | None = None,
         *,
-        space: str | SearchSpace = "nb201",
-        dataset: str | Dataset = "mnist5k",
-        ghn: Any = None,
-        trials: int = 300,
-        top_k: int = 5,
-        finetune_epochs: float = 3,
-        sampler: str | BaseSampler = "tpe",
-        objectives: str | tuple[str, ...] = "loss",
-        out: str | Path = "runs/campaign",
-        storage: str | None = None,
-        study: str | None = None,
-        device: str = "cpu",
-        seed: int = 0,
-        batch_size: int = 32,
-        self_check: int = 0,
-        self_check_epochs: float | None = None,
-        space_args: dict[str, Any] | None = None,
-        finetune_metric: str = "acc",
-        pick: str | None = None,
-        finetune_lr: float = 0.05,
-        finetune_batch_size: int = 64,
-        data_seed: int = 0,
-        heartbeat_interval: int = 30,
-        grace_period: int = 120,
-        progress: bool = True,
-        meta_train: Any = None,
-        rank_by: str = "ranker",
-        ranker: Any = None,
-        ranker_labels: int = 700,  # nas.ghn.RANKER_LABELS (nas.ghn is imported when needed)
-        ranker_k: int = 30,  # nas.ghn.RANKER_K
-        label_workers: int = 1,
-        ranker_config: Any = None,
-        refine: int | None = None,
-        refine_trials: int | None = None,
-        rerank: str | None = None,
-        rerank_pool: int = 30,
+        space: str | SearchSpace | None = None,
+        dataset: str | Dataset | None = None,
+        ghn: str | Path | GHN | None = None,
+        ranker: str | Path | Ranker | Sequence[str | Path | Ranker] | None = None,
+        sampler: str | BaseSampler | None = None,
+        meta_train: MetaTrainConfig | None = None,
+        ranker_config: RankerConfig | None = None,
+        **settings: Any,
     ) -> None:
-        self.trials = _positive_int("trials", trials)
-        if refine is not None and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
-            raise ValueError(f"`refine` must be a non-negative int, but got {refine!r}.")
-        self.refine_trials = self.trials if refine_trials is None else _positive_int("refine_trials", refine_trials)
-        self.top_k = _positive_int("top_k", top_k)
-        if rerank is not None:
-            from nas.evaluation.proxies import PROXIES
-
-            if not isinstance(rerank, str) or rerank.removeprefix("ranker+") not in PROXIES:
-                raise ValueError(
-                    f"`rerank` must be one of {', '.join(PROXIES)}, 'ranker+' and one of them, or None, "
-                    f"but got {rerank!r}."
-                )
-            if _positive_int("rerank_pool", rerank_pool) < self.top_k:
-                raise ValueError(f"`rerank_pool` ({rerank_pool}) must be at least `top_k` ({self.top_k}).")
-        self.rerank = rerank
-        self.rerank_pool = rerank_pool
-        self.finetune_epochs = _positive_float("finetune_epochs", finetune_epochs)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        if isinstance(self_check, bool) or not isinstance(self_check, int) or self_check < 0 or 0 < self_check < 3:
-            raise ValueError(f"`self_check` must be 0 or an int of at least 3, but got {self_check!r}.")
-        self.self_check_n = self_check
-        self.self_check_epochs = (
-            self.finetune_epochs
-            if self_check_epochs is None
-            else _positive_float("self_check_epochs", self_check_epochs)
-        )
-        if finetune_metric not in FINETUNE_METRICS:
-            raise ValueError(
-                f"`finetune_metric` must be one of {', '.join(FINETUNE_METRICS)}, but got {finetune_metric!r}."
-            )
-        self.finetune_metric = finetune_metric
-        self.finetune_lr = _positive_float("finetune_lr", finetune_lr)
-        self.finetune_batch_size = _positive_int("finetune_batch_size", finetune_batch_size)
-        self.objectives = resolve_objectives(objectives)
-        self.sampler_spec = sampler
-        if isinstance(sampler, str):
-            resolve_sampler(sampler, seed=seed)  # fail now on a bad name
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"`seed` must be an int, but got {seed!r}.")
-        self.seed = seed
-        self.data_seed = data_seed
-        self.device = _check_device(device)
-        if study is not None and (not isinstance(study, str) or not study.strip()):
-            raise ValueError(f"`study` must be a non-empty name, but got {study!r}.")
-        self.out = Path(out)
-        self.storage_url = storage if storage is not None else default_storage_url(self.out)
-        self.heartbeat_interval = heartbeat_interval
-        self.grace_period = grace_period
-        self.progress = progress
-        self.space_args = dict(space_args or {})
-        self.rank_by = resolve_rank_by(rank_by)
-        self.refine = refine if refine is not None else (self.top_k if self.rank_by == "ranker" else 0)
-        if pick is not None and pick not in PICKS:
-            raise ValueError(f"`pick` must be one of {', '.join(PICKS)} or None, but got {pick!r}.")
-        self.pick = pick or ("rank" if self.rank_by == "ranker" and len(self.objectives) == 1 else "finetuned")
+        if config is not None and not isinstance(config, CampaignConfig):
+            raise ValueError(f"`config` must be a CampaignConfig or None, but got {config!r}.")
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
+        self._space_in: SearchSpace | None = None
+        self._dataset_in: Dataset | None = None
+        self._ghn_in: GHN | None = None
+        self._ranker_in: Ranker | list[Any] | None = None
+        self._sampler_in: BaseSampler | None = None
+        if isinstance(space, SearchSpace):
+            self._space_in = space
+            settings["space"] = _space_spec(space) or space.name
+        elif space is not None:
+            settings["space"] = space
+        if dataset is not None and not isinstance(dataset, str):
+            self._dataset_in = dataset
+            settings["dataset"] = dataset.name
+        elif dataset is not None:
+            settings["dataset"] = dataset
+        if ghn is not None and not isinstance(ghn, (str, Path)):
+            self._ghn_in = ghn
+        elif ghn is not None:
+            settings["ghn"] = str(ghn)
         if ranker is not None:
-            if self.rank_by != "ranker":
-                raise ValueError(f"`ranker` is used only when `rank_by` is 'ranker', but `rank_by` is {rank_by!r}.")
-            several = ranker if isinstance(ranker, (list, tuple)) else [ranker]
-            if not several or any(
-                not isinstance(r, (str, Path)) and not callable(getattr(r, "score", None)) for r in several
-            ):
+            several = list(ranker) if isinstance(ranker, (list, tuple)) else [ranker]
+            if several and all(isinstance(r, (str, Path)) for r in several):
+                settings["ranker"] = ranker if isinstance(ranker, (str, Path)) else [str(r) for r in several]
+            elif not several or not all(isinstance(r, (str, Path)) or _is_ranker(r) for r in several):
                 raise ValueError(
-                    "`ranker` must be a GHNRanker, the path of a ranker checkpoint, a list of those (an "
-                    f"ensemble) or None, but got {ranker!r}."
+                    "`ranker` must be a ranker (with score and check_compatible), the path of a ranker checkpoint, "
+                    f"a list of those (an ensemble) or None, but got {ranker!r}."
                 )
-        if isinstance(ranker_labels, bool) or not isinstance(ranker_labels, int) or ranker_labels < _MIN_LABELS:
-            raise ValueError(f"`ranker_labels` must be an int of at least {_MIN_LABELS}, but got {ranker_labels!r}.")
-        self.ranker_labels = ranker_labels
-        self.ranker_k = _positive_int("ranker_k", ranker_k)
-        self.label_workers = _positive_int("label_workers", label_workers)
-        self.ranker_config = ranker_config
-        self._ranker_in = ranker
-        self._ranker: Any = None
-        self._space_in = space
-        self._dataset_in = dataset
-        self._ghn_in = ghn
+            else:
+                self._ranker_in = several if isinstance(ranker, (list, tuple)) else ranker
+                if settings.get("rank_by", (config or CampaignConfig()).rank_by) != "ranker":
+                    rank_by = settings.get("rank_by", (config or CampaignConfig()).rank_by)
+                    raise ValueError(
+                        f"`ranker` is used only when `rank_by` is 'ranker', but `rank_by` is {rank_by!r}."
+                    )
+        if isinstance(sampler, BaseSampler):
+            self._sampler_in = sampler
+        elif sampler is not None:
+            settings["sampler"] = sampler
+        #: The settings, with the defaults that depend on other settings filled in.
+        self.config: CampaignConfig = (config or CampaignConfig()).replace(**settings).resolved()
+        self.device = _check_device(self.config.device)
+        self.out = Path(self.config.out)
+        self.storage_url = self.config.storage if self.config.storage is not None else default_storage_url(self.out)
+        self.objectives = resolve_objectives(self.config.objectives)
         self.meta_train_config = meta_train
-        self._study_in = study
+        self.ranker_config = ranker_config
+        self._ranker: Ranker | None = None
         self._space: SearchSpace | None = None
         self._data: Dataset | None = None
         self._ghn: Any = None
@@ -425,14 +302,14 @@ class Campaign:
 
     @property
     def dataset_name(self) -> str:
-        return self._dataset_in if isinstance(self._dataset_in, str) else self._dataset_in.name
+        return self.config.dataset
 
     @property
     def data(self) -> Dataset:
         """The dataset (loaded on first use)."""
         if self._data is None:
-            if isinstance(self._dataset_in, str):
-                self._data = load_dataset(self._dataset_in, seed=self.data_seed)
+            if self._dataset_in is None:
+                self._data = load_dataset(self.config.dataset, seed=self.config.data_seed)
             else:
                 self._data = self._dataset_in
         return self._data
@@ -443,13 +320,16 @@ class Campaign:
         if self._space is None:
             data = self.data
             space = load_space(
-                self._space_in, input_shape=data.input_shape, num_classes=data.num_classes, **self.space_args
+                self._space_in if self._space_in is not None else self.config.space,
+                input_shape=data.input_shape,
+                num_classes=data.num_classes,
+                **self.config.space_args,
             )
-            space.sample(self.seed)  # a space whose build() fails is refused before any storage is touched
+            space.sample(self.config.seed)  # a space whose build() fails is refused before any storage is touched
             size = space.size()
-            if size is not None and size < self.top_k:
+            if size is not None and size < self.config.top_k:
                 raise ValueError(
-                    f"`top_k` is {self.top_k}, but search space {space.name!r} has only {size} candidates; "
+                    f"`top_k` is {self.config.top_k}, but search space {space.name!r} has only {size} candidates; "
                     "lower --top-k."
                 )
             self._space = space
@@ -457,9 +337,9 @@ class Campaign:
 
     @property
     def study_name(self) -> str:
-        if self._study_in is not None:
-            return self._study_in.strip()
-        space_name = self._space_in if isinstance(self._space_in, str) else self._space_in.name
+        if self.config.study is not None:
+            return self.config.study.strip()
+        space_name = self._space_in.name if self._space_in is not None else self.config.space
         name = f"{Path(str(space_name)).stem.split(':')[-1]}-{self.dataset_name}"
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -471,21 +351,41 @@ class Campaign:
         return self._ghn
 
     def _ghn_path(self) -> Path | None:
-        if self._ghn_in is None:
+        """The GHN's checkpoint path (``<out>/ghn.pt`` when meta-trained here), ``None`` for a GHN object."""
+        if self._ghn_in is not None:
+            return None
+        if self.config.ghn is None:
             return (self.out / "ghn.pt").resolve()
-        return _checkpoint_path(self._ghn_in)
+        return _checkpoint_path(self.config.ghn)
+
+    def _meta_train(self) -> MetaTrainConfig:
+        """The meta-training recipe of a GHN trained here."""
+        from nas.ghn import MetaTrainConfig
+
+        if self.meta_train_config is not None:
+            return self.meta_train_config
+        steps = self.config.ghn_steps
+        if steps is None:
+            return MetaTrainConfig(device=self.device)
+        default = MetaTrainConfig()
+        return MetaTrainConfig(
+            steps=steps,
+            device=self.device,
+            warmup_steps=min(default.warmup_steps, steps),
+            eval_every=min(default.eval_every, steps),
+        )
 
     def _resolve_ghn(self) -> Any:
         import nas.ghn as ghn_mod
 
-        ghn = self._ghn_in
-        if ghn is None:
+        ghn: Any = self._ghn_in
+        if ghn is None and self.config.ghn is None:
             path = self._ghn_path()
             assert path is not None
-            config = self.meta_train_config or ghn_mod.MetaTrainConfig(device=self.device)
-            ghn = ghn_mod.ensure_ghn(self.space, self.data, path=path, config=config, progress=self.progress)
-        elif isinstance(ghn, (str, Path)):
-            path = Path(ghn).expanduser()
+            ghn = ghn_mod.ensure_ghn(self.space, self.data, path=path, config=self._meta_train(),
+                                     progress=self.config.progress)
+        elif ghn is None:
+            path = Path(self.config.ghn).expanduser()
             if not path.is_file():
                 raise CheckpointError(
                     f"GHN checkpoint {str(path)!r} does not exist (a worker on another machine: pass --ghn PATH)."
@@ -505,47 +405,53 @@ class Campaign:
         return ghn
 
     @property
-    def ranker(self) -> Any:
+    def ranker(self) -> Ranker | None:
         """The GHN ranker (loaded or fitted on first use), checked against the space.
 
         ``None`` when the campaign ranks by the predicted-weight loss (``rank_by="loss"``).
         """
-        if self.rank_by != "ranker":
+        if self.config.rank_by != "ranker":
             return None
         if self._ranker is None:
             self._ranker = self._resolve_ranker()
         return self._ranker
 
-    def _ranker_path(self) -> Path | None:
-        if self.rank_by != "ranker":
+    def _ranker_sources(self) -> list[Any] | Any | None:
+        """The ranker as given: an object or path, a list of those (an ensemble), or ``None`` (fit one here)."""
+        if self._ranker_in is not None:
+            return self._ranker_in
+        return self.config.ranker
+
+    def _ranker_setting(self) -> str | list[str] | None:
+        """The ranker as stored: its path, the members' paths of an ensemble, or ``None`` for a ranker object."""
+        if self.config.rank_by != "ranker":
             return None
-        if self._ranker_in is None:
-            return (self.out / "ranker.pt").resolve()
-        return _checkpoint_path(self._ranker_in)
+        given = self._ranker_sources()
+        if given is None:
+            return str((self.out / "ranker.pt").resolve())
+        several = given if isinstance(given, list) else [given]
+        paths = [_checkpoint_path(r) for r in several]
+        if any(path is None for path in paths):
+            return None
+        if isinstance(given, list):
+            return [str(path) for path in paths]
+        return str(paths[0])
 
-    def _ranker_setting(self) -> str | list[str | None] | None:
-        """The ranker as stored in the settings: its path, the members' paths of an ensemble, or ``None``."""
-        if self.rank_by == "ranker" and isinstance(self._ranker_in, (list, tuple)):
-            paths = [_checkpoint_path(r) for r in self._ranker_in]
-            return [str(path) if path is not None else None for path in paths]
-        path = self._ranker_path()
-        return str(path) if path is not None else None
-
-    def _resolve_ranker(self) -> Any:
+    def _resolve_ranker(self) -> Ranker:
         from nas.ghn import RankerEnsemble
 
-        ranker = self._ranker_in
-        if ranker is None:
+        given = self._ranker_sources()
+        if given is None:
             return self._ensure_ranker()
-        if isinstance(ranker, (list, tuple)):
-            ranker = RankerEnsemble([self._load_ranker(r) for r in ranker])
+        if isinstance(given, list):
+            ranker: Any = RankerEnsemble([self._load_ranker(r) for r in given])
         else:
-            ranker = self._load_ranker(ranker)
+            ranker = self._load_ranker(given)
         if isinstance(ranker, torch.nn.Module):
             ranker.to(self.device)
         return ranker
 
-    def _load_ranker(self, ranker: Any) -> Any:
+    def _load_ranker(self, ranker: Any) -> Ranker:
         """A ranker object, or the checkpoint at a path, checked against the space."""
         from nas.ghn import GHNRanker
 
@@ -561,68 +467,63 @@ class Campaign:
         _check_ranker(ranker, self.space, self.dataset_name, source=source)
         return ranker
 
-    def _ensure_ranker(self) -> Any:
+    def _ensure_ranker(self) -> Ranker:
         """Load ``<out>/ranker.pt``, or label architectures and fit the ranker there."""
         from nas.ghn import RankerConfig, ensure_ranker
 
-        path = self._ranker_path()
-        assert path is not None
-        space = self.space
+        path = (self.out / "ranker.pt").resolve()
+        space, config = self.space, self.config
         # The self-check compares the ranking with training: its candidates must not be labels.
-        exclude = sorted({c.graph.key for c in self_check_candidates(space, self.self_check_n, seed=self.seed)})
-        n = self.ranker_labels
+        exclude = sorted({c.graph.key for c in self_check_candidates(space, config.self_check, seed=config.seed)})
+        n = config.ranker_labels
         size = space.size()
         if size is not None and size - len(exclude) < n:
             n = size - len(exclude)
-            if n < _MIN_LABELS:
+            if n < MIN_RANKER_LABELS:
                 raise ValueError(
                     f"`ranker_labels`: search space {space.name!r} has only {size} candidates "
-                    f"({len(exclude)} kept for the self-check), too few to fit a ranker on {_MIN_LABELS}; "
+                    f"({len(exclude)} kept for the self-check), too few to fit a ranker on {MIN_RANKER_LABELS}; "
                     "rank by the predicted-weight loss (rank_by='loss') instead."
                 )
             logger.info("labelling all %d candidates of search space %r outside the self-check", n, space.name)
         ranker = ensure_ranker(
-            space, self.data, self.ghn, path=path, labels=n, k=self.ranker_k, seed=self.seed, exclude=exclude,
-            labels_cache=self.out / "ranker_labels.csv", workers=self.label_workers,
-            config=self.ranker_config or RankerConfig(seed=self.seed), progress=self.progress,
+            space, self.data, self.ghn, path=path, labels=n, k=config.ranker_k, seed=config.seed, exclude=exclude,
+            labels_cache=self.out / "ranker_labels.csv", workers=config.label_workers,
+            config=self.ranker_config or RankerConfig(seed=config.seed), progress=config.progress,
         )
         _check_ranker(ranker, space, self.dataset_name, source=path)
         return ranker
 
     # ------------------------------------------------------------ storage
 
-    def settings(self) -> dict[str, Any]:
-        """The campaign's settings as stored in the rank study (user attribute ``nas_campaign``)."""
+    def stored_config(self) -> CampaignConfig:
+        """The configuration as stored: checkpoint paths and the output folder resolved, objects as ``None``.
+
+        A GHN or ranker given as an object is stored as ``None``, and so is a
+        space object that cannot be imported by name (``space`` then holds its name).
+        """
         ghn_path = self._ghn_path()
+        return self.config.replace(
+            ghn=str(ghn_path) if ghn_path is not None else None,
+            ranker=self._ranker_setting(),
+            out=str(self.out.resolve()),
+            sampler=self.config.sampler,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The campaign's settings as stored in the rank study (user attribute ``nas_campaign``).
+
+        ``config`` holds :meth:`stored_config` (:meth:`CampaignConfig.to_dict`),
+        ``space`` the space's import spec (``None`` for a space object that
+        cannot be imported by name), ``space_info`` the built space's
+        description and ``sampler`` the sampler's class for a sampler object.
+        """
         return _normalise({
             "format": _FORMAT,
-            "space": _space_spec(self._space_in),
+            "config": self.stored_config().to_dict(),
+            "space": _space_spec(self._space_in) if self._space_in is not None else self.config.space,
             "space_info": self.space.describe(),
-            "dataset": self.dataset_name,
-            "data_seed": self.data_seed,
-            "objectives": objectives_spec(self.objectives),
-            "finetune": {
-                "epochs": self.finetune_epochs,
-                "lr": self.finetune_lr,
-                "batch_size": self.finetune_batch_size,
-                "metric": self.finetune_metric,
-            },
-            "ghn": str(ghn_path) if ghn_path is not None else None,
-            "rank_by": self.rank_by,
-            "ranker": self._ranker_setting(),
-            "ranker_labels": {"n": self.ranker_labels, "k": self.ranker_k} if self.rank_by == "ranker" else None,
-            "label_workers": self.label_workers,
-            "out": str(self.out.resolve()),
-            "trials": self.trials,
-            "refine": self.refine,
-            "refine_trials": self.refine_trials,
-            "rerank": {"proxy": self.rerank, "pool": self.rerank_pool} if self.rerank else None,
-            "top_k": self.top_k,
-            "seed": self.seed,
-            "sampler": self.sampler_spec if isinstance(self.sampler_spec, str) else type(self.sampler_spec).__name__,
-            "self_check": self.self_check_n,
-            "self_check_epochs": self.self_check_epochs,
-            "device": self.device,
+            "sampler": type(self._sampler_in).__name__ if self._sampler_in is not None else self.config.sampler,
         })
 
     def open(self) -> tuple[optuna.Study, optuna.Study]:
@@ -633,14 +534,15 @@ class Campaign:
 
         Raises:
             StorageError: Bad storage URL, or a study of this name exists with
-                different settings (space, dataset, objectives, fine-tuning,
-                ``rank_by`` and ranker labels: see :data:`IDENTITY_KEYS`).
+                different settings (the identity settings of
+                :class:`~nas.campaign.CampaignConfig`, see :data:`IDENTITY_KEYS`).
         """
         if self._rank_study is not None and self._ft_study is not None:
             return self._rank_study, self._ft_study
         self.out.mkdir(parents=True, exist_ok=True)
+        config = self.config
         self._storage = open_storage(
-            self.storage_url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period
+            self.storage_url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period
         )
         settings = self.settings()
         name = self.study_name
@@ -653,10 +555,10 @@ class Campaign:
             rank.set_user_attr(CAMPAIGN_ATTR, settings)
         else:
             _check_identity(stored, settings, name, self.storage_url)
-        seed = self.seed if created else self.seed + os.getpid() + len(rank.trials)
-        rank.sampler = resolve_sampler(self.sampler_spec, seed=seed)
+        seed = config.seed if created else config.seed + os.getpid() + len(rank.trials)
+        rank.sampler = resolve_sampler(self._sampler_in or config.sampler, seed=seed)
         ft, _ = _create_or_load(
-            self._storage, f"{name}-finetune", list(directions_for(self.finetune_metric)), self.storage_url
+            self._storage, f"{name}-finetune", list(directions_for(config.finetune_metric)), self.storage_url
         )
         self._rank_study, self._ft_study = rank, ft
         return rank, ft
@@ -675,17 +577,17 @@ class Campaign:
                 space,
                 ghn,
                 data,
-                n_trials=self.trials,
-                batch_size=self.batch_size,
+                n_trials=self.config.trials,
+                batch_size=self.config.batch_size,
                 objectives=self.objectives,
                 ranker=ranker,
                 device=self.device,
                 worker=worker or fresh,
-                heartbeat_interval=self.heartbeat_interval,
-                grace_period=self.grace_period,
-                progress=self.progress,
-                refine=self.refine,
-                refine_trials=self.refine_trials,
+                heartbeat_interval=self.config.heartbeat_interval,
+                grace_period=self.config.grace_period,
+                progress=self.config.progress,
+                refine=self.config.refine,
+                refine_trials=self.config.refine_trials,
             )
         return self.rank_stats
 
@@ -698,24 +600,15 @@ class Campaign:
         rank, ft = self.open()
         candidates = candidates_frame(rank)
         pareto = len(self.objectives) > 1
-        if self.rerank is None:
-            return enqueue_candidates(rank, ft, select_candidates(candidates, self.top_k, pareto=pareto))
-        from nas.evaluation.proxies import ProxyScorer
-
-        pool = max(self.top_k, min(self.rerank_pool, len(scored_candidates(candidates))))
-        shortlist = select_candidates(candidates, pool, pareto=pareto)
-        proxy = self.rerank.removeprefix("ranker+")
-        scorer = ProxyScorer(proxy, seed=self.seed, device=self.device)
-        blend = proxy != self.rerank
-        return enqueue_candidates(rank, ft, rerank_candidates(shortlist, self.top_k, scorer, self.data, blend=blend))
+        return enqueue_candidates(rank, ft, select_candidates(candidates, self.config.top_k, pareto=pareto))
 
     def train_config(self) -> TrainConfig:
         """The fine-tuning settings."""
         return TrainConfig(
-            epochs=self.finetune_epochs,
-            lr=self.finetune_lr,
-            batch_size=self.finetune_batch_size,
-            seed=self.seed,
+            epochs=self.config.finetune_epochs,
+            lr=self.config.finetune_lr,
+            batch_size=self.config.finetune_batch_size,
+            seed=self.config.seed,
             device=self.device,
         )
 
@@ -738,24 +631,24 @@ class Campaign:
                     ghn,
                     data,
                     config=self.train_config(),
-                    metric=self.finetune_metric,
+                    metric=self.config.finetune_metric,
                     weights_dir=self.out / "weights",
                     worker=worker or fresh,
-                    heartbeat_interval=self.heartbeat_interval,
-                    grace_period=self.grace_period,
-                    progress=self.progress,
+                    heartbeat_interval=self.config.heartbeat_interval,
+                    grace_period=self.config.grace_period,
+                    progress=self.config.progress,
                 )
                 total.finetuned += stats.finetuned
                 total.failed += stats.failed
                 total.skipped += stats.skipped
-                if not wait or not wait_for_running(ft, grace_period=self.grace_period):
+                if not wait or not wait_for_running(ft, grace_period=self.config.grace_period):
                     break
         self.finetune_stats = total
         return total
 
     def run_self_check(self) -> SelfCheck | None:
         """Train ``self_check`` random candidates, compare with their rank score (cached in ``ground_truth.sqlite``)."""
-        if self.self_check_n == 0:
+        if self.config.self_check == 0:
             return None
         ranker = self.ranker
         return run_self_check(
@@ -763,22 +656,22 @@ class Campaign:
             None if ranker is not None else self.ghn,
             self.data,
             ranker=ranker,
-            n=self.self_check_n,
-            epochs=self.self_check_epochs,
-            seed=self.seed,
+            n=self.config.self_check,
+            epochs=self.config.self_check_epochs,
+            seed=self.config.seed,
             device=self.device,
             cache=self.out / "ground_truth.sqlite",
-            progress=self.progress,
+            progress=self.config.progress,
         )
 
     def report(self, *, self_check: SelfCheck | None = None, write: bool = True) -> CampaignResult:
         """Build the result tables from the studies and (by default) write the output files."""
         rank, ft = self.open()
-        finetuned = finetuned_frame(ft, metric=self.finetune_metric)
+        finetuned = finetuned_frame(ft, metric=self.config.finetune_metric)
         candidates = candidates_frame(rank, finetuned_keys=list(finetuned["key"]))
         trials = rank_trials_frame(rank)
         extra = {"space": self.space.describe(), "dataset": self.dataset_name, "study": self.study_name}
-        best = best_record(finetuned, pick=self.pick, extra=extra)
+        best = best_record(finetuned, pick=self.config.pick, extra=extra)
         files: list[Path] = []
         if write:
             best_state, best_graph = None, None
@@ -820,7 +713,7 @@ class Campaign:
             files=files,
             storage=mask_url(self.storage_url),
             study=self.study_name,
-            rank_by=self.rank_by,
+            rank_by=self.config.rank_by,
         )
 
     def run(self) -> CampaignResult:
@@ -837,9 +730,9 @@ class Campaign:
         """
         self.out.mkdir(parents=True, exist_ok=True)
         _ = self.space  # validate the space (and load the data) before anything slow
-        if self._ghn_in is not None:
+        if self._ghn_in is not None or self.config.ghn is not None:
             _ = self.ghn  # a given checkpoint is checked before the storage is touched
-        if self._ranker_in is not None:
+        if self._ranker_sources() is not None:
             _ = self.ranker  # so is a given ranker
         self.open()
         _ = self.ghn
@@ -859,14 +752,14 @@ class Campaign:
         study: str,
         *,
         out: str | Path | None = None,
-        ghn: Any = None,
-        ranker: Any = None,
+        ghn: str | Path | GHN | None = None,
+        ranker: str | Path | Ranker | Sequence[str | Path | Ranker] | None = None,
         device: str | None = None,
         progress: bool = True,
-        heartbeat_interval: int = 30,
-        grace_period: int = 120,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
     ) -> Campaign:
-        """Rebuild a campaign from the settings stored by the process that started it.
+        """Rebuild a campaign from the configuration stored by the process that started it.
 
         Args:
             storage: The campaign's storage URL.
@@ -877,10 +770,10 @@ class Campaign:
             ranker: Ranker (or checkpoint path) to use instead of the stored
                 path, for a campaign ranked by the ranker. It is loaded when
                 the campaign ranks or self-checks; fine-tuning does not need it.
-            device: Device (default: the stored one, CPU when CUDA is missing).
+            device: Device (default: the stored one).
             progress: Show progress bars.
-            heartbeat_interval: Seconds between heartbeats.
-            grace_period: Seconds after which a silent worker counts as dead.
+            heartbeat_interval: Seconds between heartbeats (default: the stored setting).
+            grace_period: Seconds after which a silent worker counts as dead (default: the stored setting).
 
         Raises:
             StorageError: No such campaign in the storage, or its settings are unreadable.
@@ -888,7 +781,11 @@ class Campaign:
                 object, not a file, and none is given.
             ValueError: ``ranker`` is given for a campaign ranked by the predicted-weight loss.
         """
-        handle = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        handle = open_storage(
+            storage,
+            heartbeat_interval=heartbeat_interval or CampaignConfig.heartbeat_interval,
+            grace_period=grace_period or CampaignConfig.grace_period,
+        )
         try:
             rank = optuna.load_study(study_name=f"{study}-rank", storage=handle)
         except KeyError:
@@ -902,65 +799,41 @@ class Campaign:
                 f"{', '.join(names) or 'none'}. Start one with `nas search`."
             ) from None
         info = rank.user_attrs.get(CAMPAIGN_ATTR)
-        if not isinstance(info, dict) or info.get("format") != _FORMAT:
+        try:
+            stored = stored_campaign_config(info)
+        except (ValueError, KeyError, TypeError):
+            stored = None
+        if stored is None:
             raise StorageError(f"study {study!r}-rank in {mask_url(storage)!r} holds no readable campaign settings.")
         if info.get("space") is None:
             raise StorageError(
                 f"campaign {study!r} was started with a search space object that cannot be imported by name; "
                 "run the worker through the Python API with Campaign(space=...)."
             )
-        if ghn is None and info.get("ghn") is None:
+        if ghn is None and stored.ghn is None:
             raise CheckpointError(
                 f"campaign {study!r} was started with a GHN object, not a checkpoint file; pass --ghn PATH."
             )
-        rank_by = info.get("rank_by", "loss")
-        stored_ranker = info.get("ranker")
-        if rank_by == "ranker" and ranker is None and (
-            stored_ranker is None or (isinstance(stored_ranker, list) and None in stored_ranker)
-        ):
+        if stored.rank_by == "ranker" and ranker is None and stored.ranker is None:
             raise CheckpointError(
                 f"campaign {study!r} was started with a ranker object, not a checkpoint file; pass --ranker PATH."
             )
-        if rank_by != "ranker" and ranker is not None:
-            raise ValueError(f"campaign {study!r} ranks by {rank_by!r}, not by a ranker: drop `ranker`.")
-        labels = info.get("ranker_labels") or {}
-        space_info = info["space_info"]
-        stored_out = Path(info["out"])
+        if stored.rank_by != "ranker" and ranker is not None:
+            raise ValueError(f"campaign {study!r} ranks by {stored.rank_by!r}, not by a ranker: drop `ranker`.")
+        stored_out = Path(stored.out)
         if out is None:
             out = stored_out if stored_out.is_dir() else Path("runs") / study
-        ft = info["finetune"]
-        return cls(
+        config = stored.replace(
             space=info["space"],
-            dataset=info["dataset"],
-            ghn=ghn if ghn is not None else info.get("ghn"),
-            trials=int(info["trials"]),
-            top_k=int(info["top_k"]),
-            finetune_epochs=float(ft["epochs"]),
-            sampler=info.get("sampler") if info.get("sampler") in ("tpe", "random", "gp", "nsga2") else "tpe",
-            objectives=info["objectives"],
-            out=out,
+            out=str(out),
             storage=storage,
             study=study,
-            device=device or (info.get("device") or "cpu"),
-            seed=int(info["seed"]),
-            space_args=dict(space_info.get("settings", {})),
-            finetune_metric=ft["metric"],
-            finetune_lr=float(ft["lr"]),
-            finetune_batch_size=int(ft["batch_size"]),
-            data_seed=int(info["data_seed"]),
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
+            device=device or stored.device,
             progress=progress,
-            rank_by=rank_by,
-            ranker=(ranker if ranker is not None else info.get("ranker")) if rank_by == "ranker" else None,
-            ranker_labels=int(labels.get("n", 300)),
-            ranker_k=int(labels.get("k", 30)),
-            label_workers=int(info.get("label_workers", 1)),
-            refine=int(info.get("refine", 0)),
-            refine_trials=int(info["refine_trials"]) if info.get("refine_trials") else None,
-            rerank=(info.get("rerank") or {}).get("proxy"),
-            rerank_pool=int((info.get("rerank") or {}).get("pool", 30)),
+            heartbeat_interval=heartbeat_interval or stored.heartbeat_interval,
+            grace_period=grace_period or stored.grace_period,
         )
+        return cls(config, ghn=ghn, ranker=ranker)
 
     def work(self) -> FinetuneStats:
         """Fine-tune what is queued and return (the job of ``nas worker``); does not rank or wait."""
@@ -1004,11 +877,70 @@ def _check_ranker(ranker: Any, space: SearchSpace, dataset: str, *, source: Path
         )
 
 
+def stored_campaign_config(info: Any) -> CampaignConfig | None:
+    """The :class:`CampaignConfig` stored in a rank study's ``nas_campaign`` attribute, or ``None``.
+
+    Reads the current layout (``format`` 2: the configuration under ``config``)
+    and the layout of campaigns stored before :class:`CampaignConfig` existed
+    (``format`` 1: one key per setting, fine-tuning and label settings nested;
+    campaigns older than ``rank_by`` ranked by the predicted-weight loss).
+
+    Raises:
+        ValueError: A stored setting is out of range.
+    """
+    if not isinstance(info, dict):
+        return None
+    if info.get("format") == _FORMAT:
+        return CampaignConfig.from_dict(info["config"])
+    if info.get("format") != 1:
+        return None
+    space_info = info.get("space_info") or {}
+    finetune = info.get("finetune") or {}
+    labels = info.get("ranker_labels") or {}
+    rank_by = info.get("rank_by", "loss")
+    ranker = info.get("ranker") if rank_by == "ranker" else None
+    if isinstance(ranker, list) and None in ranker:
+        ranker = None  # an ensemble with an object member
+    optional = {
+        key: info[key]
+        for key in ("data_seed", "ghn", "label_workers", "out", "trials", "refine", "refine_trials", "top_k", "seed",
+                    "self_check", "self_check_epochs", "device")
+        if info.get(key) is not None
+    }
+    return CampaignConfig.from_dict({
+        **optional,
+        "space": info.get("space") or space_info.get("name", "custom"),
+        "space_args": dict(space_info.get("settings", {})),
+        "dataset": info["dataset"],
+        "objectives": info["objectives"],
+        "finetune_epochs": float(finetune["epochs"]),
+        "finetune_lr": float(finetune["lr"]),
+        "finetune_batch_size": int(finetune["batch_size"]),
+        "finetune_metric": finetune["metric"],
+        "rank_by": rank_by,
+        "ranker": ranker,
+        "ranker_labels": int(labels.get("n", CampaignConfig.ranker_labels)),
+        "ranker_k": int(labels.get("k", CampaignConfig.ranker_k)),
+        "sampler": info.get("sampler") if info.get("sampler") in SAMPLERS else CampaignConfig.sampler,
+    })
+
+
+def _identity(config: CampaignConfig, space_info: Any) -> dict[str, Any]:
+    return {"space_info": _normalise(space_info), **config.identity()}
+
+
 def _check_identity(stored: dict[str, Any], settings: dict[str, Any], name: str, url: str) -> None:
-    stored = {**_IDENTITY_DEFAULTS, **stored}
-    diffs = [key for key in IDENTITY_KEYS if _normalise(stored.get(key)) != settings.get(key)]
+    try:
+        stored_config = stored_campaign_config(stored)
+    except (ValueError, KeyError, TypeError):
+        stored_config = None
+    if stored_config is None:
+        raise StorageError(f"campaign {name!r} in {mask_url(url)!r} holds no readable campaign settings.")
+    old = _identity(stored_config, stored.get("space_info"))
+    new = _identity(CampaignConfig.from_dict(settings["config"]), settings["space_info"])
+    diffs = [key for key in new if old.get(key) != new[key]]
     if diffs:
-        detail = "; ".join(f"{k}: stored {stored.get(k)!r}, requested {settings.get(k)!r}" for k in diffs)
+        detail = "; ".join(f"{k}: stored {old.get(k)!r}, requested {new[k]!r}" for k in diffs)
         raise StorageError(
             f"campaign {name!r} in {mask_url(url)!r} exists with different settings ({detail}); "
             "use another --study name or --out folder, or repeat the original settings."

@@ -24,15 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
-from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from nas._atomic import save_torch
-from nas.graph import ArchGraph
 from nas.space import SearchSpace
 from nas.training import TrainConfig, evaluate, train
 
@@ -42,8 +39,6 @@ __all__ = [
     "FINETUNE_METRICS",
     "FinetuneStats",
     "enqueue_candidates",
-    "rank_sum",
-    "rerank_candidates",
     "run_finetune_worker",
     "scored_candidates",
     "select_candidates",
@@ -110,65 +105,6 @@ def select_candidates(candidates: pd.DataFrame, top_k: int, *, pareto: bool = Fa
     if pareto and "pareto" in order.columns:
         order = pd.concat([order[order["pareto"]], order[~order["pareto"]]])
     return order.head(top_k).reset_index(drop=True)
-
-
-def rerank_candidates(
-    shortlist: pd.DataFrame, top_k: int, scorer: Any, data: Any, *, blend: bool = False
-) -> pd.DataFrame:
-    """Reorder a shortlist by a second, costlier score and keep the ``top_k`` best.
-
-    The rank stage's score orders the space well overall but is least right
-    among its best candidates; this tests whether a zero-cost proxy measured
-    on those few orders them better (on nb201 / mnist5k it did not: README,
-    search benchmark).
-
-    Args:
-        shortlist: Rows of :func:`select_candidates` (with ``graph``), best first.
-        top_k: How many to keep.
-        scorer: A :class:`nas.evaluation.Scorer` (higher is better), e.g. a
-            :class:`nas.evaluation.ProxyScorer`.
-        data: The dataset it scores on.
-        blend: Order by the sum of the two ranks within the shortlist (the
-            rank score's and the scorer's) instead of by the scorer alone.
-
-    Returns:
-        ``top_k`` rows with a ``rerank_score`` column (the scorer's value),
-        best first; a candidate the scorer could not score (``nan``) counts
-        as its worst, and ties keep the shortlist's order.
-    """
-    graphs = [ArchGraph.from_json(g) for g in shortlist["graph"]]
-    scores = np.asarray(scorer.score(graphs, data), dtype=float)  # [len(shortlist)]
-    if blend:
-        key = rank_sum(shortlist["rank_score"].to_numpy(dtype=float), scores)
-    else:
-        key = _rank_nan_worst(scores)
-    ordered = shortlist.assign(rerank_score=scores, _key=key).sort_values("_key", ascending=False, kind="stable")
-    return ordered.drop(columns="_key").head(top_k).reset_index(drop=True)
-
-
-def rank_sum(rank_score: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """The blend of :func:`rerank_candidates`: the rank score's rank plus a second score's rank.
-
-    Args:
-        rank_score: ``[N]`` rank-stage scores, lower is better.
-        scores: ``[N]`` second scores (a proxy's), higher is better; ``nan``
-            ranks as the worst.
-
-    Returns:
-        ``[N]`` sums of the two ranks (average ranks on ties), higher is better.
-
-    Raises:
-        ValueError: The two arrays differ in length.
-    """
-    rank_score, scores = np.asarray(rank_score, dtype=float), np.asarray(scores, dtype=float)
-    if rank_score.shape != scores.shape:
-        raise ValueError(f"`scores` must have the shape of `rank_score` {rank_score.shape}, but got {scores.shape}.")
-    return rankdata(-rank_score) + _rank_nan_worst(scores)
-
-
-def _rank_nan_worst(scores: np.ndarray) -> np.ndarray:
-    """Ranks of ``scores`` (1 = the lowest, ties averaged), a non-finite score ranked lowest."""
-    return rankdata(np.where(np.isfinite(scores), scores, -np.inf))
 
 
 def enqueue_candidates(rank_study: optuna.Study, finetune_study: optuna.Study, selected: pd.DataFrame) -> list[str]:

@@ -145,6 +145,8 @@ def resolve_rank_by(rank_by: str) -> str:
 def rank_by_of(study: optuna.Study) -> str:
     """The ``rank_by`` a campaign's rank study was created with (``"loss"`` for campaigns older than the ranker)."""
     settings = study.user_attrs.get(CAMPAIGN_ATTR)
+    if isinstance(settings, dict) and isinstance(settings.get("config"), dict):
+        settings = settings["config"]  # format 2: the CampaignConfig; format 1: one key per setting
     value = settings.get("rank_by") if isinstance(settings, dict) else None
     return value if value in RANK_BY else "loss"
 

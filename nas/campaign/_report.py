@@ -79,7 +79,6 @@ FINETUNED_COLUMNS: tuple[str, ...] = (
     "flops",
     "rank_by",
     "rank_score",
-    "rerank_score",
     "ghn_loss",
     "ghn_acc",
     "val_loss",
@@ -291,7 +290,6 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
             "flops": a.get("flops"),
             "rank_by": a.get("rank_by", "loss"),
             "rank_score": rank_score(a),
-            "rerank_score": _num(a.get("rerank_score")),
             "ghn_loss": _num(a.get("ghn_loss")),
             "ghn_acc": _num(a.get("ghn_acc")),
             "val_loss": _num(a.get("val_loss")),
@@ -535,10 +533,7 @@ def _save_figure(
     ax = fig.add_subplot()
     draw(ax)
     fig.tight_layout()
-    paths = []
-    for suffix in suffixes:
-        paths.append(atomic_write(out / f"{stem}{suffix}", lambda p: fig.savefig(p, dpi=120)))
-    return paths
+    return _atomic.save_figure(fig, out / stem, formats=suffixes)
 
 
 def _json_default(value: Any) -> Any:

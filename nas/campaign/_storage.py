@@ -28,9 +28,7 @@ import logging
 import os
 import re
 import socket
-import threading
 import time
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -41,6 +39,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from nas._liveness import PeriodicThread, new_owner_id, owner_dead
 from nas.exceptions import StorageError
 
 __all__ = [
@@ -75,7 +74,7 @@ RETRY_OF_ATTR = "nas_retry_of"
 QUEUE_ATTRS = frozenset(
     {
         "key", "graph", "choices", "num_params", "flops", "rank_by", "rank_score", "ghn_loss", "ghn_acc", "ghn_score",
-        "rank_trial", "refine", "rerank_score", "queue_position",
+        "rank_trial", "refine", "queue_position",
     }
 )
 
@@ -284,8 +283,7 @@ def _importable(module: str) -> bool:
 
 def new_worker_id() -> str:
     """A fresh worker identity ``host:pid:token`` for the trials this process runs."""
-    token = uuid.uuid4().hex[:8]
-    return f"{socket.gethostname()}:{os.getpid()}:{token}"
+    return new_owner_id()
 
 
 @contextlib.contextmanager
@@ -304,29 +302,14 @@ def worker_session() -> Iterator[str]:
         _ACTIVE_TOKENS.discard(token)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return True
-    return True
-
-
 def _worker_dead(worker: Any) -> bool:
     """Whether ``worker`` (``host:pid:token``) certainly no longer runs."""
     if not isinstance(worker, str) or worker.count(":") < 2:
         return False
     host, pid_text, token = worker.rsplit(":", 2)
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return token not in _ACTIVE_TOKENS
-    return not _pid_alive(pid)
+    if host == socket.gethostname() and pid_text == str(os.getpid()):
+        return token not in _ACTIVE_TOKENS  # an earlier, interrupted run inside this process
+    return owner_dead(worker)
 
 
 def is_stale(trial: FrozenTrial, *, grace_period: float, now: float | None = None) -> bool:
@@ -430,8 +413,7 @@ class Heartbeat:
         self.trials = list(trials)
         self.worker = worker
         self.interval = float(interval)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread(lambda: self._beat(self.trials), interval=self.interval, name="nas-heartbeat")
 
     def _beat(self, trials: Iterable[optuna.Trial]) -> None:
         now = time.time()
@@ -441,19 +423,12 @@ class Heartbeat:
             except Exception as err:  # a finished trial or a storage hiccup must not kill the worker
                 logger.debug("heartbeat of trial %d skipped: %s", trial.number, err)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._beat(self.trials)
-
     def __enter__(self) -> Heartbeat:
         for trial in self.trials:
             trial.set_user_attr(WORKER_ATTR, self.worker)
         self._beat(self.trials)
-        self._thread = threading.Thread(target=self._run, name="nas-heartbeat", daemon=True)
-        self._thread.start()
+        self._thread.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.__exit__(*exc)

@@ -1,17 +1,17 @@
 """Basic subcommands: ``nas spaces``, ``nas sample``, ``nas draw`` and ``nas train``.
 
 ``--space`` takes a built-in name (see ``nas spaces``), ``module:attr`` or
-``path/to/file.py:attr``; ``--space-arg KEY=VALUE`` (repeatable) passes a
-setting to the space, the value read as an int, a float, a bool
-(``true``/``false``) or else a string. ``--dataset`` names a dataset of
-:func:`nas.data.load_dataset`; the space is then built for its image shape and
-number of classes.
+``path/to/file.py:attr`` (default nb201); ``--space-arg KEY=VALUE``
+(repeatable) passes a setting to the space, the value read as a Python literal
+(:func:`nas.cli.options.parse_space_args`). ``--dataset`` names a dataset of
+:func:`nas.data.load_dataset` (default mnist5k); the space is built for its
+image shape and number of classes.
 
 Examples::
 
     nas spaces
     nas sample --space nb201 -n 5 --seed 0 > candidates.jsonl
-    nas draw --space darts --seed 3 -o cell.png
+    nas draw --space darts --seed 3 --out cell.png
     nas train --space nb201 --dataset digits --epochs 1 --space-arg C=16
 """
 
@@ -31,14 +31,20 @@ from typing import Any
 
 import pandas as pd
 
+from nas.cli.options import (
+    DeprecatedAlias,
+    add_dataset_argument,
+    add_space_arguments,
+    add_threads_argument,
+    parse_space_args,
+    set_threads,
+)
 from nas.graph import ArchGraph
 from nas.space import SearchSpace, builtin_spaces, load_space
 
 __all__ = [
     "add_parsers",
-    "add_space_arguments",
     "flag_errors",
-    "parse_space_args",
     "space_from_args",
     "run_draw",
     "run_sample",
@@ -53,25 +59,6 @@ DRAW_FORMATS = (".png", ".pdf")
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def add_space_arguments(parser: argparse.ArgumentParser, *, default: str | None = "nb201") -> None:
-    """Add ``--space`` and ``--space-arg`` to ``parser`` (shared by the subcommands that need a space)."""
-    parser.add_argument(
-        "--space",
-        default=default,
-        required=default is None,
-        metavar="SPACE",
-        help=f"built-in space ({', '.join(builtin_spaces())}), 'module:attr' or 'file.py:attr'"
-        + (f" (default: {default})" if default else ""),
-    )
-    parser.add_argument(
-        "--space-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a setting of the space, e.g. C=16 (repeatable)",
-    )
 
 
 @contextlib.contextmanager
@@ -111,41 +98,6 @@ def flag_errors(args: argparse.Namespace, **flags: str) -> Iterator[None]:
         except Exception:  # an error class whose constructor takes more than a message
             new = ValueError(renamed)
         raise new from err
-
-
-def _parse_value(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return text
-
-
-def parse_space_args(items: Sequence[str]) -> dict[str, Any]:
-    """Parse ``KEY=VALUE`` strings into space settings.
-
-    Args:
-        items: Strings such as ``"C=16"``; values become int, float, bool or str.
-
-    Returns:
-        The settings by key.
-
-    Raises:
-        ValueError: An item has no ``=``, an empty key, or repeats a key.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ValueError(f"`--space-arg` must be KEY=VALUE with KEY a name, but got {item!r}.")
-        if key in out:
-            raise ValueError(f"`--space-arg` sets {key!r} twice.")
-        out[key] = _parse_value(value.strip())
-    return out
 
 
 def space_from_args(args: argparse.Namespace, data: Any = None) -> SearchSpace:
@@ -227,7 +179,7 @@ def run_sample(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- draw
 
 
-def _output_path(path: str, *, suffixes: Sequence[str] = DRAW_FORMATS, flag: str = "-o") -> Path:
+def _output_path(path: str, *, suffixes: Sequence[str] = DRAW_FORMATS, flag: str = "--out") -> Path:
     out = Path(path)
     if out.suffix.lower() not in suffixes:
         raise ValueError(f"`{flag}` must end in {' or '.join(suffixes)}, but got {path!r}.")
@@ -239,15 +191,18 @@ def _output_path(path: str, *, suffixes: Sequence[str] = DRAW_FORMATS, flag: str
 
 def run_draw(args: argparse.Namespace) -> int:
     """Draw the candidate of ``--seed`` to a PNG or PDF file."""
+    from nas._atomic import save_figure
     from nas.draw import draw_graph
 
     if args.dpi < 1:
         raise ValueError(f"`--dpi` must be positive, but got {args.dpi}.")
-    out = _output_path(args.output)
+    if args.out is None:
+        raise ValueError("`--out` is required: the .png or .pdf file to write.")
+    out = _output_path(args.out)
     space = space_from_args(args, _load_data(args.dataset))
     cand = space.sample(args.seed)
     ax = draw_graph(cand.graph)
-    ax.figure.savefig(out, bbox_inches="tight", dpi=args.dpi)
+    save_figure(ax.figure, out, formats=(out.suffix,), dpi=args.dpi)
     print(f"wrote {out} ({len(cand.graph)} nodes, key {cand.graph.key[:12]})")
     return 0
 
@@ -293,10 +248,7 @@ def run_train(args: argparse.Namespace) -> int:
     from nas.network import Network
     from nas.training import TrainConfig, train
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"`--threads` must be positive, but got {args.threads}.")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     with flag_errors(args):
         config = TrainConfig(
             epochs=args.epochs,
@@ -365,6 +317,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``spaces``, ``sample``, ``draw`` and ``train`` on the ``nas`` parser's subparsers."""
+    shape_help = "shape the space for this dataset's images and classes"
     p = subparsers.add_parser("spaces", help="list the built-in search spaces", description=run_spaces.__doc__)
     p.set_defaults(func=run_spaces)
 
@@ -372,35 +325,35 @@ def add_parsers(subparsers: Any) -> None:
         "sample", help="print random candidates as JSON lines", description=run_sample.__doc__
     )
     add_space_arguments(p)
-    p.add_argument("-n", type=int, default=1, help="number of distinct candidates (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--dataset", default=None, help="shape the space for this dataset (default: 1x28x28, 10 classes)")
+    add_dataset_argument(p, help=shape_help)
+    p.add_argument("-n", type=int, default=1, help="number of distinct candidates (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=run_sample)
 
     p = subparsers.add_parser("draw", help="draw one candidate's graph", description=run_draw.__doc__)
     add_space_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed of the candidate (default: 0)")
-    p.add_argument("-o", "--output", required=True, help="output file, .png or .pdf")
-    p.add_argument("--dataset", default=None, help="shape the space for this dataset (default: 1x28x28, 10 classes)")
-    p.add_argument("--dpi", type=int, default=100, help="resolution of a PNG (default: 100)")
+    add_dataset_argument(p, help=shape_help)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the candidate (default 0)")
+    p.add_argument("--out", default=None, metavar="FILE", help="output file, .png or .pdf (required)")
+    for old in ("-o", "--output"):
+        p.add_argument(old, dest="out", action=DeprecatedAlias, new="--out", help=argparse.SUPPRESS)
+    p.add_argument("--dpi", type=int, default=100, help="resolution of a PNG (default 100)")
     p.set_defaults(func=run_draw)
 
     p = subparsers.add_parser("train", help="train one candidate from scratch", description=run_train.__doc__)
     add_space_arguments(p)
+    add_dataset_argument(p)
     p.add_argument("--arch", default=None, metavar="FILE",
                    help="train this architecture instead of a sampled one: a campaign's best.json, a saved "
                         "line of `nas sample`, or a graph's JSON")
     p.add_argument("--save", default=None, metavar="PATH", help="write the trained state_dict here (.pt)")
-    p.add_argument("--dataset", default="mnist5k", help="dataset name (default: mnist5k)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the candidate and of training (default: 0)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidate and of training (default 0)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default 0)")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
-    p.add_argument("--epochs", type=float, default=3, help="training epochs (default: 3)")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default: 0.05)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads of torch (default: torch's; 1 is fastest for tiny nets)"
-    )
+    p.add_argument("--epochs", type=float, default=3, help="training epochs (default 3)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run_train)

@@ -9,8 +9,8 @@ per finished label) and fits the GHN ranker on them. Every later
 
 Example::
 
-    nas train-ghn --space nb201 --dataset mnist5k --out runs/ghn.pt
-    nas fit-ranker --space nb201 --dataset mnist5k --ghn runs/ghn.pt --out runs/ranker.pt
+    nas train-ghn --space nb201 --dataset mnist5k --ghn-steps 400 --out runs/ghn.pt
+    nas fit-ranker --space nb201 --dataset mnist5k --ghn runs/ghn.pt --ranker-labels 700 --out runs/ranker.pt
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["add_parsers", "run_fit_ranker", "run_train_ghn"]
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``train-ghn`` and ``fit-ranker``."""
-    from nas.cli.basic import add_space_arguments
+    from nas.cli.options import DeprecatedAlias, add_dataset_argument, add_space_arguments, add_threads_argument
     from nas.ghn import GHNConfig, MetaTrainConfig
 
     mt, gc = MetaTrainConfig(), GHNConfig()
@@ -35,10 +35,13 @@ def add_parsers(subparsers: Any) -> None:
         description="Meta-train a GHN-2-style graph hypernetwork on architectures sampled from a search space; "
         "resumes from --out when it exists.",
     )
-    add_space_arguments(p, default=None)
-    p.add_argument("--dataset", required=True, help="dataset name (digits, mnist5k, mnist:PATH, cifar10:PATH)")
+    add_space_arguments(p)
+    add_dataset_argument(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (written atomically, resumed from)")
-    p.add_argument("--steps", type=int, default=mt.steps, help=f"meta-training steps (default {mt.steps})")
+    p.add_argument("--ghn-steps", type=int, default=mt.steps, metavar="N",
+                   help=f"meta-training steps (default {mt.steps})")
+    p.add_argument("--steps", dest="ghn_steps", type=int, action=DeprecatedAlias, new="--ghn-steps",
+                   help=argparse.SUPPRESS)
     p.add_argument("--device", default=mt.device, help="cpu or cuda (default cpu)")
     p.add_argument(
         "--meta-batch", type=int, default=mt.meta_batch, help=f"architectures per step (default {mt.meta_batch})"
@@ -61,30 +64,35 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default 0)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_argument(p)
     p.set_defaults(func=run_train_ghn)
     _add_fit_ranker(subparsers)
 
 
 def _add_fit_ranker(subparsers: Any) -> None:
-    from nas.cli.basic import add_space_arguments
+    from nas.cli.options import DeprecatedAlias, add_dataset_argument, add_space_arguments, add_threads_argument
     from nas.ghn import RANKER_K, RANKER_LABELS, RankerConfig
 
     rc = RankerConfig()
     p = subparsers.add_parser(
         "fit-ranker",
         help="label architectures by short training and fit the GHN ranker",
-        description="Train --labels architectures of the space for --k SGD steps each (their training-speed "
+        description="Train --ranker-labels architectures of the space for --ranker-k SGD steps each (their training-speed "
         "estimate, TSE), then fine-tune the GHN's graph network to predict it from the graph. Finished labels "
         "go to OUT's *_labels.csv as they come, so running the command again resumes. The ranker is what "
         "`nas search --ranker OUT` ranks by.",
     )
-    add_space_arguments(p, default=None)
-    p.add_argument("--dataset", required=True, help="dataset name (digits, mnist5k, mnist:PATH, cifar10:PATH)")
+    add_space_arguments(p)
+    add_dataset_argument(p)
     p.add_argument("--ghn", type=Path, required=True, metavar="PATH", help="meta-trained GHN checkpoint")
     p.add_argument("--out", type=Path, required=True, help="ranker checkpoint to write (reused when it exists)")
-    p.add_argument("--labels", type=int, default=RANKER_LABELS, metavar="N",
+    p.add_argument("--ranker-labels", type=int, default=RANKER_LABELS, metavar="N",
                    help=f"architectures to label (default {RANKER_LABELS})")
-    p.add_argument("--k", type=int, default=RANKER_K, help=f"SGD steps per label (default {RANKER_K})")
+    p.add_argument("--ranker-k", type=int, default=RANKER_K, metavar="K",
+                   help=f"SGD steps per label (default {RANKER_K})")
+    for old, new in (("--labels", "--ranker-labels"), ("--k", "--ranker-k")):
+        p.add_argument(old, dest=new[2:].replace("-", "_"), type=int, action=DeprecatedAlias, new=new,
+                       help=argparse.SUPPRESS)
     p.add_argument("--label-workers", type=int, default=1, metavar="W",
                    help="processes training labels in parallel (default 1)")
     p.add_argument("--flops-weight", type=float, default=rc.flops_weight,
@@ -94,33 +102,31 @@ def _add_fit_ranker(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the labels and the fit (default 0)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default torch's)")
+    add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run_fit_ranker)
 
 
 def run_fit_ranker(args: argparse.Namespace) -> int:
     """Run ``nas fit-ranker``; prints a summary and returns the exit code."""
-    import torch
-
     from nas.cli.basic import flag_errors, space_from_args
+    from nas.cli.options import set_threads
     from nas.data import load_dataset
     from nas.exceptions import CheckpointError
     from nas.ghn import GHN, RankerConfig, ensure_ranker
 
-    with flag_errors(args, labels="--labels", workers="--label-workers"):
-        for flag in ("labels", "k", "label_workers", "threads"):
+    with flag_errors(args, labels="--ranker-labels", k="--ranker-k", workers="--label-workers"):
+        for flag in ("ranker_labels", "ranker_k", "label_workers"):
             value = getattr(args, flag)
             if value is not None and value < 1:
                 raise ValueError(f"`{flag}` must be positive, but got {value}.")
-        if args.labels < 4:
-            raise ValueError(f"`labels` must be at least 4, but got {args.labels}.")
+        if args.ranker_labels < 4:
+            raise ValueError(f"`ranker_labels` must be at least 4, but got {args.ranker_labels}.")
         config = RankerConfig(flops_weight=args.flops_weight, ensemble=args.ensemble, epochs=args.epochs,
                               seed=args.seed)
     if not args.ghn.is_file():
         raise CheckpointError(f"GHN checkpoint {str(args.ghn)!r} does not exist (make one with `nas train-ghn`).")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     with flag_errors(args, seed="--data-seed"):
         data = load_dataset(args.dataset, seed=args.data_seed)
     space = space_from_args(args, data)
@@ -128,7 +134,7 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     ghn.check_compatible(space)
     start = time.perf_counter()
     ranker = ensure_ranker(
-        space, data, ghn, path=args.out, labels=args.labels, k=args.k, seed=args.seed, workers=args.label_workers,
+        space, data, ghn, path=args.out, labels=args.ranker_labels, k=args.ranker_k, seed=args.seed, workers=args.label_workers,
         config=config, progress=not args.no_progress,
     )
     info = ranker.label_info
@@ -145,13 +151,15 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
 def run_train_ghn(args: argparse.Namespace) -> int:
     """Run ``nas train-ghn``; prints a summary and returns the exit code."""
     from nas.cli.basic import flag_errors, space_from_args
+    from nas.cli.options import set_threads
     from nas.data import load_dataset
     from nas.ghn import GHNConfig, MetaTrainConfig, meta_train
 
-    with flag_errors(args):  # the settings are checked before the dataset is loaded
+    set_threads(args.threads)
+    with flag_errors(args, steps="--ghn-steps"):  # the settings are checked before the dataset is loaded
         ghn_config = GHNConfig(hidden=args.hidden, layers=args.layers, s_max=args.s_max)
         config = MetaTrainConfig(
-            steps=args.steps,
+            steps=args.ghn_steps,
             device=args.device,
             meta_batch=args.meta_batch,
             batch_size=args.batch_size,

@@ -14,9 +14,16 @@ Storage URLs: ``sqlite:///FILE.db`` (default ``sqlite:///<out>/campaign.db``),
 ``--storage``, the URL is read from ``$NAS_STORAGE`` when set, which keeps a
 password out of the process list.
 
+Every setting of ``nas search`` is a field of :class:`nas.campaign.CampaignConfig`
+and its flag is built from it (``top_k`` -> ``--top-k``). ``--config FILE``
+reads the settings from a TOML file, flags given with it override the file, and
+``--print-config`` prints the settings in effect as TOML and exits.
+
 Examples::
 
     nas search --space nb201 --dataset mnist5k --trials 300 --top-k 5 --out runs/nb201
+    nas search --trials 100 --print-config > campaign.toml
+    nas search --config campaign.toml --out runs/c2
     nas search --dataset mnist5k --storage journal:///tmp/c.log --study c1 --out runs/c1
     nas worker --storage journal:///tmp/c.log --study c1
     nas demo --out runs/demo
@@ -25,10 +32,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +47,13 @@ logger = logging.getLogger(__name__)
 #: password off the command line (where ``ps`` shows it to every user).
 STORAGE_ENV = "NAS_STORAGE"
 
-#: Settings of ``nas demo`` (nb201 on mnist5k), sized to stay under 15 minutes on 2 CPU cores. Measured
-#: single-thread CPU costs on the AMD EPYC development machine: ~0.33 s per GHN meta-training step
-#: (400 steps), ~1.1 s per ranker label (30 SGD steps; 700 labels on 2 worker processes: ~6.5 min), ~100 s
-#: to fit the ranker on them, ~5 ms per rank trial (300 plus the refinement of the top 3), ~3 s per
-#: fine-tuning epoch (3 x 2) and ~7 s per self-check epoch (8 x 1), plus loading, held-out evaluation and
-#: plots. The labels are the recipe's default count (``nas.ghn.RANKER_LABELS``).
+#: Settings of ``nas demo`` (a :class:`~nas.campaign.CampaignConfig` as a dict): nb201 on mnist5k,
+#: sized to stay under 15 minutes on 2 CPU cores. Measured single-thread CPU costs on the AMD EPYC
+#: development machine: ~0.33 s per GHN meta-training step (400 steps), ~1.1 s per ranker label (30 SGD
+#: steps; 700 labels on 2 worker processes: ~6.5 min), ~100 s to fit the ranker on them, ~5 ms per rank
+#: trial (300 plus the refinement of the top 3), ~3 s per fine-tuning epoch (3 x 2) and ~7 s per
+#: self-check epoch (8 x 1), plus loading, held-out evaluation and plots. The labels are the recipe's
+#: default count (``nas.ghn.RANKER_LABELS``).
 DEMO: dict[str, Any] = {
     "space": "nb201",
     "dataset": "mnist5k",
@@ -60,147 +68,110 @@ DEMO: dict[str, Any] = {
     "ranker_k": 30,
     "label_workers": 2,
     "ghn_steps": 400,
+    "out": "runs/demo",
 }
 
+#: Flags named unlike their setting of :class:`~nas.campaign.CampaignConfig`.
+_FLAG_OF = {"space_args": "--space-arg", "progress": "--no-progress"}
 
-def _one_line_error(self: argparse.ArgumentParser, message: str) -> None:
-    """Report a bad flag in one line (no usage block) and exit with code 2."""
-    self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
-
-
-def _parser(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(name, **kwargs)
-    p.error = types.MethodType(_one_line_error, p)  # type: ignore[method-assign]
-    return p
+#: Old flag -> new flag, kept as deprecated aliases for one release.
+_DEPRECATED = {"--heartbeat": "--heartbeat-interval", "--grace": "--grace-period"}
 
 
-def _add_common(p: argparse.ArgumentParser, *, threads: int | None) -> None:
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument(
-        "--threads", type=int, default=threads, metavar="N",
-        help="torch CPU threads of this process (default "
-        + (f"{threads}: several processes share the cores" if threads else "torch's: one per core")
-        + "; on a busy machine more threads than free cores can run 20x slower)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.add_argument("--heartbeat", type=int, default=30, metavar="S", help="seconds between heartbeats (default 30)")
-    p.add_argument(
-        "--grace", type=int, default=120, metavar="S",
-        help="seconds without heartbeat after which a worker counts as dead (default 120)",
-    )
+def _flag(name: str) -> str:
+    return _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+
+
+def _flags() -> dict[str, str]:
+    """Setting -> flag, for :func:`nas.cli.basic.flag_errors`."""
+    from nas.campaign import setting_names
+
+    return {name: _flag(name) for name in setting_names()}
+
+
+def _add_setting(
+    parser: Any, name: str, *, default: Any = argparse.SUPPRESS, shown: Any = None
+) -> None:
+    """Add the flag of setting ``name`` of :class:`~nas.campaign.CampaignConfig`, its help taken from the field.
+
+    Args:
+        parser: A parser or argument group.
+        name: The setting.
+        default: The flag's default (``SUPPRESS``: unset unless given, so that it
+            overrides a ``--config`` file only when given).
+        shown: The default named in the help (default: the setting's own default).
+    """
+    from nas.campaign import CampaignConfig
+    from nas.cli.options import add_space_arguments
+
+    field = {f.name: f for f in dataclasses.fields(CampaignConfig)}[name]
+    meta = field.metadata
+    value = shown if shown is not None else (default if default is not argparse.SUPPRESS else field.default)
+    text = meta["help"] + (f" (default {value})" if value not in (None, dataclasses.MISSING) else "")
+    if name == "space":
+        add_space_arguments(parser, default=default, shown=value)
+        return
+    if name == "space_args":
+        return  # --space-arg comes with --space
+    if name == "progress":
+        parser.add_argument("--no-progress", dest="progress", action="store_false", default=default,
+                            help="hide the progress bars")
+        return
+    kind = float if "float" in field.type else int if "int" in field.type else str
+    kwargs: dict[str, Any] = {"default": default, "help": text, "metavar": meta["metavar"], "type": kind}
+    choices = meta["choices"]
+    if choices and any(k != v for k, v in choices.items()):  # described choices: argparse checks them
+        described = "; ".join(f"{k}: {v}" for k, v in choices.items())
+        kwargs.update(choices=list(choices), metavar=None, help=text.replace(meta["help"], f"{meta['help']}: {described}"))
+    elif choices:  # plain names: the setting checks them, naming the flag
+        kwargs.update(metavar="NAME",
+                      help=text.replace(meta["help"], f"{meta['help']}: {' | '.join(choices)}"))
+    if name == "ranker":
+        kwargs["action"] = "append"
+    parser.add_argument(_flag(name), **kwargs)
+    old = next((o for o, n in _DEPRECATED.items() if n == _flag(name)), None)
+    if old is not None:
+        from nas.cli.options import DeprecatedAlias
+
+        parser.add_argument(old, dest=name, type=kind, action=DeprecatedAlias, new=_flag(name),
+                            help=argparse.SUPPRESS)
+
+
+def _add_process(parser: Any) -> None:
+    from nas.cli.options import add_threads_argument
+
+    add_threads_argument(parser)
 
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``search``, ``worker`` and ``demo``."""
-    from nas.campaign import FINETUNE_METRICS, OBJECTIVES, PICKS, RANK_BY, SAMPLERS
-    from nas.cli.basic import add_space_arguments
-    from nas.evaluation.proxies import PROXIES
-    from nas.ghn import RANKER_K, RANKER_LABELS
+    from nas.campaign import GROUPS, CampaignConfig
 
-    p = _parser(
-        subparsers,
+    p = subparsers.add_parser(
         "search",
         help="search a space: rank with the GHN ranker, fine-tune the top-k",
         description="Rank candidates of a search space (Optuna study <study>-rank) by the short-training loss "
         "that the GHN ranker predicts from each graph (fitted once into OUT/ranker.pt on --ranker-labels short "
         "trainings), or with --rank-by loss by the validation loss of GHN-predicted weights; then fine-tune the "
         "top-k from their GHN-predicted weights (<study>-finetune). Running it again resumes; several processes "
-        "may join with the same --storage and --study.",
+        "may join with the same --storage and --study. Settings come from the flags, over --config FILE (TOML, "
+        "as --print-config writes it), over the defaults.",
     )
-    add_space_arguments(p)
-    p.add_argument("--dataset", default="mnist5k", help="digits, mnist5k, mnist:PATH or cifar10:PATH (default mnist5k)")
-    p.add_argument(
-        "--ghn", default=None, metavar="PATH",
-        help="GHN checkpoint (default: meta-train one into OUT/ghn.pt)",
-    )
-    p.add_argument(
-        "--ghn-steps", type=int, default=None, metavar="N",
-        help="meta-training steps of the GHN trained when --ghn is not given (default: the default recipe)",
-    )
-    p.add_argument(
-        "--rank-by", choices=list(RANK_BY), default="ranker",
-        help="what scores a candidate in stage 1: "
-        + "; ".join(f"{name}: {what}" for name, what in RANK_BY.items())
-        + " (default ranker)",
-    )
-    p.add_argument(
-        "--ranker", action="append", default=None, metavar="PATH",
-        help="ranker checkpoint (default: fit one into OUT/ranker.pt; with --rank-by ranker only); repeat it to "
-        "rank by the mean of several rankers, e.g. fitted on GHNs meta-trained with different seeds",
-    )
-    p.add_argument(
-        "--ranker-labels", type=int, default=RANKER_LABELS, metavar="N",
-        help=f"architectures trained briefly to fit the ranker when --ranker is not given (default {RANKER_LABELS})",
-    )
-    p.add_argument(
-        "--ranker-k", type=int, default=RANKER_K, metavar="K",
-        help=f"SGD steps of each of those short trainings (default {RANKER_K})",
-    )
-    p.add_argument(
-        "--label-workers", type=int, default=1, metavar="W",
-        help="processes running those short trainings in parallel (default 1)",
-    )
-    p.add_argument("--trials", type=int, default=300, metavar="N", help="rank trials (default 300)")
-    p.add_argument(
-        "--refine", type=int, default=None, metavar="R",
-        help="after the rank trials, score every one-choice change of the R best candidates until they stop "
-        "changing: a local search on the rank score (default: --top-k when ranking by the ranker, 0 (off) "
-        "with --rank-by loss)",
-    )
-    p.add_argument(
-        "--refine-trials", type=int, default=None, metavar="N", help="most refinement trials (default: --trials)"
-    )
-    p.add_argument(
-        "--rerank", default=None, metavar="PROXY",
-        help=f"reorder the --rerank-pool best candidates by a zero-cost proxy ({', '.join(PROXIES)}), or by the "
-        "sum of its rank and the rank score's (ranker+PROXY), and fine-tune the --top-k best of them (default: off)",
-    )
-    p.add_argument(
-        "--rerank-pool", type=int, default=30, metavar="N", help="candidates the proxy reorders (default 30)"
-    )
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to fine-tune (default 5)")
-    p.add_argument("--finetune-epochs", type=float, default=3.0, metavar="E", help="fine-tuning epochs (default 3)")
-    p.add_argument(
-        "--finetune-lr", type=float, default=0.05, metavar="LR",
-        help="fine-tuning peak learning rate (default 0.05; 0.02 suits fine-tunes of about 1 epoch)",
-    )
-    p.add_argument("--sampler", default="tpe", help=f"{' | '.join(SAMPLERS)} (default tpe)")
-    p.add_argument("--objectives", default="loss", help=f"{' | '.join(OBJECTIVES)} (default loss)")
-    p.add_argument(
-        "--finetune-metric", default="acc", help=f"fine-tune trial value: {' | '.join(FINETUNE_METRICS)} (default acc)"
-    )
-    p.add_argument(
-        "--pick", choices=list(PICKS), default=None,
-        help="what best.json reports: " + "; ".join(f"{name}: {what}" for name, what in PICKS.items())
-        + " (default rank with the ranker on one objective, else finetuned)",
-    )
-    p.add_argument(
-        "--storage", default=None, metavar="URL",
-        help=f"Optuna storage (default ${STORAGE_ENV}, else sqlite:///OUT/campaign.db)",
-    )
-    p.add_argument("--study", default=None, metavar="NAME", help="campaign name (default SPACE-DATASET)")
-    p.add_argument(
-        "--self-check", type=int, default=0, metavar="N",
-        help="train N random candidates to check the stage-1 ranking (default 0)",
-    )
-    p.add_argument(
-        "--self-check-epochs", type=float, default=None, metavar="E",
-        help="their epochs (default --finetune-epochs)",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=32, metavar="B",
-        help="candidates scored together, in one ranker (or GHN) forward pass (default 32)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    _add_common(p, threads=None)
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="read the settings from this TOML file; flags given as well override it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the settings in effect as TOML (for --config) and exit")
+    groups = {name: p.add_argument_group(name, what) for name, what in GROUPS.items()}
+    for field in dataclasses.fields(CampaignConfig):
+        _add_setting(groups[field.metadata["group"]], field.name)
+    _add_process(groups["output"])
     p.set_defaults(func=run_search)
 
-    p = _parser(
-        subparsers,
+    p = subparsers.add_parser(
         "worker",
         help="fine-tune the queued candidates of a campaign",
-        description="Join a campaign started by `nas search` and fine-tune queued candidates until none is left.",
+        description="Join a campaign started by `nas search` and fine-tune queued candidates until none is left. "
+        "The settings are the campaign's own, read from its storage.",
     )
     p.add_argument(
         "--storage", default=None, metavar="URL",
@@ -217,11 +188,14 @@ def add_parsers(subparsers: Any) -> None:
         help="ranker checkpoint, repeated for an ensemble (default: the campaign's; checked when given, "
         "fine-tuning itself does not use it)",
     )
-    _add_common(p, threads=1)
+    p.add_argument("--device", default=None, metavar="DEVICE", help="cpu or cuda (default: the campaign's)")
+    for name in ("heartbeat_interval", "grace_period"):
+        _add_setting(p, name, default=None, shown="the campaign's")
+    _add_setting(p, "progress", default=True)
+    _add_process(p)
     p.set_defaults(func=run_worker)
 
-    p = _parser(
-        subparsers,
+    p = subparsers.add_parser(
         "demo",
         help="the demo: search nb201 on mnist5k end to end",
         description="Meta-train a GHN (or reuse OUT/ghn.pt), fit the GHN ranker on 700 short trainings (or reuse "
@@ -229,57 +203,35 @@ def add_parsers(subparsers: Any) -> None:
         "GHN-predicted weights, run a self-check and write tables and plots into OUT (sized for about 15 minutes "
         "on 2 CPU cores).",
     )
-    p.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), metavar="DIR",
-        help="output folder (default runs/demo)",
-    )
-    p.add_argument(
-        "--trials", type=int, default=DEMO["trials"], metavar="N",
-        help=f"rank trials (default {DEMO['trials']})",
-    )
-    p.add_argument(
-        "--top-k", type=int, default=DEMO["top_k"], metavar="K",
-        help=f"candidates to fine-tune (default {DEMO['top_k']})",
-    )
-    p.add_argument(
-        "--self-check", type=int, default=DEMO["self_check"], metavar="N",
-        help=f"random candidates trained for the self-check (default {DEMO['self_check']})",
-    )
-    p.add_argument(
-        "--ghn-steps", type=int, default=DEMO["ghn_steps"], metavar="N",
-        help=f"meta-training steps of the GHN (default {DEMO['ghn_steps']}; reused from OUT/ghn.pt when there)",
-    )
-    _add_common(p, threads=1)
+    demo = _demo_config()
+    for name in ("out", "trials", "top_k", "self_check", "ghn_steps", "device", "heartbeat_interval",
+                 "grace_period", "progress"):
+        _add_setting(p, name, default=getattr(demo, name))
+    _add_process(p)
     p.set_defaults(func=run_demo)
 
 
-def _positive(flag: str, value: float | int | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"`{flag}` must be positive, but got {value}.")
+def _demo_config() -> Any:
+    from nas.campaign import CampaignConfig
+
+    return CampaignConfig(**DEMO)
 
 
-def _check_grace(args: argparse.Namespace) -> None:
-    """``--grace`` must exceed ``--heartbeat``, else a live worker's trial may be failed as dead."""
-    if args.grace <= args.heartbeat:
-        raise ValueError(f"`--grace` ({args.grace}) must exceed `--heartbeat` ({args.heartbeat}).")
+def _config_from_args(args: argparse.Namespace, base: Any) -> Any:
+    """``base`` with the settings given as flags applied (errors name the flags)."""
+    from nas.campaign import setting_names
+    from nas.cli.basic import flag_errors
+    from nas.cli.options import parse_space_args
 
-
-#: Keywords of :class:`~nas.campaign.Campaign` named unlike the flag that sets them.
-_CAMPAIGN_FLAGS = {"heartbeat_interval": "--heartbeat", "grace_period": "--grace", "space_args": "--space-arg"}
-
-
-def _setup(args: argparse.Namespace) -> None:
-    """Process-wide settings of the command: Optuna's log level and torch's thread count."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _positive("--threads", args.threads)
-    if args.threads is not None:
-        import torch
-
-        # Measured on 2 shared cores: one GHN meta-training step took 0.8 s with 1 thread and
-        # 22 s with 2 threads while one other process ran (OpenMP threads spin on each other).
-        torch.set_num_threads(args.threads)
+    given = {name: getattr(args, name) for name in setting_names() if hasattr(args, name)}
+    if getattr(args, "space_arg", None):
+        given["space_args"] = {**base.space_args, **parse_space_args(args.space_arg)}
+    if isinstance(given.get("ranker"), list) and len(given["ranker"]) == 1:
+        given["ranker"] = given["ranker"][0]
+    if "out" in given:
+        given["out"] = str(given["out"])
+    with flag_errors(args, **_flags()):
+        return base.replace(**given)
 
 
 def _print_result(result: Any, started: float) -> None:
@@ -291,127 +243,81 @@ def _print_result(result: Any, started: float) -> None:
     print(f"wall time {time.perf_counter() - started:.0f} s")
 
 
-def run_search(args: argparse.Namespace) -> int:
-    """Run ``nas search``; prints the summary table and returns the exit code."""
-    from nas.campaign import FINETUNE_METRICS, resolve_objectives, resolve_sampler
+def _setup(args: argparse.Namespace) -> None:
+    """Process-wide settings of the command: Optuna's log level and torch's thread count."""
+    import optuna
+
+    from nas.cli.options import set_threads
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    set_threads(args.threads)
+
+
+def _run_campaign(args: argparse.Namespace, config: Any, *, storage_env: bool = True) -> int:
+    from nas.campaign import Campaign
     from nas.cli.basic import flag_errors
 
-    for flag in (
-        "trials", "top_k", "finetune_epochs", "finetune_lr", "batch_size", "heartbeat", "grace", "ghn_steps",
-        "ranker_k", "label_workers",
-    ):
-        _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    _check_grace(args)
-    _positive("--self-check-epochs", args.self_check_epochs)
-    if args.self_check < 0 or 0 < args.self_check < 3:
-        raise ValueError(f"`--self-check` must be 0 or at least 3, but got {args.self_check}.")
-    for flag, check in (
-        ("sampler", lambda: resolve_sampler(args.sampler)),
-        ("objectives", lambda: resolve_objectives(args.objectives)),
-    ):
-        try:
-            check()
-        except ValueError as err:
-            raise ValueError(str(err).replace(f"`{flag}`", f"`--{flag}`")) from None
-    if args.finetune_metric not in FINETUNE_METRICS:
-        raise ValueError(
-            f"`--finetune-metric` must be one of {', '.join(FINETUNE_METRICS)}, but got {args.finetune_metric!r}."
-        )
+    if storage_env and config.storage is None and os.environ.get(STORAGE_ENV):
+        config = config.replace(storage=os.environ[STORAGE_ENV])
     _setup(args)
     started = time.perf_counter()
-    with flag_errors(args, **_CAMPAIGN_FLAGS, steps="--ghn-steps"):
-        campaign = _search_campaign(args)
+    with flag_errors(args, **_flags()):
+        campaign = Campaign(config)
     _print_result(campaign.run(), started)
     return 0
 
 
-def _search_campaign(args: argparse.Namespace) -> Any:
-    """The :class:`~nas.campaign.Campaign` of ``nas search`` (not run yet)."""
-    from nas.campaign import Campaign
-    from nas.cli.basic import parse_space_args
+def run_search(args: argparse.Namespace) -> int:
+    """Run ``nas search``; prints the summary table (or, with ``--print-config``, the settings) and returns 0."""
+    from nas.campaign import CampaignConfig
 
-    return Campaign(
-        space=args.space,
-        dataset=args.dataset,
-        ghn=args.ghn,
-        trials=args.trials,
-        top_k=args.top_k,
-        finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr,
-        rerank=args.rerank,
-        rerank_pool=args.rerank_pool,
-        sampler=args.sampler,
-        objectives=args.objectives,
-        out=args.out,
-        storage=args.storage or os.environ.get(STORAGE_ENV) or None,
-        study=args.study,
-        device=args.device,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        self_check=args.self_check,
-        self_check_epochs=args.self_check_epochs,
-        space_args=parse_space_args(args.space_arg),
-        finetune_metric=args.finetune_metric,
-        pick=args.pick,
-        heartbeat_interval=args.heartbeat,
-        grace_period=args.grace,
-        progress=not args.no_progress,
-        meta_train=_meta_train_config(args.ghn_steps, args.device),
-        rank_by=args.rank_by,
-        ranker=_ranker_arg(args.ranker),
-        ranker_labels=args.ranker_labels,
-        ranker_k=args.ranker_k,
-        label_workers=args.label_workers,
-        refine=args.refine,
-        refine_trials=args.refine_trials,
-    )
+    if args.config is not None and not args.config.is_file():
+        raise FileNotFoundError(f"`--config`: no such file {str(args.config)!r}.")
+    base = CampaignConfig.read(args.config) if args.config is not None else CampaignConfig()
+    config = _config_from_args(args, base)
+    if args.print_config:
+        print(config.to_toml(), end="")
+        return 0
+    return _run_campaign(args, config)
 
 
-def _ranker_arg(paths: list[str] | None) -> str | list[str] | None:
-    """``--ranker``, given once (a path) or several times (an ensemble's paths)."""
-    if paths is None or len(paths) > 1:
-        return paths
-    return paths[0]
+def _check_worker_flags(args: argparse.Namespace) -> None:
+    """Check ``--heartbeat-interval`` and ``--grace-period`` before the storage is opened."""
+    from nas.campaign import CampaignConfig
+    from nas.cli.basic import flag_errors
 
-
-def _meta_train_config(steps: int | None, device: str) -> Any:
-    if steps is None:
-        return None
-    from nas.ghn import MetaTrainConfig
-
-    default = MetaTrainConfig()
-    return MetaTrainConfig(
-        steps=steps,
-        device=device,
-        warmup_steps=min(default.warmup_steps, steps),
-        eval_every=min(default.eval_every, steps),
-    )
+    given = {name: getattr(args, name) for name in ("heartbeat_interval", "grace_period")
+             if getattr(args, name) is not None}
+    with flag_errors(args, **_flags()):
+        for name, value in given.items():
+            if value < 1:
+                raise ValueError(f"`{name}` must be positive, but got {value}.")
+        if len(given) == 2:
+            CampaignConfig(**given)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run ``nas worker``; fine-tunes queued candidates and prints what it did."""
-    from nas.campaign import Campaign
+    from nas.campaign import Campaign, CampaignConfig
     from nas.cli.basic import flag_errors
 
-    _positive("--heartbeat", args.heartbeat)
-    _positive("--grace", args.grace)
-    _check_grace(args)
     storage = args.storage or os.environ.get(STORAGE_ENV)
+    _check_worker_flags(args)
     if not storage:
         raise ValueError(f"`--storage` is required (or set ${STORAGE_ENV}).")
     _setup(args)
     started = time.perf_counter()
-    with flag_errors(args, **_CAMPAIGN_FLAGS):
+    with flag_errors(args, **_flags()):
         campaign = Campaign.from_storage(
             storage,
             args.study,
             out=args.out,
             ghn=args.ghn,
-            ranker=_ranker_arg(args.ranker),
+            ranker=(args.ranker[0] if args.ranker and len(args.ranker) == 1 else args.ranker),
             device=args.device,
-            progress=not args.no_progress,
-            heartbeat_interval=args.heartbeat,
-            grace_period=args.grace,
+            progress=args.progress,
+            heartbeat_interval=args.heartbeat_interval,
+            grace_period=args.grace_period,
         )
         if args.ranker is not None:
             _ = campaign.ranker  # a given checkpoint is checked, although fine-tuning does not use it
@@ -426,28 +332,4 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run ``nas demo``: nb201 on mnist5k, default GHN, fit the ranker, rank, fine-tune, self-check, report."""
-    from nas.campaign import Campaign
-    from nas.cli.basic import flag_errors
-
-    for flag in ("trials", "top_k", "heartbeat", "grace", "ghn_steps"):
-        _positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    _check_grace(args)
-    if args.self_check < 0 or 0 < args.self_check < 3:
-        raise ValueError(f"`--self-check` must be 0 or at least 3, but got {args.self_check}.")
-    _setup(args)
-    started = time.perf_counter()
-    settings = {k: v for k, v in DEMO.items() if k != "ghn_steps"}
-    settings.update(trials=args.trials, top_k=args.top_k, self_check=args.self_check)
-    with flag_errors(args, **_CAMPAIGN_FLAGS, steps="--ghn-steps"):
-        campaign = Campaign(
-            **settings,
-            ghn=None,
-            meta_train=_meta_train_config(args.ghn_steps, args.device),
-            out=args.out,
-            device=args.device,
-            heartbeat_interval=args.heartbeat,
-            grace_period=args.grace,
-            progress=not args.no_progress,
-        )
-    _print_result(campaign.run(), started)
-    return 0
+    return _run_campaign(args, _config_from_args(args, _demo_config()), storage_env=False)

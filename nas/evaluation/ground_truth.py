@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from nas._liveness import owner_dead
 from nas.data import Dataset
 from nas.exceptions import StorageError
 from nas.graph import ArchGraph
@@ -286,16 +287,6 @@ class _PoolExecutor:
 # --------------------------------------------------------------------------- cache
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class GroundTruthCache:
     """SQLite cache of trained results, safe for several processes.
 
@@ -477,9 +468,7 @@ class GroundTruthCache:
     def _stale(self, owner: str, claimed_at: float) -> bool:
         if time.time() - claimed_at > self.claim_ttl:
             return True
-        host, _, rest = owner.partition(":")
-        pid = rest.partition(":")[0]
-        return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+        return owner_dead(owner)
 
     def _release(self, jobs: Iterable[_Job], dkey: str, bkey: str) -> None:
         conn = self._connect()

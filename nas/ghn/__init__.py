@@ -19,7 +19,8 @@ Modules, in the order data flows through them:
 * ``_default``: :func:`default_ghn_path`, :func:`ensure_ghn`, :func:`ensure_ranker` and the default label recipe;
 * ``_ranker``: :class:`GHNRanker`, the GHN's graph network with a head that
   predicts short-training loss (:func:`short_training_labels`, :func:`fit_ranker`);
-* ``_ranker_ensemble``: :class:`RankerEnsemble`, several rankers scoring together.
+* ``_ranker_ensemble``: :class:`RankerEnsemble`, several rankers scoring together;
+* ``_protocol``: :class:`Ranker`, what a campaign needs from a ranker.
 
 Example:
     >>> from nas.ghn import GHN, GHNConfig
@@ -28,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+from nas.ghn._checkpoint import read_checkpoint
 from nas.ghn._decoder import WeightDecoder
 from nas.ghn._default import RANKER_K, RANKER_LABELS, default_ghn_path, ensure_ghn, ensure_ranker
 from nas.ghn._encoder import NodeEncoder, ShapeEncoder
@@ -35,6 +37,7 @@ from nas.ghn._message_passing import GatedDAGConv
 from nas.ghn._meta_train import MetaTrainConfig, meta_train, snapshot_path
 from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._predicted import calibrate_batch_norm
+from nas.ghn._protocol import Ranker
 from nas.ghn._ranker import (
     GHNRanker,
     RankerConfig,
@@ -56,6 +59,7 @@ __all__ = [
     "NodeEncoder",
     "RANKER_K",
     "RANKER_LABELS",
+    "Ranker",
     "ShapeEncoder",
     "WeightDecoder",
     "calibrate_batch_norm",
@@ -65,6 +69,7 @@ __all__ = [
     "fit_ranker",
     "log_flops",
     "meta_train",
+    "read_checkpoint",
     "short_training_labels",
     "snapshot_path",
     "with_flops_prior",

@@ -20,6 +20,7 @@ from nas.ghn._decoder import WeightDecoder
 from nas.ghn._encoder import NodeEncoder
 from nas.ghn._graphs import NUM_SHAPE_FEATURES, GraphCache, GraphEntry, graph_entry, graph_id
 from nas.ghn._message_passing import GatedDAGConv, message_adjacency
+from nas.ghn._predicted import evaluate_predicted, materialize_predicted
 from nas.graph import ArchGraph
 from nas.network import Network
 from nas.ops import op_names
@@ -308,8 +309,6 @@ class GHN(nn.Module):
         Returns:
             One ``{"loss": ..., "acc": ...}`` per graph.
         """
-        from nas.ghn._predicted import evaluate_predicted
-
         return evaluate_predicted(
             self, graphs, data, split=split, bn_images=bn_images, batch_size=batch_size, device=device
         )
@@ -335,8 +334,6 @@ class GHN(nn.Module):
             The network (detached copies of the predictions), in eval mode, on
             the GHN's device, ready for :func:`nas.training.train`.
         """
-        from nas.ghn._predicted import materialize_predicted
-
         return materialize_predicted(self, graph, data, bn_images=bn_images, rescale=rescale)
 
     # ------------------------------------------------------------------ compatibility

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,26 @@ from nas.network import Network
 
 if TYPE_CHECKING:
     from nas.data import Dataset
-    from nas.ghn._model import GHN
+
+
+class WeightPredictor(Protocol):
+    """What running predicted weights needs from a GHN (:class:`nas.ghn.GHN` implements it).
+
+    This module depends on this protocol, not on the GHN's module, which imports this one.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        """Where the predictions are."""
+        ...
+
+    def predict(self, graphs: Sequence[ArchGraph]) -> list[dict[str, Tensor]]:
+        """Every parameter of every graph, by parameter name."""
+        ...
+
+    def network(self, graph: ArchGraph, device: str | torch.device | None = None) -> Network:
+        """A compiled network of ``graph`` on ``device``."""
+        ...
 
 __all__ = [
     "bn_sample",
@@ -184,7 +203,7 @@ def _check(split: str, bn_images: int, batch_size: int) -> None:
 
 @torch.no_grad()
 def evaluate_predicted(
-    ghn: GHN,
+    ghn: WeightPredictor,
     graphs: Sequence[ArchGraph],
     data: Dataset,
     *,
@@ -266,7 +285,7 @@ def rescale_to_init(net: Network, graph: ArchGraph) -> None:
 
 @torch.no_grad()
 def materialize_predicted(
-    ghn: GHN, graph: ArchGraph, data: Dataset | None, *, bn_images: int = 256, rescale: bool = True
+    ghn: WeightPredictor, graph: ArchGraph, data: Dataset | None, *, bn_images: int = 256, rescale: bool = True
 ) -> Network:
     """Implementation of :meth:`GHN.materialize <nas.ghn.GHN.materialize>` (see there)."""
     if isinstance(bn_images, bool) or not isinstance(bn_images, int) or bn_images < 1:

@@ -90,7 +90,7 @@ def tiny_ghn(rel_tmp: Path) -> Path:
     """A tiny GHN for ``TinySpace`` on ``digits``, meta-trained in this process (a second or so)."""
     path = rel_tmp / "tiny_ghn.pt"
     result = run_inprocess([
-        "train-ghn", "--space", TINY, "--dataset", "digits", "--out", str(path), "--steps", "6",
+        "train-ghn", "--space", TINY, "--dataset", "digits", "--out", str(path), "--ghn-steps", "6",
         "--eval-every", "3", *GHN_ARGS, "--no-progress",
     ])
     assert result.code == 0, result.err

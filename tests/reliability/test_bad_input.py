@@ -168,9 +168,9 @@ def _under_a_file(ctx: Ctx) -> str:
     return str(ctx.tmp / "a-file" / "out")
 
 
-def _full_png(ctx: Ctx) -> str:
-    (ctx.tmp / "full.png").symlink_to("/dev/full")  # every write fails with ENOSPC, even for root
-    return str(ctx.tmp / "full.png")
+def _folder_png(ctx: Ctx) -> str:
+    (ctx.tmp / "cell.png").mkdir()
+    return str(ctx.tmp / "cell.png")
 
 
 PG_UNREACHABLE = "postgresql://nas:hunter2secret@127.0.0.1:1/nas"
@@ -186,12 +186,12 @@ CASES: list[Case] = [
     Case("finetune-epochs-zero", lambda c: c.search("--finetune-epochs", "0"), ("--finetune-epochs", "0")),
     Case("finetune-epochs-negative", lambda c: c.search("--finetune-epochs", "-1"), ("--finetune-epochs", "-1")),
     Case("batch-size-zero", lambda c: c.search("--batch-size", "0"), ("--batch-size", "0")),
-    Case("grace-below-heartbeat", lambda c: c.search("--grace", "1"), ("grace", "heartbeat")),
+    Case("grace-below-heartbeat", lambda c: c.search("--grace-period", "1"), ("grace", "heartbeat")),
     Case("unknown-sampler", lambda c: c.search("--sampler", "annealing"), ("sampler", "annealing", "tpe")),
     Case("unknown-objectives", lambda c: c.search("--objectives", "speed"), ("objectives", "speed")),
     Case("space-arg-without-equals", lambda c: c.search("--space-arg", "width"), ("--space-arg", "width")),
     Case("train-ghn-steps-zero", lambda c: ["train-ghn", "--space", TINY, "--dataset", "digits", "--out",
-                                            str(c.tmp / "g.pt"), "--steps", "0"], ("steps", "0")),
+                                            str(c.tmp / "g.pt"), "--ghn-steps", "0"], ("steps", "0")),
     Case("train-epochs-zero", lambda c: ["train", "--space", TINY, "--dataset", "digits", "--epochs", "0"],
          ("epochs", "0")),
     Case("correlate-one-arch", lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out",
@@ -233,7 +233,7 @@ CASES: list[Case] = [
          ("input_shape", "[1, 28, 28]")),
     Case("checkpoint-newer-version", lambda c: c.search(ghn=_newer_ckpt(c), study="g-newer"), ("newer.pt", "99")),
     Case("train-ghn-resume-other-space", lambda c: ["train-ghn", "--space", "nb201", "--dataset", "digits", "--out",
-                                                    str(c.ghn), "--steps", "2"], ("tiny_ghn.pt", "nb201")),
+                                                    str(c.ghn), "--ghn-steps", "2"], ("tiny_ghn.pt", "nb201")),
     # -- storage
     Case("storage-no-scheme", lambda c: c.search("--storage", "campaign.db"), ("campaign.db", "scheme")),
     Case("storage-unknown-scheme", lambda c: c.search("--storage", "redis://localhost/0"), ("redis://",)),
@@ -248,8 +248,9 @@ CASES: list[Case] = [
     Case("stored-graph-newer-format", _newer_graph_json_in_storage, ("format version 99",)),
     # -- output
     Case("out-under-a-regular-file", lambda c: c.search("--out", _under_a_file(c), study="o-file"), ("a-file",)),
-    Case("draw-to-a-full-disk", lambda c: ["draw", "--space", TINY, "-o", _full_png(c)], ("no space left",)),
-    Case("draw-unknown-suffix", lambda c: ["draw", "--space", TINY, "-o", str(c.tmp / "cell.txt")], ("cell.txt",)),
+    # draw writes atomically (a temporary file, then a rename), so a target that cannot be replaced fails cleanly
+    Case("draw-onto-a-folder", lambda c: ["draw", "--space", TINY, "--out", _folder_png(c)], ("is a directory",)),
+    Case("draw-unknown-suffix", lambda c: ["draw", "--space", TINY, "--out", str(c.tmp / "cell.txt")], ("cell.txt",)),
 ]
 
 
@@ -302,7 +303,7 @@ def test_disk_full_during_a_campaign_is_one_line(limit: int, tmp_path: Path, tin
 
 def test_disk_full_during_meta_training_checkpoint_is_one_line(tmp_path: Path) -> None:
     result = _run_limited(["train-ghn", "--space", TINY, "--dataset", "digits", "--out", str(tmp_path / "g.pt"),
-                           "--steps", "2", "--eval-every", "1", "--hidden", "8", "--layers", "1",
+                           "--ghn-steps", "2", "--eval-every", "1", "--hidden", "8", "--layers", "1",
                            "--num-held-out", "1", "--no-progress"], tmp_path, 4096)
     assert_one_line_error(result)
     assert not (tmp_path / "g.pt").exists()

@@ -62,7 +62,7 @@ def _run_workers(storage: str, study: str, out: Path, ghn: Path, tmp: Path, *, v
     log = tmp / "work.log"
     argv = [
         "worker", "--storage", storage, "--study", study, "--out", str(out), "--ghn", str(ghn), "--no-progress",
-        "--heartbeat", str(HEARTBEAT), "--grace", str(GRACE),
+        "--heartbeat-interval", str(HEARTBEAT), "--grace-period", str(GRACE),
     ]
     procs = []
     for i in range(WORKERS):
@@ -114,7 +114,7 @@ def _check(storage: str, study: str, out: Path, ghn: Path, tmp: Path, log: Path)
         time.sleep(GRACE + 0.5)
         late = run_subprocess(
             ["worker", "--storage", storage, "--study", study, "--out", str(out), "--ghn", str(ghn),
-             "--no-progress", "--heartbeat", str(HEARTBEAT), "--grace", str(GRACE)],
+             "--no-progress", "--heartbeat-interval", str(HEARTBEAT), "--grace-period", str(GRACE)],
             env=base_env(tmp, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN="late"),
         )
         assert late.code == 0, late.err[-3000:]

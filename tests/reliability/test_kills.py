@@ -248,7 +248,7 @@ def test_correlate_ground_truth_survives_kills(tmp_path: Path, tiny_ghn: Path) -
 
 GHN_STEPS = 12
 TRAIN_GHN_ARGS = [
-    "train-ghn", "--space", TINY, "--dataset", "digits", "--steps", str(GHN_STEPS), "--eval-every", "3",
+    "train-ghn", "--space", TINY, "--dataset", "digits", "--ghn-steps", str(GHN_STEPS), "--eval-every", "3",
     *GHN_ARGS, "--no-progress",
 ]
 
