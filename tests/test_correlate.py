@@ -92,6 +92,15 @@ class FakeGHN:
         return [{"loss": 1.0 / g.num_params(), "acc": 0.0} for g in graphs]
 
 
+class FakeRanker:
+    """Duck-typed ranker: rank score (lower is better) ``-num_params``, so it ranks like ``params``."""
+
+    def score(self, graphs: Sequence[ArchGraph]) -> Any:
+        import numpy as np
+
+        return -np.array([float(g.num_params()) for g in graphs])
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace, data: Dataset) -> CorrelationResult:
     cache = tmp_path_factory.mktemp("gt") / "gt.sqlite"
@@ -101,8 +110,8 @@ def result(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace, data: D
         archs=ARCHS,
         epochs=EPOCHS,
         seeds=SEEDS,
-        scorers=["ghn", "params", "random", "naswot", Oracle(cache), Oracle(cache, sign=-1, name="anti")],
-        ghn=FakeGHN(),
+        scorers=["ghn", "ghn_plain", "params", "random", "naswot", Oracle(cache), Oracle(cache, sign=-1, name="anti")],
+        ghn={"ghn": FakeRanker(), "ghn_plain": FakeGHN()},
         cache_path=cache,
         progress=False,
         n_resamples=200,
@@ -122,14 +131,15 @@ def test_frame_has_one_row_per_candidate(result: CorrelationResult) -> None:
 
 def test_summary_ranks_against_minus_loss(result: CorrelationResult) -> None:
     summary = result.summary
-    assert list(summary.index) == ["ghn", "params", "random", "naswot", "oracle", "anti"]
+    assert list(summary.index) == ["ghn", "ghn_plain", "params", "random", "naswot", "oracle", "anti"]
     assert summary.loc["oracle", "kendall"] == pytest.approx(1.0)
     assert summary.loc["oracle", "spearman"] == pytest.approx(1.0)
     assert summary.loc["oracle", "top10_precision"] == pytest.approx(1.0)
     assert summary.loc["anti", "kendall"] == pytest.approx(-1.0)
     assert summary.loc["anti", "top10_precision"] == pytest.approx(0.0)
-    # -loss of the fake GHN orders candidates exactly as their parameter counts.
+    # -loss of the fake GHN and the fake ranker's score order candidates exactly as their parameter counts.
     assert summary.loc["ghn", "kendall"] == pytest.approx(summary.loc["params", "kendall"])
+    assert summary.loc["ghn_plain", "kendall"] == pytest.approx(summary.loc["params", "kendall"])
     for method in summary.index:
         row = summary.loc[method]
         assert row["kendall_lo"] <= row["kendall"] + 1e-12 <= row["kendall_hi"] + 2e-12
@@ -186,32 +196,47 @@ def test_cli_end_to_end_with_a_tiny_ghn(
     argv = [
         "correlate", "--space", f"{space_file}:Tiny", "--dataset", "digits", "--max-train", str(MAX_TRAIN),
         "--archs", str(ARCHS), "--epochs", str(EPOCHS), "--seeds", str(SEEDS), "--out", str(out),
-        "--methods", "ghn,params,synflow", "--ghn", str(ckpt), "--no-progress",
+        "--methods", "ghn,ghn_plain,ghn_scratch,opcount_ranker_flops,params,synflow", "--ghn", str(ckpt),
+        "--ranker-labels", "5", "--ranker-k", "3", "--no-progress",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "noise ceiling" in printed and "synflow" in printed
+    assert "noise ceiling" in printed and "synflow" in printed and "ranker: 5 labels of 3 SGD steps" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert math.isfinite(summary["methods"]["ghn"]["kendall"])
-    assert summary["methods"]["ghn"]["seconds_per_candidate"] > 0
+    for method in ("ghn", "ghn_plain", "ghn_scratch", "opcount_ranker_flops"):
+        assert math.isfinite(summary["methods"][method]["kendall"])
+        assert summary["methods"][method]["seconds_per_candidate"] > 0
+    # The campaign's ranker: labels of other architectures of the space, its cost recorded.
+    ranker = summary["ranker"]
+    assert (ranker["labels"], ranker["labelled"], ranker["k"], ranker["seed"]) == (5, 5, 3, 1)
+    assert ranker["label_seconds"] > 0 and ranker["label_seconds_estimated"] == 0
+    assert set(ranker["fit_seconds"]) == {"ghn", "scratch", "opcount"}
+    once = ranker["one_time_seconds"]
+    assert once["ghn_scratch"] == pytest.approx(ranker["label_seconds"] + ranker["fit_seconds"]["scratch"])
+    assert once["ghn"] is None  # the given GHN's meta-training time is unknown (no training state)
+    labels = pd.read_csv(out / "ranker_labels_k3_s1.csv")
+    assert len(labels) == 5 and not set(labels["key"]) & set(pd.read_csv(out / "candidates.csv")["key"])
     for name in ("method_bars", "score_vs_truth_ghn", "score_vs_truth_synflow"):
         for suffix in (".png", ".pdf"):
             assert (out / "figures" / (name + suffix)).stat().st_size > 1000
 
-    # A rerun resumes from the cache in OUT: nothing is trained again.
+    # A rerun resumes from the caches in OUT: no ground truth and no label is trained again, no ranker refitted.
     trained: list[str] = []
     monkeypatch.setattr(ground_truth, "_train_one", lambda g, d, c: trained.append(g.key))
-    argv[argv.index("--methods") + 1] = "params"
+    monkeypatch.setattr(ghn_module._ranker, "_short_training_loss", lambda args: trained.append(args[0]))
+    monkeypatch.setattr(ghn_module._ranker, "fit_ranker", lambda *a, **k: trained.append("fit"))
+    scores = pd.read_csv(out / "candidates.csv")["score_ghn"]
     assert main([*argv, "--no-figures"]) == 0
     assert trained == []
+    assert pd.read_csv(out / "candidates.csv")["score_ghn"].tolist() == pytest.approx(scores.tolist())
 
 
 def test_cli_rejects_bad_methods(space_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["correlate", "--space", f"{space_file}:Tiny", "--dataset", "digits", "--out", str(tmp_path)]
     assert main([*base, "--methods", "params,synflw"]) == 2
     assert "synflw" in capsys.readouterr().err
-    assert main([*base, "--methods", "ghn_plain"]) == 2
-    assert "--ghn-plain" in capsys.readouterr().err
+    assert main([*base, "--ranker-labels", "3"]) == 2
+    assert "`--ranker-labels` must be at least 4, but got 3" in capsys.readouterr().err
 
 
 def test_short_training_scorer_is_tse_of_a_seeded_run(space: SearchSpace, data: Dataset) -> None:

@@ -19,7 +19,7 @@ from scipy.stats import kendalltau
 import nas.ghn._ranker as ranker_module
 from nas.data import Dataset, load_dataset
 from nas.exceptions import CheckpointError
-from nas.ghn import GHN, GHNConfig, GHNRanker, RankerConfig, fit_ranker, short_training_labels
+from nas.ghn import GHN, GHNConfig, GHNRanker, RankerConfig, fit_ranker, label_seconds, short_training_labels
 from nas.graph import ArchGraph
 from nas.space import SearchSpace, load_space
 
@@ -165,6 +165,7 @@ def test_fit_ranker_learns_a_function_of_the_graph(ghn: GHN, graphs: list[ArchGr
     ranker = fit_ranker(ghn, train, labels, config, label_info={"target": "conv_nodes"}, progress=False)
     tau = kendalltau(ranker.predict(test), [conv_nodes(g) for g in test]).statistic
     assert tau > 0.5, tau
+    assert ranker.label_info.pop("fit_seconds") > 0  # the fit's own time, for one-time cost reports
     assert ranker.label_info == {"target": "conv_nodes"} and math.isfinite(ranker.member_tau[0])
 
 
@@ -218,13 +219,13 @@ def test_short_training_labels_resume_from_the_csv_and_exclude_keys(
 ) -> None:
     calls: list[str] = []
 
-    def fake_training(args: tuple[str, Any, int, int]) -> float:
+    def fake_training(args: tuple[str, Any, int, int]) -> tuple[float, float]:
         graph_json, _, k, seed = args
         graph = ArchGraph.from_json(graph_json)
         calls.append(graph.key)
         if len(calls) == 2:
-            return math.nan  # a diverged short training is dropped, and not retried
-        return float(graph.num_params() * k + seed)
+            return math.nan, 0.5  # a diverged short training is dropped, and not retried
+        return float(graph.num_params() * k + seed), 0.25 * len(calls)
 
     monkeypatch.setattr(ranker_module, "_short_training_loss", fake_training)
     exclude = [c.graph.key for c in space.sample_many(3, seed=5)]  # first draws of the label seed
@@ -235,7 +236,9 @@ def test_short_training_labels_resume_from_the_csv_and_exclude_keys(
     assert [g.key for g in graphs] == [k for i, k in enumerate(calls) if i != 1]
     assert list(labels) == [g.num_params() * 3 + 5 for g in graphs]
     text = cache.read_text()
-    assert text.splitlines()[0] == "key,graph,tse" and len(text.splitlines()) == 7
+    assert text.splitlines()[0] == "key,graph,tse,seconds" and len(text.splitlines()) == 7
+    # Recorded training seconds: calls 1, 3, 4, 5, 6 took 0.25 x their call number.
+    assert label_seconds(cache, [g.key for g in graphs]) == (pytest.approx(0.25 * (1 + 3 + 4 + 5 + 6)), 0)
 
     # Resume: nothing trained again (not even the one whose training diverged), same result.
     again, labels2 = short_training_labels(space, digits, 6, k=3, seed=5, exclude=exclude, cache=cache, progress=False)

@@ -6,9 +6,19 @@ Example:
 Samples ``--archs`` candidates, trains each ``--seeds`` times for ``--epochs``
 (cached in ``OUT/ground_truth.sqlite``, so a rerun resumes), scores them with
 every method, prints the summary table and writes ``candidates.csv``,
-``summary.csv``, ``summary.json`` and ``figures/`` to ``OUT``. Without
-``--ghn`` a default GHN is meta-trained (or reused) at ``OUT/ghn.pt`` with the
-evaluated candidates held out of meta-training.
+``summary.csv``, ``summary.json`` and ``figures/`` to ``OUT``.
+
+Method ``ghn`` is the score ``nas search`` ranks by with its defaults: the
+ranker fitted on ``--ranker-labels`` architectures of the space trained for
+``--ranker-k`` SGD steps (never the evaluated candidates; labels cached in
+``OUT/ranker_labels_k<K>_s<SEED>.csv`` and rankers in ``OUT/rankers/``, so a
+rerun resumes), plus its FLOPs prior. ``ghn_plain`` is the validation loss of
+the GHN's predicted weights. The ranker's ablations (``ghn_noprior``,
+``ghn_scratch``, ``ghn_scratch_noprior``, ``opcount_ranker``,
+``opcount_ranker_flops``) run when named in ``--methods``. Without ``--ghn`` a
+default GHN is meta-trained (or reused) at ``OUT/ghn.pt`` with the evaluated
+candidates held out of meta-training. ``summary.json`` records the label
+count, their SGD steps and the one-time CPU-seconds under ``ranker``.
 """
 
 from __future__ import annotations
@@ -44,13 +54,23 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--seeds", type=int, default=2, help="training seeds per candidate (default %(default)s)")
     p.add_argument(
         "--ghn", type=Path, default=None,
-        help="GHN checkpoint for method 'ghn' (default: meta-train, or reuse, OUT/ghn.pt with the "
-        "evaluated candidates held out)",
+        help="GHN checkpoint: the rankers' start and method 'ghn_plain' (default: meta-train, or reuse, "
+        "OUT/ghn.pt with the evaluated candidates held out)",
     )
-    p.add_argument("--ghn-plain", type=Path, default=None, help="GHN checkpoint for method 'ghn_plain'")
+    p.add_argument("--ghn-plain", type=Path, default=None,
+                   help="another GHN checkpoint for method 'ghn_plain' (default: the --ghn one)")
+    p.add_argument("--ranker", type=Path, default=None,
+                   help="a fitted ranker for methods 'ghn' and 'ghn_noprior' (default: label and fit one in OUT)")
+    p.add_argument("--ranker-labels", type=int, default=None,
+                   help="architectures labelled for the ranker (default: nas search's, %d)" % _default_recipe().labels)
+    p.add_argument("--ranker-k", type=int, default=None,
+                   help="SGD steps per ranker label (default: nas search's, %d)" % _default_recipe().k)
+    p.add_argument("--label-seed", type=int, default=1,
+                   help="seed of the ranker's label sample and trainings (default %(default)s)")
     p.add_argument(
         "--methods", default=None,
-        help="comma-separated scorer names (default: every built-in method; 'ghn_plain' only with --ghn-plain)",
+        help="comma-separated method names (default: ghn, ghn_plain and every baseline; ranker ablations: "
+        "ghn_noprior, ghn_scratch, ghn_scratch_noprior, opcount_ranker, opcount_ranker_flops)",
     )
     p.add_argument(
         "--workers", type=int, default=1, help="parallel processes training the ground truth (default %(default)s)"
@@ -68,6 +88,12 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_correlate)
+
+
+def _default_recipe() -> Any:
+    from nas.evaluation.ranker_methods import LabelRecipe
+
+    return LabelRecipe.default()
 
 
 def _space_args(items: list[str]) -> dict[str, Any]:
@@ -125,7 +151,10 @@ def run_correlate(args: argparse.Namespace) -> int:
     from nas.data import load_dataset
     from nas.evaluation import (
         DEFAULT_METHODS,
+        RANKER_METHODS,
+        LabelRecipe,
         correlate,
+        ranker_methods,
         sample_candidates,
         scorer_names,
         write_results,
@@ -145,17 +174,23 @@ def run_correlate(args: argparse.Namespace) -> int:
         train_config = TrainConfig(device=args.device)
     progress = not args.no_progress
 
+    valid = [*scorer_names(), *[m for m in RANKER_METHODS if m not in scorer_names()]]
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in methods if m not in scorer_names()]
+        unknown = [m for m in methods if m not in valid]
         if unknown or not methods:
-            raise ValueError(
-                f"`--methods` has unknown scorers {unknown or [args.methods]}; valid: {', '.join(scorer_names())}."
-            )
+            raise ValueError(f"`--methods` has unknown methods {unknown or [args.methods]}; valid: {', '.join(valid)}.")
     else:
-        methods = [m for m in DEFAULT_METHODS if m != "ghn_plain" or args.ghn_plain is not None]
-    if "ghn_plain" in methods and args.ghn_plain is None:
-        raise ValueError("method 'ghn_plain' needs a checkpoint: pass `--ghn-plain PATH`.")
+        methods = list(DEFAULT_METHODS)
+    for flag in ("ranker_labels", "ranker_k"):
+        value = getattr(args, flag)
+        if value is not None and value < (4 if flag == "ranker_labels" else 1):
+            raise ValueError(f"`--{flag.replace('_', '-')}` must be at least {4 if flag == 'ranker_labels' else 1}, "
+                             f"but got {value}.")
+    default = _default_recipe()
+    recipe = LabelRecipe(labels=args.ranker_labels or default.labels, k=args.ranker_k or default.k,
+                         seed=args.label_seed)
+    ranker_rows = [m for m in methods if m in RANKER_METHODS]
 
     with flag_errors(args):
         data = load_dataset(args.dataset, seed=0, max_train=args.max_train)
@@ -166,14 +201,30 @@ def run_correlate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     graphs = sample_candidates(space, args.archs, seed=args.seed)
 
-    ghns: dict[str, Any] = {}
-    if "ghn" in methods:
+    ranker = None
+    if args.ranker is not None and {"ghn", "ghn_noprior"} & set(ranker_rows):
+        from nas.ghn import GHNRanker
+
+        ranker = GHNRanker.load(args.ranker, map_location=args.device)
+        ranker.check_compatible(space, source=args.ranker)
+    fits = {RANKER_METHODS[m][0] for m in ranker_rows} - ({"ghn"} if ranker is not None else set())
+    ghn = None
+    if fits or ("ghn_plain" in methods and args.ghn_plain is None):
         if args.ghn is not None:
-            ghns["ghn"] = _load_ghn(args.ghn, space, data.name, args.device)
+            ghn = _load_ghn(args.ghn, space, data.name, args.device)
         else:
-            ghns["ghn"] = _default_ghn(space, data, out / "ghn.pt", graphs, progress=progress)
-    if "ghn_plain" in methods:
-        ghns["ghn_plain"] = _load_ghn(args.ghn_plain, space, data.name, args.device)
+            ghn = _default_ghn(space, data, out / "ghn.pt", graphs, progress=progress)
+    plain = _load_ghn(args.ghn_plain, space, data.name, args.device) if args.ghn_plain is not None else ghn
+
+    scorers: list[Any] = list(methods)
+    cost = None
+    if ranker_rows:
+        built, cost = ranker_methods(
+            space, data, ghn=ghn, methods=ranker_rows, out=out, exclude=[g.key for g in graphs], recipe=recipe,
+            ranker=ranker, workers=args.workers, progress=progress,
+        )
+        by_name = {s.name: s for s in built}
+        scorers = [by_name.get(m, m) for m in methods]
 
     result = correlate(
         space,
@@ -181,9 +232,9 @@ def run_correlate(args: argparse.Namespace) -> int:
         archs=graphs,
         epochs=args.epochs,
         seeds=args.seeds,
-        scorers=methods,
+        scorers=scorers,
         cache_path=args.cache or out / "ground_truth.sqlite",
-        ghn=ghns or None,
+        ghn={"ghn_plain": plain} if plain is not None else None,
         seed=args.seed,
         progress=progress,
         workers=args.workers,
@@ -191,6 +242,12 @@ def run_correlate(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
     )
+    if ranker_rows:
+        info = cost.to_dict() if cost is not None else {}
+        if ranker is not None:
+            info["given"] = str(args.ranker)
+            info.update({k: ranker.label_info.get(k) for k in ("n", "k", "seed") if k in ranker.label_info})
+        result.summary_json["ranker"] = info
     paths = write_results(result, out, figures=not args.no_figures)
 
     gt = result.summary_json["ground_truth"]
@@ -208,9 +265,17 @@ def run_correlate(args: argparse.Namespace) -> int:
             f"[{_fmt(ceiling['kendall_lo'])}, {_fmt(ceiling['kendall_hi'])}], spearman {_fmt(ceiling['spearman'])}"
         )
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
+        ranker_info = result.summary_json.get("ranker")
+        if ranker_info and "labelled" in ranker_info:
+            once = ranker_info["one_time_seconds"]
+            print(
+                f"ranker: {ranker_info['labelled']} labels of {ranker_info['k']} SGD steps "
+                f"({ranker_info['label_seconds']:.0f} s); one-time seconds "
+                + ", ".join(f"{name} {_fmt(v, '.0f')}" for name, v in once.items())
+            )
     print(f"wrote {paths['summary_json']} and {len(paths) - 3} figure files to {out}")
     return 0
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)

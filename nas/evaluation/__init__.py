@@ -33,6 +33,7 @@ from nas.evaluation.ground_truth import (
     dataset_key,
     train_candidate,
 )
+from nas.evaluation.ghn_variants import GHNRankerScorer, LabelRegressorScorer
 from nas.evaluation.metrics import Estimate, kendall, noise_ceiling, ranking_scores, spearman, top_k_precision
 from nas.evaluation.proxies import (
     PROXIES,
@@ -44,6 +45,7 @@ from nas.evaluation.proxies import (
     snip,
     synflow,
 )
+from nas.evaluation.ranker_methods import RANKER_METHODS, LabelRecipe, RankerCost, ranker_methods
 from nas.evaluation.scorers import (
     FlopsScorer,
     GHNScorer,
@@ -67,14 +69,19 @@ __all__ = [
     "DEFAULT_METHODS",
     "Estimate",
     "FlopsScorer",
+    "GHNRankerScorer",
     "GHNScorer",
     "GHN_METHODS",
     "GroundTruthCache",
     "GroundTruthRecord",
+    "LabelRecipe",
+    "LabelRegressorScorer",
     "PROXIES",
     "ParamsScorer",
     "ProxyScorer",
+    "RANKER_METHODS",
     "REPORTED_METHODS",
+    "RankerCost",
     "RandomScorer",
     "Scorer",
     "ShortTrainingScorer",
@@ -91,6 +98,7 @@ __all__ = [
     "plot_method_bars",
     "plot_score_vs_truth",
     "prunable_weights",
+    "ranker_methods",
     "ranking_scores",
     "register_scorer",
     "sample_candidates",

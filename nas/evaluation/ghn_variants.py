@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from nas.data import Dataset
-from nas.evaluation.scorers import Scorer
+from nas.evaluation.scorers import Scorer, register_scorer
 from nas.graph import ArchGraph
 from nas.ops import op_names
 
@@ -248,3 +248,16 @@ class LabelRegressorScorer(Scorer):
         y_mean, y_std, f_mean, f_std = self._stats
         z = (self.model.predict(self.features(graphs)) - y_mean) / y_std
         return (-with_flops_prior(z, graphs, weight=self.flops_weight, mean=f_mean, std=f_std)).tolist()
+
+
+def _ghn_ranker_factory(ghn: Any = None) -> Scorer:
+    """``ghn``: what ``nas search`` ranks by, the ranker's score with its FLOPs prior."""
+    if ghn is None or not callable(getattr(ghn, "score", None)):
+        raise ValueError(
+            "scorer 'ghn' ranks by the campaign's ranker: pass a fitted nas.ghn.GHNRanker for it "
+            f"(e.g. `ghn={{'ghn': ranker}}`), but got {type(ghn).__name__}; the predicted-weight loss is 'ghn_plain'."
+        )
+    return GHNRankerScorer(ghn, prior=True, name="ghn")
+
+
+register_scorer("ghn", _ghn_ranker_factory)

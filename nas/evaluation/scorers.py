@@ -373,11 +373,8 @@ class ShortTrainingScorer(Scorer):
 # --------------------------------------------------------------------------- registrations
 
 
-def _ghn_factory(name: str) -> Callable[..., Scorer]:
-    def factory(ghn: Any = None, device: str | None = None) -> Scorer:
-        return GHNScorer(ghn, name=name, device=device)
-
-    return factory
+def _ghn_plain_factory(ghn: Any = None, device: str | None = None) -> Scorer:
+    return GHNScorer(ghn, name="ghn_plain", device=device)
 
 
 def _short_training_factory(target: str, k: int) -> Callable[..., Scorer]:
@@ -394,12 +391,8 @@ def _short_training_factory(target: str, k: int) -> Callable[..., Scorer]:
 register_scorer("params", ParamsScorer)
 register_scorer("flops", FlopsScorer)
 register_scorer("random", RandomScorer)
-register_scorer("ghn", _ghn_factory("ghn"))
-register_scorer("ghn_plain", _ghn_factory("ghn_plain"))
+register_scorer("ghn_plain", _ghn_plain_factory)
 register_scorer("short_training", _short_training_factory(*DEFAULT_SHORT_TRAINING))
 for _target in ("tse", "val"):
     for _k in SHORT_TRAINING_STEPS:
         register_scorer(f"short_training_{_target}_k{_k}", _short_training_factory(_target, _k))
-
-# The zero-cost proxies register themselves on import.
-from nas.evaluation import proxies as _proxies  # noqa: E402,F401  (import for its registrations)

@@ -52,6 +52,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -75,7 +76,10 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["GHNRanker", "RankerConfig", "fit_ranker", "log_flops", "short_training_labels", "with_flops_prior"]
+__all__ = [
+    "GHNRanker", "RankerConfig", "fit_ranker", "label_seconds", "log_flops", "short_training_labels",
+    "with_flops_prior",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -394,6 +398,7 @@ def fit_ranker(
         ValueError: Fewer than 4 graphs, a length mismatch, or a label that is not finite.
     """
     config = config or RankerConfig()
+    started = time.perf_counter()
     graphs = list(graphs)
     y = np.asarray(labels, dtype=np.float64)
     if len(graphs) != len(y):
@@ -454,6 +459,7 @@ def fit_ranker(
         ranker.member_tau.append(best_tau if best_state is not None else math.nan)
         bar.set_postfix(val_tau=f"{best_tau:.3f}" if best_state is not None else "n/a")
     bar.close()
+    ranker.label_info["fit_seconds"] = time.perf_counter() - started
     logger.info("ranker fitted on %d graphs; member validation tau %s", len(graphs),
                 ", ".join(f"{t:.3f}" for t in ranker.member_tau))
     return ranker.eval()
@@ -467,7 +473,8 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _short_training_loss(args: tuple[str, Any, int, int]) -> float:
+def _short_training_loss(args: tuple[str, Any, int, int]) -> tuple[float, float]:
+    """TSE of one label and the seconds its training took."""
     graph_json, data, k, seed = args
     from nas.network import Network
     from nas.training import TrainConfig, train
@@ -481,13 +488,15 @@ def _short_training_loss(args: tuple[str, Any, int, int]) -> float:
     trainer_log = logging.getLogger("nas.training")
     level = trainer_log.level
     trainer_log.setLevel(logging.WARNING)
+    start = time.perf_counter()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             result = train(Network(graph), lean, config)
     finally:
         trainer_log.setLevel(level)
-    return math.nan if result.failed else float(sum(result.train_losses))
+    seconds = time.perf_counter() - start
+    return (math.nan if result.failed else float(sum(result.train_losses))), seconds
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -501,6 +510,26 @@ def _drop_torn_tail(path: Path) -> None:
         if data and not data.endswith(b"\n"):
             logger.warning("%s: dropping a half-written last row (an interrupted run)", path)
             f.truncate(data.rfind(b"\n") + 1)
+
+
+def label_seconds(cache: str | Path, keys: Sequence[str]) -> tuple[float, int]:
+    """Training seconds of the labels ``keys`` recorded in a label cache.
+
+    Args:
+        cache: A CSV written by :func:`short_training_labels`.
+        keys: Canonical keys of the labels to count.
+
+    Returns:
+        ``(seconds, estimated)``: the total, where labels without a recorded
+        time (caches written before times were kept) count at the mean of the
+        timed ones; ``estimated`` is how many were counted so.
+    """
+    with Path(cache).open(newline="") as f:
+        times = {row["key"]: row.get("seconds") for row in csv.DictReader(f)}
+    known = [float(times[k]) for k in keys if times.get(k) not in (None, "")]
+    missing = len(keys) - len(known)
+    mean = float(np.mean(known)) if known else math.nan
+    return float(sum(known)) + missing * mean if missing else float(sum(known)), missing
 
 
 def short_training_labels(
@@ -529,7 +558,7 @@ def short_training_labels(
         k: SGD steps per architecture.
         seed: Seed of the sample and of every training run.
         exclude: Canonical keys never to label (the candidates to be ranked).
-        cache: CSV file of finished labels (``key, graph, tse``); appended as
+        cache: CSV file of finished labels (``key, graph, tse, seconds``); appended as
             labels finish, so an interrupted run resumes where it stopped (a
             row left half-written by a kill is dropped and trained again).
         workers: Processes training in parallel (one torch thread each); ``1``
@@ -550,10 +579,13 @@ def short_training_labels(
     graphs = [g for g in pool if g.key not in excluded][:n]
     done: dict[str, float] = {}
     path = Path(cache) if cache is not None else None
+    timed = True  # caches written before per-label seconds were recorded have no `seconds` column
     if path is not None and path.exists():
         _drop_torn_tail(path)
         with path.open(newline="") as f:
-            for row in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            timed = reader.fieldnames is None or "seconds" in reader.fieldnames
+            for row in reader:
                 done[row["key"]] = float(row["tse"])
     todo = [g for g in graphs if g.key not in done]
     writer_file = None
@@ -563,7 +595,7 @@ def short_training_labels(
         writer_file = path.open("a", newline="")
         writer = csv.writer(writer_file)
         if new:
-            writer.writerow(["key", "graph", "tse"])
+            writer.writerow(["key", "graph", "tse", "seconds"])
     jobs = [(g.to_json(), data, k, seed) for g in todo]
     try:
         with tqdm(total=len(graphs), initial=len(graphs) - len(todo), desc=f"TSE labels (k={k})", unit="arch",
@@ -575,10 +607,10 @@ def short_training_labels(
                 executor = ProcessPoolExecutor(max_workers=workers, initializer=_one_thread)
                 results = executor.map(_short_training_loss, jobs, chunksize=4)
             try:
-                for g, tse in zip(todo, results):
+                for g, (tse, seconds) in zip(todo, results):
                     done[g.key] = tse
                     if writer_file is not None:
-                        writer.writerow([g.key, g.to_json(), tse])
+                        writer.writerow([g.key, g.to_json(), tse, *([seconds] if timed else [])])
                         writer_file.flush()
                         os.fsync(writer_file.fileno())
                     bar.update(1)

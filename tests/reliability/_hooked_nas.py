@@ -117,7 +117,7 @@ def install() -> None:
     label = _ranker._short_training_loss
 
     @functools.wraps(label)
-    def hooked_label(args: Any) -> float:
+    def hooked_label(args: Any) -> tuple[float, float]:
         from nas.graph import ArchGraph
 
         key = ArchGraph.from_json(args[0]).key

@@ -1,0 +1,87 @@
+"""The ranking suite (``experiments/suite.py``) on a tiny protocol: rows, resumption and the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import pytest
+
+SUITE = Path(__file__).resolve().parents[1] / "experiments" / "suite.py"
+
+
+@pytest.fixture(scope="module")
+def suite() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("suite_under_test", SUITE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(suite: ModuleType) -> object:
+    return suite.Protocol(archs=6, epochs=0.2, ghn_steps=4, label_counts=(4, 5), few=4, default_labels=5)
+
+
+@pytest.fixture(scope="module")
+def ran(suite: ModuleType, tiny: object, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("suite")
+    pair = next(p for p in suite.PAIRS if p.name == "my_space-digits")
+    suite.run_pair(pair, root, tiny, progress=False)
+    return root, pair
+
+
+def test_every_row_of_the_protocol_is_scored(ran: tuple[Path, object], suite: ModuleType) -> None:
+    root, pair = ran
+    summary = json.loads((root / pair.name / "summary.json").read_text())
+    methods = {name for name, row in summary["methods"].items() if row["kendall"] is not None}
+    ranker_rows = {"ghn", "ghn_noprior", "ghn_scratch", "ghn_scratch_noprior", "opcount_ranker",
+                   "opcount_ranker_flops", "ghn_n4", "ghn_scratch_n4", "opcount_ranker_flops_n4",
+                   "ghn_n4_s102", "ghn_scratch_n4_s102", "ghn_n4_s103", "ghn_scratch_n4_s103"}
+    assert ranker_rows | set(suite.BASELINES) | {"ghn_plain"} <= methods
+    # Held-out label seeds; one cost record per recipe, each with the GHN's meta-training time.
+    assert set(summary["ranker"]) == {"default", "_n4", "_n4_s102", "_n4_s103"}
+    assert summary["ranker"]["default"]["seed"] == 101 and summary["ranker"]["_n4_s103"]["seed"] == 103
+    assert summary["ghn_seconds"] > 0
+    assert summary["ranker"]["default"]["one_time_seconds"]["ghn"] > summary["ghn_seconds"]
+    role = pd.read_csv(root / pair.name / "ghn_role.csv")
+    assert role["labels"].tolist() == [4, 5] and role["label_seeds"].tolist() == [3, 1]
+    assert (role["lo"] <= role["value"] + 1e-12).all() and (role["value"] <= role["hi"] + 1e-12).all()
+
+
+def test_a_rerun_scores_and_trains_nothing(ran: tuple[Path, object], suite: ModuleType, tiny: object,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    root, pair = ran
+    before = pd.read_csv(root / pair.name / "candidates.csv")
+    called: list[str] = []
+    from nas.evaluation import ground_truth
+    from nas.ghn import _ranker
+
+    monkeypatch.setattr(ground_truth, "_train_one", lambda *a: called.append("ground truth"))
+    monkeypatch.setattr(_ranker, "_short_training_loss", lambda *a: called.append("label"))
+    monkeypatch.setattr(_ranker, "fit_ranker", lambda *a, **k: called.append("fit"))
+    suite.run_pair(pair, root, tiny, progress=False)
+    assert called == []
+    after = pd.read_csv(root / pair.name / "candidates.csv")
+    columns = [c for c in before.columns if c.startswith("score_")]
+    pd.testing.assert_frame_equal(before[columns], after[columns])
+
+
+def test_report_writes_the_suite_table_and_figure(ran: tuple[Path, object], suite: ModuleType) -> None:
+    root, pair = ran
+    table = suite.report(root, [pair])
+    assert set(table["pair"]) == {pair.name} and table["held_out"].all()
+    best = table[table["method"] == "best_zero_cost"]
+    proxies = table[table["method"].isin(suite.ZERO_COST)]
+    assert len(best) == 1 and best["kendall"].iloc[0] == pytest.approx(proxies["kendall"].max())
+    ghn = table[table["method"] == "ghn"].iloc[0]
+    assert ghn["ratio_to_ceiling"] == pytest.approx(ghn["kendall"] / ghn["noise_ceiling"])
+    assert ghn["one_time_seconds"] > 0
+    assert "| pair" in (root / "suite" / "suite.md").read_text()
+    for suffix in (".png", ".pdf"):
+        assert (root / "suite" / f"kendall_by_pair{suffix}").stat().st_size > 1000
