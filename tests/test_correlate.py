@@ -195,7 +195,7 @@ def test_cli_end_to_end_with_a_tiny_ghn(
     out = tmp_path / "out"
     argv = [
         "correlate", "--space", f"{space_file}:Tiny", "--dataset", "digits", "--max-train", str(MAX_TRAIN),
-        "--archs", str(ARCHS), "--epochs", str(EPOCHS), "--seeds", str(SEEDS), "--out", str(out),
+        "--archs", str(ARCHS), "--epochs", str(EPOCHS), "--train-seeds", str(SEEDS), "--out", str(out),
         "--methods", "ghn,ghn_plain,ghn_scratch,opcount_ranker_flops,params,synflow", "--ghn", str(ckpt),
         "--ranker-labels", "5", "--ranker-k", "3", "--no-progress",
     ]

@@ -6,6 +6,7 @@ message-passing layer, so fitting takes seconds on a CPU core.
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 from pathlib import Path
@@ -433,3 +434,24 @@ def test_ranker_ensemble_converts_each_graph_once_for_builds_that_convert_alike(
     assert len(calls) == 40  # 20 graphs for the two alike builds, 20 more for the third
     assert sorted({kw["s_max"] for kw in calls}) == [2, 3]
     assert not rankers[0].members[0].ghn.share_graph_cache(rankers[2].members[0].ghn)
+
+
+def test_a_label_cache_without_times_is_extended_in_its_own_format(
+    space: Any, digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Caches written before label times were kept stay readable; their labels count at the timed mean."""
+    monkeypatch.setattr(ranker_module, "_short_training_loss", lambda args: (1.0, 2.0))
+    cache = tmp_path / "old.csv"
+    first, _ = short_training_labels(space, digits, 3, k=2, seed=7, progress=False)
+    with cache.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["key", "graph", "tse"])
+        writer.writerows([g.key, g.to_json(), 1.0] for g in first)
+    graphs, _ = short_training_labels(space, digits, 5, k=2, seed=7, cache=cache, progress=False)
+    lines = cache.read_text().splitlines()
+    assert lines[0] == "key,graph,tse" and len(lines) == 6
+    seconds, estimated = label_seconds(cache, [g.key for g in graphs])
+    assert math.isnan(seconds) and estimated == 5  # no time recorded at all: unknown, not zero
+    timed = tmp_path / "new.csv"
+    graphs, _ = short_training_labels(space, digits, 4, k=2, seed=7, cache=timed, progress=False)
+    assert label_seconds(timed, [g.key for g in graphs]) == (pytest.approx(8.0), 0)

@@ -1,9 +1,9 @@
 """``nas correlate``: rank correlation of the GHN and the baselines with trained ground truth.
 
 Example:
-    nas correlate --space nb201 --dataset mnist5k --archs 100 --epochs 3 --seeds 2 --out runs/corr
+    nas correlate --space nb201 --dataset mnist5k --archs 100 --epochs 3 --train-seeds 2 --out runs/corr
 
-Samples ``--archs`` candidates, trains each ``--seeds`` times for ``--epochs``
+Samples ``--archs`` candidates, trains each ``--train-seeds`` times for ``--epochs``
 (cached in ``OUT/ground_truth.sqlite``, so a rerun resumes), scores them with
 every method, prints the summary table and writes ``candidates.csv``,
 ``summary.csv``, ``summary.json`` and ``figures/`` to ``OUT``.
@@ -24,11 +24,19 @@ count, their SGD steps and the one-time CPU-seconds under ``ranker``.
 from __future__ import annotations
 
 import argparse
-import ast
 import inspect
 import logging
 from pathlib import Path
 from typing import Any
+
+from nas.cli.options import (
+    DeprecatedAlias,
+    add_dataset_argument,
+    add_space_arguments,
+    add_threads_argument,
+    parse_space_args,
+    set_threads,
+)
 
 __all__ = ["add_parsers", "run_correlate"]
 
@@ -46,12 +54,15 @@ def add_parsers(subparsers: Any) -> None:
             "CIs next to the seed-to-seed noise ceiling."
         ),
     )
-    p.add_argument("--space", required=True, help="search space: built-in name, module:attr or file.py:attr")
-    p.add_argument("--dataset", required=True, help="dataset name (digits, mnist5k, mnist:PATH, cifar10:PATH)")
+    add_space_arguments(p)
+    add_dataset_argument(p)
     p.add_argument("--out", required=True, type=Path, help="output folder for tables, figures and caches")
     p.add_argument("--archs", type=int, default=100, help="candidates to sample and evaluate (default %(default)s)")
     p.add_argument("--epochs", type=float, default=3.0, help="ground-truth training epochs (default %(default)s)")
-    p.add_argument("--seeds", type=int, default=2, help="training seeds per candidate (default %(default)s)")
+    p.add_argument("--train-seeds", type=int, default=2, metavar="N",
+                   help="training seeds per candidate: 0..N-1 (default %(default)s)")
+    p.add_argument("--seeds", dest="train_seeds", type=int, action=DeprecatedAlias, new="--train-seeds",
+                   help=argparse.SUPPRESS)
     p.add_argument(
         "--ghn", type=Path, default=None,
         help="GHN checkpoint: the rankers' start and method 'ghn_plain' (default: meta-train, or reuse, "
@@ -75,7 +86,6 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument(
         "--workers", type=int, default=1, help="parallel processes training the ground truth (default %(default)s)"
     )
-    p.add_argument("--space-arg", action="append", default=[], metavar="K=V", help="search-space setting (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device to train and score on (default %(default)s)")
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the candidate sample, scorers and bootstrap (default %(default)s)"
@@ -87,6 +97,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_threads_argument(p)
     p.set_defaults(func=run_correlate)
 
 
@@ -94,20 +105,6 @@ def _default_recipe() -> Any:
     from nas.evaluation.ranker_methods import LabelRecipe
 
     return LabelRecipe.default()
-
-
-def _space_args(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"`--space-arg` must be K=V, but got {item!r}.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text  # a bare word is a string
-        out[key.strip()] = value
-    return out
 
 
 def _load_ghn(path: Path, space: Any, dataset: str, device: str) -> Any:
@@ -162,7 +159,8 @@ def run_correlate(args: argparse.Namespace) -> int:
     from nas.space import load_space
     from nas.training import TrainConfig
 
-    for name in ("archs", "seeds", "workers", "batch_size"):
+    set_threads(args.threads)
+    for name in ("archs", "train_seeds", "workers", "batch_size"):
         value = getattr(args, name)
         if value < 1:
             raise ValueError(f"`--{name.replace('_', '-')}` must be at least 1, but got {value}.")
@@ -195,7 +193,7 @@ def run_correlate(args: argparse.Namespace) -> int:
     with flag_errors(args):
         data = load_dataset(args.dataset, seed=0, max_train=args.max_train)
     space = load_space(
-        args.space, input_shape=data.input_shape, num_classes=data.num_classes, **_space_args(args.space_arg)
+        args.space, input_shape=data.input_shape, num_classes=data.num_classes, **parse_space_args(args.space_arg)
     )
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +229,7 @@ def run_correlate(args: argparse.Namespace) -> int:
         data,
         archs=graphs,
         epochs=args.epochs,
-        seeds=args.seeds,
+        seeds=args.train_seeds,
         scorers=scorers,
         cache_path=args.cache or out / "ground_truth.sqlite",
         ghn={"ghn_plain": plain} if plain is not None else None,
@@ -257,7 +255,7 @@ def run_correlate(args: argparse.Namespace) -> int:
     table = table.sort_values("kendall", ascending=False)
     with pd.option_context("display.width", 120, "display.max_rows", 200):
         print(
-            f"{len(graphs)} candidates ({gt['n_failed']} failed), {args.epochs:g} epochs x {args.seeds} seeds on "
+            f"{len(graphs)} candidates ({gt['n_failed']} failed), {args.epochs:g} epochs x {args.train_seeds} seeds on "
             f"{data.name}; training one candidate once: {gt['seconds_per_run'] or float('nan'):.2f} s"
         )
         print(

@@ -34,11 +34,9 @@ import logging
 import math
 import multiprocessing
 import os
-import socket
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -47,7 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from nas._liveness import owner_dead
+from nas._liveness import PeriodicThread, new_owner_id, owner_dead
 from nas.data import Dataset
 from nas.exceptions import StorageError
 from nas.graph import ArchGraph
@@ -323,7 +321,7 @@ class GroundTruthCache:
         self.timeout = float(timeout)
         self.claim_ttl = float(claim_ttl)
         self.poll_interval = float(poll_interval)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_owner_id()
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._init_schema()
@@ -579,7 +577,8 @@ class GroundTruthCache:
         executor: _InlineExecutor | _PoolExecutor | None = None
         in_flight: dict[cf.Future, _Job] = {}
         try:
-            with _Heartbeat(self):
+            with PeriodicThread(self._refresh_claims, interval=self.claim_ttl / 4, name="ground-truth-heartbeat",
+                                on_stop=self.close):
                 waiting: list[_Job] = []
                 while pending or in_flight or waiting:
                     if not pending and not in_flight:
@@ -645,30 +644,4 @@ class _transaction:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
-
-
-class _Heartbeat:
-    """A daemon thread refreshing this cache owner's claims every ``claim_ttl / 4`` seconds."""
-
-    def __init__(self, cache: GroundTruthCache) -> None:
-        self.cache = cache
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="ground-truth-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            while not self.stop.wait(self.cache.claim_ttl / 4):
-                self.cache._refresh_claims()
-        except sqlite3.Error as err:  # pragma: no cover - best effort
-            logger.warning("could not refresh ground-truth claims: %s", err)
-        finally:
-            self.cache.close()
-
-    def __enter__(self) -> _Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.stop.set()
-        self.thread.join()
 

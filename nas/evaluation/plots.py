@@ -25,12 +25,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
+from nas import _atomic
 from nas.evaluation.metrics import ranking_scores
 
 __all__ = ["plot_score_vs_truth", "plot_method_bars", "save_figure"]
-
-#: Resolution of saved PNG figures.
-DPI = 200
 
 _GHN_COLOR = "tab:red"
 _BASE_COLOR = "tab:blue"
@@ -176,7 +174,7 @@ def _num(value: Any) -> float:
 
 
 def save_figure(figure: Figure, path: str | Path) -> list[Path]:
-    """Save ``figure`` as ``<path>.png`` (200 dpi) and ``<path>.pdf``.
+    """Lay ``figure`` out tightly and save it atomically as ``<path>.png`` (200 dpi) and ``<path>.pdf``.
 
     Args:
         figure: The figure (e.g. ``ax.figure``).
@@ -185,13 +183,5 @@ def save_figure(figure: Figure, path: str | Path) -> list[Path]:
     Returns:
         The two written paths.
     """
-    stem = Path(path)
-    stem = stem.with_suffix("") if stem.suffix in (".png", ".pdf") else stem
-    stem.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    out = []
-    for suffix in (".png", ".pdf"):
-        target = stem.parent / (stem.name + suffix)
-        figure.savefig(target, dpi=DPI, bbox_inches="tight")
-        out.append(target)
-    return out
+    return _atomic.save_figure(figure, path)

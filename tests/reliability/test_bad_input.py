@@ -197,7 +197,7 @@ CASES: list[Case] = [
     Case("correlate-one-arch", lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out",
                                           str(c.tmp / "corr"), "--archs", "1"], ("--archs", "1")),
     Case("correlate-seeds-zero", lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out",
-                                            str(c.tmp / "corr"), "--seeds", "0"], ("--seeds", "0")),
+                                            str(c.tmp / "corr"), "--train-seeds", "0"], ("--train-seeds", "0")),
     Case("correlate-unknown-method", lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out",
                                                 str(c.tmp / "corr"), "--methods", "oracle"], ("oracle",)),
     Case("sample-n-zero", lambda c: ["sample", "--space", TINY, "-n", "0"], ("-n", "0")),

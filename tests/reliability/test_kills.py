@@ -198,7 +198,7 @@ def test_search_survives_kills_during_ranking_finetuning_and_checkpoint_write(
 
 CORRELATE_ARGS = [
     "correlate", "--space", TINY, "--dataset", "digits", "--archs", str(TINY_SIZE), "--epochs", "0.3",
-    "--seeds", "2", "--methods", "params,flops,ghn", "--no-figures", "--no-progress",
+    "--train-seeds", "2", "--methods", "params,flops,ghn_plain", "--no-figures", "--no-progress",
 ]
 
 
