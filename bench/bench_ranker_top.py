@@ -47,8 +47,8 @@ from bench_search import Referee, thresholds  # noqa: E402
 
 EXPERIMENT = Path("experiments/results/nb201-mnist5k")
 DEFAULT_RANKERS = [
-    f"k30-other-150={EXPERIMENT / 'ranker_labels_k30.csv'}:150",
-    f"k30-other-300={EXPERIMENT / 'ranker_labels_k30.csv'}",
+    f"k30-other-150={EXPERIMENT / 'ranker_labels_k30_s1.csv'}:150",
+    f"k30-other-300={EXPERIMENT / 'ranker_labels_k30_s1.csv'}:300",
     f"k100-other-300={EXPERIMENT / 'ranker_labels_k100.csv'}",
 ]
 
