@@ -5,7 +5,7 @@ Measures, for a search space and a dataset:
 1. **predict throughput**: graphs per second of ``GHN.predict`` (one batched
    forward pass, no gradient) for batches of 1, 8, 64 and 256 candidates, with
    the graph cache warm (the figure a search sees once candidates are known) and
-   cold (``ArchGraph.to_pyg``, shortest paths and parameter lists included);
+   cold (graph tensors, shortest paths and parameter lists included);
 2. **meta-training step**: seconds per step of ``meta_train`` with the default
    recipe and the peak memory (process peak RSS and Python ``tracemalloc`` peak
    on CPU, ``torch.cuda.max_memory_allocated`` on GPU);

@@ -24,6 +24,7 @@ import graphlib
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import Any
@@ -33,7 +34,7 @@ import torch
 from nas.exceptions import GraphError
 from nas.ops import OPS, ParamSpec, get_op, op_names
 
-__all__ = ["Node", "ArchGraph", "GraphBuilder", "FORMAT_VERSION", "NODE_FEATURES"]
+__all__ = ["Node", "ArchGraph", "GraphBuilder", "FORMAT_VERSION"]
 
 #: Version of the JSON format written by :meth:`ArchGraph.to_dict`.
 FORMAT_VERSION = 1
@@ -369,67 +370,37 @@ class ArchGraph:
             raise GraphError(f"graph JSON does not parse: {err}.") from None
         return cls.from_dict(data)
 
-    # ------------------------------------------------------------ PyG
+    # ------------------------------------------------------------ PyG (deprecated)
 
     def to_pyg(self) -> Any:
-        """Convert to a :class:`torch_geometric.data.Data`.
+        """Deprecated: use :func:`nas.ghn.to_pyg` (``to_pyg(graph)``); removed in the next release.
 
-        Fields:
-            x: ``[N, F]`` float node features: one-hot op, then the log2-scaled
-                shape of the node's main parameter ``(out, in, kh, kw)``, its
-                stride, dilation and groups, and its output shape (C, H*W).
-            op: ``[N]`` long op index into :func:`nas.ops.op_names`.
-            param_shape: ``[N, 4]`` long ``(out, in, kh, kw)`` of the node's main
-                parameter (zeros for parameter-free nodes; ``(C, 1, 1, 1)`` for norms).
-            edge_index: ``[2, E]`` data-flow edges ``input -> node``.
-            edge_pos: ``[E]`` long position of the edge among the node's inputs.
-            node_index: ``[N]`` long index of the node in ``self.nodes``.
-
-        Nodes appear in topological order.
+        Returns:
+            The graph's PyG :class:`~torch_geometric.data.Data`, as :func:`nas.ghn.to_pyg` builds it.
         """
-        from torch_geometric.data import Data
-
-        order = list(self.order)
-        pos = {old: new for new, old in enumerate(order)}
-        names = op_names()
-        ops = torch.tensor([names.index(self.nodes[i].op) for i in order], dtype=torch.long)
-        shape = torch.zeros(len(order), 4, dtype=torch.long)
-        extra = torch.zeros(len(order), 5)
-        for new, i in enumerate(order):
-            params = self.node_params(i)
-            if params:
-                main = params[0].shape
-                shape[new] = torch.tensor((tuple(main) + (1, 1, 1))[:4])
-            attrs = self.nodes[i].attrs
-            out = self.shapes[i]
-            extra[new] = torch.tensor([
-                float(attrs.get("stride", 1)),
-                float(attrs.get("dilation", 1)),
-                float(attrs.get("groups", 1)),
-                float(out[0]),
-                float(math.prod(out[1:])) if len(out) > 1 else 1.0,
-            ])
-        src, dst, epos = [], [], []
-        for new, i in enumerate(order):
-            for k, j in enumerate(self.nodes[i].inputs):
-                src.append(pos[j])
-                dst.append(new)
-                epos.append(k)
-        onehot = torch.nn.functional.one_hot(ops, len(names)).float()
-        x = torch.cat([onehot, torch.log2(shape.float() + 1), torch.log2(extra + 1)], dim=1)
-        return Data(
-            x=x,
-            op=ops,
-            param_shape=shape,
-            edge_index=torch.tensor([src, dst], dtype=torch.long).reshape(2, -1),
-            edge_pos=torch.tensor(epos, dtype=torch.long),
-            node_index=torch.tensor(order, dtype=torch.long),
-            num_nodes=len(order),
+        warnings.warn(
+            "`ArchGraph.to_pyg()` is deprecated and will be removed in the next release; "
+            "use `nas.ghn.to_pyg(graph)`.",
+            DeprecationWarning,
+            stacklevel=2,
         )
+        from nas.ghn import to_pyg  # lazily: this module does not depend on PyG or the GHN
+
+        return to_pyg(self)
 
 
-#: Width of ``Data.x`` produced by :meth:`ArchGraph.to_pyg`.
-NODE_FEATURES = len(OPS) + 4 + 5
+def __getattr__(name: str) -> Any:
+    if name == "NODE_FEATURES":
+        warnings.warn(
+            "`nas.graph.NODE_FEATURES` is deprecated and will be removed in the next release; "
+            "use `nas.ghn.NODE_FEATURES`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from nas.ghn import NODE_FEATURES  # lazily, as in ArchGraph.to_pyg
+
+        return NODE_FEATURES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _freeze(value: Any) -> Any:

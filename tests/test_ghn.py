@@ -21,17 +21,20 @@ from nas.ghn import (
     GHN,
     GatedDAGConv,
     GHNConfig,
+    NODE_FEATURES,
     MetaTrainConfig,
     default_ghn_path,
     ensure_ghn,
     meta_train,
     snapshot_path,
+    to_pyg,
 )
 from nas.ghn._graphs import graph_entry, virtual_edges
 from nas.ghn._predicted import bn_sample, rescale_to_init, scale_invariant_params
 from nas.ghn._message_passing import NUM_EDGE_TYPES, message_adjacency
 from nas.graph import ArchGraph, GraphBuilder
 from nas.network import Network
+from nas.ops import op_names
 from nas.space import SearchSpace, load_space
 from nas.training import evaluate as train_evaluate
 from search_spaces import BUILTIN_SPACES
@@ -159,6 +162,94 @@ def test_kernel_larger_than_max_is_refused() -> None:
     ghn = small_ghn(dataclasses.replace(SMALL, max_kernel=3))
     with pytest.raises(CheckpointError, match="kernel"):
         ghn.predict([make_chain(kernel=5)])
+
+
+# --------------------------------------------------------------------------- PyG conversion (nas.ghn.pyg)
+
+
+def test_pyg_fields_match_the_graph(branchy_graph: ArchGraph) -> None:
+    g = branchy_graph
+    data = to_pyg(g)
+    n = len(g)
+    names = op_names()
+    assert data.num_nodes == n
+    assert tuple(data.x.shape) == (n, NODE_FEATURES)
+    assert sorted(data.node_index.tolist()) == list(range(n))
+    assert data.node_index.tolist() == list(g.order)
+    for new, old in enumerate(data.node_index.tolist()):
+        assert names[int(data.op[new])] == g.nodes[old].op
+        assert data.x[new, : len(names)].argmax().item() == data.op[new].item()
+        params = g.node_params(old)
+        want = (tuple(params[0].shape) + (1, 1, 1))[:4] if params else (0, 0, 0, 0)
+        assert tuple(data.param_shape[new].tolist()) == want
+    assert data.edge_index.shape[1] == sum(len(nd.inputs) for nd in g.nodes)
+    assert data.edge_attr.tolist() == [[float(p)] for p in data.edge_pos.tolist()]
+    for (src, dst), pos in zip(data.edge_index.t().tolist(), data.edge_pos.tolist()):
+        assert src < dst  # nodes are in topological order
+        old_dst = int(data.node_index[dst])
+        assert g.nodes[old_dst].inputs[pos] == int(data.node_index[src])
+
+
+def test_pyg_batch_of_graphs() -> None:
+    from torch_geometric.data import Batch
+
+    graphs = [make_chain(), make_branchy(), make_chain(kernel=5)]
+    datas = [to_pyg(g) for g in graphs]
+    batch = Batch.from_data_list(datas)
+    assert batch.num_graphs == 3
+    assert batch.num_nodes == sum(len(g) for g in graphs)
+    assert torch.bincount(batch.batch).tolist() == [len(g) for g in graphs]
+    assert batch.edge_index.shape[1] == sum(d.edge_index.shape[1] for d in datas)
+    for k, d in enumerate(datas):
+        back = batch.get_example(k)
+        assert torch.equal(back.edge_index, d.edge_index)
+
+
+def test_pyg_one_hot_follows_the_given_vocabulary(branchy_graph: ArchGraph) -> None:
+    ops = tuple(reversed(op_names()))
+    data = to_pyg(branchy_graph, ops=ops)
+    assert tuple(data.x.shape) == (len(branchy_graph), NODE_FEATURES)
+    assert [ops[i] for i in data.op.tolist()] == [branchy_graph.nodes[i].op for i in branchy_graph.order]
+    assert data.x[:, : len(ops)].argmax(dim=1).tolist() == data.op.tolist()
+    with pytest.raises(ValueError, match="'relu_conv_bn' is missing"):
+        to_pyg(branchy_graph, ops=("input", "output"))
+
+
+def _ghn_graphs() -> list[ArchGraph]:
+    nb201 = load_space("nb201", input_shape=(1, 8, 8), num_classes=10, C=4)
+    darts = load_space("darts", input_shape=(1, 8, 8), num_classes=10)
+    return [c.graph for c in nb201.sample_many(2, seed=1)] + [c.graph for c in darts.sample_many(2, seed=1)]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["default_vocabulary", "reversed_vocabulary"])
+def test_ghn_entry_is_to_pyg_without_the_one_hot_block(reverse: bool) -> None:
+    # Two paths agree: the GHN's own conversion and the public one, op indices into the GHN's vocabulary.
+    ops = tuple(reversed(op_names())) if reverse else tuple(op_names())
+    ghn = small_ghn(dataclasses.replace(SMALL, ops=ops))
+    for graph in _ghn_graphs():
+        data, pyg = ghn.entry(graph).data, to_pyg(graph, ops=ops)
+        assert torch.equal(data.op, pyg.op)
+        assert torch.equal(data.x, pyg.x[:, len(ops):])
+        for key in ("param_shape", "edge_index", "edge_pos"):
+            assert torch.equal(data[key], pyg[key]), key
+
+
+#: Sum of every predicted tensor per graph of :func:`_ghn_graphs` (2 nb201, 2 darts) by ``small_ghn``, computed
+#: before the GHN built its graphs with its own op indices (when ``forward`` remapped ``op_names()`` indices).
+_PREDICTED_SUMS = {
+    "default_vocabulary": [66.046363, 97.460972, 236.065805, 227.264438],
+    "reversed_vocabulary": [57.744486, 90.427206, 401.058988, 336.434178],
+}
+
+
+@pytest.mark.parametrize("vocabulary", sorted(_PREDICTED_SUMS))
+def test_predictions_equal_those_before_the_conversion_moved(vocabulary: str) -> None:
+    ops = tuple(reversed(op_names())) if vocabulary == "reversed_vocabulary" else tuple(op_names())
+    ghn = small_ghn(dataclasses.replace(SMALL, ops=ops))
+    with torch.no_grad():
+        predicted = ghn.predict(_ghn_graphs())
+    sums = [sum(float(t.double().sum()) for t in params.values()) for params in predicted]
+    assert sums == pytest.approx(_PREDICTED_SUMS[vocabulary], rel=1e-4)
 
 
 # --------------------------------------------------------------------------- graph encoding and message passing

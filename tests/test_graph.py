@@ -1,4 +1,4 @@
-"""Architecture graphs: validation errors, canonical keys, JSON, PyG, parameter and FLOP counts."""
+"""Architecture graphs: validation errors, canonical keys, JSON, parameter and FLOP counts, deprecated PyG wrappers."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Batch
 
 from conftest import make_branchy, make_chain
 from nas.exceptions import GraphError
-from nas.graph import FORMAT_VERSION, NODE_FEATURES, ArchGraph, GraphBuilder, Node
+from nas.graph import FORMAT_VERSION, ArchGraph, GraphBuilder, Node
 from nas.network import Network
 from nas.ops import op_names
 
@@ -262,42 +261,29 @@ def test_json_of_an_invalid_graph_is_refused(chain_graph: ArchGraph) -> None:
         ArchGraph.from_dict(data)
 
 
-# --------------------------------------------------------------------------- PyG
+# --------------------------------------------------------------------------- PyG (deprecated wrappers)
 
 
-def test_pyg_fields_match_the_graph(branchy_graph: ArchGraph) -> None:
-    g = branchy_graph
-    data = g.to_pyg()
-    n = len(g)
-    names = op_names()
-    assert data.num_nodes == n
-    assert tuple(data.x.shape) == (n, NODE_FEATURES)
-    assert sorted(data.node_index.tolist()) == list(range(n))
-    assert data.node_index.tolist() == list(g.order)
-    for new, old in enumerate(data.node_index.tolist()):
-        assert names[int(data.op[new])] == g.nodes[old].op
-        assert data.x[new, : len(names)].argmax().item() == data.op[new].item()
-        params = g.node_params(old)
-        want = (tuple(params[0].shape) + (1, 1, 1))[:4] if params else (0, 0, 0, 0)
-        assert tuple(data.param_shape[new].tolist()) == want
-    assert data.edge_index.shape[1] == sum(len(nd.inputs) for nd in g.nodes)
-    for (src, dst), pos in zip(data.edge_index.t().tolist(), data.edge_pos.tolist()):
-        assert src < dst  # nodes are in topological order
-        old_dst = int(data.node_index[dst])
-        assert g.nodes[old_dst].inputs[pos] == int(data.node_index[src])
+def test_deprecated_to_pyg_warns_and_equals_nas_ghn_to_pyg(branchy_graph: ArchGraph) -> None:
+    from nas.ghn import to_pyg
+
+    with pytest.warns(DeprecationWarning, match=r"nas\.ghn\.to_pyg"):
+        old = branchy_graph.to_pyg()
+    new = to_pyg(branchy_graph)
+    assert set(old.keys()) == set(new.keys()) and old.num_nodes == new.num_nodes
+    for key, value in new.items():
+        if key != "num_nodes":
+            assert torch.equal(old[key], value), key
 
 
-def test_pyg_batch_of_graphs() -> None:
-    graphs = [make_chain(), make_branchy(), make_chain(kernel=5)]
-    datas = [g.to_pyg() for g in graphs]
-    batch = Batch.from_data_list(datas)
-    assert batch.num_graphs == 3
-    assert batch.num_nodes == sum(len(g) for g in graphs)
-    assert torch.bincount(batch.batch).tolist() == [len(g) for g in graphs]
-    assert batch.edge_index.shape[1] == sum(d.edge_index.shape[1] for d in datas)
-    for k, d in enumerate(datas):
-        back = batch.get_example(k)
-        assert torch.equal(back.edge_index, d.edge_index)
+def test_deprecated_node_features_warns() -> None:
+    import nas.graph
+    from nas.ghn import NODE_FEATURES
+
+    with pytest.warns(DeprecationWarning, match=r"nas\.ghn\.NODE_FEATURES"):
+        assert nas.graph.NODE_FEATURES == NODE_FEATURES
+    with pytest.raises(AttributeError, match="NODE_FEATUREZ"):
+        nas.graph.NODE_FEATUREZ  # noqa: B018
         assert torch.equal(back.x, d.x)
         assert torch.equal(back.node_index, d.node_index)  # a per-graph index, not shifted
 

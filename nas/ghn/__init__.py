@@ -8,7 +8,10 @@ ranked by their accuracy with predicted weights, without training each one.
 
 Modules, in the order data flows through them:
 
-* ``_graphs``: graph -> PyG ``Data`` (with virtual edges) + parameter list, cached;
+* ``pyg``: graph -> node and edge tensors (:func:`~nas.ghn.pyg.graph_tensors`), and a plain PyG
+  ``Data`` of a graph for any PyG model (:func:`to_pyg`);
+* ``_graphs``: graph -> PyG ``Data`` as the GHN reads it (op indices into its
+  vocabulary, virtual edges) + parameter list, cached;
 * ``_encoder``: node embeddings (op + parameter shape + numeric features);
 * ``_message_passing``: direction-aware gated message passing (``GatedDAGConv``);
 * ``_decoder``: node state -> parameter tensors of any shape, normalised per op;
@@ -48,6 +51,7 @@ from nas.ghn._ranker import (
     with_flops_prior,
 )
 from nas.ghn._ranker_ensemble import RankerEnsemble
+from nas.ghn.pyg import NODE_FEATURES, to_pyg
 
 __all__ = [
     "GHN",
@@ -55,6 +59,7 @@ __all__ = [
     "GHNRanker",
     "GatedDAGConv",
     "MetaTrainConfig",
+    "NODE_FEATURES",
     "RankerConfig",
     "RankerEnsemble",
     "NodeEncoder",
@@ -74,5 +79,6 @@ __all__ = [
     "read_checkpoint",
     "short_training_labels",
     "snapshot_path",
+    "to_pyg",
     "with_flops_prior",
 ]

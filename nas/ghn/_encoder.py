@@ -91,7 +91,7 @@ class NodeEncoder(nn.Module):
     Args:
         num_ops: Size of the op vocabulary.
         num_features: Width of the numeric node features (stride, dilation,
-            groups, output size, ... of ``ArchGraph.to_pyg().x``).
+            groups, output size, ... of :func:`nas.ghn.pyg.graph_tensors`).
         hidden: Embedding width.
         max_channels: See :class:`ShapeEncoder`.
         max_kernel: See :class:`ShapeEncoder`.

@@ -1,7 +1,8 @@
 """Architecture graphs as the hypernetwork reads them, cached per graph.
 
 :func:`graph_entry` turns an :class:`~nas.graph.ArchGraph` into a
-:class:`GraphEntry`: a PyG :class:`~torch_geometric.data.Data` (node features,
+:class:`GraphEntry`: a PyG :class:`~torch_geometric.data.Data` (op indices into
+the GHN's vocabulary, numeric node features from :func:`nas.ghn.pyg.graph_tensors`,
 data-flow edges, and the message edges of every type, GHN-2's *virtual
 edges* between nodes up to ``s_max`` hops apart included; shortest-path
 distances come from :func:`scipy.sparse.csgraph.shortest_path`) and the list of parameter tensors the graph's
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -30,8 +31,8 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from nas.ghn._message_passing import BACKWARD, FORWARD, NUM_EDGE_TYPES, VIRTUAL_BACKWARD, VIRTUAL_FORWARD
-from nas.graph import NODE_FEATURES, ArchGraph
-from nas.ops import OPS
+from nas.ghn.pyg import NUM_SHAPE_FEATURES, graph_tensors
+from nas.graph import ArchGraph
 
 __all__ = [
     "GHNData",
@@ -43,10 +44,6 @@ __all__ = [
     "graph_id",
     "virtual_edges",
 ]
-
-#: Width of the numeric (non one-hot) part of ``ArchGraph.to_pyg().x``: the
-#: log2-scaled parameter shape, stride, dilation, groups and output size.
-NUM_SHAPE_FEATURES = NODE_FEATURES - len(OPS)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -75,8 +72,8 @@ class ParamSlot:
 class GHNData(Data):
     """PyG ``Data`` of one graph as the GHN reads it.
 
-    Besides the node features and data-flow edges of
-    :meth:`~nas.graph.ArchGraph.to_pyg`, it holds the *message edges* of
+    Besides the node tensors and data-flow edges of
+    :func:`~nas.ghn.pyg.graph_tensors`, it holds the *message edges* of
     :mod:`nas.ghn._message_passing`, already in the order a sparse CSR
     adjacency needs (sorted by receiver, then sender column), so that a
     batch's adjacency is assembled without sorting:
@@ -105,8 +102,9 @@ class GraphEntry:
     """A graph prepared for the hypernetwork.
 
     Attributes:
-        data: The graph's :class:`GHNData`: ``x [N, F]`` (the numeric features of
-            ``to_pyg().x``), ``op [N]``, ``param_shape [N, 4]``,
+        data: The graph's :class:`GHNData`: ``x [N, F]`` (the numeric
+            features, ``F = NUM_SHAPE_FEATURES``), ``op [N]`` (indices into the
+            ``ops`` it was built with), ``param_shape [N, 4]``,
             ``edge_index [2, E]``, ``edge_pos [E]`` and the message edges.
         params: Every parameter tensor, in ``graph.param_specs`` order.
         groups: ``(kind, shape, slot) -> (positions [P], names)``, the params
@@ -183,7 +181,9 @@ def _message_edges(
     }
 
 
-def graph_entry(graph: ArchGraph, *, s_max: int, max_positions: int) -> GraphEntry:
+def graph_entry(
+    graph: ArchGraph, *, s_max: int, max_positions: int, ops: Sequence[str] | None = None
+) -> GraphEntry:
     """Convert one graph (uncached; see :class:`GraphCache`).
 
     Args:
@@ -191,22 +191,27 @@ def graph_entry(graph: ArchGraph, *, s_max: int, max_positions: int) -> GraphEnt
         s_max: Longest shortest-path distance that gets a virtual edge; 1 or
             less disables virtual edges.
         max_positions: Input positions told apart (later ones share the last).
+        ops: The GHN's op vocabulary (``config.ops``), which ``data.op``
+            indexes; defaults to :func:`nas.ops.op_names`.
 
     Returns:
         The entry.
+
+    Raises:
+        ValueError: A node's op is not in ``ops``.
     """
-    pyg = graph.to_pyg()
-    N = pyg.num_nodes  # nodes
+    t = graph_tensors(graph, ops=ops)
+    N = len(t.op)  # nodes
     data = GHNData(
-        x=pyg.x[:, -NUM_SHAPE_FEATURES:].contiguous(),
-        op=pyg.op,
-        param_shape=pyg.param_shape,
-        edge_index=pyg.edge_index,
-        edge_pos=pyg.edge_pos,
+        x=t.features,
+        op=t.op,
+        param_shape=t.param_shape,
+        edge_index=t.edge_index,
+        edge_pos=t.edge_pos,
         num_nodes=N,
-        **_message_edges(pyg.edge_index, pyg.edge_pos, N, s_max=s_max, max_positions=max_positions),
+        **_message_edges(t.edge_index, t.edge_pos, N, s_max=s_max, max_positions=max_positions),
     )
-    pos = {int(old): new for new, old in enumerate(pyg.node_index.tolist())}
+    pos = {int(old): new for new, old in enumerate(t.node_index.tolist())}
     params: list[ParamSlot] = []
     seen: dict[tuple[int, str], int] = {}
     for name, (node, spec) in graph.param_specs.items():

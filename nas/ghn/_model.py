@@ -95,7 +95,7 @@ class GHN(nn.Module):
     3. :class:`~nas.ghn._decoder.WeightDecoder`: every parameter tensor of every
        node, decoded per ``(kind, shape)`` group and normalised per operation.
 
-    Graph conversion (``to_pyg``, virtual edges, parameter lists) is cached per
+    Graph conversion (node tensors, virtual edges, parameter lists) is cached per
     graph in a bounded LRU, and so are the compiled :class:`~nas.network.Network`
     objects used by :meth:`evaluate` and meta-training.
 
@@ -142,10 +142,6 @@ class GHN(nn.Module):
         )
         self.layers = nn.ModuleList(GatedDAGConv(c.hidden, max_positions=c.max_positions) for _ in range(c.layers))
         self.decoder = WeightDecoder(c.hidden, max_channels=c.max_channels, max_kernel=c.max_kernel, rank=c.rank)
-        vocab = {name: i for i, name in enumerate(c.ops)}
-        self.register_buffer(
-            "op_map", torch.tensor([vocab.get(name, -1) for name in op_names()], dtype=torch.long), persistent=False
-        )
         self._entries: GraphCache[Any, GraphEntry] = GraphCache(cache_size)
         self._networks: GraphCache[Any, Network] = GraphCache(network_cache_size)
 
@@ -154,7 +150,7 @@ class GHN(nn.Module):
     @property
     def device(self) -> torch.device:
         """Device of the GHN's parameters."""
-        return self.op_map.device
+        return self.encoder.op.weight.device
 
     def extra_repr(self) -> str:
         space = self.space_info.get("space", "?")
@@ -168,8 +164,9 @@ class GHN(nn.Module):
         """Convert graphs once for this GHN and ``other``: use ``other``'s cache of converted graphs.
 
         Only when both convert alike (same ``s_max``, ``max_positions``,
-        ``max_kernel`` and op vocabulary), since an entry depends on those and
-        was checked against the vocabulary of the GHN that made it.
+        ``max_kernel`` and op vocabulary), since an entry depends on those: its
+        op indices index the vocabulary of the GHN that made it, which also
+        checked it.
 
         Returns:
             Whether the cache is shared now.
@@ -185,7 +182,8 @@ class GHN(nn.Module):
 
     def _make_entry(self, graph: ArchGraph) -> GraphEntry:
         self._check_ops(graph)
-        return graph_entry(graph, s_max=self.config.s_max, max_positions=self.config.max_positions)
+        c = self.config
+        return graph_entry(graph, s_max=c.s_max, max_positions=c.max_positions, ops=c.ops)
 
     def network(self, graph: ArchGraph, device: str | torch.device | None = None) -> Network:
         """A cached compiled :class:`~nas.network.Network` of ``graph`` on ``device``.
@@ -213,8 +211,7 @@ class GHN(nn.Module):
     # ------------------------------------------------------------------ model
 
     def forward(self, batch: Batch) -> Tensor:
-        op = self.op_map[batch.op]  # -1 (outside the vocabulary) fails in the embedding; predict() checks first
-        h = self.encoder(op, batch.param_shape, batch.x)
+        h = self.encoder(batch.op, batch.param_shape, batch.x)  # batch.op indexes config.ops
         adj = message_adjacency(batch)
         for layer in self.layers:
             h = layer(h, adj, batch.position_counts)

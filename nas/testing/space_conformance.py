@@ -189,14 +189,16 @@ def check_forward(space: SearchSpace, *, n: int = 8, seed: int = 0) -> None:
 
 
 def check_pyg(space: SearchSpace, *, n: int = 8, seed: int = 0) -> None:
-    """``graph.to_pyg()`` has one PyG node per graph node and one edge per node input.
+    """``nas.ghn.to_pyg(graph)`` has one PyG node per graph node and one edge per node input.
 
     Raises:
         AssertionError: The counts differ.
     """
+    from nas.ghn import to_pyg
+
     for cand in _samples(space, n, seed):
         g = cand.graph
-        data = g.to_pyg()
+        data = to_pyg(g)
         _expect(data.num_nodes == len(g), f"to_pyg() has {data.num_nodes} nodes, the graph {len(g)}.")
         edges = sum(len(node.inputs) for node in g.nodes)
         _expect(
