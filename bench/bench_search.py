@@ -273,8 +273,8 @@ def run_one_time(args: argparse.Namespace, *, space: Any, data: Any, out: Path) 
         # Every reference sample: the labels never hold an architecture that sets the thresholds.
         exclude = [g.key for g in reference_graphs(space, args.reference_archs, args.reference_sample_seeds)[0]]
     phase("ranker", ranker_path, lambda: ensure_ranker(
-        space, data, ghn, path=ranker_path, labels=args.ranker_labels, k=args.ranker_k, seed=seed, exclude=exclude,
-        workers=args.label_workers, config=RankerConfig(seed=seed), progress=not args.no_progress))
+        space, data, ghn, path=ranker_path, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, seed=seed,
+        exclude=exclude, workers=args.label_workers, config=RankerConfig(seed=seed), progress=not args.no_progress))
     return done
 
 

@@ -307,4 +307,4 @@ def test_every_entry_point_defaults_to_the_same_label_recipe() -> None:
     assert "ranker_labels" not in vars(search)  # unset unless given: the configuration's default applies
     assert (fit.ranker_labels, fit.ranker_k) == (RANKER_LABELS, RANKER_K)
     assert (config.ranker_labels, config.ranker_k) == (RANKER_LABELS, RANKER_K)
-    assert (ensure["labels"].default, ensure["k"].default) == (RANKER_LABELS, RANKER_K)
+    assert (ensure["ranker_labels"].default, ensure["ranker_k"].default) == (RANKER_LABELS, RANKER_K)

@@ -319,7 +319,7 @@ def test_ensure_ranker_fits_once_then_reuses_and_refuses_other_labels(
 
     path = tmp_path / "ranker.pt"
     config = RankerConfig(epochs=2, ensemble=1)
-    first = ensure_ranker(space, digits, ghn, path=path, labels=6, k=2, config=config, progress=False)
+    first = ensure_ranker(space, digits, ghn, path=path, ranker_labels=6, ranker_k=2, config=config, progress=False)
     assert path.is_file() and (tmp_path / "ranker_labels_k2.csv").is_file()
     assert first.label_info["n"] == 6 and first.label_info["k"] == 2 and first.label_info["labelled"] == 6
     rows = (tmp_path / "ranker_labels_k2.csv").read_text().splitlines()
@@ -329,13 +329,13 @@ def test_ensure_ranker_fits_once_then_reuses_and_refuses_other_labels(
         raise AssertionError("a saved ranker must be reused, not fitted again")
 
     monkeypatch.setattr("nas.ghn._default.short_training_labels", no_training)
-    again = ensure_ranker(space, digits, ghn, path=path, labels=6, k=2, config=config, progress=False)
+    again = ensure_ranker(space, digits, ghn, path=path, ranker_labels=6, ranker_k=2, config=config, progress=False)
     graphs = [c.graph for c in space.sample_many(5, seed=9)]
     np.testing.assert_allclose(again.predict(graphs), first.predict(graphs), rtol=1e-6)
     with pytest.raises(CheckpointError, match=r"fitted on labels .*'k': 2.*not the requested .*'k': 5"):
-        ensure_ranker(space, digits, ghn, path=path, labels=6, k=5, config=config, progress=False)
-    with pytest.raises(ValueError, match="`labels` must be an int of at least 4, but got 3"):
-        ensure_ranker(space, digits, ghn, path=tmp_path / "other.pt", labels=3, k=2, progress=False)
+        ensure_ranker(space, digits, ghn, path=path, ranker_labels=6, ranker_k=5, config=config, progress=False)
+    with pytest.raises(ValueError, match="`ranker_labels` must be an int of at least 4, but got 3"):
+        ensure_ranker(space, digits, ghn, path=tmp_path / "other.pt", ranker_labels=3, ranker_k=2, progress=False)
 
 
 def test_fit_ranker_cli_writes_a_ranker_that_search_can_load(

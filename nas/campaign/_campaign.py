@@ -487,8 +487,8 @@ class Campaign:
                 )
             logger.info("labelling all %d candidates of search space %r outside the self-check", n, space.name)
         ranker = ensure_ranker(
-            space, self.data, self.ghn, path=path, labels=n, k=config.ranker_k, seed=config.seed, exclude=exclude,
-            labels_cache=self.out / "ranker_labels.csv", workers=config.label_workers,
+            space, self.data, self.ghn, path=path, ranker_labels=n, ranker_k=config.ranker_k, seed=config.seed,
+            exclude=exclude, labels_cache=self.out / "ranker_labels.csv", workers=config.label_workers,
             config=self.ranker_config or RankerConfig(seed=config.seed), progress=config.progress,
         )
         _check_ranker(ranker, space, self.dataset_name, source=path)

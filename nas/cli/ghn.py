@@ -134,8 +134,8 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     ghn.check_compatible(space)
     start = time.perf_counter()
     ranker = ensure_ranker(
-        space, data, ghn, path=args.out, labels=args.ranker_labels, k=args.ranker_k, seed=args.seed, workers=args.label_workers,
-        config=config, progress=not args.no_progress,
+        space, data, ghn, path=args.out, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, seed=args.seed,
+        workers=args.label_workers, config=config, progress=not args.no_progress,
     )
     info = ranker.label_info
     taus = ", ".join(f"{t:.3f}" for t in ranker.member_tau) or "-"

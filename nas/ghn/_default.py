@@ -151,8 +151,8 @@ def ensure_ranker(
     ghn: GHN,
     *,
     path: str | Path,
-    labels: int = RANKER_LABELS,
-    k: int = RANKER_K,
+    ranker_labels: int = RANKER_LABELS,
+    ranker_k: int = RANKER_K,
     seed: int = 0,
     exclude: Sequence[str] = (),
     labels_cache: str | Path | None = None,
@@ -162,8 +162,8 @@ def ensure_ranker(
 ) -> GHNRanker:
     """Load the ranker at ``path`` if it fits ``space``; else label architectures and fit one there.
 
-    Labelling trains ``labels`` architectures sampled from ``space`` (seed
-    ``seed``, never one of ``exclude``) for ``k`` SGD steps each; finished
+    Labelling trains ``ranker_labels`` architectures sampled from ``space``
+    (seed ``seed``, never one of ``exclude``) for ``ranker_k`` SGD steps each; finished
     labels are appended to ``labels_cache`` as they come, so a killed run
     resumes. :func:`fit_ranker` then fine-tunes ``ghn``'s graph network on
     them and the ranker is saved atomically to ``path``.
@@ -173,12 +173,13 @@ def ensure_ranker(
         data: The dataset (its training split trains the labels).
         ghn: The meta-trained GHN whose graph network the ranker starts from.
         path: Ranker checkpoint to load or write.
-        labels: Architectures to label (at least 4).
-        k: SGD steps per label.
+        ranker_labels: Architectures to label (at least 4); a count, unlike
+            :func:`fit_ranker`'s ``labels`` (the label values).
+        ranker_k: SGD steps per label.
         seed: Seed of the label sample, of every label's training and of the fit
             (unless ``config`` sets its own).
         exclude: Canonical keys never to label (e.g. candidates kept to check the ranking).
-        labels_cache: CSV of finished labels (default: ``<path stem>_labels_k<k>.csv`` next to ``path``).
+        labels_cache: CSV of finished labels (default: ``<path stem>_labels_k<ranker_k>.csv`` next to ``path``).
         workers: Processes training labels in parallel.
         config: Fitting settings (default :class:`RankerConfig` seeded with ``seed``).
         progress: Show progress bars.
@@ -187,12 +188,12 @@ def ensure_ranker(
         The ranker, in eval mode on ``ghn``'s device.
 
     Raises:
-        ValueError: ``labels`` is under 4 or ``k`` / ``workers`` is not positive.
+        ValueError: ``ranker_labels`` is under 4 or ``ranker_k`` / ``workers`` is not positive.
         CheckpointError: The ranker at ``path`` was fitted on other labels
-            (``labels``, ``k`` or ``seed``), or ``path`` cannot be written.
+            (``ranker_labels``, ``ranker_k`` or ``seed``), or ``path`` cannot be written.
     """
-    if isinstance(labels, bool) or not isinstance(labels, int) or labels < 4:
-        raise ValueError(f"`labels` must be an int of at least 4, but got {labels!r}.")
+    if isinstance(ranker_labels, bool) or not isinstance(ranker_labels, int) or ranker_labels < 4:
+        raise ValueError(f"`ranker_labels` must be an int of at least 4, but got {ranker_labels!r}.")
     path = Path(path)
     if path.exists():
         try:
@@ -202,7 +203,7 @@ def ensure_ranker(
             logger.warning("%s; fitting a new ranker at %s", err, path)
         else:
             fitted = {name: ranker.label_info.get(name) for name in ("n", "k", "seed")}
-            asked = {"n": labels, "k": k, "seed": seed}
+            asked = {"n": ranker_labels, "k": ranker_k, "seed": seed}
             if any(fitted[name] is not None and fitted[name] != asked[name] for name in asked):
                 raise CheckpointError(
                     f"ranker checkpoint {str(path)!r} was fitted on labels {fitted}, not the requested {asked}; "
@@ -210,13 +211,14 @@ def ensure_ranker(
                 )
             logger.info("using the ranker at %s", path)
             return ranker
-    cache = Path(labels_cache) if labels_cache is not None else path.with_name(f"{path.stem}_labels_k{k}.csv")
-    logger.info("fitting the ranker: short training (k=%d) of %d architectures into %s", k, labels, cache)
+    cache = Path(labels_cache) if labels_cache is not None else path.with_name(f"{path.stem}_labels_k{ranker_k}.csv")
+    logger.info("fitting the ranker: short training (k=%d) of %d architectures into %s", ranker_k, ranker_labels, cache)
     graphs, targets = short_training_labels(
-        space, data, labels, k=k, seed=seed, exclude=exclude, cache=cache, workers=workers, progress=progress
+        space, data, ranker_labels, k=ranker_k, seed=seed, exclude=exclude, cache=cache, workers=workers,
+        progress=progress,
     )
     label_info = {
-        "target": "tse", "k": k, "n": labels, "labelled": len(graphs), "seed": seed, "dataset": data.name,
+        "target": "tse", "k": ranker_k, "n": ranker_labels, "labelled": len(graphs), "seed": seed, "dataset": data.name,
         "labels": str(cache.resolve()),
     }
     ranker = fit_ranker(ghn, graphs, targets, config or RankerConfig(seed=seed), label_info=label_info,
