@@ -13,7 +13,7 @@ Example:
     >>> x = b.add("global_avg_pool", x)
     >>> g = b.build(b.add("linear", x, out_features=10))
     >>> g.num_params()
-    84
+    94
 """
 
 from __future__ import annotations
