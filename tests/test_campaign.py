@@ -1017,3 +1017,45 @@ def test_enqueue_takes_the_top_k_by_rank_score(tmp_path: Path, ghn_path: Path) -
     expected = list(select_candidates(candidates_frame(rank), 3)["key"])
     assert campaign.enqueue() == expected
     assert campaign.enqueue() == []  # each key once per campaign
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_a_ranker_from_random_weights_ranks_before_any_meta_training(
+    tmp_path: Path, ghn_path: Path, monkeypatch: pytest.MonkeyPatch, pretrained: bool
+) -> None:
+    """Ranking waits for the GHN only when the ranker starts from its weights; fine-tuning always uses it."""
+    import nas.ghn
+    from nas.ghn import GHN, RankerConfig
+
+    events: list[str] = []
+    fit, score = nas.ghn._ranker.fit_ranker, nas.ghn.GHNRanker.score
+
+    def ensure_ghn(*args: Any, **kwargs: Any) -> Any:
+        events.append("meta-train")
+        return GHN.load(ghn_path)
+
+    def recorded_fit(ghn: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append("fit")
+        return fit(ghn, *args, **kwargs)
+
+    def recorded_score(self: Any, graphs: Any, **kwargs: Any) -> Any:
+        if not events or events[-1] != "rank":
+            events.append("rank")
+        return score(self, graphs, **kwargs)
+
+    monkeypatch.setattr(nas.ghn, "ensure_ghn", ensure_ghn)
+    monkeypatch.setattr(nas.ghn._default, "fit_ranker", recorded_fit)
+    monkeypatch.setattr(nas.ghn.GHNRanker, "score", recorded_score)
+    campaign = _ranker_campaign(tmp_path / "run", None, self_check=0, ranker_config=RankerConfig(
+        epochs=2, ensemble=1, pretrained=pretrained))
+    result = campaign.run()
+    assert len(result.finetuned) == 1
+    first = events.index("meta-train")
+    if pretrained:
+        assert events[: first + 1] == ["meta-train"]
+    else:
+        assert events[:first] == ["fit", "rank"]  # labelled, fitted and ranked before meta-training
+    assert events.count("meta-train") == 1
+    with pytest.raises(ValueError, match="pretrained"):
+        nas.ghn.ensure_ranker(campaign.space, campaign.data, None, path=tmp_path / "r.pt", ranker_labels=4,
+                              config=RankerConfig(pretrained=True))

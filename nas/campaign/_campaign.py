@@ -486,10 +486,12 @@ class Campaign:
                     "rank by the predicted-weight loss (rank_by='loss') instead."
                 )
             logger.info("labelling all %d candidates of search space %r outside the self-check", n, space.name)
+        fit = self.ranker_config or RankerConfig(seed=config.seed)
+        # A ranker fitted from random weights needs no meta-trained GHN: ranking does not wait for one.
         ranker = ensure_ranker(
-            space, self.data, self.ghn, path=path, ranker_labels=n, ranker_k=config.ranker_k, seed=config.seed,
-            exclude=exclude, labels_cache=self.out / "ranker_labels.csv", workers=config.label_workers,
-            config=self.ranker_config or RankerConfig(seed=config.seed), progress=config.progress,
+            space, self.data, self.ghn if fit.pretrained else None, path=path, ranker_labels=n,
+            ranker_k=config.ranker_k, seed=config.seed, exclude=exclude, labels_cache=self.out / "ranker_labels.csv",
+            workers=config.label_workers, config=fit, progress=config.progress,
         )
         _check_ranker(ranker, space, self.dataset_name, source=path)
         return ranker
@@ -735,7 +737,8 @@ class Campaign:
         if self._ranker_sources() is not None:
             _ = self.ranker  # so is a given ranker
         self.open()
-        _ = self.ghn
+        # The GHN is meta-trained when first needed: by `rank_by="loss"`, by a ranker fitted from its
+        # weights, and by fine-tuning from predicted weights (after ranking, with a ranker from random weights).
         _ = self.ranker  # loads <out>/ranker.pt, or labels architectures and fits it there
         self.rank()
         self.enqueue()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from nas.ghn._checkpoint import read_checkpoint
 from nas.ghn._decoder import WeightDecoder
-from nas.ghn._default import RANKER_K, RANKER_LABELS, default_ghn_path, ensure_ghn, ensure_ranker
+from nas.ghn._default import RANKER_K, RANKER_LABELS, default_ghn_path, ensure_ghn, ensure_ranker, untrained_ghn
 from nas.ghn._encoder import NodeEncoder, ShapeEncoder
 from nas.ghn._message_passing import GatedDAGConv
 from nas.ghn._meta_train import MetaTrainConfig, meta_train, snapshot_path
@@ -80,5 +80,6 @@ __all__ = [
     "short_training_labels",
     "snapshot_path",
     "to_pyg",
+    "untrained_ghn",
     "with_flops_prior",
 ]

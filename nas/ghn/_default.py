@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker"]
+__all__ = ["RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker", "untrained_ghn"]
 
 #: Architectures labelled to fit a ranker by default. On nb201 / mnist5k, rankers on about 700 labels
 #: put a top-1% architecture first for GHN builds where 150 labels left it out of the top 10
@@ -145,10 +145,20 @@ def ensure_ghn(
         )
 
 
+def untrained_ghn(space: SearchSpace, data: Dataset, *, device: str | Any = "cpu") -> GHN:
+    """A GHN of the default settings with random weights, for ``space`` and ``data``.
+
+    It is what a ranker fitted from random weights (``RankerConfig(pretrained=False)``)
+    needs from a GHN: the graph conversion, the settings of its graph network and
+    the space's description. Nothing is meta-trained.
+    """
+    return GHN(GHNConfig(), space_info={**space.describe(), "dataset": data.name}).to(device)
+
+
 def ensure_ranker(
     space: SearchSpace,
     data: Dataset,
-    ghn: GHN,
+    ghn: GHN | None,
     *,
     path: str | Path,
     ranker_labels: int = RANKER_LABELS,
@@ -171,7 +181,9 @@ def ensure_ranker(
     Args:
         space: The search space.
         data: The dataset (its training split trains the labels).
-        ghn: The meta-trained GHN whose graph network the ranker starts from.
+        ghn: The meta-trained GHN whose graph network the ranker starts from;
+            ``None`` when ``config.pretrained`` is false (then nothing waits for
+            meta-training: :func:`untrained_ghn` supplies the graph network's settings).
         path: Ranker checkpoint to load or write.
         ranker_labels: Architectures to label (at least 4); a count, unlike
             :func:`fit_ranker`'s ``labels`` (the label values).
@@ -188,12 +200,19 @@ def ensure_ranker(
         The ranker, in eval mode on ``ghn``'s device.
 
     Raises:
-        ValueError: ``ranker_labels`` is under 4 or ``ranker_k`` / ``workers`` is not positive.
+        ValueError: ``ranker_labels`` is under 4 or ``ranker_k`` / ``workers`` is not positive,
+            or ``ghn`` is ``None`` while ``config.pretrained`` asks to start from its weights.
         CheckpointError: The ranker at ``path`` was fitted on other labels
             (``ranker_labels``, ``ranker_k`` or ``seed``), or ``path`` cannot be written.
     """
     if isinstance(ranker_labels, bool) or not isinstance(ranker_labels, int) or ranker_labels < 4:
         raise ValueError(f"`ranker_labels` must be an int of at least 4, but got {ranker_labels!r}.")
+    config = config or RankerConfig(seed=seed)
+    if ghn is None:
+        if config.pretrained:
+            raise ValueError("`ghn` is None, but the ranker starts from the GHN's weights (`config.pretrained`); "
+                             "pass a meta-trained GHN or RankerConfig(pretrained=False).")
+        ghn = untrained_ghn(space, data)
     path = Path(path)
     if path.exists():
         try:
@@ -221,8 +240,7 @@ def ensure_ranker(
         "target": "tse", "k": ranker_k, "n": ranker_labels, "labelled": len(graphs), "seed": seed, "dataset": data.name,
         "labels": str(cache.resolve()),
     }
-    ranker = fit_ranker(ghn, graphs, targets, config or RankerConfig(seed=seed), label_info=label_info,
-                        progress=progress)
+    ranker = fit_ranker(ghn, graphs, targets, config, label_info=label_info, progress=progress)
     ranker.save(path)
     logger.info("ranker saved to %s", path)
     return ranker
