@@ -303,8 +303,31 @@ def report(root: Path, pairs: list[Pair]) -> pd.DataFrame:
     ceil = table.groupby("pair")["noise_ceiling"].first()
     wide.insert(0, "ceiling", ceil)
     (suite / "suite.md").write_text(wide.round(3).to_markdown() + "\n")
+    verdict(table, pd.concat(roles, ignore_index=True) if roles else None).to_csv(suite / "verdict.csv", index=False)
     _figure(table, suite)
     return table
+
+
+def verdict(table: pd.DataFrame, roles: pd.DataFrame | None, *, method: str = "ghn") -> pd.DataFrame:
+    """The pass rule of ``RESULTS.md``, per pair: the default ranker against 0.9 x the ceiling and the best
+    zero-cost proxy, and whether GHN initialisation lifts the ranker at few labels (>= 0.05, CI above 0)."""
+    rows = []
+    for pair, sub in table.groupby("pair", sort=False):
+        by = sub.set_index("method")
+        if method not in by.index:
+            continue
+        tau, ceiling = by.loc[method, "kendall"], by.loc[method, "noise_ceiling"]
+        best = by.loc["best_zero_cost", "kendall"] if "best_zero_cost" in by.index else math.nan
+        row = {"pair": pair, "held_out": bool(by.loc[method, "held_out"]), "method": method, "kendall": tau,
+               "noise_ceiling": ceiling, "at_0.9_ceiling": bool(tau >= 0.9 * ceiling),
+               "best_zero_cost": best, "beats_zero_cost": bool(tau >= best)}
+        few = roles[(roles["pair"] == pair) & (roles["label_seeds"] > 1)] if roles is not None else pd.DataFrame()
+        if len(few):
+            lift = few.iloc[0]
+            row.update(ghn_lift=lift["value"], ghn_lift_lo=lift["lo"], ghn_lift_hi=lift["hi"],
+                       ghn_lifts=bool(lift["value"] >= 0.05 and lift["lo"] > 0))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _one_time(method: str, once: dict[str, Any], ghn_seconds: float | None) -> float | None:

@@ -83,5 +83,9 @@ def test_report_writes_the_suite_table_and_figure(ran: tuple[Path, object], suit
     assert ghn["ratio_to_ceiling"] == pytest.approx(ghn["kendall"] / ghn["noise_ceiling"])
     assert ghn["one_time_seconds"] > 0
     assert "| pair" in (root / "suite" / "suite.md").read_text()
+    rule = pd.read_csv(root / "suite" / "verdict.csv").iloc[0]
+    assert rule["at_0.9_ceiling"] == (ghn["kendall"] >= 0.9 * ghn["noise_ceiling"])
+    assert rule["beats_zero_cost"] == (ghn["kendall"] >= best["kendall"].iloc[0])
+    assert rule["ghn_lifts"] == (rule["ghn_lift"] >= 0.05 and rule["ghn_lift_lo"] > 0)
     for suffix in (".png", ".pdf"):
         assert (root / "suite" / f"kendall_by_pair{suffix}").stat().st_size > 1000
