@@ -47,6 +47,7 @@ import torch
 from nas.data import load_dataset
 from nas.evaluation import (
     DEFAULT_METHODS,
+    RANKER_METHODS,
     LabelRecipe,
     correlate,
     ranker_methods,
@@ -223,13 +224,32 @@ def run_pair(pair: Pair, root: Path, proto: Protocol, *, workers: int = 1, resco
                                       ground_truth=result.summary_json["ground_truth"])
     summary_json["pair"] = dataclasses.asdict(pair)
     summary_json["protocol"] = dataclasses.asdict(proto)
-    summary_json["ranker"] = costs_once
+    summary_json["ranker"] = _estimate_missing_label_seconds(costs_once)
     ghn_state = ghn.training_state or {}
     summary_json["ghn_seconds"] = ghn_state.get("elapsed")
     final = CorrelationResult(frame, summary, summary_json)
     write_results(final, out, figures=False)
     _ghn_role(pair, frame, proto).to_csv(out / "ghn_role.csv", index=False)
     return summary_json
+
+
+def _estimate_missing_label_seconds(costs: dict[str, Any]) -> dict[str, Any]:
+    """Label seconds of a recipe whose labels were trained before times were kept: the pair's timed mean per label.
+
+    The estimate (``label_seconds_estimated`` labels) also enters that recipe's ``one_time_seconds``.
+    """
+    timed = [(c["label_seconds"], c["labelled"] - c["label_seconds_estimated"]) for c in costs.values()
+             if c["label_seconds"] is not None and c["labelled"] > c["label_seconds_estimated"]]
+    per_label = sum(s for s, _ in timed) / sum(n for _, n in timed) if timed else None
+    for cost in costs.values():
+        if cost["label_seconds"] is None and per_label is not None:
+            cost["label_seconds"] = per_label * cost["labelled"]
+            cost["label_seconds_estimated"] = cost["labelled"]
+            for name, (kind, _) in RANKER_METHODS.items():
+                fit, extra = cost["fit_seconds"].get(kind), cost["ghn_seconds"] if kind == "ghn" else 0.0
+                if fit is not None and extra is not None:
+                    cost["one_time_seconds"][name] = cost["label_seconds"] + fit + extra
+    return costs
 
 
 def _ghn_role(pair: Pair, frame: pd.DataFrame, proto: Protocol) -> pd.DataFrame:
@@ -271,6 +291,8 @@ def report(root: Path, pairs: list[Pair]) -> pd.DataFrame:
         if not path.exists():
             continue
         s = json.loads(path.read_text())
+        if "protocol" not in s:
+            continue  # a correlation run of another protocol (e.g. an earlier nas correlate run in that folder)
         ceiling = s["noise_ceiling"]["kendall"]
         once = s.get("ranker", {})
         for method, m in s["methods"].items():
@@ -282,7 +304,7 @@ def report(root: Path, pairs: list[Pair]) -> pd.DataFrame:
                 "spearman": m["spearman"], "top10_precision": m["top10_precision"],
                 "noise_ceiling": ceiling, "ratio_to_ceiling": m["kendall"] / ceiling if ceiling else math.nan,
                 "seconds_per_candidate": m["seconds_per_candidate"],
-                "one_time_seconds": _one_time(method, once, s.get("ghn_seconds")),
+                "one_time_seconds": _one_time(method, once),
             })
         role = root / pair.name / "ghn_role.csv"
         if role.exists():
@@ -330,20 +352,15 @@ def verdict(table: pd.DataFrame, roles: pd.DataFrame | None, *, method: str = "g
     return pd.DataFrame(rows)
 
 
-def _one_time(method: str, once: dict[str, Any], ghn_seconds: float | None) -> float | None:
+def _one_time(method: str, once: dict[str, Any]) -> float | None:
     """One-time seconds of a ranker row from its recipe's cost record (``None`` for other methods)."""
-    from nas.evaluation import RANKER_METHODS
-
     for name in sorted(RANKER_METHODS, key=len, reverse=True):
         if method == name or method.startswith(name + "_n"):
             key = "default" if method == name else method[len(name):]
             record = once.get(key)
             if not record:
                 return None
-            value = record["one_time_seconds"].get(name)
-            if value is None and RANKER_METHODS[name][0] == "ghn" and ghn_seconds is not None:
-                value = record["label_seconds"] + record["fit_seconds"]["ghn"] + ghn_seconds
-            return value
+            return record["one_time_seconds"].get(name)
     return None
 
 

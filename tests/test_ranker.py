@@ -436,10 +436,10 @@ def test_ranker_ensemble_converts_each_graph_once_for_builds_that_convert_alike(
     assert not rankers[0].members[0].ghn.share_graph_cache(rankers[2].members[0].ghn)
 
 
-def test_a_label_cache_without_times_is_extended_in_its_own_format(
+def test_a_label_cache_without_times_gains_the_column_and_times_new_labels(
     space: Any, digits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Caches written before label times were kept stay readable; their labels count at the timed mean."""
+    """Caches written before label times were kept stay readable; new labels are timed, old ones estimated."""
     monkeypatch.setattr(ranker_module, "_short_training_loss", lambda args: (1.0, 2.0))
     cache = tmp_path / "old.csv"
     first, _ = short_training_labels(space, digits, 3, k=2, seed=7, progress=False)
@@ -447,11 +447,12 @@ def test_a_label_cache_without_times_is_extended_in_its_own_format(
         writer = csv.writer(f)
         writer.writerow(["key", "graph", "tse"])
         writer.writerows([g.key, g.to_json(), 1.0] for g in first)
+    seconds, estimated = label_seconds(cache, [g.key for g in first])
+    assert math.isnan(seconds) and estimated == 3  # no time recorded at all: unknown, not zero
     graphs, _ = short_training_labels(space, digits, 5, k=2, seed=7, cache=cache, progress=False)
     lines = cache.read_text().splitlines()
-    assert lines[0] == "key,graph,tse" and len(lines) == 6
-    seconds, estimated = label_seconds(cache, [g.key for g in graphs])
-    assert math.isnan(seconds) and estimated == 5  # no time recorded at all: unknown, not zero
-    timed = tmp_path / "new.csv"
-    graphs, _ = short_training_labels(space, digits, 4, k=2, seed=7, cache=timed, progress=False)
-    assert label_seconds(timed, [g.key for g in graphs]) == (pytest.approx(8.0), 0)
+    assert lines[0] == "key,graph,tse,seconds" and len(lines) == 6
+    assert [g.key for g in graphs[:3]] == [g.key for g in first]  # the old labels were not trained again
+    # 2 new labels timed at 2 s; the 3 old ones counted at that mean.
+    assert label_seconds(cache, [g.key for g in graphs]) == (pytest.approx(10.0), 3)
+    assert label_seconds(cache, [g.key for g in graphs[3:]]) == (pytest.approx(4.0), 0)

@@ -121,6 +121,8 @@ class RankerCost:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with ``one_time_seconds`` per fitted kind."""
         out = dataclasses.asdict(self)
+        out["label_seconds"] = _finite(self.label_seconds)
+        out["fit_seconds"] = {kind: _finite(v) for kind, v in self.fit_seconds.items()}
         out["one_time_seconds"] = {
             name: _finite(self.one_time_seconds(name)) for name in RANKER_METHODS
             if RANKER_METHODS[name][0] in self.fit_seconds

@@ -67,6 +67,7 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 from tqdm.auto import tqdm
 
+from nas._atomic import atomic_write
 from nas.exceptions import CheckpointError
 from nas.ghn._checkpoint import read_checkpoint, write_checkpoint
 from nas.ghn._model import GHN, GHNConfig
@@ -521,15 +522,19 @@ def label_seconds(cache: str | Path, keys: Sequence[str]) -> tuple[float, int]:
 
     Returns:
         ``(seconds, estimated)``: the total, where labels without a recorded
-        time (caches written before times were kept) count at the mean of the
-        timed ones; ``estimated`` is how many were counted so.
+        time (rows written before times were kept) count at the mean of every
+        timed row of the cache; ``estimated`` is how many were counted so. The
+        total is ``nan`` when some are untimed and no row of the cache is timed.
     """
     with Path(cache).open(newline="") as f:
         times = {row["key"]: row.get("seconds") for row in csv.DictReader(f)}
-    known = [float(times[k]) for k in keys if times.get(k) not in (None, "")]
+    timed = {k: float(v) for k, v in times.items() if v not in (None, "")}
+    known = [timed[k] for k in keys if k in timed]
     missing = len(keys) - len(known)
-    mean = float(np.mean(known)) if known else math.nan
-    return float(sum(known)) + missing * mean if missing else float(sum(known)), missing
+    if not missing:
+        return float(sum(known)), 0
+    mean = float(np.mean(list(timed.values()))) if timed else math.nan
+    return float(sum(known)) + missing * mean, missing
 
 
 def short_training_labels(
@@ -579,14 +584,23 @@ def short_training_labels(
     graphs = [g for g in pool if g.key not in excluded][:n]
     done: dict[str, float] = {}
     path = Path(cache) if cache is not None else None
-    timed = True  # caches written before per-label seconds were recorded have no `seconds` column
     if path is not None and path.exists():
         _drop_torn_tail(path)
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            timed = reader.fieldnames is None or "seconds" in reader.fieldnames
-            for row in reader:
-                done[row["key"]] = float(row["tse"])
+            rows = list(reader)
+            untimed = reader.fieldnames is not None and "seconds" not in reader.fieldnames
+        for row in rows:
+            done[row["key"]] = float(row["tse"])
+        if untimed:  # written before label times were kept: add the column (empty for those rows) once
+
+            def upgrade(tmp: Path) -> None:
+                with tmp.open("w", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(["key", "graph", "tse", "seconds"])
+                    writer.writerows([row["key"], row["graph"], row["tse"], ""] for row in rows)
+
+            atomic_write(path, upgrade)
     todo = [g for g in graphs if g.key not in done]
     writer_file = None
     if path is not None:
@@ -610,7 +624,7 @@ def short_training_labels(
                 for g, (tse, seconds) in zip(todo, results):
                     done[g.key] = tse
                     if writer_file is not None:
-                        writer.writerow([g.key, g.to_json(), tse, *([seconds] if timed else [])])
+                        writer.writerow([g.key, g.to_json(), tse, seconds])
                         writer_file.flush()
                         os.fsync(writer_file.fileno())
                     bar.update(1)
