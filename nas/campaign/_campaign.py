@@ -503,13 +503,17 @@ class Campaign:
 
         A GHN or ranker given as an object is stored as ``None``, and so is a
         space object that cannot be imported by name (``space`` then holds its name).
+        The storage URL is stored with its password masked: a process joining the
+        campaign names the storage itself (:meth:`from_storage`).
         """
         ghn_path = self._ghn_path()
+        storage = self.config.storage
         return self.config.replace(
             ghn=str(ghn_path) if ghn_path is not None else None,
             ranker=self._ranker_setting(),
             out=str(self.out.resolve()),
             sampler=self.config.sampler,
+            storage=mask_url(storage) if storage is not None else None,
         )
 
     def settings(self) -> dict[str, Any]:
