@@ -2,9 +2,9 @@
 
 A GHN's predicted weights say how well the GHN can parameterise an
 architecture, and a GHN that fits every candidate well erases the differences
-a ranking needs (see the README's rank-correlation results: the plain
-predicted-weight loss ranks nb201 candidates at Kendall tau 0.2 against
-3-epoch training). The ranker asks the GHN a different question: *how fast
+a ranking needs (the ranking suite, ``experiments/results/suite/RESULTS.md``:
+the plain predicted-weight loss ranks nb201 / mnist5k candidates at Kendall
+tau 0.17 against 3-epoch training). The ranker asks the GHN a different question: *how fast
 will SGD train this architecture?*
 
 It is trained once per search space, before any candidate is scored:
