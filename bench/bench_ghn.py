@@ -50,9 +50,8 @@ from scipy.stats import kendalltau
 from nas.data import Dataset, load_dataset
 from nas.ghn import GHN, GHNConfig, MetaTrainConfig, meta_train
 from nas.graph import ArchGraph
-from nas.network import Network
 from nas.space import SearchSpace, load_space
-from nas.training import TrainConfig, train
+from nas.training import TrainConfig, train_graph
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES = (1, 8, 64, 256)
@@ -172,8 +171,7 @@ def trained_results(
             key = f"{graph.key}/{seed}"
             if key in runs:
                 continue
-            torch.manual_seed(seed)
-            result = train(Network(graph), data, TrainConfig(seed=seed))
+            result = train_graph(graph, data, TrainConfig(seed=seed))
             runs[key] = {"val_acc": result.val_acc, "val_loss": result.val_loss, "wall_time": result.wall_time}
             logger.info("trained %d/%d seed %d: val acc %.4f", i + 1, len(graphs), seed, result.val_acc)
             RESULTS.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,10 @@ from tqdm.auto import tqdm
 
 from nas.data import Dataset
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "train"]
+if TYPE_CHECKING:
+    from nas.graph import ArchGraph
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "train", "train_graph"]
 
 logger = logging.getLogger(__name__)
 
@@ -399,4 +402,62 @@ def train(
         result.val_acc,
         result.test_acc,
     )
+    return result
+
+
+#: The evaluation splits :func:`train_graph` can keep.
+Split = Literal["val", "test"]
+
+
+def train_graph(
+    graph: ArchGraph,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    *,
+    evaluate_on: tuple[Split, ...] = ("val", "test"),
+    model_out: list[nn.Module] | None = None,
+) -> TrainResult:
+    """Train one architecture from a random initialisation seeded with ``config.seed``.
+
+    The one seeded run behind ground truth, ranker labels and the short-training
+    scorer: the network is built under ``torch.manual_seed(config.seed)`` and
+    trained with :func:`train`; the caller's global torch RNG is restored
+    afterwards, so two calls with one seed give the same result.
+
+    Args:
+        graph: The architecture.
+        data: The dataset.
+        config: Training settings (budget, seed, device); defaults to ``TrainConfig()``.
+        evaluate_on: The evaluation splits whose metrics the caller uses. A split
+            left out is cut to one example, so evaluating it costs nothing (its
+            metrics in the result then mean nothing).
+        model_out: When given, the trained network is appended to it (for a
+            caller that saves the weights).
+
+    Returns:
+        The metrics of the run (``failed=True`` when training diverged).
+
+    Raises:
+        ValueError: If ``evaluate_on`` names a split other than ``"val"`` and ``"test"``.
+    """
+    from nas.network import Network  # nas.network builds on nas.ops; training stays model-agnostic
+
+    unknown = set(evaluate_on) - {"val", "test"}
+    if unknown:
+        raise ValueError(f"`evaluate_on` may hold 'val' and 'test', but got {evaluate_on!r}.")
+    config = config or TrainConfig()
+    if set(evaluate_on) != {"val", "test"}:
+        data = dataclasses.replace(
+            data,
+            x_val=data.x_val if "val" in evaluate_on else data.x_val[:1],
+            y_val=data.y_val if "val" in evaluate_on else data.y_val[:1],
+            x_test=data.x_test if "test" in evaluate_on else data.x_test[:1],
+            y_test=data.y_test if "test" in evaluate_on else data.y_test[:1],
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = Network(graph)
+        result = train(model, data, config)
+    if model_out is not None:
+        model_out.append(model)
     return result

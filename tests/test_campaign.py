@@ -24,7 +24,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -32,13 +31,11 @@ import torch
 from optuna.trial import TrialState
 
 from nas.campaign import (
-    CAMPAIGN_ATTR,
     CANDIDATE_COLUMNS,
     FINETUNED_COLUMNS,
     Campaign,
     best_record,
     candidates_frame,
-    finetuned_frame,
     mask_url,
     open_storage,
     reap_stale_trials,

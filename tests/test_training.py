@@ -320,3 +320,52 @@ def test_config_is_keyword_only() -> None:
     with pytest.raises(TypeError):
         TrainConfig(3)  # type: ignore[misc]
     assert TrainConfig().steps is None and TrainConfig(grad_clip=None).grad_clip is None
+
+
+# --------------------------------------------------------------------------- train_graph
+
+
+def _a_graph(digits: Dataset):
+    from nas.space import load_space
+
+    return load_space("nb201", input_shape=digits.input_shape, num_classes=digits.num_classes, C=4, N=1).sample(3).graph
+
+
+def test_train_graph_is_seeded_and_leaves_the_callers_rng_alone(digits: Dataset) -> None:
+    from nas.training import train_graph
+
+    graph = _a_graph(digits)
+    config = TrainConfig(steps=5, seed=7)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = train_graph(graph, digits, config)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = train_graph(graph, digits, config)
+    c = train_graph(graph, digits, TrainConfig(steps=5, seed=8))
+    assert a.train_losses == b.train_losses and a.val_loss == b.val_loss
+    assert a.train_losses != c.train_losses
+
+
+def test_train_graph_skips_unused_splits_without_changing_training(digits: Dataset) -> None:
+    from nas.training import train_graph
+
+    graph = _a_graph(digits)
+    config = TrainConfig(steps=5, seed=1)
+    full = train_graph(graph, digits, config)
+    val_only = train_graph(graph, digits, config, evaluate_on=("val",))
+    none = train_graph(graph, digits, config, evaluate_on=())
+    assert full.train_losses == val_only.train_losses == none.train_losses
+    assert val_only.val_loss == full.val_loss and val_only.test_loss != full.test_loss
+    with pytest.raises(ValueError, match="evaluate_on.*'train'"):
+        train_graph(graph, digits, config, evaluate_on=("train",))  # type: ignore[arg-type]
+
+
+def test_train_graph_hands_back_the_trained_network(digits: Dataset) -> None:
+    from nas.training import train_graph
+
+    graph = _a_graph(digits)
+    trained: list[nn.Module] = []
+    result = train_graph(graph, digits, TrainConfig(steps=5), model_out=trained)
+    (model,) = trained
+    _, acc = evaluate(model, digits.x_val, digits.y_val)
+    assert acc == pytest.approx(result.val_acc, abs=1e-6)

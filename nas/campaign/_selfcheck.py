@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from nas.network import Network
 from nas.space import SearchSpace
-from nas.training import TrainConfig, train
+from nas.training import TrainConfig, train_graph
 
 __all__ = ["RELIABLE_TAU", "SelfCheck", "run_self_check", "self_check_candidates"]
 
@@ -102,10 +100,7 @@ def _train_all(
     for graph in tqdm(graphs, desc="self-check (train)", unit="cand", disable=not progress):
         if graph.key in out:
             continue
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            res = train(Network(graph), data, config)
-        out[graph.key] = res.to_dict()
+        out[graph.key] = train_graph(graph, data, config).to_dict()
     return out
 
 

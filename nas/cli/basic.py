@@ -243,10 +243,8 @@ def _read_arch(path: str) -> ArchGraph:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a candidate from scratch (the one of ``--seed``, or the one in ``--arch``) and print its metrics."""
-    import torch
 
-    from nas.network import Network
-    from nas.training import TrainConfig, train
+    from nas.training import TrainConfig, train_graph
 
     set_threads(args.threads)
     with flag_errors(args):
@@ -272,10 +270,10 @@ def run_train(args: argparse.Namespace) -> int:
         cand = space.sample(args.seed)
         graph, choices, source = cand.graph, cand.params, space.name
     save = _output_path(args.save, suffixes=(".pt",), flag="--save") if args.save is not None else None
-    torch.manual_seed(args.seed)
-    model = Network(graph)
     logger.info("training candidate %s of %s on %s", graph.key[:12], source, data.name)
-    result = train(model, data, config)
+    trained: list[Any] = []
+    result = train_graph(graph, data, config, model_out=trained)
+    model = trained[0]
     if save is not None and not result.failed:
         from nas._atomic import save_torch
 

@@ -298,7 +298,7 @@ def _check_worker_flags(args: argparse.Namespace) -> None:
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run ``nas worker``; fine-tunes queued candidates and prints what it did."""
-    from nas.campaign import Campaign, CampaignConfig
+    from nas.campaign import Campaign
     from nas.cli.basic import flag_errors
 
     storage = args.storage or os.environ.get(STORAGE_ENV)

@@ -49,8 +49,7 @@ from nas._liveness import PeriodicThread, new_owner_id, owner_dead
 from nas.data import Dataset
 from nas.exceptions import StorageError
 from nas.graph import ArchGraph
-from nas.network import Network
-from nas.training import TrainConfig, train
+from nas.training import TrainConfig, train_graph
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -222,11 +221,7 @@ def train_candidate(graph: ArchGraph, data: Dataset, config: TrainConfig) -> Gro
     Returns:
         The result.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = Network(graph)
-        result = train(model, data, config)
-    return GroundTruthRecord.from_train_result(result)
+    return GroundTruthRecord.from_train_result(train_graph(graph, data, config))
 
 
 # The function the training loop calls; a module attribute so tests can count calls.

@@ -37,8 +37,7 @@ from tqdm.auto import tqdm
 
 from nas.data import Dataset
 from nas.graph import ArchGraph
-from nas.network import Network
-from nas.training import TrainConfig, train
+from nas.training import Split, TrainConfig, train_graph
 
 __all__ = [
     "Scorer",
@@ -348,19 +347,10 @@ class ShortTrainingScorer(Scorer):
     def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
         # Evaluation after training is part of `train`; shrink the splits whose
         # result is not used to one example so that it costs nothing.
-        keep_val = self.target == "val"
-        lean = dataclasses.replace(
-            data,
-            x_val=data.x_val if keep_val else data.x_val[:1],
-            y_val=data.y_val if keep_val else data.y_val[:1],
-            x_test=data.x_test[:1],
-            y_test=data.y_test[:1],
-        )
+        splits: tuple[Split, ...] = ("val",) if self.target == "val" else ()
         out: list[float] = []
         for graph in tqdm(graphs, desc=self.name, leave=False, disable=not self.progress):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                result = train(Network(graph), lean, self.config)
+            result = train_graph(graph, data, self.config, evaluate_on=splits)
             if result.failed:
                 out.append(math.nan)
             elif self.target == "tse":

@@ -477,12 +477,9 @@ def _one_thread() -> None:
 def _short_training_loss(args: tuple[str, Any, int, int]) -> tuple[float, float]:
     """TSE of one label and the seconds its training took."""
     graph_json, data, k, seed = args
-    from nas.network import Network
-    from nas.training import TrainConfig, train
+    from nas.training import TrainConfig, train_graph
 
     graph = ArchGraph.from_json(graph_json)
-    lean = dataclasses.replace(data, x_val=data.x_val[:1], y_val=data.y_val[:1], x_test=data.x_test[:1],
-                               y_test=data.y_test[:1])
     config = TrainConfig(steps=k, schedule="constant", seed=seed, progress=False)
     # The trainer logs the accuracy on the one kept image, which means nothing
     # here; the label progress bar reports these runs.
@@ -491,9 +488,7 @@ def _short_training_loss(args: tuple[str, Any, int, int]) -> tuple[float, float]
     trainer_log.setLevel(logging.WARNING)
     start = time.perf_counter()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            result = train(Network(graph), lean, config)
+        result = train_graph(graph, data, config, evaluate_on=())
     finally:
         trainer_log.setLevel(level)
     seconds = time.perf_counter() - start
