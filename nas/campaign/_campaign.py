@@ -873,10 +873,9 @@ def _create_or_load(storage: Any, name: str, directions: list[str], url: str) ->
     return study, False
 
 
-def _check_ranker(ranker: Any, space: SearchSpace, dataset: str, *, source: Path | None = None) -> None:
-    """Refuse a ranker that cannot score the space (:meth:`GHNRanker.check_compatible`); warn on another dataset."""
-    if callable(getattr(ranker, "check_compatible", None)):
-        ranker.check_compatible(space, source=source)
+def _check_ranker(ranker: Ranker, space: SearchSpace, dataset: str, *, source: Path | None = None) -> None:
+    """Refuse a ranker that cannot score the space (:meth:`Ranker.check_compatible`); warn on another dataset."""
+    ranker.check_compatible(space, source=source)
     info = getattr(ranker, "space_info", None) or {}
     if info.get("dataset") not in (None, dataset):
         logger.warning(

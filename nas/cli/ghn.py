@@ -115,7 +115,7 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     from nas.exceptions import CheckpointError
     from nas.ghn import GHN, RankerConfig, ensure_ranker
 
-    with flag_errors(args, labels="--ranker-labels", k="--ranker-k", workers="--label-workers"):
+    with flag_errors(args):
         for flag in ("ranker_labels", "ranker_k", "label_workers"):
             value = getattr(args, flag)
             if value is not None and value < 1:
