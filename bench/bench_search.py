@@ -24,8 +24,8 @@ in ``--cache`` (a :class:`nas.evaluation.GroundTruthCache`).
   (the sampler is seeded), so the difference is what the storage costs.
 
 Thresholds come from a trained reference sample (``--reference``, by default
-the 100 held-out candidates of ``experiments/rank_correlation.py``, whose
-seed-0 results share the referee's budget): top 5% = its 0.95 quantile of
+the 100 candidates of ``nas correlate``'s sample seed 0, the nb201 / mnist5k
+pair of ``experiments/suite.py``, whose seed-0 results share the referee's budget): top 5% = its 0.95 quantile of
 validation accuracy, top 1% = its 0.99 quantile. ``--reference-sample-seeds
 0 1 2`` unites three such samples (``--reference-archs`` each) into a larger
 reference, less the ranker's label architectures (summary files get the
@@ -380,7 +380,7 @@ def thresholds(referee: Referee, space: Any, archs: int, seeds: list[int] | None
     """The top-5% and top-1% validation (and test) accuracies of the trained reference sample.
 
     The reference is :func:`reference_graphs` (by default the held-out list
-    of ``experiments/rank_correlation.py``; ``exclude``: e.g. the ranker's
+    of ``experiments/suite.py``'s nb201 / mnist5k pair; ``exclude``: e.g. the ranker's
     label architectures); any run the caches lack is trained first. Each
     candidate's accuracy is its mean over the referee's ``seeds``. With
     ``strict``, a level is reached only above the quantile, not at it.
