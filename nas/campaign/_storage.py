@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import optuna
 from optuna.storages import BaseStorage
@@ -89,6 +89,47 @@ _SECRET_QUERY_KEYS = frozenset({"password", "pass", "pwd", "passwd", "secret", "
 _ACTIVE_TOKENS: set[str] = set()
 
 
+#: A URL's scheme and the text after ``//``.
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:)?//(?P<rest>.*)$", re.S)
+
+#: Passwords shorter than this are masked where the URL names them, not wherever their text appears
+#: (replacing every "s" of a message garbles it and gives a one-letter password away).
+_MIN_SCRUB = 6
+
+
+def _split_password(url: str) -> tuple[str | None, str]:
+    """``(password, url with it masked)``: the password of a URL's user info, however it is spelled.
+
+    The user info ends at the *last* ``@`` after ``//`` (a password may hold
+    ``@``, ``/``, ``:`` or ``?`` unescaped); the user name ends at its first
+    ``:``. Query parameters named like a password are masked too. Text that
+    is not ``scheme://...`` has every ``user:password@`` token masked.
+    """
+    text = str(url)
+    match = _URL.match(text)
+    if match is None:
+        masked = " ".join(re.sub(r"^([^:@]*):.*@", r"\1:***@", token) if "@" in token else token
+                          for token in text.split(" "))
+        return None, masked
+    scheme, rest = match.group("scheme") or "", match.group("rest")
+    password = None
+    at = rest.rfind("@")
+    if at >= 0:
+        user, sep, secret = rest[:at].partition(":")
+        if sep:
+            password = secret
+            rest = f"{user}:***@{rest[at + 1:]}"
+    head, sep, query = rest.partition("?")
+    if sep:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        secrets = [v for k, v in pairs if k.lower() in _SECRET_QUERY_KEYS]
+        if secrets:
+            password = password or secrets[0]
+            query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
+        rest = f"{head}?{query}"
+    return password, f"{scheme}//{rest}"
+
+
 def mask_url(url: str) -> str:
     """Hide the password of a storage URL, for messages and logs.
 
@@ -97,43 +138,29 @@ def mask_url(url: str) -> str:
 
     Returns:
         The URL with the password in its user info and any password-like query
-        parameter replaced by ``***``.
+        parameter replaced by ``***``. A password holding reserved characters
+        (``@ / : ? #``) unescaped is masked whole.
 
     Example:
         >>> mask_url("postgresql://nas:s3cret@db:5432/nas")
         'postgresql://nas:***@db:5432/nas'
+        >>> mask_url("postgresql://nas:Xw/Yk@7@db/nas")
+        'postgresql://nas:***@db/nas'
     """
-    text = str(url)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return re.sub(r"(^|//)([^:/@]*):[^@/]*@", r"\1\2:***@", text)
-    if "@" in text and "@" not in parts.netloc:
-        # Not a URL with user info (a malformed one): mask anything shaped like user:password@.
-        return re.sub(r"(^|//)([^:/@]*):[^@/]*@", r"\1\2:***@", text)
-    netloc = re.sub(r"^([^:@]*):[^@]*@", r"\1:***@", parts.netloc) if "@" in parts.netloc else parts.netloc
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
-            query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
-    if netloc == parts.netloc and query == parts.query:
-        return text
-    prefix = f"{parts.scheme}://" if parts.scheme else "//"
-    tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
-    return prefix + netloc + parts.path + tail
+    return _split_password(url)[1]
 
 
 def _scrub(message: str, url: str) -> str:
     """One line of ``message`` with the URL's password removed wherever it appears."""
     line = " ".join(str(message).split())
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
+    password, masked = _split_password(url)
+    line = line.replace(url, masked)
     if password:
-        line = line.replace(password, "***").replace(unquote(password), "***")
-    return line.replace(url, mask_url(url))
+        for form in {password, unquote(password)}:
+            line = line.replace(f":{form}@", ":***@")
+            if len(form) >= _MIN_SCRUB:
+                line = line.replace(form, "***")
+    return line
 
 
 def default_storage_url(out: str | Path) -> str:
@@ -175,6 +202,11 @@ def open_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int = 
         raise StorageError(
             f"storage URL {mask_url(url)!r} has an unsupported scheme; use one of "
             "sqlite:///FILE.db, journal:///FILE.log, postgresql://USER:PASSWORD@HOST/DB, mysql://..."
+        )
+    if "@" in rest[: rest.rfind("@")]:
+        raise StorageError(
+            f"storage URL {mask_url(url)!r} has an unescaped '@' before its host (in the user name or password); "
+            "percent-encode it as %40 (urllib.parse.quote)."
         )
     if base == "journal":
         return _open_journal(url, rest)

@@ -79,6 +79,36 @@ def test_mask_url_hides_every_password_form() -> None:
         assert SECRET not in masked and "***" in masked, masked
 
 
+#: Passwords with each reserved character of a URL unescaped, a percent-escape, and of length 1 and 2.
+AWKWARD = ["Xw@Yk7", "Xw/Yk7", "Xw:Yk7", "Xw?Yk7", "Xw#Yk7", "Xw[Yk7]", "Xw%40Yk7", "Xw!$&'()*+,;=Yk7", "@@", "//", "s",
+           "p", "sq"]
+
+
+@pytest.mark.parametrize("password", AWKWARD)
+@pytest.mark.parametrize("form", ["postgresql://nas:{}@db.example:5432/nas",
+                                  "postgresql+psycopg2://nas:{}@db.example/nas?sslmode=require"])
+def test_mask_url_hides_a_password_with_reserved_characters_whole(password: str, form: str) -> None:
+    from nas.campaign import mask_url
+    from nas.campaign._storage import _scrub
+
+    url = form.format(password)
+    assert mask_url(url) == form.format("***")
+    # A driver message naming the URL keeps its words: a one-letter password is not replaced inside them.
+    message = f"psycopg could not connect to {url}: password authentication failed for user nas"
+    assert _scrub(message, url) == f"psycopg could not connect to {form.format('***')}: password authentication " \
+                                   "failed for user nas"
+
+
+@pytest.mark.parametrize("password", ["Xw@Yk7", "@", "a@b@c"])
+def test_an_unescaped_at_sign_in_the_password_is_refused_without_showing_it(password: str) -> None:
+    url = f"postgresql://nas:{password}@127.0.0.1:1/nas"
+    result = run_inprocess(["worker", "--storage", url, "--study", "c"])
+    assert_one_line_error(result, "unescaped '@'", "%40")
+    assert "postgresql://nas:***@127.0.0.1:1/nas" in result.err
+    for part in {password, *password.split("@")} - {""}:
+        assert f"{part}@" not in result.err.replace("***@", "")
+
+
 def test_password_never_leaks_from_a_real_postgres_campaign(postgres_url: str, tmp_path: Path, tiny_ghn: Path) -> None:
     password = urlsplit(postgres_url).password
     assert password, "the test URL must carry a password"
