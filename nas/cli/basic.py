@@ -25,17 +25,19 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from nas.cli.options import (
+    CHECKPOINT_SUFFIXES,
     DeprecatedAlias,
     add_dataset_argument,
     add_space_arguments,
     add_threads_argument,
+    output_file,
     parse_space_args,
     set_threads,
 )
@@ -179,16 +181,6 @@ def run_sample(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- draw
 
 
-def _output_path(path: str, *, suffixes: Sequence[str] = DRAW_FORMATS, flag: str = "--out") -> Path:
-    out = Path(path)
-    if out.suffix.lower() not in suffixes:
-        raise ValueError(f"`{flag}` must end in {' or '.join(suffixes)}, but got {path!r}.")
-    folder = out.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder {str(folder)!r} does not exist; create it first.")
-    return out
-
-
 def run_draw(args: argparse.Namespace) -> int:
     """Draw the candidate of ``--seed`` to a PNG or PDF file."""
     from nas._atomic import save_figure
@@ -198,7 +190,7 @@ def run_draw(args: argparse.Namespace) -> int:
         raise ValueError(f"`--dpi` must be positive, but got {args.dpi}.")
     if args.out is None:
         raise ValueError("`--out` is required: the .png or .pdf file to write.")
-    out = _output_path(args.out)
+    out = output_file(args.out, flag="--out", suffixes=DRAW_FORMATS, kinds=("png", "pdf"))
     space = space_from_args(args, _load_data(args.dataset))
     cand = space.sample(args.seed)
     ax = draw_graph(cand.graph)
@@ -269,7 +261,10 @@ def run_train(args: argparse.Namespace) -> int:
         space = space_from_args(args, data)
         cand = space.sample(args.seed)
         graph, choices, source = cand.graph, cand.params, space.name
-    save = _output_path(args.save, suffixes=(".pt",), flag="--save") if args.save is not None else None
+    save = None
+    if args.save is not None:
+        save = output_file(args.save, flag="--save", suffixes=CHECKPOINT_SUFFIXES, kinds=("state_dict",),
+                           inputs={"--arch": args.arch})
     logger.info("training candidate %s of %s on %s", graph.key[:12], source, data.name)
     trained: list[Any] = []
     result = train_graph(graph, data, config, model_out=trained)

@@ -110,10 +110,10 @@ def _add_fit_ranker(subparsers: Any) -> None:
 def run_fit_ranker(args: argparse.Namespace) -> int:
     """Run ``nas fit-ranker``; prints a summary and returns the exit code."""
     from nas.cli.basic import flag_errors, space_from_args
-    from nas.cli.options import set_threads
+    from nas.cli.options import CHECKPOINT_SUFFIXES, output_file, set_threads
     from nas.data import load_dataset
     from nas.exceptions import CheckpointError
-    from nas.ghn import GHN, RankerConfig, ensure_ranker
+    from nas.ghn import GHN, RANKER_FORMAT, RankerConfig, ensure_ranker
 
     with flag_errors(args):
         for flag in ("ranker_labels", "ranker_k", "label_workers"):
@@ -126,6 +126,8 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
                               seed=args.seed)
     if not args.ghn.is_file():
         raise CheckpointError(f"GHN checkpoint {str(args.ghn)!r} does not exist (make one with `nas train-ghn`).")
+    output_file(args.out, flag="--out", suffixes=CHECKPOINT_SUFFIXES, kinds=(RANKER_FORMAT,),
+                inputs={"--ghn": args.ghn})
     set_threads(args.threads)
     with flag_errors(args, seed="--data-seed"):
         data = load_dataset(args.dataset, seed=args.data_seed)
@@ -151,9 +153,9 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
 def run_train_ghn(args: argparse.Namespace) -> int:
     """Run ``nas train-ghn``; prints a summary and returns the exit code."""
     from nas.cli.basic import flag_errors, space_from_args
-    from nas.cli.options import set_threads
+    from nas.cli.options import CHECKPOINT_SUFFIXES, output_file, set_threads
     from nas.data import load_dataset
-    from nas.ghn import GHNConfig, MetaTrainConfig, meta_train
+    from nas.ghn import GHN_FORMAT, GHNConfig, MetaTrainConfig, meta_train
 
     set_threads(args.threads)
     with flag_errors(args, steps="--ghn-steps"):  # the settings are checked before the dataset is loaded
@@ -169,6 +171,7 @@ def run_train_ghn(args: argparse.Namespace) -> int:
             amp=args.amp,
             seed=args.seed,
         )
+    output_file(args.out, flag="--out", suffixes=CHECKPOINT_SUFFIXES, kinds=(GHN_FORMAT,))
     with flag_errors(args, seed="--data-seed"):
         data = load_dataset(args.dataset, seed=args.data_seed)
     space = space_from_args(args, data)

@@ -7,7 +7,8 @@
 * :func:`parse_space_args`: ``--space-arg KEY=VALUE`` items into space settings;
 * :func:`add_space_arguments`, :func:`add_dataset_argument`, :func:`add_threads_argument`:
   the flags several subcommands take, with the same defaults everywhere;
-* :func:`set_threads`: apply ``--threads``.
+* :func:`set_threads`: apply ``--threads``;
+* :func:`output_file`: the guard every command runs on the file it writes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CHECKPOINT_SUFFIXES",
     "DEFAULT_DATASET",
     "DEFAULT_SPACE",
     "DEFAULT_THREADS",
@@ -28,6 +31,8 @@ __all__ = [
     "add_dataset_argument",
     "add_space_arguments",
     "add_threads_argument",
+    "file_kind",
+    "output_file",
     "parse_space_args",
     "parse_value",
     "set_threads",
@@ -189,3 +194,94 @@ def set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+#: Endings of the checkpoint files the commands write.
+CHECKPOINT_SUFFIXES = (".pt",)
+
+#: What each :func:`file_kind` is, in words.
+_KIND_NAMES = {"ghn-nas/ghn": "a GHN checkpoint", "ghn-nas/ranker": "a ranker checkpoint",
+               "state_dict": "a state_dict", "png": "a PNG image", "pdf": "a PDF file"}
+
+#: The first bytes of the figure formats the commands write.
+_MAGIC = {b"\x89PNG": "png", b"%PDF": "pdf"}
+
+
+def file_kind(path: str | Path) -> str:
+    """What an existing file holds, as far as a command writing artefacts cares.
+
+    Returns:
+        A checkpoint's ``format`` entry (``"ghn-nas/ghn"``, ``"ghn-nas/ranker"``),
+        ``"state_dict"`` for a plain dict of tensors, ``"png"`` / ``"pdf"`` for
+        figures, else ``"other"``.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(8)
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    if not head.startswith(b"PK"):  # torch.save files are zip archives
+        return "other"
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable archive is simply not ours
+        return "other"
+    if isinstance(payload, dict) and isinstance(payload.get("format"), str):
+        return payload["format"]
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return "state_dict"
+    return "other"
+
+
+def output_file(
+    path: str | Path,
+    *,
+    flag: str,
+    suffixes: Sequence[str],
+    kinds: Sequence[str],
+    inputs: Mapping[str, str | Path | None] | None = None,
+) -> Path:
+    """The file a command writes its artefact to, refused where writing it would lose work.
+
+    Every command that writes an artefact file runs this before any work: it
+    never overwrites one of its own inputs, nor an existing file of another
+    kind (a GHN checkpoint passed as a ranker's ``--out``, a CSV as a figure).
+    A file of the artefact's own kind may be replaced or resumed.
+
+    Args:
+        path: The path given with ``flag``.
+        flag: The flag, named in errors.
+        suffixes: Allowed endings (lower case, with the dot).
+        kinds: :func:`file_kind` values an existing file may have.
+        inputs: The command's input files by flag.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: A wrong ending, a folder, an input, or a file of another kind.
+        FileNotFoundError: The parent folder does not exist.
+    """
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"`{flag}` must end in {' or '.join(suffixes)}, but got {str(path)!r}.")
+    if out.is_dir():
+        raise ValueError(f"`{flag}` {str(path)!r} is a folder; name the file to write.")
+    for name, given in (inputs or {}).items():
+        if given is not None and Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
+            raise ValueError(f"`{flag}` {str(path)!r} is the input `{name}`; writing there would destroy it.")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist; create it first.")
+    if out.exists():
+        kind = file_kind(out) if out.is_file() else "special"
+        if kind not in kinds:
+            found = _KIND_NAMES.get(kind, "a file of another kind" if kind != "special" else "no regular file")
+            wanted = " or ".join(_KIND_NAMES.get(k, k) for k in kinds)
+            raise ValueError(
+                f"`{flag}` {str(path)!r} exists and is {found}, not {wanted}; it is not overwritten: "
+                "choose another path or delete it."
+            )
+    return out

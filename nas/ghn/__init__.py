@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+from nas.ghn._checkpoint import FORMAT as GHN_FORMAT
 from nas.ghn._checkpoint import read_checkpoint
 from nas.ghn._decoder import WeightDecoder
 from nas.ghn._default import RANKER_K, RANKER_LABELS, default_ghn_path, ensure_ghn, ensure_ranker, untrained_ghn
@@ -42,6 +43,7 @@ from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._predicted import calibrate_batch_norm
 from nas.ghn._protocol import Ranker
 from nas.ghn._ranker import (
+    RANKER_FORMAT,
     GHNRanker,
     RankerConfig,
     fit_ranker,
@@ -57,12 +59,14 @@ __all__ = [
     "GHN",
     "GHNConfig",
     "GHNRanker",
+    "GHN_FORMAT",
     "GatedDAGConv",
     "MetaTrainConfig",
     "NODE_FEATURES",
     "RankerConfig",
     "RankerEnsemble",
     "NodeEncoder",
+    "RANKER_FORMAT",
     "RANKER_K",
     "RANKER_LABELS",
     "Ranker",

@@ -173,6 +173,16 @@ def _folder_png(ctx: Ctx) -> str:
     return str(ctx.tmp / "cell.png")
 
 
+def _copy(source: Path, target: Path) -> str:
+    shutil.copy(source, target)
+    return str(target)
+
+
+def _fit_ranker(ctx: Ctx) -> list[str]:
+    return ["fit-ranker", "--space", TINY, "--dataset", "digits", "--ghn", str(ctx.ghn), "--ranker-labels", "4",
+            "--ranker-k", "1"]
+
+
 PG_UNREACHABLE = "postgresql://nas:hunter2secret@127.0.0.1:1/nas"
 
 CASES: list[Case] = [
@@ -249,8 +259,28 @@ CASES: list[Case] = [
     # -- output
     Case("out-under-a-regular-file", lambda c: c.search("--out", _under_a_file(c), study="o-file"), ("a-file",)),
     # draw writes atomically (a temporary file, then a rename), so a target that cannot be replaced fails cleanly
-    Case("draw-onto-a-folder", lambda c: ["draw", "--space", TINY, "--out", _folder_png(c)], ("is a directory",)),
+    Case("draw-onto-a-folder", lambda c: ["draw", "--space", TINY, "--out", _folder_png(c)], ("is a folder",)),
     Case("draw-unknown-suffix", lambda c: ["draw", "--space", TINY, "--out", str(c.tmp / "cell.txt")], ("cell.txt",)),
+    # -- outputs never overwrite an input or a file of another kind
+    Case("fit-ranker-out-is-its-ghn", lambda c: [*_fit_ranker(c), "--out", str(c.ghn)],
+         ("--out", "the input `--ghn`", "destroy")),
+    Case("fit-ranker-out-is-a-ghn", lambda c: [*_fit_ranker(c), "--out", _copy(c.ghn, c.tmp / "other_ghn.pt")],
+         ("other_ghn.pt", "is a GHN checkpoint, not a ranker checkpoint")),
+    Case("fit-ranker-out-is-a-csv", lambda c: [*_fit_ranker(c), "--out", _file(c, "table.csv", b"a,b\n1,2\n")],
+         ("--out", "must end in .pt", "table.csv")),
+    Case("train-ghn-out-is-another-file", lambda c: ["train-ghn", "--space", TINY, "--dataset", "digits", "--out",
+                                                     _file(c, "notes.pt", b"my notes"), "--ghn-steps", "2"],
+         ("notes.pt", "another kind", "not overwritten")),
+    Case("train-save-over-a-ghn", lambda c: ["train", "--space", TINY, "--dataset", "digits", "--epochs", "0.01",
+                                             "--save", str(c.ghn)], ("--save", "is a GHN checkpoint")),
+    Case("draw-over-a-non-image", lambda c: ["draw", "--space", TINY, "--out", _file(c, "cell.png", b"text")],
+         ("cell.png", "another kind")),
+    # -- storage URLs with awkward passwords: refused or masked whole
+    Case("storage-password-with-unescaped-at",
+         lambda c: c.search("--storage", "postgresql://nas:hunter2secret@x@127.0.0.1:1/nas"), ("unescaped '@'", "%40")),
+    Case("storage-password-with-slash",
+         lambda c: c.search("--storage", "postgresql://nas:hunter2secret/x@127.0.0.1:1/nas"),
+         ("nas:***@127.0.0.1:1",)),
 ]
 
 
