@@ -35,11 +35,13 @@ import importlib.util
 import logging
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FixedTrial
 
 from nas.exceptions import GraphError, SpaceError
@@ -68,12 +70,24 @@ class Candidate(NamedTuple):
     params: dict[str, Any]
 
 
+#: Types Optuna stores as categorical choices; any other choice is refused before it can reach a study.
+CHOICE_TYPES = (type(None), bool, int, float, str)
+
+
 class RandomTrial:
-    """A minimal trial that draws every choice uniformly at random.
+    """A minimal trial that draws every choice at random under Optuna's own law.
 
     It implements the part of :class:`optuna.trial.Trial` that search spaces
     use, without a study, so sampling costs microseconds. Asking the same name
-    twice returns the first answer, as Optuna does.
+    twice returns the first answer, as Optuna does. Values follow
+    :class:`optuna.samplers.RandomSampler`'s distribution exactly: a ``step``
+    grid ends at the last step inside ``[low, high]`` (Optuna's adjusted
+    ``high``), every grid point equally likely; ``log`` integers put mass
+    ``log((v + 0.5) / (v - 0.5))`` on ``v``; categorical choices are uniform.
+    Arguments Optuna refuses (``step`` with ``log``, ``low > high``, a
+    non-positive ``low`` with ``log``, choices other than None, bool, int,
+    float and str) raise :class:`~nas.exceptions.SpaceError` here, before any
+    study or one-time cost.
 
     Args:
         rng: A NumPy random generator or an integer seed.
@@ -87,6 +101,12 @@ class RandomTrial:
         if name not in self.params:
             if len(choices) == 0:
                 raise SpaceError(f"`choices` of {name!r} must not be empty.")
+            bad = [c for c in choices if not isinstance(c, CHOICE_TYPES) and not isinstance(c, np.generic)]
+            if bad:
+                raise SpaceError(
+                    f"suggest_categorical({name!r}): choice {bad[0]!r} is a {type(bad[0]).__name__}; Optuna stores "
+                    "only None, bool, int, float and str (choose an index or a string and map it in build())."
+                )
             value = choices[int(self.rng.integers(len(choices)))]
             self.params[name] = value.item() if isinstance(value, np.generic) else value
         return self.params[name]
@@ -95,29 +115,44 @@ class RandomTrial:
         if name not in self.params:
             if high < low:
                 raise SpaceError(f"suggest_int({name!r}): `high` {high} is below `low` {low}.")
+            dist = _distribution(name, "suggest_int", lambda: IntDistribution(low, high, step=step, log=log))
             if log:
-                value = int(round(math.exp(self.rng.uniform(math.log(low), math.log(high + 1)) - 1e-12)))
-                value = min(max(value, low), high)
+                draw = self.rng.uniform(math.log(dist.low - 0.5), math.log(dist.high + 0.5))
+                value = min(max(int(round(math.exp(draw))), dist.low), dist.high)
             else:
-                value = low + step * int(self.rng.integers((high - low) // step + 1))
-            self.params[name] = value
+                value = dist.low + dist.step * int(self.rng.integers((dist.high - dist.low) // dist.step + 1))
+            self.params[name] = int(value)
         return self.params[name]
 
     def suggest_float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float:
         if name not in self.params:
-            if log:
-                value = float(math.exp(self.rng.uniform(math.log(low), math.log(high))))
-            elif step is not None:
-                value = low + step * int(self.rng.integers(int(round((high - low) / step)) + 1))
+            dist = _distribution(name, "suggest_float", lambda: FloatDistribution(low, high, step=step, log=log))
+            if dist.low == dist.high:
+                value = float(dist.low)
+            elif log:
+                value = float(math.exp(self.rng.uniform(math.log(dist.low), math.log(dist.high))))
+            elif dist.step is not None:
+                points = int(round((dist.high - dist.low) / dist.step)) + 1  # dist.high is on the grid
+                value = float(dist.low + dist.step * int(self.rng.integers(points)))
             else:
-                value = float(self.rng.uniform(low, high))
+                value = float(self.rng.uniform(dist.low, dist.high))
             self.params[name] = value
         return self.params[name]
 
     def set_user_attr(self, key: str, value: Any) -> None:
         """Ignored: random sampling has no storage."""
+
+
+def _distribution(name: str, method: str, make: Callable[[], Any]) -> Any:
+    """Optuna's distribution for a suggestion (its checks and adjusted ``high``), errors as :class:`SpaceError`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's "high is replaced with ..." note: the law below follows it
+        try:
+            return make()
+        except ValueError as err:
+            raise SpaceError(f"{method}({name!r}): {err}") from None
 
 
 class SearchSpace(abc.ABC):
