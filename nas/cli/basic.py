@@ -172,9 +172,9 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"`-n` must be positive, but got {args.n}.")
     space = space_from_args(args, _load_data(args.dataset))
-    for cand in space.sample_many(args.n, seed=args.seed):
+    for cand in space.iter_samples(args.n, seed=args.seed):  # printed as drawn: a long run shows progress at once
         line = {"key": cand.graph.key, "params": cand.params, "graph": cand.graph.to_dict()}
-        print(json.dumps(line, sort_keys=False))
+        print(json.dumps(line, sort_keys=False), flush=True)
     return 0
 
 

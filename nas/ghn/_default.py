@@ -12,12 +12,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nas._cache import cache_dir
 from nas.exceptions import CheckpointError
 from nas.ghn._meta_train import MetaTrainConfig, meta_train
 from nas.ghn._model import GHN, GHNConfig
@@ -40,13 +40,6 @@ RANKER_K = 30
 logger = logging.getLogger(__name__)
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("NAS_CACHE_DIR"):
-        return Path(os.environ["NAS_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "ghn-nas"
-
-
 def default_ghn_path(space: SearchSpace | dict[str, Any], dataset_name: str) -> Path:
     """Path of the auto-trained default GHN for a space and a dataset.
 
@@ -67,7 +60,7 @@ def default_ghn_path(space: SearchSpace | dict[str, Any], dataset_name: str) -> 
         json.dumps({"space": info, "dataset": dataset_name}, sort_keys=True, default=str).encode()
     ).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{info.get('space', 'space')}-{dataset_name}").strip("_")
-    return _cache_dir() / f"ghn-{slug}-{digest}.pt"
+    return cache_dir() / f"ghn-{slug}-{digest}.pt"
 
 
 def ensure_ghn(
