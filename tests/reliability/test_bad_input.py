@@ -211,6 +211,8 @@ CASES: list[Case] = [
     Case("correlate-unknown-method", lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out",
                                                 str(c.tmp / "corr"), "--methods", "oracle"], ("oracle",)),
     Case("sample-n-zero", lambda c: ["sample", "--space", TINY, "-n", "0"], ("-n", "0")),
+    Case("sample-n-above-space-size", lambda c: ["sample", "--space", TINY, "-n", "1000000"],
+         ("1000000 distinct", "has only 6")),
     # -- datasets
     Case("unknown-dataset", lambda c: c.search("--dataset", "imagenet"), ("imagenet", "digits")),
     Case("dataset-folder-missing", lambda c: c.search("--dataset", f"mnist:{c.tmp / 'nowhere'}"),
