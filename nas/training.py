@@ -38,9 +38,20 @@ from nas.data import Dataset
 if TYPE_CHECKING:
     from nas.graph import ArchGraph
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "train", "train_graph"]
+__all__ = ["MAX_SEED", "TrainConfig", "TrainResult", "check_seed", "evaluate", "train", "train_graph"]
 
 logger = logging.getLogger(__name__)
+
+
+#: Largest seed: every seed of the package (torch, NumPy, Optuna's samplers) takes [0, MAX_SEED].
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(name: str, value: Any) -> int:
+    """``value`` if it is an int in ``[0, MAX_SEED]``, else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"`{name}` must be an integer in [0, {MAX_SEED}], but got {value!r}.")
+    return value
 
 
 def _cosine(optimizer: Optimizer, total_steps: int) -> LRScheduler:
@@ -118,6 +129,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"`{name}` must be an integer, but got {value!r}.")
+        check_seed("seed", self.seed)
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"`momentum` must be in [0, 1), but got {self.momentum!r}.")
         if not self.weight_decay >= 0.0:

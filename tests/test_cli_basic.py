@@ -18,7 +18,10 @@ MY_SPACE = f"{ROOT / 'examples' / 'my_space.py'}:MySpace"
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse refuses a flag's value while parsing
+        code = int(exit_.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -208,7 +211,7 @@ def test_train_arch_bad_input_is_one_line_exit_2(
         (["sample", "--space", "no/file.py:Space"], "space file 'no/file.py' does not exist"),
         (["sample", "-n", "0"], "`-n` must be positive, but got 0"),
         (["sample", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-        (["train", "--dataset", "digits", "--threads", "-1"], "`--threads` must be 0 or positive, but got -1"),
+        (["train", "--dataset", "digits", "--threads", "-1"], "argument --threads: must be 0 (torch's choice) or 1 to 1024, but got '-1'"),
         (["train", "--dataset", "digits", "--epochs", "0"], "`--epochs` must be positive, but got 0.0"),
         (["train", "--dataset", "digits", "--batch-size", "0"], "`--batch-size` must be positive, but got 0"),
         (["train", "--dataset", "digits", "--device", "bogus"], "`--device` is not a valid torch device: 'bogus'"),

@@ -76,7 +76,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--objectives", "acc"], "`--objectives` must be one of loss, loss,params, loss,flops"),
         (["--storage", "ftp://user:hunter2@host/x"], "unsupported scheme"),
         (["--space", "nosuchspace"], "unknown search space 'nosuchspace'"),
-        (["--threads", "-1"], "`--threads` must be 0 or positive, but got -1"),
+        (["--threads", "-1"], "argument --threads: must be 0 (torch's choice) or 1 to 1024, but got '-1'"),
         (["--grace-period", "1"], "`--grace-period` (1) must exceed `--heartbeat-interval` (30)"),
         (["--heartbeat-interval", "200"], "`--grace-period` (120) must exceed `--heartbeat-interval` (200)"),
         (["--device", "bogus"], "`--device` must be a torch device such as 'cpu' or 'cuda', but got 'bogus'"),

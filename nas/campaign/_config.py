@@ -28,6 +28,7 @@ from typing import Any
 from nas.campaign._finetune import FINETUNE_METRICS
 from nas.campaign._rank import OBJECTIVES, RANK_BY, SAMPLERS, resolve_objectives, resolve_rank_by
 from nas.campaign._report import PICKS
+from nas.training import check_seed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -199,7 +200,7 @@ class CampaignConfig:
             raise ValueError(f"`space_args` must be a dict of settings by name, but got {self.space_args!r}.")
         set_(self, "space_args", dict(self.space_args))
         _string("dataset", self.dataset)
-        _int("data_seed", self.data_seed)
+        check_seed("data_seed", self.data_seed)
         _optional_path("ghn", self.ghn)
         if self.ghn is not None:
             set_(self, "ghn", str(self.ghn))
@@ -264,7 +265,7 @@ class CampaignConfig:
         if self.out is None:
             raise ValueError("`out` must be a folder path, but got None.")
         set_(self, "out", str(self.out))
-        _int("seed", self.seed)
+        check_seed("seed", self.seed)
         _string("device", self.device)
         if not isinstance(self.progress, bool):
             raise ValueError(f"`progress` must be true or false, but got {self.progress!r}.")

@@ -39,6 +39,7 @@ from nas.cli.options import (
     add_threads_argument,
     output_file,
     parse_space_args,
+    seed_value,
     set_threads,
 )
 from nas.graph import ArchGraph
@@ -320,13 +321,13 @@ def add_parsers(subparsers: Any) -> None:
     add_space_arguments(p)
     add_dataset_argument(p, help=shape_help)
     p.add_argument("-n", type=int, default=1, help="number of distinct candidates (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="random seed (default 0)")
     p.set_defaults(func=run_sample)
 
     p = subparsers.add_parser("draw", help="draw one candidate's graph", description=run_draw.__doc__)
     add_space_arguments(p)
     add_dataset_argument(p, help=shape_help)
-    p.add_argument("--seed", type=int, default=0, help="random seed of the candidate (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="random seed of the candidate (default 0)")
     p.add_argument("--out", default=None, metavar="FILE", help="output file, .png or .pdf (required)")
     for old in ("-o", "--output"):
         p.add_argument(old, dest="out", action=DeprecatedAlias, new="--out", help=argparse.SUPPRESS)
@@ -340,8 +341,8 @@ def add_parsers(subparsers: Any) -> None:
                    help="train this architecture instead of a sampled one: a campaign's best.json, a saved "
                         "line of `nas sample`, or a graph's JSON")
     p.add_argument("--save", default=None, metavar="PATH", help="write the trained state_dict here (.pt)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the candidate and of training (default 0)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the candidate and of training (default 0)")
+    p.add_argument("--data-seed", type=seed_value, default=0, help="seed of the dataset split (default 0)")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
     p.add_argument("--epochs", type=float, default=3, help="training epochs (default 3)")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")

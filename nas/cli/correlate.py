@@ -35,6 +35,7 @@ from nas.cli.options import (
     add_space_arguments,
     add_threads_argument,
     parse_space_args,
+    seed_value,
     set_threads,
 )
 
@@ -76,7 +77,7 @@ def add_parsers(subparsers: Any) -> None:
                    help="architectures labelled for the ranker (default: nas search's, %d)" % _default_recipe().labels)
     p.add_argument("--ranker-k", type=int, default=None,
                    help="SGD steps per ranker label (default: nas search's, %d)" % _default_recipe().k)
-    p.add_argument("--label-seed", type=int, default=1,
+    p.add_argument("--label-seed", type=seed_value, default=1,
                    help="seed of the ranker's label sample and trainings (default %(default)s)")
     p.add_argument(
         "--methods", default=None,
@@ -87,9 +88,8 @@ def add_parsers(subparsers: Any) -> None:
         "--workers", type=int, default=1, help="parallel processes training the ground truth (default %(default)s)"
     )
     p.add_argument("--device", default="cpu", help="torch device to train and score on (default %(default)s)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the candidate sample, scorers and bootstrap (default %(default)s)"
-    )
+    p.add_argument("--seed", type=seed_value, default=0,
+                   help="seed of the candidate sample, scorers and bootstrap (default %(default)s)")
     p.add_argument("--cache", type=Path, default=None, help="ground-truth cache file (default OUT/ground_truth.sqlite)")
     p.add_argument(
         "--batch-size", type=int, default=64, help="minibatch size of the zero-cost proxies (default %(default)s)"

@@ -25,7 +25,13 @@ __all__ = ["add_parsers", "run_fit_ranker", "run_train_ghn"]
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``train-ghn`` and ``fit-ranker``."""
-    from nas.cli.options import DeprecatedAlias, add_dataset_argument, add_space_arguments, add_threads_argument
+    from nas.cli.options import (
+        DeprecatedAlias,
+        add_dataset_argument,
+        add_space_arguments,
+        add_threads_argument,
+        seed_value,
+    )
     from nas.ghn import GHNConfig, MetaTrainConfig
 
     mt, gc = MetaTrainConfig(), GHNConfig()
@@ -60,8 +66,8 @@ def add_parsers(subparsers: Any) -> None:
         help=f"held-out architectures (default {mt.num_held_out})",
     )
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast precision (GPU)")
-    p.add_argument("--seed", type=int, default=mt.seed, help=f"seed (default {mt.seed})")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default 0)")
+    p.add_argument("--seed", type=seed_value, default=mt.seed, help=f"seed (default {mt.seed})")
+    p.add_argument("--data-seed", type=seed_value, default=0, help="seed of the dataset split (default 0)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_threads_argument(p)
@@ -70,7 +76,13 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def _add_fit_ranker(subparsers: Any) -> None:
-    from nas.cli.options import DeprecatedAlias, add_dataset_argument, add_space_arguments, add_threads_argument
+    from nas.cli.options import (
+        DeprecatedAlias,
+        add_dataset_argument,
+        add_space_arguments,
+        add_threads_argument,
+        seed_value,
+    )
     from nas.ghn import RANKER_K, RANKER_LABELS, RankerConfig
 
     rc = RankerConfig()
@@ -99,8 +111,8 @@ def _add_fit_ranker(subparsers: Any) -> None:
                    help=f"weight of the log-FLOPs prior in the rank score (default {rc.flops_weight})")
     p.add_argument("--ensemble", type=int, default=rc.ensemble, help=f"members averaged (default {rc.ensemble})")
     p.add_argument("--epochs", type=int, default=rc.epochs, help=f"fitting epochs per member (default {rc.epochs})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the labels and the fit (default 0)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the labels and the fit (default 0)")
+    p.add_argument("--data-seed", type=seed_value, default=0, help="seed of the dataset split (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

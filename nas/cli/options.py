@@ -31,6 +31,8 @@ __all__ = [
     "add_dataset_argument",
     "add_space_arguments",
     "add_threads_argument",
+    "seed_value",
+    "threads_value",
     "file_kind",
     "output_file",
     "parse_space_args",
@@ -175,7 +177,7 @@ def add_dataset_argument(parser: argparse.ArgumentParser | Any, *, default: Any 
 def add_threads_argument(parser: argparse.ArgumentParser | Any) -> None:
     """Add ``--threads`` (the same default in every subcommand)."""
     parser.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+        "--threads", type=threads_value, default=DEFAULT_THREADS, metavar="N",
         help=f"torch CPU threads of this process (default {DEFAULT_THREADS}; 0: torch's, one per core; on a busy "
         "machine more threads than free cores can run 20x slower)",
     )
@@ -285,3 +287,34 @@ def output_file(
                 "choose another path or delete it."
             )
     return out
+
+
+def seed_value(text: str) -> int:
+    """The ``type`` of every seed flag: an integer in ``[0, nas.training.MAX_SEED]``.
+
+    argparse names the flag in the error (``argument --seed: must be ...``).
+    """
+    from nas.training import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], but got {text!r}")
+    return value
+
+
+#: Most torch threads ``--threads`` accepts (far above any machine's cores; torch fails beyond some limit).
+MAX_THREADS = 1024
+
+
+def threads_value(text: str) -> int:
+    """The ``type`` of ``--threads``: 0 (torch's choice) or 1 to :data:`MAX_THREADS`."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be 0 (torch's choice) or 1 to {MAX_THREADS}, but got {text!r}")
+    return value
