@@ -207,6 +207,8 @@ class SearchSpace(abc.ABC):
             raise
         except Exception as err:  # a user's build() raising is a space error, named as such
             raise SpaceError(f"search space {self.name!r} build() raised {type(err).__name__}: {err}") from err
+        except SystemExit as err:  # sys.exit() inside build() must not end the run as a success
+            raise SpaceError(f"search space {self.name!r} build() called sys.exit({err.code!r})") from None
         if not isinstance(graph, ArchGraph):
             raise SpaceError(
                 f"search space {self.name!r} build() must return an ArchGraph, but returned {type(graph).__name__}."

@@ -34,6 +34,18 @@ class TinySpace(SearchSpace):
         return 6
 
 
+class ExitingSpace(SearchSpace):
+    """A space whose ``build`` calls ``sys.exit(0)``."""
+
+    name = "exiting"
+
+    def build(self, trial: Any) -> ArchGraph:
+        import sys
+
+        trial.suggest_categorical("width", [2, 4])
+        sys.exit(0)
+
+
 class RaisingSpace(SearchSpace):
     """A space whose ``build`` fails with a bug of the user's."""
 
