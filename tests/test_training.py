@@ -369,3 +369,17 @@ def test_train_graph_hands_back_the_trained_network(digits: Dataset) -> None:
     (model,) = trained
     _, acc = evaluate(model, digits.x_val, digits.y_val)
     assert acc == pytest.approx(result.val_acc, abs=1e-6)
+
+
+def test_train_graph_does_not_log_metrics_of_a_cut_split(digits: Dataset, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from nas.training import train_graph
+
+    graph = _a_graph(digits)
+    with caplog.at_level(logging.INFO, logger="nas.training"):
+        train_graph(graph, digits, TrainConfig(steps=3), evaluate_on=())
+        assert not [r for r in caplog.records if "val acc" in r.getMessage()]
+        train_graph(graph, digits, TrainConfig(steps=3))
+        assert [r for r in caplog.records if "val acc" in r.getMessage()]
+        assert logging.getLogger("nas.training").level == logging.INFO  # the caller's level is back

@@ -481,16 +481,8 @@ def _short_training_loss(args: tuple[str, Any, int, int]) -> tuple[float, float]
 
     graph = ArchGraph.from_json(graph_json)
     config = TrainConfig(steps=k, schedule="constant", seed=seed, progress=False)
-    # The trainer logs the accuracy on the one kept image, which means nothing
-    # here; the label progress bar reports these runs.
-    trainer_log = logging.getLogger("nas.training")
-    level = trainer_log.level
-    trainer_log.setLevel(logging.WARNING)
     start = time.perf_counter()
-    try:
-        result = train_graph(graph, data, config, evaluate_on=())
-    finally:
-        trainer_log.setLevel(level)
+    result = train_graph(graph, data, config, evaluate_on=())
     seconds = time.perf_counter() - start
     return (math.nan if result.failed else float(sum(result.train_losses))), seconds
 
