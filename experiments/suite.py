@@ -5,9 +5,10 @@ else, each trained with 2 seeds for 3 epochs (the ground truth, cached in
 ``experiments/results/<pair>/ground_truth.sqlite``); the noise ceiling (seed 0
 against seed 1); every baseline of ``nas correlate``; the GHN's predicted-weight
 loss (``ghn_plain``, a GHN meta-trained with the candidates held out); and the
-campaign's ranker at 100, 300 and 700 labels of 30 SGD steps, fitted from the
-GHN's weights and from random weights (``_scratch``), with and without the
-FLOPs prior, beside a ridge regression on op counts fitted on the same labels.
+campaign's ranker (``ghn``: fitted from random weights) at 100, 300 and 700
+labels of 30 SGD steps, the same fitted from the GHN's weights (``ghn_meta``),
+each with and without the FLOPs prior, beside a ridge regression on op counts
+fitted on the same labels.
 The rankers at ``Protocol.few`` labels are fitted on 3 label seeds, for the paired
 bootstrap that settles what GHN initialisation adds.
 
@@ -135,13 +136,13 @@ def _ranker_rows(pair: Pair, proto: Protocol) -> list[tuple[str, list[str], Labe
     first = pair.label_seeds[0]
     rows: list[tuple[str, list[str], LabelRecipe]] = []
     for n in proto.label_counts:
-        methods = ["ghn", "ghn_noprior", "ghn_scratch", "ghn_scratch_noprior", "opcount_ranker",
+        methods = ["ghn", "ghn_noprior", "ghn_meta", "ghn_meta_noprior", "opcount_ranker",
                    "opcount_ranker_flops"]
         if n != proto.default_labels:
-            methods = ["ghn", "ghn_scratch", "opcount_ranker_flops"]
+            methods = ["ghn", "ghn_meta", "opcount_ranker_flops"]
         rows.append((_suffix(n, proto), methods, LabelRecipe(labels=n, k=RANKER_K, seed=first)))
     for s in pair.label_seeds[1:]:
-        rows.append((f"_n{proto.few}_s{s}", ["ghn", "ghn_scratch"], LabelRecipe(labels=proto.few, k=RANKER_K, seed=s)))
+        rows.append((f"_n{proto.few}_s{s}", ["ghn", "ghn_meta"], LabelRecipe(labels=proto.few, k=RANKER_K, seed=s)))
     return rows
 
 
@@ -261,7 +262,7 @@ def _ghn_role(pair: Pair, frame: pd.DataFrame, proto: Protocol) -> pd.DataFrame:
         return ranking_scores(valid[f"score_{name}"].to_numpy(dtype=np.float64))
 
     rows = []
-    few_a, few_b = _few_names(pair, "ghn", proto), _few_names(pair, "ghn_scratch", proto)
+    few_a, few_b = _few_names(pair, "ghn_meta", proto), _few_names(pair, "ghn", proto)
     present = [(a, b) for a, b in zip(few_a, few_b) if f"score_{a}" in valid and f"score_{b}" in valid]
     if present:
         est = kendall_difference([scores(a) for a, _ in present], [scores(b) for _, b in present], truth)
@@ -269,7 +270,7 @@ def _ghn_role(pair: Pair, frame: pd.DataFrame, proto: Protocol) -> pd.DataFrame:
     for n in proto.label_counts:
         if n == proto.few:
             continue
-        a, b = f"ghn{_suffix(n, proto)}", f"ghn_scratch{_suffix(n, proto)}"
+        a, b = f"ghn_meta{_suffix(n, proto)}", f"ghn{_suffix(n, proto)}"
         if f"score_{a}" in valid and f"score_{b}" in valid:
             est = kendall_difference([scores(a)], [scores(b)], truth)
             rows.append({"pair": pair.name, "labels": n, "label_seeds": 1, **est._asdict()})
@@ -279,7 +280,7 @@ def _ghn_role(pair: Pair, frame: pd.DataFrame, proto: Protocol) -> pd.DataFrame:
 # --------------------------------------------------------------------------- report
 
 #: Methods shown in the suite's figure and short table.
-HEADLINE = ["ghn", "ghn_scratch", "ghn_n100", "ghn_scratch_n100", "opcount_ranker_flops", "ghn_plain",
+HEADLINE = ["ghn", "ghn_meta", "ghn_n100", "ghn_meta_n100", "opcount_ranker_flops", "ghn_plain",
             "short_training", "flops", "best_zero_cost"]
 
 

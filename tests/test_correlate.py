@@ -196,14 +196,14 @@ def test_cli_end_to_end_with_a_tiny_ghn(
     argv = [
         "correlate", "--space", f"{space_file}:Tiny", "--dataset", "digits", "--max-train", str(MAX_TRAIN),
         "--archs", str(ARCHS), "--epochs", str(EPOCHS), "--train-seeds", str(SEEDS), "--out", str(out),
-        "--methods", "ghn,ghn_plain,ghn_scratch,opcount_ranker_flops,params,synflow", "--ghn", str(ckpt),
+        "--methods", "ghn,ghn_plain,ghn_meta,opcount_ranker_flops,params,synflow", "--ghn", str(ckpt),
         "--ranker-labels", "5", "--ranker-k", "3", "--no-progress",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "noise ceiling" in printed and "synflow" in printed and "ranker: 5 labels of 3 SGD steps" in printed
     summary = json.loads((out / "summary.json").read_text())
-    for method in ("ghn", "ghn_plain", "ghn_scratch", "opcount_ranker_flops"):
+    for method in ("ghn", "ghn_plain", "ghn_meta", "opcount_ranker_flops"):
         assert math.isfinite(summary["methods"][method]["kendall"])
         assert summary["methods"][method]["seconds_per_candidate"] > 0
     # The campaign's ranker: labels of other architectures of the space, its cost recorded.
@@ -212,8 +212,8 @@ def test_cli_end_to_end_with_a_tiny_ghn(
     assert ranker["label_seconds"] > 0 and ranker["label_seconds_estimated"] == 0
     assert set(ranker["fit_seconds"]) == {"ghn", "scratch", "opcount"}
     once = ranker["one_time_seconds"]
-    assert once["ghn_scratch"] == pytest.approx(ranker["label_seconds"] + ranker["fit_seconds"]["scratch"])
-    assert once["ghn"] is None  # the given GHN's meta-training time is unknown (no training state)
+    assert once["ghn"] == pytest.approx(ranker["label_seconds"] + ranker["fit_seconds"]["scratch"])
+    assert once["ghn_meta"] is None  # the given GHN's meta-training time is unknown (no training state)
     labels = pd.read_csv(out / "ranker_labels_k3_s1.csv")
     assert len(labels) == 5 and not set(labels["key"]) & set(pd.read_csv(out / "candidates.csv")["key"])
     for name in ("method_bars", "score_vs_truth_ghn", "score_vs_truth_synflow"):
@@ -229,6 +229,30 @@ def test_cli_end_to_end_with_a_tiny_ghn(
     assert main([*argv, "--no-figures"]) == 0
     assert trained == []
     assert pd.read_csv(out / "candidates.csv")["score_ghn"].tolist() == pytest.approx(scores.tolist())
+
+
+def test_cli_ranks_by_the_campaigns_ranker_without_meta_training(
+    space_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Method ``ghn`` (the campaign's ranker, from random weights) needs no meta-trained GHN; ``ghn_meta`` does."""
+    from nas.cli import correlate as cli_correlate
+
+    def no_meta_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("meta-trained a GHN")
+
+    monkeypatch.setattr(cli_correlate, "_default_ghn", no_meta_training)
+    out = tmp_path / "out"
+    argv = [
+        "correlate", "--space", f"{space_file}:Tiny", "--dataset", "digits", "--max-train", str(MAX_TRAIN),
+        "--archs", str(ARCHS), "--epochs", str(EPOCHS), "--train-seeds", str(SEEDS), "--out", str(out),
+        "--ranker-labels", "5", "--ranker-k", "3", "--no-progress", "--no-figures",
+    ]
+    assert main([*argv, "--methods", "ghn,params"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert math.isfinite(summary["methods"]["ghn"]["kendall"])
+    assert set(summary["ranker"]["fit_seconds"]) == {"scratch"}
+    with pytest.raises(AssertionError, match="meta-trained a GHN"):
+        main([*argv, "--methods", "ghn_meta"])
 
 
 def test_cli_rejects_bad_methods(space_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

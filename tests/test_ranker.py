@@ -355,6 +355,15 @@ def test_fit_ranker_cli_writes_a_ranker_that_search_can_load(
     ranker = GHNRanker.load(out)
     ranker.check_compatible(space)
     assert ranker.label_info["k"] == 2 and len(ranker.members) == 1
+    assert ranker.config.pretrained is False  # the GHN gives its settings, not its weights
+
+    # Without --ghn: the default settings; nothing meta-trained is needed.
+    bare = tmp_path / "bare.pt"
+    assert main([*argv[:argv.index("--ghn")], *argv[argv.index("--ghn") + 2:argv.index("--out") + 1], str(bare),
+                 *argv[argv.index("--out") + 2:]]) == 0
+    ranker = GHNRanker.load(bare)
+    ranker.check_compatible(space)
+    assert ranker.label_info["labelled"] == 5
 
 
 @pytest.mark.parametrize(

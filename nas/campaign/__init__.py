@@ -4,9 +4,10 @@ A campaign is two Optuna studies in one storage:
 
 1. ``<study>-rank``: an Optuna sampler (TPE by default) proposes candidates
    through the search space and each gets a rank score (``nas.campaign._rank``):
-   by default the short-training loss that a :class:`nas.ghn.GHNRanker` (the
-   GHN's graph network fine-tuned on a few hundred short trainings) predicts
-   from the graph alone (``rank_by="ranker"``), or the validation loss of the
+   by default the short-training loss that a :class:`nas.ghn.GHNRanker` (a
+   graph network of the GHN's design fitted from random weights to a few
+   hundred short trainings) predicts from the graph alone
+   (``rank_by="ranker"``), or the validation loss of the
    GHN-predicted weights (``rank_by="loss"``).
 2. ``<study>-finetune``: the top-k distinct candidates are enqueued once and
    fine-tuned from their GHN-predicted weights by any number of workers

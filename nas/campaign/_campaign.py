@@ -182,8 +182,10 @@ class Campaign:
     Without a given ranker, one is fitted once per campaign into
     ``<out>/ranker.pt``: ``ranker_labels`` architectures sampled from the space
     (never the self-check's) are trained for ``ranker_k`` steps
-    (``<out>/ranker_labels.csv``, resumable), then the GHN's graph network is
-    fine-tuned on those labels. With ``rank_by="loss"`` the score is the
+    (``<out>/ranker_labels.csv``, resumable), then a graph network of the
+    GHN's design is fitted to those labels from random weights, so ranking
+    waits for no meta-training (the GHN is meta-trained when fine-tuning first
+    needs its predicted weights). With ``rank_by="loss"`` the score is the
     validation loss of the GHN-predicted weights. Candidates are scored in
     batches, and a candidate seen before (same canonical key) reuses its
     stored score. With two objectives, the second (parameters or FLOPs) is

@@ -9,13 +9,15 @@ every method, prints the summary table and writes ``candidates.csv``,
 ``summary.csv``, ``summary.json`` and ``figures/`` to ``OUT``.
 
 Method ``ghn`` is the score ``nas search`` ranks by with its defaults: the
-ranker fitted on ``--ranker-labels`` architectures of the space trained for
-``--ranker-k`` SGD steps (never the evaluated candidates; labels cached in
-``OUT/ranker_labels_k<K>_s<SEED>.csv`` and rankers in ``OUT/rankers/``, so a
-rerun resumes), plus its FLOPs prior. ``ghn_plain`` is the validation loss of
-the GHN's predicted weights. The ranker's ablations (``ghn_noprior``,
-``ghn_scratch``, ``ghn_scratch_noprior``, ``opcount_ranker``,
-``opcount_ranker_flops``) run when named in ``--methods``. Without ``--ghn`` a
+graph network fitted from random weights on ``--ranker-labels`` architectures
+of the space trained for ``--ranker-k`` SGD steps (never the evaluated
+candidates; labels cached in ``OUT/ranker_labels_k<K>_s<SEED>.csv`` and
+rankers in ``OUT/rankers/``, so a rerun resumes), plus its FLOPs prior; it
+needs no meta-trained GHN. ``ghn_plain`` is the validation loss of the GHN's
+predicted weights. The ranker's ablations (``ghn_noprior``, ``ghn_meta``
+and ``ghn_meta_noprior`` from the meta-trained GHN's weights,
+``opcount_ranker``, ``opcount_ranker_flops``) run when named in
+``--methods``. For ``ghn_plain`` and ``ghn_meta*`` without ``--ghn`` a
 default GHN is meta-trained (or reused) at ``OUT/ghn.pt`` with the evaluated
 candidates held out of meta-training. ``summary.json`` records the label
 count, their SGD steps and the one-time CPU-seconds under ``ranker``.
@@ -66,8 +68,8 @@ def add_parsers(subparsers: Any) -> None:
                    help=argparse.SUPPRESS)
     p.add_argument(
         "--ghn", type=Path, default=None,
-        help="GHN checkpoint: the rankers' start and method 'ghn_plain' (default: meta-train, or reuse, "
-        "OUT/ghn.pt with the evaluated candidates held out)",
+        help="GHN checkpoint for method 'ghn_plain' and the start of the 'ghn_meta' rankers (default: meta-train, "
+        "or reuse, OUT/ghn.pt with the evaluated candidates held out)",
     )
     p.add_argument("--ghn-plain", type=Path, default=None,
                    help="another GHN checkpoint for method 'ghn_plain' (default: the --ghn one)")
@@ -82,7 +84,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument(
         "--methods", default=None,
         help="comma-separated method names (default: ghn, ghn_plain and every baseline; ranker ablations: "
-        "ghn_noprior, ghn_scratch, ghn_scratch_noprior, opcount_ranker, opcount_ranker_flops)",
+        "ghn_noprior, ghn_meta, ghn_meta_noprior, opcount_ranker, opcount_ranker_flops)",
     )
     p.add_argument(
         "--workers", type=int, default=1, help="parallel processes training the ground truth (default %(default)s)"
@@ -205,9 +207,10 @@ def run_correlate(args: argparse.Namespace) -> int:
 
         ranker = GHNRanker.load(args.ranker, map_location=args.device)
         ranker.check_compatible(space, source=args.ranker)
-    fits = {RANKER_METHODS[m][0] for m in ranker_rows} - ({"ghn"} if ranker is not None else set())
+    # Only the ghn_meta rows and ghn_plain need a meta-trained GHN; the campaign's ranker does not.
+    meta_rows = [m for m in ranker_rows if RANKER_METHODS[m][0] == "ghn"]
     ghn = None
-    if fits or ("ghn_plain" in methods and args.ghn_plain is None):
+    if meta_rows or ("ghn_plain" in methods and args.ghn_plain is None):
         if args.ghn is not None:
             ghn = _load_ghn(args.ghn, space, data.name, args.device)
         else:

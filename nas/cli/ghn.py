@@ -88,15 +88,17 @@ def _add_fit_ranker(subparsers: Any) -> None:
     rc = RankerConfig()
     p = subparsers.add_parser(
         "fit-ranker",
-        help="label architectures by short training and fit the GHN ranker",
+        help="label architectures by short training and fit the ranker",
         description="Train --ranker-labels architectures of the space for --ranker-k SGD steps each (their training-speed "
-        "estimate, TSE), then fine-tune the GHN's graph network to predict it from the graph. Finished labels "
-        "go to OUT's *_labels.csv as they come, so running the command again resumes. The ranker is what "
-        "`nas search --ranker OUT` ranks by.",
+        "estimate, TSE), then fit a graph network (the GHN's, from random weights) to predict it from the graph. "
+        "Finished labels go to OUT's *_labels.csv as they come, so running the command again resumes. The ranker "
+        "is what `nas search --ranker OUT` ranks by. No meta-trained GHN is needed.",
     )
     add_space_arguments(p)
     add_dataset_argument(p)
-    p.add_argument("--ghn", type=Path, required=True, metavar="PATH", help="meta-trained GHN checkpoint")
+    p.add_argument("--ghn", type=Path, default=None, metavar="PATH",
+                   help="a GHN checkpoint whose graph-network settings the ranker takes (default: the default "
+                   "settings); its weights are not used: in the ranking suite they did not help the ranker")
     p.add_argument("--out", type=Path, required=True, help="ranker checkpoint to write (reused when it exists)")
     p.add_argument("--ranker-labels", type=int, default=RANKER_LABELS, metavar="N",
                    help=f"architectures to label (default {RANKER_LABELS})")
@@ -125,7 +127,7 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     from nas.cli.options import CHECKPOINT_SUFFIXES, output_file, set_threads
     from nas.data import load_dataset
     from nas.exceptions import CheckpointError
-    from nas.ghn import GHN, RANKER_FORMAT, RankerConfig, ensure_ranker
+    from nas.ghn import GHN, RANKER_FORMAT, RankerConfig, ensure_ranker, untrained_ghn
 
     with flag_errors(args):
         for flag in ("ranker_labels", "ranker_k", "label_workers"):
@@ -136,7 +138,7 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
             raise ValueError(f"`ranker_labels` must be at least 4, but got {args.ranker_labels}.")
         config = RankerConfig(flops_weight=args.flops_weight, ensemble=args.ensemble, epochs=args.epochs,
                               seed=args.seed)
-    if not args.ghn.is_file():
+    if args.ghn is not None and not args.ghn.is_file():
         raise CheckpointError(f"GHN checkpoint {str(args.ghn)!r} does not exist (make one with `nas train-ghn`).")
     output_file(args.out, flag="--out", suffixes=CHECKPOINT_SUFFIXES, kinds=(RANKER_FORMAT,),
                 inputs={"--ghn": args.ghn})
@@ -144,8 +146,11 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     with flag_errors(args, seed="--data-seed"):
         data = load_dataset(args.dataset, seed=args.data_seed)
     space = space_from_args(args, data)
-    ghn = GHN.load(args.ghn, map_location=args.device)
-    ghn.check_compatible(space)
+    if args.ghn is not None:
+        ghn = GHN.load(args.ghn, map_location=args.device)
+        ghn.check_compatible(space)
+    else:
+        ghn = untrained_ghn(space, data, device=args.device)  # the settings only: the ranker starts from random weights
     start = time.perf_counter()
     ranker = ensure_ranker(
         space, data, ghn, path=args.out, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, seed=args.seed,

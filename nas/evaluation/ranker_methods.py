@@ -8,13 +8,18 @@ space *excluding* the evaluated candidates, and the ablations that say what
 each part contributes. Each is one row of a correlation run:
 
 ============================  ==============================================================
-``ghn``                       the ranker from the GHN's weights + FLOPs prior (the campaign)
+``ghn``                       the ranker fitted from random weights + FLOPs prior (the campaign)
 ``ghn_noprior``               the same ranker without the prior
-``ghn_scratch``               the same network fitted from random weights + prior
-``ghn_scratch_noprior``       from random weights, without the prior
+``ghn_meta``                  the same network fitted from the meta-trained GHN's weights + prior
+``ghn_meta_noprior``          from the GHN's weights, without the prior
 ``opcount_ranker``            ridge regression on op counts, same labels, no prior
 ``opcount_ranker_flops``      the same with the prior
 ============================  ==============================================================
+
+Only the ``ghn_meta`` rows need a meta-trained GHN; the ranker the campaign
+uses starts from random weights (:class:`nas.ghn.RankerConfig`'s
+``pretrained=False``), because GHN initialisation did not lift it in the
+ranking suite (``experiments/results/suite/RESULTS.md``).
 
 Labels are appended to ``OUT/ranker_labels_k<k>_s<seed>.csv`` as they finish
 and fitted rankers saved under ``OUT/rankers/``, so a rerun trains nothing twice;
@@ -22,7 +27,7 @@ a larger label count reuses the smaller one's labels (the sample is nested).
 :class:`RankerCost` says what the one-time work cost.
 
 Example:
-    >>> scorers, cost = ranker_methods(space, data, ghn=ghn, methods=["ghn", "ghn_scratch"],
+    >>> scorers, cost = ranker_methods(space, data, ghn=ghn, methods=["ghn", "ghn_meta"],
     ...                                out="runs/corr", exclude=[g.key for g in graphs])  # doctest: +SKIP
 """
 
@@ -42,19 +47,23 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["RANKER_METHODS", "LabelRecipe", "RankerCost", "ranker_methods"]
+__all__ = ["DEFAULT_KIND", "RANKER_METHODS", "LabelRecipe", "RankerCost", "ranker_methods"]
 
 logger = logging.getLogger(__name__)
 
-#: Method name -> (what is fitted: ``"ghn"``, ``"scratch"`` or ``"opcount"``, with the FLOPs prior).
+#: Method name -> (what is fitted, with the FLOPs prior). Kinds: ``"scratch"`` (the graph network from
+#: random weights: the campaign's ranker), ``"ghn"`` (from the meta-trained GHN's weights), ``"opcount"``.
 RANKER_METHODS: dict[str, tuple[str, bool]] = {
-    "ghn": ("ghn", True),
-    "ghn_noprior": ("ghn", False),
-    "ghn_scratch": ("scratch", True),
-    "ghn_scratch_noprior": ("scratch", False),
+    "ghn": ("scratch", True),
+    "ghn_noprior": ("scratch", False),
+    "ghn_meta": ("ghn", True),
+    "ghn_meta_noprior": ("ghn", False),
     "opcount_ranker": ("opcount", False),
     "opcount_ranker_flops": ("opcount", True),
 }
+
+#: The kind of the ``ghn`` row: what :class:`nas.ghn.RankerConfig` fits by default.
+DEFAULT_KIND = RANKER_METHODS["ghn"][0]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,7 +106,7 @@ class RankerCost:
         label_seconds: Training time of the labels used (from the label cache).
         label_seconds_estimated: Labels whose time was not recorded and counted at the mean.
         fit_seconds: Fitting time per fitted kind (``"ghn"``, ``"scratch"``, ``"opcount"``).
-        ghn_seconds: Meta-training time of the GHN the ``ghn`` ranker starts from
+        ghn_seconds: Meta-training time of the GHN the ``ghn_meta`` rankers start from
             (``None`` when not recorded or not needed).
     """
 
@@ -111,7 +120,7 @@ class RankerCost:
     ghn_seconds: float | None = None
 
     def one_time_seconds(self, method: str) -> float:
-        """Labels + fit (+ GHN meta-training for ``ghn`` rows): what ``method`` costs before it ranks."""
+        """Labels + fit (+ GHN meta-training for ``ghn_meta`` rows): what ``method`` costs before it ranks."""
         kind, _ = RANKER_METHODS[method]
         total = self.label_seconds + self.fit_seconds.get(kind, math.nan)
         if kind == "ghn":
@@ -184,14 +193,15 @@ def ranker_methods(
     Args:
         space: The search space.
         data: The dataset (its training split trains the labels).
-        ghn: A meta-trained GHN: the start of the ``ghn`` rankers, and the graph
-            conversion and settings of every ranker (its weights unused for ``scratch``).
+        ghn: A meta-trained GHN: the start of the ``ghn_meta`` rankers. ``None``
+            when no ``ghn_meta`` row is asked for: the other rankers take the graph
+            conversion and settings of :func:`nas.ghn.untrained_ghn`.
         methods: Names from :data:`RANKER_METHODS`.
         out: Folder of the label cache and the fitted rankers.
         exclude: Canonical keys never to label (the evaluated candidates).
         recipe: The labels (default :meth:`LabelRecipe.default`).
-        ranker: A ready ranker for the ``ghn`` rows (then nothing is labelled
-            for them; other rows still need labels).
+        ranker: A ready ranker for the ``ghn`` and ``ghn_noprior`` rows (then
+            nothing is labelled for them; other rows still need labels).
         suffix: Appended to every scorer name (e.g. ``"_n100"``).
         workers: Processes training labels in parallel.
         progress: Show progress bars.
@@ -201,7 +211,7 @@ def ranker_methods(
         (``None`` when nothing was labelled).
 
     Raises:
-        ValueError: An unknown method, or ``ghn`` missing where a ranker must be fitted.
+        ValueError: An unknown method, or ``ghn`` missing for a ``ghn_meta`` row.
     """
     unknown = [m for m in methods if m not in RANKER_METHODS]
     if unknown:
@@ -209,13 +219,17 @@ def ranker_methods(
     recipe = recipe or LabelRecipe.default()
     kinds = {RANKER_METHODS[m][0] for m in methods}
     if ranker is not None:
-        kinds.discard("ghn")
-    fitted: dict[str, Any] = {"ghn": ranker} if ranker is not None else {}
+        kinds.discard(DEFAULT_KIND)
+    fitted: dict[str, Any] = {DEFAULT_KIND: ranker} if ranker is not None else {}
     cost = None
     if kinds:
+        from nas.ghn import label_seconds, short_training_labels, untrained_ghn
+
         if ghn is None:
-            raise ValueError(f"ranker methods {sorted(methods)} need a GHN to fit rankers, but got `ghn=None`.")
-        from nas.ghn import label_seconds, short_training_labels
+            if "ghn" in kinds:
+                meta = sorted(m for m in methods if RANKER_METHODS[m][0] == "ghn")
+                raise ValueError(f"ranker methods {meta} start from a meta-trained GHN, but got `ghn=None`.")
+            ghn = untrained_ghn(space, data)
 
         cache = labels_cache(out, recipe)
         graphs, targets = short_training_labels(
