@@ -356,7 +356,8 @@ def test_disk_full_during_meta_training_checkpoint_is_one_line(tmp_path: Path) -
 
 
 def test_nan_ghn_fails_the_rank_trials_and_stops_with_one_line(tmp_path: Path, tiny_ghn: Path) -> None:
-    """A GHN whose predictions are NaN scores nothing: every rank trial fails, the run stops (no endless loop)."""
+    """Ranking by a GHN whose predictions are NaN scores nothing: every rank trial fails, the run stops (no endless
+    loop). (The default ranker starts from random weights and does not use the GHN's.)"""
     from nas.ghn import GHN
 
     ghn = GHN.load(tiny_ghn)
@@ -367,7 +368,8 @@ def test_nan_ghn_fails_the_rank_trials_and_stops_with_one_line(tmp_path: Path, t
     try:
         proc = subprocess.run(
             [sys.executable, "-c", "import sys; from nas.cli import main; sys.exit(main())",
-             "search", *SEARCH_ARGS, "--ghn", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "out")],
+             "search", *SEARCH_ARGS, "--rank-by", "loss", "--ghn", str(tmp_path / "nan.pt"), "--out",
+             str(tmp_path / "out")],
             env=base_env(tmp_path), capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
