@@ -6,8 +6,9 @@ wrapper patches, in this process only:
 
 * ``GHN.evaluate`` (one unit = one batch of candidates scored by the GHN),
 * the ranker's short training of one label architecture (one unit = one label),
-* ``train`` as imported by the fine-tuning stage, the ground-truth cache and
-  the self-check (one unit = one network trained),
+* ``train`` as imported by the fine-tuning stage and ``train_graph`` as
+  imported by the ground-truth cache and the self-check (one unit = one
+  network trained),
 * the meta-training step iterator, checkpoint writer and resume
   (one unit = one meta-training step; checkpoints and resume points logged),
 * ``torch.save`` (optionally slowed down half-way through the bytes, so that a
@@ -78,6 +79,21 @@ def _wrap_train(original: Any) -> Any:
     return train
 
 
+def _wrap_train_graph(original: Any) -> Any:
+    @functools.wraps(original)
+    def train_graph(graph: Any, data: Any, config: Any = None, *args: Any, **kwargs: Any) -> Any:
+        key, seed = getattr(graph, "key", None), getattr(config, "seed", None)
+        emit("train", "start", key=key, seed=seed)
+        if DELAY:
+            time.sleep(DELAY)
+        result = original(graph, data, config, *args, **kwargs)
+        emit("train", "done", key=key, seed=seed, val_acc=getattr(result, "val_acc", None),
+             failed=getattr(result, "failed", None))
+        return result
+
+    return train_graph
+
+
 def install() -> None:
     """Apply the patches (imports the package modules they touch)."""
     if FAKE_HOST:
@@ -87,6 +103,8 @@ def install() -> None:
 
     import torch
 
+    # Fine-tuning calls `train`; ground truth and the self-check call `train_graph` (as imported by name there:
+    # the ranker's labels, which also go through train_graph, are counted by their own hook below).
     for name in ("nas.campaign._finetune", "nas.campaign._selfcheck", "nas.evaluation.ground_truth"):
         try:
             module = importlib.import_module(name)
@@ -94,6 +112,8 @@ def install() -> None:
             continue
         if hasattr(module, "train"):
             module.train = _wrap_train(module.train)
+        if hasattr(module, "train_graph"):
+            module.train_graph = _wrap_train_graph(module.train_graph)
 
     from nas.ghn import _meta_train
     from nas.ghn._model import GHN
