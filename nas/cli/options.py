@@ -289,6 +289,17 @@ def output_file(
     return out
 
 
+def _int_in(text: str, low: int, high: int, what: str) -> int:
+    """``text`` as an int in ``[low, high]``, else an ``ArgumentTypeError`` saying ``what`` it must be."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be {what}, but got {text!r}")
+    return value
+
+
 def seed_value(text: str) -> int:
     """The ``type`` of every seed flag: an integer in ``[0, nas.training.MAX_SEED]``.
 
@@ -296,13 +307,7 @@ def seed_value(text: str) -> int:
     """
     from nas.training import MAX_SEED
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], but got {text!r}")
-    return value
+    return _int_in(text, 0, MAX_SEED, f"an integer in [0, {MAX_SEED}]")
 
 
 #: Most torch threads ``--threads`` accepts (far above any machine's cores; torch fails beyond some limit).
@@ -311,10 +316,4 @@ MAX_THREADS = 1024
 
 def threads_value(text: str) -> int:
     """The ``type`` of ``--threads``: 0 (torch's choice) or 1 to :data:`MAX_THREADS`."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be 0 (torch's choice) or 1 to {MAX_THREADS}, but got {text!r}")
-    return value
+    return _int_in(text, 0, MAX_THREADS, f"0 (torch's choice) or 1 to {MAX_THREADS}")

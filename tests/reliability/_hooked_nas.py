@@ -62,36 +62,23 @@ def emit(kind: str, event: str, **fields: Any) -> None:
         os.close(fd)
 
 
-def _wrap_train(original: Any) -> Any:
+def _wrap_training(original: Any, graph_of: Any) -> Any:
+    """Emit ``train`` start / done events around ``original(first, data, config, ...)``.
+
+    ``graph_of(first)`` is the trained graph: the model's ``graph`` for ``train``, the argument for ``train_graph``.
+    """
     @functools.wraps(original)
-    def train(model: Any, data: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
-        graph = getattr(model, "graph", None)
-        key = getattr(graph, "key", None)
-        seed = getattr(config, "seed", None)
+    def wrapped(first: Any, data: Any, config: Any = None, *args: Any, **kwargs: Any) -> Any:
+        key, seed = getattr(graph_of(first), "key", None), getattr(config, "seed", None)
         emit("train", "start", key=key, seed=seed)
         if DELAY:
             time.sleep(DELAY)
-        result = original(model, data, config, *args, **kwargs)
+        result = original(first, data, config, *args, **kwargs)
         emit("train", "done", key=key, seed=seed, val_acc=getattr(result, "val_acc", None),
              failed=getattr(result, "failed", None))
         return result
 
-    return train
-
-
-def _wrap_train_graph(original: Any) -> Any:
-    @functools.wraps(original)
-    def train_graph(graph: Any, data: Any, config: Any = None, *args: Any, **kwargs: Any) -> Any:
-        key, seed = getattr(graph, "key", None), getattr(config, "seed", None)
-        emit("train", "start", key=key, seed=seed)
-        if DELAY:
-            time.sleep(DELAY)
-        result = original(graph, data, config, *args, **kwargs)
-        emit("train", "done", key=key, seed=seed, val_acc=getattr(result, "val_acc", None),
-             failed=getattr(result, "failed", None))
-        return result
-
-    return train_graph
+    return wrapped
 
 
 def install() -> None:
@@ -111,9 +98,9 @@ def install() -> None:
         except ImportError:
             continue
         if hasattr(module, "train"):
-            module.train = _wrap_train(module.train)
+            module.train = _wrap_training(module.train, lambda model: getattr(model, "graph", None))
         if hasattr(module, "train_graph"):
-            module.train_graph = _wrap_train_graph(module.train_graph)
+            module.train_graph = _wrap_training(module.train_graph, lambda graph: graph)
 
     from nas.ghn import _meta_train
     from nas.ghn._model import GHN
