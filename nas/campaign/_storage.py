@@ -221,7 +221,30 @@ def open_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int = 
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StorageError(f"cannot create the folder of storage {mask_url(url)!r}: {err.strerror}.") from None
+        _check_sqlite_file(Path(path).expanduser(), url)
     return _open_rdb(url, base, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+
+
+def _check_sqlite_file(path: Path, url: str) -> None:
+    """Refuse an existing SQLite file that is not an Optuna storage (Optuna would add its tables to it).
+
+    An empty file and a database without tables are accepted: Optuna sets them up.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        raise StorageError(f"storage {mask_url(url)!r} is not a SQLite database ({err}); name a new file.") from None
+    if tables and "studies" not in tables:
+        raise StorageError(
+            f"storage {mask_url(url)!r} is a SQLite database of something else (tables "
+            f"{', '.join(sorted(tables)[:5])}), not an Optuna storage; name a new file, so that this one is left as "
+            "it is."
+        )
 
 
 def _open_journal(url: str, path_text: str) -> BaseStorage:

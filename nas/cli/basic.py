@@ -33,6 +33,7 @@ import pandas as pd
 
 from nas.cli.options import (
     CHECKPOINT_SUFFIXES,
+    DEFAULT_SPACE,
     DeprecatedAlias,
     add_dataset_argument,
     add_space_arguments,
@@ -115,12 +116,16 @@ def space_from_args(args: argparse.Namespace, data: Any = None) -> SearchSpace:
         The search space.
 
     Raises:
-        SpaceError: The space cannot be resolved or rejects its settings.
+        SpaceError: The space cannot be resolved, rejects its settings, or fails
+            :meth:`~nas.space.SearchSpace.check_choices` (checked here, before any slow work).
     """
     settings = parse_space_args(args.space_arg)
     if data is not None:
-        return load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes, **settings)
-    return load_space(args.space, **settings)
+        space = load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes, **settings)
+    else:
+        space = load_space(args.space, **settings)
+    space.check_choices()
+    return space
 
 
 def _load_data(name: str | None, *, seed: int = 0, max_train: int | None = None) -> Any:
@@ -222,6 +227,8 @@ def _read_arch(path: str) -> ArchGraph:
         data = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise GraphError(f"`--arch` file {path!r} is not JSON: {err}.") from None
+    except RecursionError:
+        raise GraphError(f"`--arch` file {path!r} is nested too deeply to be an architecture.") from None
     if isinstance(data, dict) and isinstance(data.get("graph"), (dict, str)):
         data = data["graph"]
     if not isinstance(data, str) and not (isinstance(data, dict) and "nodes" in data):
@@ -240,6 +247,11 @@ def run_train(args: argparse.Namespace) -> int:
     from nas.training import TrainConfig, train_graph
 
     set_threads(args.threads)
+    if args.arch is not None and (args.space is not None or args.space_arg):
+        given = "--space" if args.space is not None else "--space-arg"
+        raise ValueError(f"`{given}` cannot be used with `--arch`: the architecture in {args.arch!r} is trained as it "
+                         f"is; drop {given}, or drop --arch to train a candidate of the space.")
+    args.space = args.space if args.space is not None else DEFAULT_SPACE
     with flag_errors(args):
         config = TrainConfig(
             epochs=args.epochs,
@@ -335,7 +347,7 @@ def add_parsers(subparsers: Any) -> None:
     p.set_defaults(func=run_draw)
 
     p = subparsers.add_parser("train", help="train one candidate from scratch", description=run_train.__doc__)
-    add_space_arguments(p)
+    add_space_arguments(p, default=None, shown=DEFAULT_SPACE)  # None: tells a given --space from the default
     add_dataset_argument(p)
     p.add_argument("--arch", default=None, metavar="FILE",
                    help="train this architecture instead of a sampled one: a campaign's best.json, a saved "

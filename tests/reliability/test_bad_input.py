@@ -26,10 +26,12 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +56,7 @@ class Ctx:
     tmp: Path
     campaign: Path
     ghn: Path
+    ranker: Path
 
     def search(self, *extra: str, ghn: str | None = None, study: str | None = None) -> list[str]:
         """``nas search`` of the finished campaign, with ``extra`` flags replacing or adding to its own."""
@@ -178,10 +181,74 @@ def _copy(source: Path, target: Path) -> str:
     return str(target)
 
 
+def _edited_ckpt(source: Path, target: Path, **info: object) -> str:
+    """A copy of the checkpoint ``source`` whose identity (``space_info``) has ``info`` changed."""
+    payload = torch.load(source, weights_only=True)
+    payload["space_info"] = {**payload["space_info"], **info}
+    torch.save(payload, target)
+    return str(target)
+
+
+def _idx(array: np.ndarray, code: int = 0x08) -> bytes:
+    """An IDX file of ``array``: type ``code`` (0x08 uint8, 0x0D float32), big-endian dims and values."""
+    dtype = {0x08: ">u1", 0x0D: ">f4"}[code]
+    header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(dtype).tobytes()
+
+
+def _mnist_folder(ctx: Ctx, name: str, *, size: int = 8, labels: np.ndarray | None = None,
+                  images: np.ndarray | None = None, code: int = 0x08) -> str:
+    """An MNIST folder of 60 train and 20 test images in IDX files, with the given labels or images."""
+    folder = ctx.tmp / name
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        x = rng.integers(0, 256, size=(n, size, size)) if images is None else images[:n]
+        y = (np.arange(n) % 10) if labels is None else labels[:n]
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(x, code))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(y))
+    return f"mnist:{folder}"
+
+
+def _cifar_folder(ctx: Ctx, labels: list[object]) -> str:
+    """A CIFAR-10 folder (pickle batches) of 10 images per batch, with ``labels`` in every batch."""
+    import pickle
+
+    folder = ctx.tmp / "cifar"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {b"labels": labels, b"data": rng.integers(0, 256, size=(10, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return f"cifar10:{folder}"
+
+
+def _deep_json(ctx: Ctx) -> str:
+    return _file(ctx, "deep.json", b"[" * 100_000 + b"]" * 100_000)
+
+
+def _sqlite_of_something_else(ctx: Ctx) -> str:
+    path = ctx.tmp / "ground_truth.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE runs (key TEXT PRIMARY KEY, val_acc REAL)")
+        conn.execute("INSERT INTO runs VALUES ('abc', 0.5)")
+    conn.close()
+    return f"sqlite:///{path}"
+
+
+def _exiting_space_file(ctx: Ctx) -> str:
+    path = ctx.tmp / "exits_at_import.py"
+    path.write_text("import sys\nsys.exit(3)\n")
+    return f"{path}:Space"
+
+
 def _fit_ranker(ctx: Ctx) -> list[str]:
     return ["fit-ranker", "--space", TINY, "--dataset", "digits", "--ghn", str(ctx.ghn), "--ranker-labels", "4",
             "--ranker-k", "1"]
 
+
+#: Longest a refused input may take (every case fails before any one-time cost).
+CASE_SECONDS = 20
 
 PG_UNREACHABLE = "postgresql://nas:hunter2secret@127.0.0.1:1/nas"
 
@@ -253,7 +320,7 @@ CASES: list[Case] = [
     Case("checkpoint-pickled-code", lambda c: c.search(ghn=_pickled_code_ckpt(c), study="g-code"),
          ("code.pt", "cannot be read safely")),
     Case("checkpoint-other-space", lambda c: c.search(ghn=_other_space_ckpt(c), study="g-other"),
-         ("input_shape", "[1, 28, 28]")),
+         ("nb201.pt", "space 'nb201'", "space 'tiny'")),
     Case("checkpoint-newer-version", lambda c: c.search(ghn=_newer_ckpt(c), study="g-newer"), ("newer.pt", "99")),
     Case("train-ghn-resume-other-space", lambda c: ["train-ghn", "--space", "nb201", "--dataset", "digits", "--out",
                                                     str(c.ghn), "--ghn-steps", "2"], ("tiny_ghn.pt", "nb201")),
@@ -294,22 +361,92 @@ CASES: list[Case] = [
     Case("storage-password-with-slash",
          lambda c: c.search("--storage", "postgresql://nas:hunter2secret/x@127.0.0.1:1/nas"),
          ("nas:***@127.0.0.1:1",)),
+    # -- checkpoints serve only the space, settings, dataset and split they were built for
+    Case("checkpoint-other-space-settings",
+         lambda c: c.search(ghn=_edited_ckpt(c.ghn, c.tmp / "s.pt", settings={"C": 8}), study="i-settings"),
+         ("s.pt", "settings", "{'C': 8}")),
+    Case("checkpoint-other-space-name",
+         lambda c: c.search(ghn=_edited_ckpt(c.ghn, c.tmp / "n.pt", space="nb201"), study="i-space"),
+         ("n.pt", "space 'nb201'", "'tiny'")),
+    Case("checkpoint-other-dataset",
+         lambda c: c.search(ghn=_edited_ckpt(c.ghn, c.tmp / "d.pt", dataset="mnist5k"), study="i-dataset"),
+         ("d.pt", "dataset 'mnist5k'", "'digits'")),
+    Case("checkpoint-other-split",
+         lambda c: c.search(ghn=_edited_ckpt(c.ghn, c.tmp / "seed.pt", data_seed=7), study="i-split"),
+         ("seed.pt", "data_seed 7", "data_seed 0")),
+    Case("ranker-other-space-settings",
+         lambda c: c.search("--ranker", _edited_ckpt(c.ranker, c.tmp / "r.pt", settings={"C": 8}), study="i-rs"),
+         ("ranker checkpoint", "r.pt", "settings")),
+    Case("ranker-other-dataset",
+         lambda c: c.search("--ranker", _edited_ckpt(c.ranker, c.tmp / "rd.pt", dataset="mnist5k"), study="i-rd"),
+         ("ranker checkpoint", "rd.pt", "mnist5k")),
+    Case("fit-ranker-from-ghn-of-other-dataset",
+         lambda c: ["fit-ranker", "--space", TINY, "--dataset", "digits", "--ghn",
+                    _edited_ckpt(c.ghn, c.tmp / "g5k.pt", dataset="mnist5k"), "--out", str(c.tmp / "r.pt")],
+         ("g5k.pt", "mnist5k")),
+    Case("correlate-with-ghn-of-other-split",
+         lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out", str(c.tmp / "corr"), "--archs", "5",
+                    "--methods", "ghn_plain", "--ghn", _edited_ckpt(c.ghn, c.tmp / "g7.pt", data_seed=7)], ("g7.pt", "data_seed")),
+    Case("out-folder-of-another-campaign", lambda c: c.search(study="another-campaign"),
+         ("holds the results of campaign", "another-campaign", "--out")),
+    # -- spaces that a study would refuse later, or that cannot be allocated: refused before any cost
+    Case("space-dynamic-choice-list", lambda c: c.search("--space", _space("DynamicSpace"), study="s-dyn"),
+         ("'width'", "[8, 16]", "[2, 4]")),
+    Case("sample-dynamic-choice-list", lambda c: ["sample", "--space", _space("DynamicSpace"), "-n", "2"],
+         ("'width'", "own name")),
+    Case("space-too-wide-to-allocate", lambda c: c.search("--space", _space("WideSpace"), study="s-wide"),
+         ("parameters", "MAX_PARAMS")),
+    Case("space-arg-absurd-width", lambda c: c.search("--space", "nb201", "--space-arg", "C=1000000",
+                                                      study="s-width"), ("parameters", "MAX_PARAMS")),
+    Case("sample-absurd-width", lambda c: ["sample", "--space", "nb201", "--space-arg", "C=1000000"],
+         ("parameters",)),
+    Case("train-ghn-10000-node-chain", lambda c: ["train-ghn", "--space", _space("ChainSpace"), "--dataset", "digits",
+                                                  "--out", str(c.tmp / "g.pt"), "--ghn-steps", "2"],
+         ("10,005 nodes", "MAX_NODES")),
+    Case("space-file-exits-at-import", lambda c: c.search("--space", _exiting_space_file(c), study="s-exit-import"),
+         ("exits_at_import.py", "sys.exit(3)")),
+    # -- datasets checked before training
+    Case("dataset-images-nan", lambda c: ["train-ghn", "--space", TINY, "--dataset",
+                                          _mnist_folder(c, "nan", images=np.full((60, 8, 8), np.nan), code=0x0D),
+                                          "--out", str(c.tmp / "g.pt"), "--ghn-steps", "2"], ("NaN",)),
+    Case("dataset-one-class", lambda c: c.search("--dataset", _mnist_folder(c, "one", labels=np.zeros(60, int)),
+                                                 study="d-one"), ("single class",)),
+    Case("dataset-1x1-images", lambda c: ["train", "--space", TINY, "--dataset", _mnist_folder(c, "tiny", size=1)],
+         ("1x1", "at least 4x4")),
+    Case("dataset-cifar-labels-strings", lambda c: ["train", "--space", TINY, "--dataset",
+                                                    _cifar_folder(c, [str(i % 10) for i in range(10)])],
+         ("data_batch_1", "labels", "str")),
+    Case("dataset-cifar-labels-none", lambda c: ["train", "--space", TINY, "--dataset", _cifar_folder(c, [None] * 10)],
+         ("data_batch_1", "labels", "NoneType")),
+    # -- files and flags that were silently misread
+    Case("arch-json-nested-100000-deep", lambda c: ["train", "--dataset", "digits", "--arch", _deep_json(c)],
+         ("deep.json", "nested too deeply")),
+    Case("train-arch-with-space", lambda c: ["train", "--dataset", "digits", "--arch", str(c.campaign / "best.json"),
+                                             "--space", "darts"], ("--space", "--arch")),
+    Case("storage-is-another-sqlite-database", lambda c: c.search("--storage", _sqlite_of_something_else(c)),
+         ("ground_truth.sqlite", "not an Optuna storage", "runs")),
+    Case("storage-is-not-a-database", lambda c: c.search("--storage", f"sqlite:///{_file(c, 'notes.db', b'x' * 200)}"),
+         ("notes.db", "not a SQLite database")),
 ]
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, campaign_copy: Path, tiny_ghn: Path, rel_tmp: Path) -> Ctx:
+def ctx(tmp_path: Path, campaign_copy: Path, tiny_ghn: Path, tiny_ranker: Path, rel_tmp: Path) -> Ctx:
     ghn = tmp_path / "tiny_ghn.pt"
     shutil.copy(tiny_ghn, ghn)
-    return Ctx(tmp=tmp_path, campaign=campaign_copy, ghn=ghn)
+    return Ctx(tmp=tmp_path, campaign=campaign_copy, ghn=ghn, ranker=tiny_ranker)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_refused_in_one_line_and_changes_nothing(case: Case, ctx: Ctx) -> None:
     argv = case.argv(ctx)  # builds the bad input on disk first
     before = snapshot(ctx.tmp)
+    start = time.monotonic()
     result = run_inprocess(argv)
+    seconds = time.monotonic() - start
     line = assert_one_line_error(result, *case.needles)
+    # A limit on endless work, not a speed test: the slowest case takes a few seconds.
+    assert seconds < CASE_SECONDS, f"took {seconds:.0f} s (a check that fails later must fail before any cost): {line}"
     assert "hunter2secret" not in result.err + result.out
     assert not (ctx.tmp / "PWNED").exists(), "unpickling the checkpoint ran its code"
     assert snapshot(ctx.tmp) == before, f"files or storage changed after: {line}"
