@@ -740,8 +740,7 @@ class Campaign:
                 or does not fit the space (raised before the storage is touched).
             ValueError: ``top_k`` exceeds the distinct candidates found.
         """
-        self.out.mkdir(parents=True, exist_ok=True)
-        _ = self.space  # validate the space (and load the data) before anything slow
+        _ = self.space  # validate the space (and load the data) before anything is written or paid for
         if self._ghn_in is not None or self.config.ghn is not None:
             _ = self.ghn  # a given checkpoint is checked before the storage is touched
         if self._ranker_sources() is not None:

@@ -452,6 +452,25 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(case: Case, ctx: C
     assert snapshot(ctx.tmp) == before, f"files or storage changed after: {line}"
 
 
+# ------------------------------------------------------------------ limits that follow from the space's size
+
+
+def test_more_trials_than_candidates_stops_once_every_candidate_is_scored(tmp_path: Path, tiny_ghn: Path) -> None:
+    """``--trials 100000`` on a space of 6 candidates is legitimate: the rank stage stops when all 6 are scored."""
+    import optuna
+
+    start = time.monotonic()
+    result = run_inprocess(["search", *SEARCH_ARGS, "--trials", "100000", "--ghn", str(tiny_ghn), "--out",
+                            str(tmp_path / "out")])
+    seconds = time.monotonic() - start
+    assert result.code == 0, result.err[-3000:]
+    storage = f"sqlite:///{tmp_path / 'out' / 'campaign.db'}"
+    (name,) = [n for n in optuna.get_all_study_names(storage) if n.endswith("-rank")]
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert 6 <= len(study.trials) < 200
+    assert seconds < 120, f"took {seconds:.0f} s"
+
+
 # ------------------------------------------------------------------ disk full mid-run
 
 
