@@ -5,13 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test test-reliability venv clean
+.PHONY: demo test test-reliability docs venv clean
 
 $(BIN)/nas: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,docs]'
 	touch $(BIN)/nas
 
 venv: $(BIN)/nas
@@ -32,5 +32,9 @@ test-reliability: venv
 	NAS_TEST_POSTGRES_URL="$${NAS_TEST_POSTGRES_URL:-$$(bash ci/install_postgres.sh)}" \
 		$(BIN)/python -m pytest -q -rf tests/reliability
 
+# The docs site (docs/, mkdocs.yml) into site/; tests/test_docs.py builds it with --strict as well.
+docs: venv
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

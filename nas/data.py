@@ -17,7 +17,7 @@ stratified split (the same seed gives the same split), converted to ``float32``
 tensors of shape ``(N, C, H, W)`` and normalised with the per-channel mean and
 standard deviation of the training split.
 
-Example:
+Examples:
     >>> data = load_dataset("digits", seed=0)
     >>> data.input_shape
     (1, 8, 8)
@@ -651,7 +651,7 @@ def load_dataset(
             empty, truncated or malformed.
         ValueError: If a fraction or ``max_train`` is out of range.
 
-    Example:
+    Examples:
         >>> data = load_dataset("digits", max_train=500)
         >>> data.x_train.shape
         torch.Size([500, 1, 8, 8])

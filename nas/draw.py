@@ -5,7 +5,7 @@ the input), top to bottom, and ordered inside a layer by the mean position of
 their inputs, which keeps most edges short. Each node is a box coloured by its
 op and labelled with the op and its main attributes.
 
-Example:
+Examples:
     >>> from search_spaces import NB201Space
     >>> ax = draw_graph(NB201Space(input_shape=(1, 8, 8)).sample(0).graph)
     >>> ax.figure.savefig("cell.png")  # doctest: +SKIP

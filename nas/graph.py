@@ -6,7 +6,7 @@ reads (its inputs, in order). A graph is validated when it is built: every
 node's output shape is inferred from the input shape, so a graph that exists is
 a graph that runs.
 
-Example:
+Examples:
     >>> from nas.graph import GraphBuilder
     >>> b = GraphBuilder(input_shape=(1, 8, 8))
     >>> x = b.add("relu_conv_bn", b.input, out_channels=4, kernel=3)
@@ -489,7 +489,7 @@ class GraphBuilder:
     Args:
         input_shape: Shape ``(C, H, W)`` of one input example.
 
-    Example:
+    Examples:
         >>> b = GraphBuilder(input_shape=(3, 32, 32))
         >>> x = b.add("conv", b.input, out_channels=16, kernel=3)
         >>> b.shape(x)

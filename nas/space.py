@@ -12,7 +12,7 @@ callers:
 * :meth:`SearchSpace.from_params`: a fixed dict of choices, to rebuild a
   stored candidate (through :class:`optuna.trial.FixedTrial`).
 
-Example:
+Examples:
     >>> from nas.graph import GraphBuilder
     >>> from nas.space import SearchSpace
     >>> class Tiny(SearchSpace):
@@ -372,7 +372,7 @@ def register_space(name: str) -> Callable[[_S], _S]:
     Raises:
         ValueError: ``name`` is empty, or registered already for another class.
 
-    Example:
+    Examples:
         >>> @register_space("tiny-example")
         ... class TinyExample(SearchSpace):
         ...     def build(self, trial): ...

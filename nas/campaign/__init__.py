@@ -17,7 +17,7 @@ The settings are one :class:`CampaignConfig` (``nas.campaign._config``), which
 ``nas search --config FILE`` reads as TOML. Results come as DataFrames and plots (``nas.campaign._report``); the storage
 URL schemes and the handling of dead workers are in ``nas.campaign._storage``.
 
-Example:
+Examples:
     >>> from nas.campaign import Campaign, CampaignConfig
     >>> config = CampaignConfig(space="nb201", dataset="mnist5k", trials=300, top_k=5, out="runs/x")
     >>> result = Campaign(config).run()  # doctest: +SKIP

@@ -221,7 +221,7 @@ class Campaign:
     Raises:
         ValueError: A setting is out of range (the message names it).
 
-    Example:
+    Examples:
         >>> campaign = Campaign(CampaignConfig(trials=300, top_k=5, out="runs/x"))  # doctest: +SKIP
         >>> result = campaign.run()  # doctest: +SKIP
         >>> result.best["metrics"]["val_acc"]  # doctest: +SKIP

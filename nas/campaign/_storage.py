@@ -141,7 +141,7 @@ def mask_url(url: str) -> str:
         parameter replaced by ``***``. A password holding reserved characters
         (``@ / : ? #``) unescaped is masked whole.
 
-    Example:
+    Examples:
         >>> mask_url("postgresql://nas:s3cret@db:5432/nas")
         'postgresql://nas:***@db:5432/nas'
         >>> mask_url("postgresql://nas:Xw/Yk@7@db/nas")
@@ -459,7 +459,7 @@ class Heartbeat:
         worker: This worker's identity (:func:`new_worker_id`).
         interval: Seconds between heartbeats.
 
-    Example:
+    Examples:
         >>> with Heartbeat([trial], worker, interval=30):  # doctest: +SKIP
         ...     long_computation()
     """

@@ -85,7 +85,7 @@ def flag_errors(args: argparse.Namespace, **flags: str) -> Iterator[None]:
         ValueError: The error of the block (the same class when it can be
             rebuilt from a message), with the flags named.
 
-    Example:
+    Examples:
         >>> with flag_errors(args, steps="--ghn-steps"):  # doctest: +SKIP
         ...     config = MetaTrainConfig(steps=args.ghn_steps)
     """

@@ -1,6 +1,6 @@
 """``nas correlate``: rank correlation of the GHN and the baselines with trained ground truth.
 
-Example:
+Examples:
     nas correlate --space nb201 --dataset mnist5k --archs 100 --epochs 3 --train-seeds 2 --out runs/corr
 
 Samples ``--archs`` candidates, trains each ``--train-seeds`` times for ``--epochs``

@@ -12,7 +12,7 @@ The ground truth of a candidate is its validation loss after training, averaged
 over the training seeds (lower is better); a candidate whose training failed
 under any seed is left out of the correlations.
 
-Example:
+Examples:
     >>> result = correlate(space, data, archs=50, epochs=3, cache_path="gt.sqlite",
     ...                    scorers=["params", "synflow"])  # doctest: +SKIP
     >>> result.summary[["kendall", "kendall_lo", "kendall_hi"]]  # doctest: +SKIP

@@ -27,7 +27,7 @@ Modules, in the order data flows through them:
   the check on load that it serves that space and dataset (:func:`check_identity`);
 * ``_protocol``: :class:`Ranker`, what a campaign needs from a ranker.
 
-Example:
+Examples:
     >>> from nas.ghn import GHN, GHNConfig
     >>> ghn = GHN(GHNConfig(hidden=32, layers=2), space_info={})
 """

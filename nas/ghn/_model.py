@@ -113,7 +113,7 @@ class GHN(nn.Module):
         - :meth:`predict`: one dict per graph, ``name -> tensor`` of the shapes in
           ``graph.param_specs``
 
-    Example:
+    Examples:
         >>> ghn = GHN(GHNConfig(hidden=16, layers=1), space_info={})
         >>> from nas.graph import GraphBuilder
         >>> b = GraphBuilder((1, 8, 8))

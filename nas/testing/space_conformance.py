@@ -273,7 +273,7 @@ def check_space(space: SearchSpace, *, n: int = 8, seed: int = 0) -> None:
     Raises:
         AssertionError: A check fails; the message names the check and the problem.
 
-    Example:
+    Examples:
         >>> from search_spaces import NB201Space
         >>> check_space(NB201Space(input_shape=(1, 8, 8)), n=2)
     """
