@@ -215,8 +215,11 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
             assert graph.key == t.user_attrs["key"]
             assert t.user_attrs["num_params"] == graph.num_params()
             assert t.values[0] == pytest.approx(t.user_attrs["ghn_loss"])
-    rank, _ = small_campaign(out, ghn_path).open()
+    rank, ft_study = small_campaign(out, ghn_path).open()
     assert rank.user_attrs["nas_campaign"]["config"]["rank_by"] == "loss"
+    # optuna-dashboard names the objectives after these instead of "Objective 0"
+    assert rank.metric_names == ["rank_score"]
+    assert ft_study.metric_names == [small_campaign(out, ghn_path).config.finetune_metric]
     assert rank.user_attrs["nas_campaign"]["config"]["ranker"] is None
 
     # The candidates table: one row per distinct key, documented columns, sorted by GHN loss.

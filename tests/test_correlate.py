@@ -220,6 +220,11 @@ def test_cli_end_to_end_with_a_tiny_ghn(
         for suffix in (".png", ".pdf"):
             assert (out / "figures" / (name + suffix)).stat().st_size > 1000
 
+    # Parquet beside each CSV, with the same rows and columns.
+    for name in ("candidates", "summary"):
+        csv, parquet = pd.read_csv(out / f"{name}.csv"), pd.read_parquet(out / f"{name}.parquet")
+        assert parquet.shape[0] == csv.shape[0] and set(csv.columns) <= set(parquet.reset_index().columns)
+
     # A rerun resumes from the caches in OUT: no ground truth and no label is trained again, no ranker refitted.
     trained: list[str] = []
     monkeypatch.setattr(ground_truth, "_train_one", lambda g, d, c: trained.append(g.key))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -572,6 +573,8 @@ class Campaign:
         ft, _ = _create_or_load(
             self._storage, f"{name}-finetune", list(directions_for(config.finetune_metric)), self.storage_url
         )
+        _name_metrics(rank, list(self.objectives))
+        _name_metrics(ft, [config.finetune_metric])
         self._rank_study, self._ft_study = rank, ft
         return rank, ft
 
@@ -876,6 +879,15 @@ def _create_or_load(storage: Any, name: str, directions: list[str], url: str) ->
             f"{[d.name.lower() for d in study.directions]}, not {directions}; use another --study name."
         )
     return study, False
+
+
+def _name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Name the study's objectives (optuna-dashboard shows them instead of "Objective 0"), once."""
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 #: The file naming the campaign whose results an output folder holds.

@@ -102,10 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from nas.exceptions import NASError, Terminated
 
     try:
-        with _sigterm_raises():
+        # Log lines go through tqdm.write, so they print above a progress bar instead of glued onto it.
+        with _sigterm_raises(), logging_redirect_tqdm():
             return int(args.func(args) or 0)
     except Terminated:
         print(f"nas {args.command}: terminated; run the same command again to resume.", file=sys.stderr)
