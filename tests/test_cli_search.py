@@ -166,8 +166,9 @@ def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: 
     assert "ranked by ranker" in stdout and "ranker_score" in stdout
     assert "best: rank trial" in stdout
     assert f"nas train --arch {out / 'best.json'} --dataset digits --epochs 3" in stdout
-    for name in ("candidates.csv", "finetuned.csv", "best.json", "best.pt", "history.png", "score_vs_finetuned.pdf"):
+    for name in ("candidates.csv", "finetuned.csv", "best.json", "best.pt", "history.png", "history.pdf"):
         assert (out / name).is_file(), name
+    assert not (out / "score_vs_finetuned.pdf").exists()  # 2 points: not drawn
     assert (out / "ranker_labels.csv").read_bytes() == labels  # the rerun labelled nothing
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'campaign.db'}")
     rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)

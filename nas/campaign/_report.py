@@ -128,12 +128,17 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+#: Fewest rows a result plot is drawn with.
+MIN_PLOT_POINTS = 3
+
+
 def rank_score_label(rank_by: str) -> str:
     """Axis label of the rank score of ``rank_by`` (``"ranker"`` or ``"loss"``)."""
-    return {
+    label = {
         "ranker": "ranker score: z(predicted TSE) - w z(log FLOPs)",
         "loss": "predicted-weight validation loss",
     }.get(rank_by, RANK_BY.get(rank_by, str(rank_by)))
+    return f"{label} (lower is better)"
 
 
 def _frame_rank_by(frame: pd.DataFrame) -> str:
@@ -606,12 +611,18 @@ def write_report(
             logger.warning("best.png not written: nas.draw is not available")
         else:
             written.extend(_save_figure(lambda ax: draw_graph(best_graph, ax), out, "best", (8, 10), (".png",)))
-    if len(trials):
-        written.extend(_save_figure(lambda ax: plot_history(trials, ax), out, "history"))
-    if len(finetuned):
-        written.extend(_save_figure(lambda ax: plot_score_vs_finetuned(finetuned, ax), out, "score_vs_finetuned"))
-    if multi_objective_cost is not None and len(candidates):
-        written.extend(_save_figure(lambda ax: plot_pareto(candidates, ax, cost=multi_objective_cost), out, "pareto"))
-    if self_check is not None and len(self_check):
-        written.extend(_save_figure(lambda ax: plot_self_check(self_check, ax), out, "selfcheck"))
+    plots = [
+        ("history", trials, lambda ax: plot_history(trials, ax)),
+        ("score_vs_finetuned", finetuned, lambda ax: plot_score_vs_finetuned(finetuned, ax)),
+        ("pareto", candidates if multi_objective_cost is not None else None,
+         lambda ax: plot_pareto(candidates, ax, cost=multi_objective_cost)),
+        ("selfcheck", self_check, lambda ax: plot_self_check(self_check, ax)),
+    ]
+    for name, table, draw in plots:
+        if table is None:
+            continue
+        if len(table) < MIN_PLOT_POINTS:  # a scatter of one or two points says nothing
+            logger.info("%s.png not drawn: %d point(s), fewer than %d", name, len(table), MIN_PLOT_POINTS)
+            continue
+        written.extend(_save_figure(draw, out, name))
     return written
