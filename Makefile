@@ -20,10 +20,12 @@ demo: venv
 	$(BIN)/nas demo --out runs/demo
 
 # The whole suite: unit and integration tests, then the reliability suite (kills, three workers on a
-# real PostgreSQL and on a journal file, bad inputs). ci/install_postgres.sh installs and starts the
+# real PostgreSQL and on a journal file, bad inputs). ci/install_graphviz.sh installs Graphviz for the
+# DAG layouts where it can. ci/install_postgres.sh installs and starts the
 # server where it can (root or sudo); elsewhere the PostgreSQL tests are skipped with a visible
 # message, and under CI (CI=true) they fail instead.
 test: venv
+	bash ci/install_graphviz.sh
 	NAS_TEST_POSTGRES_URL="$${NAS_TEST_POSTGRES_URL:-$$(bash ci/install_postgres.sh || true)}" \
 		$(BIN)/python -m pytest -q -m "not gpu" tests
 

@@ -270,6 +270,30 @@ def test_layered_layout_and_drawing(name: str) -> None:
     assert node_label(graph, graph.input_index) == "input\n1x8x8"
 
 
+@pytest.mark.parametrize("name", sorted(BUILTIN_SPACES))
+def test_graphviz_lays_out_every_node_and_edge_top_down(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+
+    from nas.draw import dot_layout, draw_graph
+
+    if shutil.which("dot") is None:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail("Graphviz (dot) is required under CI: .ci/run installs it", pytrace=False)
+        pytest.skip("Graphviz (dot) is not installed: DAGs are drawn with the built-in layout")
+    graph = BUILTIN_SPACES[name](input_shape=(1, 8, 8)).sample(4).graph
+    layout = dot_layout(graph)
+    assert layout is not None and set(layout.nodes) == set(range(len(graph)))
+    assert sorted((s, t) for s, t, _ in layout.edges) == sorted((j, i) for i, n in enumerate(graph.nodes)
+                                                                for j in n.inputs)
+    for source, target, points in layout.edges:
+        assert layout.nodes[source][1] > layout.nodes[target][1]  # every edge points down
+        assert len(points) >= 4 and (len(points) - 1) % 3 == 0  # a cubic B-spline
+    assert len(draw_graph(graph).patches) == len(graph) + len(layout.edges)  # boxes and arrows
+    monkeypatch.setattr(shutil, "which", lambda program: None)  # without Graphviz: the built-in layout
+    assert dot_layout(graph) is None and len(draw_graph(graph).patches) == 0
+
+
 @pytest.mark.parametrize("old", ["-o", "--output"])
 def test_draw_old_output_flags_still_work_with_a_deprecation_warning(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str

@@ -610,7 +610,7 @@ def write_report(
         except ImportError:
             logger.warning("best.png not written: nas.draw is not available")
         else:
-            written.extend(_save_figure(lambda ax: draw_graph(best_graph, ax), out, "best", (8, 10), (".png",)))
+            written.extend(_save_figure(lambda ax: draw_graph(best_graph, ax), out, "best", (8, 10)))
     plots = [
         ("history", trials, lambda ax: plot_history(trials, ax)),
         ("score_vs_finetuned", finetuned, lambda ax: plot_score_vs_finetuned(finetuned, ax)),
