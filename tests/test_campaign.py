@@ -209,9 +209,10 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
     for t in trials:
         for attr in ("key", "num_params", "flops", "rank_score", "ghn_loss", "ghn_acc"):
             assert attr in t.user_attrs
+        assert "graph" not in t.user_attrs  # kept out of the dashboard's attribute table: the choices rebuild it
         assert t.user_attrs["rank_score"] == t.user_attrs["ghn_loss"]  # rank_by="loss" keeps the ghn_loss name
         if "duplicate_of" not in t.user_attrs:
-            graph = ArchGraph.from_json(t.user_attrs["graph"])
+            graph = small_campaign(out, ghn_path).space.from_params(t.params)
             assert graph.key == t.user_attrs["key"]
             assert t.user_attrs["num_params"] == graph.num_params()
             assert t.values[0] == pytest.approx(t.user_attrs["ghn_loss"])
@@ -480,9 +481,9 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     fresh = GHNRanker.load(ranker_path)
     for t in trials:
         assert "ghn_loss" not in t.user_attrs and "ghn_acc" not in t.user_attrs
-        graph = ArchGraph.from_json(t.user_attrs["graph"]) if "graph" in t.user_attrs else None
-        if graph is not None:
-            assert t.user_attrs["rank_score"] == pytest.approx(float(fresh.score([graph])[0]), rel=1e-5, abs=1e-6)
+        graph = campaign.space.from_params(t.params)
+        assert graph.key == t.user_attrs["key"]
+        assert t.user_attrs["rank_score"] == pytest.approx(float(fresh.score([graph])[0]), rel=1e-5, abs=1e-6)
         assert t.values[0] == pytest.approx(t.user_attrs["rank_score"])
     rank, _ = campaign.open()
     settings = rank.user_attrs["nas_campaign"]["config"]
@@ -671,7 +672,7 @@ def test_default_ranker_is_fitted_once_then_reused(
     assert ranker.label_info["k"] == 2 and ranker.label_info["n"] == 6 and ranker.label_info["target"] == "tse"
     for t in complete_rank_trials(_ranker_campaign(out, ghn_path)):
         if "duplicate_of" not in t.user_attrs:
-            graph = ArchGraph.from_json(t.user_attrs["graph"])
+            graph = _ranker_campaign(out, ghn_path).space.from_params(t.params)
             assert t.user_attrs["rank_score"] == pytest.approx(float(ranker.score([graph])[0]), rel=1e-5, abs=1e-6)
     rank, _ = _ranker_campaign(out, ghn_path).open()
     settings = rank.user_attrs["nas_campaign"]["config"]

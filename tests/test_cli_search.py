@@ -250,12 +250,9 @@ def test_two_workers_on_a_journal_storage_finetune_disjoint_candidates(tmp_path:
 def test_search_with_two_rankers_ranks_by_their_mean_and_a_bad_one_is_refused(
     tmp_path: Path, ghn_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
     import numpy as np
 
     from nas.ghn import GHN, GHNRanker, RankerConfig, RankerEnsemble, fit_ranker
-    from nas.graph import ArchGraph
     from nas.space import load_space
 
     space = load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS)
@@ -277,8 +274,8 @@ def test_search_with_two_rankers_ranks_by_their_mean_and_a_bad_one_is_refused(
     rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)
     assert rank.user_attrs["nas_campaign"]["config"]["ranker"] == [str(p.resolve()) for p in paths]
     trial = next(t for t in rank.trials if t.state == TrialState.COMPLETE)
-    graph = ArchGraph.from_dict(json.loads(trial.user_attrs["graph"]) if isinstance(trial.user_attrs["graph"], str)
-                                else trial.user_attrs["graph"])
+    graph = space.from_params(trial.params)
+    assert graph.key == trial.user_attrs["key"]
     ensemble = RankerEnsemble.load(paths)
     assert trial.user_attrs["rank_score"] == pytest.approx(float(ensemble.score([graph])[0]), rel=1e-5)
     assert trial.user_attrs["rank_score"] != pytest.approx(float(GHNRanker.load(paths[0]).score([graph])[0]),

@@ -682,8 +682,8 @@ class Campaign:
     def report(self, *, self_check: SelfCheck | None = None, write: bool = True) -> CampaignResult:
         """Build the result tables from the studies and (by default) write the output files."""
         rank, ft = self.open()
-        finetuned = finetuned_frame(ft, metric=self.config.finetune_metric)
-        candidates = candidates_frame(rank, finetuned_keys=list(finetuned["key"]))
+        finetuned = finetuned_frame(ft, metric=self.config.finetune_metric, space=self.space)
+        candidates = candidates_frame(rank, finetuned_keys=list(finetuned["key"]), space=self.space)
         trials = rank_trials_frame(rank)
         extra = {"space": self.space.describe(), "dataset": self.dataset_name, "study": self.study_name}
         best = best_record(finetuned, pick=self.config.pick, extra=extra)

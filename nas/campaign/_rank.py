@@ -317,8 +317,7 @@ def _evaluate(
         stats.score_calls += 1
         stats.evaluated += len(graphs)
         for graph, result in zip(graphs, results):
-            scores[graph.key] = {
-                "graph": graph.to_json(),
+            scores[graph.key] = {  # the graph itself is not stored: the trial's choices rebuild it
                 "num_params": int(graph.num_params()),
                 "flops": int(graph.flops()),
                 **result,

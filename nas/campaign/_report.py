@@ -23,6 +23,8 @@ from optuna.trial import TrialState
 
 from nas import _atomic
 from nas.campaign._rank import RANK_BY, rank_by_of, rank_score
+from nas.exceptions import GraphError, SpaceError
+from nas.space import SearchSpace
 
 __all__ = [
     "CANDIDATE_COLUMNS",
@@ -107,7 +109,26 @@ def _choice_columns(rows: Sequence[Mapping[str, Any]], reserved: Sequence[str]) 
     return {name: (f"choice_{name}" if name in taken else name) for name in names}
 
 
-def _finish(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+def _graph_json(space: SearchSpace | None, row: Mapping[str, Any], choices: Mapping[str, Any]) -> str | None:
+    """The candidate's graph JSON: rebuilt from its choices (checked against its key), or as an older
+    campaign stored it on the trial."""
+    if row.get("graph"):
+        return row["graph"]
+    if space is None:
+        return None
+    try:
+        graph = space.from_params(dict(choices))
+    except (GraphError, SpaceError, ValueError, KeyError) as err:
+        logger.warning("candidate %s: its choices do not rebuild a graph (%s)", str(row.get("key"))[:12], err)
+        return None
+    if graph.key != row.get("key"):
+        logger.warning("candidate %s: its choices rebuild another graph (%s); the space changed since it ran",
+                       str(row.get("key"))[:12], graph.key[:12])
+        return None
+    return graph.to_json()
+
+
+def _finish(rows: list[dict[str, Any]], columns: Sequence[str], space: SearchSpace | None = None) -> pd.DataFrame:
     mapping = _choice_columns(rows, columns)
     records = []
     for row in rows:
@@ -116,7 +137,7 @@ def _finish(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
         for name, col in mapping.items():
             rec[col] = choices.get(name)
         rec["choices"] = json.dumps(choices, sort_keys=True)
-        rec["graph"] = row.get("graph")
+        rec["graph"] = _graph_json(space, row, choices)
         records.append(rec)
     return pd.DataFrame.from_records(records, columns=[*columns, *mapping.values(), *_TAIL])
 
@@ -195,12 +216,17 @@ def rank_trials_frame(study: optuna.Study) -> pd.DataFrame:
     return frame.sort_values("trial", kind="stable").reset_index(drop=True)
 
 
-def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ()) -> pd.DataFrame:
+def candidates_frame(
+    study: optuna.Study, *, finetuned_keys: Sequence[str] = (), space: SearchSpace | None = None
+) -> pd.DataFrame:
     """One row per distinct candidate the rank stage scored, best rank score first.
 
     Args:
         study: The ``<name>-rank`` study.
         finetuned_keys: Keys of fine-tuned candidates (fills the ``finetuned`` column).
+        space: The campaign's space: its ``from_params`` rebuilds each candidate's ``graph`` column
+            from the stored choices (trials store the key, not the graph). Without it the column holds
+            what older campaigns stored, else ``None``.
 
     Returns:
         Columns :data:`CANDIDATE_COLUMNS`: ``rank`` (1 = lowest ``rank_score``;
@@ -249,7 +275,7 @@ def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ())
             "graph": a.get("graph"),
             "_choices": dict(t.params),
         })
-    frame = _finish(rows, CANDIDATE_COLUMNS)
+    frame = _finish(rows, CANDIDATE_COLUMNS, space)
     frame = frame.sort_values(["rank_score", "trial"], kind="stable", na_position="last").reset_index(drop=True)
     finite = frame["rank_score"].map(math.isfinite) if len(frame) else frame["rank_score"]
     rank = pd.Series(pd.NA, index=frame.index, dtype="Int64")
@@ -262,12 +288,15 @@ def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ())
     return frame
 
 
-def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame:
+def finetuned_frame(
+    study: optuna.Study, *, metric: str = "acc", space: SearchSpace | None = None
+) -> pd.DataFrame:
     """One row per fine-tuned candidate, best first.
 
     Args:
         study: The ``<name>-finetune`` study.
         metric: ``"acc"`` (sort by ``val_acc`` descending) or ``"loss"`` (``val_loss`` ascending).
+        space: As for :func:`candidates_frame` (the ``graph`` column).
 
     Returns:
         Columns :data:`FINETUNED_COLUMNS`: ``rank`` (1 = best; ``<NA>`` for
@@ -311,7 +340,7 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
             "graph": a.get("graph"),
             "_choices": dict(a.get("choices") or t.params),
         })
-    frame = _finish(rows, FINETUNED_COLUMNS)
+    frame = _finish(rows, FINETUNED_COLUMNS, space)
     by, ascending = ("val_acc", False) if metric == "acc" else ("val_loss", True)
     frame = frame.sort_values([by, "trial"], ascending=[ascending, True], kind="stable", na_position="last")
     frame = frame.reset_index(drop=True)

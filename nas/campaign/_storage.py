@@ -73,7 +73,7 @@ RETRY_OF_ATTR = "nas_retry_of"
 #: User attributes set when a candidate is queued (kept when it is re-queued).
 QUEUE_ATTRS = frozenset(
     {
-        "key", "graph", "choices", "num_params", "flops", "rank_by", "rank_score", "ghn_loss", "ghn_acc", "ghn_score",
+        "key", "choices", "num_params", "flops", "rank_by", "rank_score", "ghn_loss", "ghn_acc", "ghn_score",
         "rank_trial", "refine", "queue_position",
     }
 )
