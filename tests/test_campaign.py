@@ -263,6 +263,9 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
     assert graph.key == best["key"]
     state = torch.load(out / "best.pt", weights_only=True)
     Network(graph).load_state_dict(state, strict=True)
+    # Weights paths are written relative to the output folder (which can then move).
+    written = pd.read_csv(out / "finetuned.csv")["weights"]
+    assert best["weights"] == written.iloc[0] and all(not Path(w).is_absolute() and (out / w).is_file() for w in written)
 
     # Self-check table and a tau in [-1, 1] (or nan when a side is constant).
     assert result.self_check is not None and len(result.self_check.table) == 3

@@ -578,6 +578,16 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _relative(path: Any, folder: Path) -> Any:
+    """``path`` relative to ``folder`` when it lies inside it (a weights file of this campaign), else as is."""
+    if not isinstance(path, str) or not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(folder.resolve()))
+    except ValueError:  # elsewhere (another worker's machine): kept absolute
+        return path
+
+
 def write_report(
     out: str | Path,
     *,
@@ -599,7 +609,7 @@ def write_report(
     ``pareto.png`` / ``.pdf`` (multi-objective), ``selfcheck.csv`` and
     ``selfcheck.png`` / ``.pdf`` (with a self-check). Each file is written
     atomically: a failed write leaves no temporary file and the previous file
-    unchanged.
+    unchanged. Weights paths inside ``out`` are written relative to it.
 
     Args:
         out: Output folder.
@@ -622,12 +632,15 @@ def write_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    if "weights" in finetuned.columns:  # paths inside the folder are written relative to it, so it can move
+        finetuned = finetuned.assign(weights=finetuned["weights"].map(lambda w: _relative(w, out)))
     for name, frame in (("candidates", candidates), ("finetuned", finetuned)):
         written.append(atomic_write(out / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False)))
         written.append(atomic_write(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False)))
     if self_check is not None and len(self_check):
         written.append(atomic_write(out / "selfcheck.csv", lambda p: self_check.to_csv(p, index=False)))
     if best is not None:
+        best = {**best, "weights": _relative(best.get("weights"), out)}
         text = json.dumps(dict(best), indent=2, default=_json_default)
         written.append(atomic_write(out / "best.json", lambda p: p.write_text(text + "\n")))
     if best_state is not None:
