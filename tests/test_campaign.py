@@ -515,7 +515,7 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     assert best["metrics"]["ghn_acc"] == pytest.approx(float(first["ghn_acc"]))
     assert "first fine-tuned candidate in the ranking's order" in result.summary()
     summary = result.summary()
-    assert "ranked by ranker" in summary and "ranker_score" in summary and "ghn_loss" not in summary
+    assert "ranked by ranker" in summary and "rank_score" in summary and "ghn_loss" not in summary
     assert "rank_by,rank_score" in (out / "candidates.csv").read_text().splitlines()[0]
 
     # The self-check compares the same score with training.

@@ -48,10 +48,10 @@ def test_sample_prints_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert len({d["key"] for d in lines}) == 4
     space = NB201Space()
     for d in lines:
-        assert set(d) == {"key", "params", "graph"}
+        assert set(d) == {"key", "choices", "graph"}
         graph = ArchGraph.from_dict(d["graph"])
         assert graph.key == d["key"]
-        assert space.from_params(d["params"]).key == d["key"]
+        assert space.from_params(d["choices"]).key == d["key"]
     assert lines[0]["key"] == space.sample(3).graph.key  # the first line is sample(seed)
 
 
@@ -80,7 +80,7 @@ def test_sample_user_space_file(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "sample", "--space", MY_SPACE, "-n", "2", "--space-arg", "max_depth=1")
     assert code == 0
     lines = _lines(out)
-    assert len(lines) == 2 and all(d["params"]["depth"] == 1 for d in lines)
+    assert len(lines) == 2 and all(d["choices"]["depth"] == 1 for d in lines)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".pdf"])
@@ -124,7 +124,7 @@ def test_train_json_on_digits(capsys: pytest.CaptureFixture[str]) -> None:
     report = json.loads(out)
     graph = NB201Space(input_shape=(1, 8, 8), C=4).sample(0).graph
     assert report["key"] == graph.key
-    assert report["params"] == graph.num_params()
+    assert report["num_params"] == graph.num_params()
     assert report["flops"] == graph.flops() > 0
     assert report["steps"] == 256 // 32
     assert 0.0 <= report["val_acc"] <= 1.0 and 0.0 <= report["test_acc"] <= 1.0
@@ -140,7 +140,7 @@ def test_train_table_for_user_space(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     rows = dict(line.split(None, 1) for line in out.strip().splitlines())
     assert rows["space"] == "my_space" and rows["dataset"] == "digits"
-    assert {"params", "flops", "val_acc", "test_acc", "wall_time"} <= set(rows)
+    assert {"num_params", "flops", "val_acc", "test_acc", "wall_time"} <= set(rows)
     assert 0.0 <= float(rows["val_acc"]) <= 1.0
 
 

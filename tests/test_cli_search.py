@@ -163,7 +163,7 @@ def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: 
     rc, stdout, err = run_cli([*argv, "--top-k", "2"], capsys)
     assert rc == 0, err
     assert "campaign 'nb201-digits': 8 rank trials" in stdout and "2 fine-tuned" in stdout
-    assert "ranked by ranker" in stdout and "ranker_score" in stdout
+    assert "ranked by ranker" in stdout and "rank_score" in stdout
     assert "best: rank trial" in stdout
     assert f"nas train --arch {out / 'best.json'} --dataset digits --epochs 3" in stdout
     for name in ("candidates.csv", "finetuned.csv", "best.json", "best.pt", "history.png", "history.pdf"):

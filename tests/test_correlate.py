@@ -121,7 +121,7 @@ def result(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace, data: D
 def test_frame_has_one_row_per_candidate(result: CorrelationResult) -> None:
     frame = result.frame
     assert len(frame) == ARCHS and frame["key"].is_unique
-    for column in ("graph", "params", "flops", "gt_val_loss_s0", "gt_val_loss_s1", "gt_val_loss",
+    for column in ("graph", "num_params", "flops", "gt_val_loss_s0", "gt_val_loss_s1", "gt_val_loss",
                    "gt_val_acc_s0", "gt_val_acc", "score_ghn", "score_params", "score_oracle"):
         assert column in frame.columns
     mean = (frame["gt_val_loss_s0"] + frame["gt_val_loss_s1"]) / 2

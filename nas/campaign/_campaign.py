@@ -49,7 +49,6 @@ from nas.campaign._rank import (
 )
 from nas.campaign._report import (
     PICKS,
-    RANK_SCORE_NAMES,
     best_record,
     candidates_frame,
     finetuned_frame,
@@ -120,8 +119,7 @@ class CampaignResult:
         ]
         if len(self.finetuned):
             cols = ["rank", "rank_trial", "key", "num_params", "flops", "rank_score", "val_acc", "test_acc", "failed"]
-            score = RANK_SCORE_NAMES.get(self.rank_by, "rank_score")
-            table = self.finetuned[cols].head(rows).rename(columns={"rank_score": score})
+            table = self.finetuned[cols].head(rows)  # the tables' own column names
             table["key"] = table["key"].str[:10]
             lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if self.best is not None:

@@ -30,7 +30,6 @@ __all__ = [
     "CANDIDATE_COLUMNS",
     "FINETUNED_COLUMNS",
     "PICKS",
-    "RANK_SCORE_NAMES",
     "best_record",
     "candidates_frame",
     "finetuned_frame",
@@ -45,8 +44,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Name of the ``rank_score`` column in the printed summary, by ``rank_by``.
-RANK_SCORE_NAMES: dict[str, str] = {"ranker": "ranker_score", "loss": "ghn_loss"}
 
 #: Leading columns of :func:`candidates_frame` (then one column per choice, then ``choices`` and ``graph``).
 CANDIDATE_COLUMNS: tuple[str, ...] = (

@@ -174,12 +174,12 @@ def run_spaces(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    """Print ``-n`` distinct candidates as JSON lines ``{"key", "params", "graph"}``."""
+    """Print ``-n`` distinct candidates as JSON lines ``{"key", "choices", "graph"}``."""
     if args.n < 1:
         raise ValueError(f"`-n` must be positive, but got {args.n}.")
     space = space_from_args(args, _load_data(args.dataset))
     for cand in space.iter_samples(args.n, seed=args.seed):  # printed as drawn: a long run shows progress at once
-        line = {"key": cand.graph.key, "params": cand.params, "graph": cand.graph.to_dict()}
+        line = {"key": cand.graph.key, "choices": cand.params, "graph": cand.graph.to_dict()}
         print(json.dumps(line, sort_keys=False), flush=True)
     return 0
 
@@ -292,7 +292,7 @@ def run_train(args: argparse.Namespace) -> int:
         "dataset": data.name,
         "seed": args.seed,
         "key": graph.key,
-        "params": graph.num_params(),
+        "num_params": graph.num_params(),
         "flops": graph.flops(),
         "val_acc": result.val_acc,
         "val_loss": result.val_loss,
@@ -310,7 +310,7 @@ def run_train(args: argparse.Namespace) -> int:
         finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
         print(json.dumps(finite))  # NaN (a failed run) becomes null, which JSON readers accept
     else:
-        shown = dict(report, key=graph.key[:12], params=f"{report['params']:,}", flops=f"{report['flops']:,}")
+        shown = dict(report, key=graph.key[:12], num_params=f"{report['num_params']:,}", flops=f"{report['flops']:,}")
         for name in ("val_acc", "val_loss", "test_acc", "test_loss", "train_loss"):
             shown[name] = f"{report[name]:.4f}"
         shown["wall_time"] = f"{report['wall_time']:.1f} s"

@@ -262,7 +262,7 @@ def _candidate_frame(graphs: Sequence[ArchGraph], table: pd.DataFrame, seeds: Se
         row: dict[str, Any] = {
             "key": graph.key,
             "graph": graph.to_json(),
-            "params": graph.num_params(),
+            "num_params": graph.num_params(),
             "flops": graph.flops(),
         }
         runs = [by_run.loc[(graph.key, s)] for s in seeds]
