@@ -519,6 +519,16 @@ def test_nan_ghn_fails_the_rank_trials_and_stops_with_one_line(tmp_path: Path, t
     assert_one_line_error(CliResult(proc.returncode, proc.stdout, proc.stderr))
 
 
+def test_a_search_whose_every_fine_tune_diverges_exits_1_with_one_line(tmp_path: Path, tiny_ghn: Path) -> None:
+    """Ranking works but every fine-tune diverges: the run ends, says so in one line, and exits 1, not 0."""
+    result = run_inprocess(["search", *SEARCH_ARGS, "--trials", "30", "--finetune-lr", "1e12", "--ghn",
+                            str(tiny_ghn), "--out", str(tmp_path / "out")])
+    lines = [line for line in result.err.splitlines() if ": error:" in line]
+    assert result.code == 1 and "Traceback" not in result.err, result.err[-3000:]
+    assert len(lines) == 1 and "all 3 fine-tuned candidates failed" in lines[0] and "finetuned.csv" in lines[0]
+    assert (tmp_path / "out" / "finetuned.csv").is_file() and not (tmp_path / "out" / "best.json").exists()
+
+
 def test_exploding_finetune_loss_fails_the_trial_and_the_campaign_goes_on(tmp_path: Path, tiny_ghn: Path) -> None:
     """Fine-tuning with an absurd learning rate diverges: each trial is FAIL with a reason, the rest still runs."""
     import optuna
