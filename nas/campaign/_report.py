@@ -146,6 +146,9 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+#: Score columns of ``candidates.csv`` written only when the campaign computed them.
+OPTIONAL_SCORE_COLUMNS = ("ghn_loss", "ghn_acc")
+
 #: Fewest rows a result plot is drawn with.
 MIN_PLOT_POINTS = 3
 
@@ -629,6 +632,9 @@ def write_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    # Columns of a score the campaign did not compute (the GHN's loss when the ranker ranked) are left out.
+    empty = [c for c in OPTIONAL_SCORE_COLUMNS if c in candidates.columns and candidates[c].isna().all()]
+    candidates = candidates.drop(columns=empty) if len(candidates) else candidates
     if "weights" in finetuned.columns:  # paths inside the folder are written relative to it, so it can move
         finetuned = finetuned.assign(weights=finetuned["weights"].map(lambda w: _relative(w, out)))
     for name, frame in (("candidates", candidates), ("finetuned", finetuned)):
