@@ -52,7 +52,7 @@ def one_line(err: BaseException) -> str:
 def temporary_path(path: Path) -> Path:
     """A fresh hidden temporary name next to ``path`` that keeps its suffix (writers may infer the format from it).
 
-    Example:
+    Examples:
         ``runs/x/best.png`` -> ``runs/x/.best.3f9c0a1b2d4e.tmp.png``
     """
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")

@@ -62,7 +62,7 @@ class PeriodicThread:
         at_start: Call ``beat`` once on entering the block too.
         on_stop: Called in the thread when it stops (e.g. to close its own connection).
 
-    Example:
+    Examples:
         >>> with PeriodicThread(lambda: None, interval=30, name="heartbeat"):
         ...     pass
     """

@@ -17,7 +17,7 @@ stratified split (the same seed gives the same split), converted to ``float32``
 tensors of shape ``(N, C, H, W)`` and normalised with the per-channel mean and
 standard deviation of the training split.
 
-Example:
+Examples:
     >>> data = load_dataset("digits", seed=0)
     >>> data.input_shape
     (1, 8, 8)
@@ -48,6 +48,9 @@ __all__ = ["Dataset", "dataset_names", "load_dataset"]
 
 logger = logging.getLogger(__name__)
 
+#: Smallest image height and width accepted (the spaces' stems and pooling need a few pixels).
+MIN_IMAGE_SIZE = 4
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Dataset:
@@ -72,10 +75,16 @@ class Dataset:
         y_val: Validation labels.
         x_test: Test images.
         y_test: Test labels.
+        split_seed: Seed of the train / validation / test split (:func:`load_dataset`'s
+            ``seed``), or ``None`` for a dataset built by hand. GHN and ranker
+            checkpoints record it and refuse another split.
 
     Raises:
-        ValueError: If a tensor's shape does not match ``input_shape`` or the
-            number of labels does not match the number of images.
+        DatasetError: A tensor's shape does not match ``input_shape``, the
+            number of labels does not match the number of images, an image is
+            smaller than ``MIN_IMAGE_SIZE``, a value is not finite, labels are
+            not integers in ``[0, num_classes)``, or the training split holds
+            fewer than two classes.
     """
 
     name: str
@@ -87,22 +96,47 @@ class Dataset:
     y_val: Tensor
     x_test: Tensor
     y_test: Tensor
+    split_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.num_classes < 1:
-            raise ValueError(f"`num_classes` must be positive, but got {self.num_classes}.")
+        if self.num_classes < 2:
+            raise DatasetError(
+                f"dataset {self.name!r} has {self.num_classes} class(es); classification needs at least 2."
+            )
+        _, H, W = self.input_shape  # channels, height, width
+        if min(H, W) < MIN_IMAGE_SIZE:
+            raise DatasetError(
+                f"dataset {self.name!r} has {H}x{W} images; the search spaces need at least "
+                f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}."
+            )
         for split in ("train", "val", "test"):
             x: Tensor = getattr(self, f"x_{split}")
             y: Tensor = getattr(self, f"y_{split}")
             if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
-                raise ValueError(
+                raise DatasetError(
                     f"`x_{split}` must have shape (N, {', '.join(map(str, self.input_shape))}), "
                     f"but got {tuple(x.shape)}."
                 )
             if y.dim() != 1 or y.shape[0] != x.shape[0]:
-                raise ValueError(
+                raise DatasetError(
                     f"`y_{split}` must have shape ({x.shape[0]},), but got {tuple(y.shape)}."
                 )
+            if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+                raise DatasetError(
+                    f"dataset {self.name!r}: `x_{split}` must hold finite floating-point values, "
+                    f"but has dtype {x.dtype} or NaN / infinite entries."
+                )
+            if y.dtype != torch.int64 or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes)):
+                raise DatasetError(
+                    f"dataset {self.name!r}: `y_{split}` must hold int64 class indices in "
+                    f"[0, {self.num_classes}), but has dtype {y.dtype}"
+                    + (f" and values from {int(y.min())} to {int(y.max())}." if y.numel() else ".")
+                )
+        if int(torch.unique(self.y_train).numel()) < 2:
+            raise DatasetError(
+                f"dataset {self.name!r}: the training split holds a single class; "
+                "classification needs at least 2."
+            )
 
     def __repr__(self) -> str:
         C, H, W = self.input_shape  # channels, height, width
@@ -322,11 +356,13 @@ def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
 
 def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels)
-    if labels.size and (
-        not np.issubdtype(labels.dtype, np.integer)
-        or labels.min() < 0
-        or labels.max() >= num_classes
-    ):
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        kinds = sorted({type(value).__name__ for value in labels.ravel()[:1000].tolist()})
+        raise DatasetError(
+            f"file '{path}' is malformed: labels must be integers in [0, {num_classes}), "
+            f"but are of type {', '.join(kinds)}."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise DatasetError(
             f"file '{path}' is malformed: labels must be integers in [0, {num_classes}), "
             f"but range from {labels.min()} to {labels.max()}."
@@ -615,7 +651,7 @@ def load_dataset(
             empty, truncated or malformed.
         ValueError: If a fraction or ``max_train`` is out of range.
 
-    Example:
+    Examples:
         >>> data = load_dataset("digits", max_train=500)
         >>> data.x_train.shape
         torch.Size([500, 1, 8, 8])
@@ -632,6 +668,8 @@ def load_dataset(
         raise ValueError(f"`max_train` must be positive, but got {max_train}.")
 
     raw = source.read(path)
+    if np.issubdtype(raw.x.dtype, np.floating) and not np.isfinite(raw.x).all():
+        raise DatasetError(f"dataset {name!r}: its images hold NaN or infinite values.")
     split_rng, subsample_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
     )
@@ -677,6 +715,7 @@ def load_dataset(
         y_val=torch.from_numpy(np.ascontiguousarray(raw.y[val_idx], dtype=np.int64)),
         x_test=normalise(x_test),
         y_test=torch.from_numpy(np.ascontiguousarray(y_test, dtype=np.int64)),
+        split_seed=seed,
     )
     logger.debug("loaded %r", data)
     return data

@@ -1,11 +1,15 @@
-"""Draw an architecture graph with matplotlib alone.
+"""Draw an architecture graph: Graphviz ``dot`` lays it out, matplotlib draws it.
 
-Nodes are placed in layers by their topological depth (the longest path from
-the input), top to bottom, and ordered inside a layer by the mean position of
-their inputs, which keeps most edges short. Each node is a box coloured by its
-op and labelled with the op and its main attributes.
+With Graphviz installed (the ``dot`` program), :func:`dot_layout` places the
+nodes and routes every edge as a spline around the boxes (``dot -Tplain``);
+matplotlib draws the splines with their arrowheads first and the boxes on top,
+so a figure saves as PNG and PDF alike. Without Graphviz the fallback
+:func:`layered_layout` places nodes in layers by topological depth (the longest
+path from the input), ordered inside a layer by the mean position of their
+inputs, and edges are straight or slightly bent. Each node is a box coloured by
+its op and labelled with the op and its main attributes.
 
-Example:
+Examples:
     >>> from search_spaces import NB201Space
     >>> ax = draw_graph(NB201Space(input_shape=(1, 8, 8)).sample(0).graph)
     >>> ax.figure.savefig("cell.png")  # doctest: +SKIP
@@ -13,17 +17,84 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import shutil
+import subprocess
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.path import Path as MplPath
 
 from nas.graph import ArchGraph
 from nas.ops import op_names
 
-__all__ = ["draw_graph", "layered_layout", "node_label"]
+__all__ = ["DotLayout", "dot_layout", "draw_graph", "layered_layout", "node_label"]
+
+logger = logging.getLogger(__name__)
+
+
+class DotLayout(NamedTuple):
+    """A Graphviz layout, in inches: the drawing's size, node centres and sizes, edge splines."""
+
+    width: float
+    height: float
+    nodes: dict[int, tuple[float, float, float, float]]  # index -> (x, y, width, height)
+    edges: list[tuple[int, int, list[tuple[float, float]]]]  # (source, target, cubic B-spline control points)
+
+
+def _box_size(label: str, fontsize: float) -> tuple[float, float]:
+    """Width and height in inches of a box holding ``label`` at ``fontsize`` points."""
+    lines = label.split("\n")
+    char = 0.6 * fontsize / 72  # a character's mean width in inches
+    return max(len(line) for line in lines) * char + 0.2, len(lines) * 1.25 * fontsize / 72 + 0.12
+
+
+def dot_layout(graph: ArchGraph, *, fontsize: float = 7.0, timeout: float = 30.0) -> DotLayout | None:
+    """Lay ``graph`` out with Graphviz ``dot``, or return ``None`` when Graphviz is not installed or fails.
+
+    Args:
+        graph: The graph.
+        fontsize: Font size the boxes are sized for.
+        timeout: Seconds ``dot`` may take.
+
+    Returns:
+        The layout, top to bottom from the input.
+    """
+    program = shutil.which("dot")
+    if program is None:
+        return None
+    lines = ["digraph G {", "rankdir=TB; nodesep=0.2; ranksep=0.3; splines=spline;",
+             "node [shape=box, fixedsize=true, label=\"\"];"]
+    for i in range(len(graph.nodes)):
+        w, h = _box_size(node_label(graph, i), fontsize)
+        lines.append(f"n{i} [width={w:.3f}, height={h:.3f}];")
+    for i, node in enumerate(graph.nodes):
+        lines += [f"n{j} -> n{i};" for j in node.inputs]
+    lines.append("}")
+    try:
+        proc = subprocess.run([program, "-Tplain"], input="\n".join(lines), capture_output=True, text=True,
+                              timeout=timeout, check=True)
+    except (OSError, subprocess.SubprocessError) as err:
+        logger.warning("Graphviz dot failed (%s); drawing with the built-in layout", err)
+        return None
+    width = height = 0.0
+    nodes: dict[int, tuple[float, float, float, float]] = {}
+    edges: list[tuple[int, int, list[tuple[float, float]]]] = []
+    for row in proc.stdout.splitlines():
+        parts = row.split()
+        if parts[:1] == ["graph"]:
+            width, height = float(parts[2]), float(parts[3])
+        elif parts[:1] == ["node"]:
+            nodes[int(parts[1][1:])] = (float(parts[2]), float(parts[3]), float(parts[4]), float(parts[5]))
+        elif parts[:1] == ["edge"]:
+            n = int(parts[3])
+            points = [(float(parts[4 + 2 * k]), float(parts[5 + 2 * k])) for k in range(n)]
+            edges.append((int(parts[1][1:]), int(parts[2][1:]), points))
+    return DotLayout(width, height, nodes, edges)
 
 
 def layered_layout(graph: ArchGraph) -> dict[int, tuple[float, float]]:
@@ -87,7 +158,7 @@ def node_label(graph: ArchGraph, i: int) -> str:
 
 
 def draw_graph(graph: ArchGraph, ax: Axes | None = None, *, fontsize: float = 7.0) -> Axes:
-    """Draw ``graph`` as a layered DAG.
+    """Draw ``graph`` as a DAG, laid out by Graphviz ``dot`` when it is installed (:func:`dot_layout`).
 
     Args:
         graph: The graph to draw.
@@ -98,6 +169,9 @@ def draw_graph(graph: ArchGraph, ax: Axes | None = None, *, fontsize: float = 7.
     Returns:
         The axes drawn into; save with ``ax.figure.savefig(path)``.
     """
+    layout = dot_layout(graph, fontsize=fontsize)
+    if layout is not None:
+        return _draw_dot(graph, layout, ax, fontsize=fontsize)
     pos = layered_layout(graph)
     if ax is None:
         width = max(sum(1 for p in pos.values() if p[1] == y) for y in {p[1] for p in pos.values()})
@@ -130,6 +204,50 @@ def draw_graph(graph: ArchGraph, ax: Axes | None = None, *, fontsize: float = 7.
     ys = [p[1] for p in pos.values()]
     ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
     ax.set_ylim(min(ys) - 0.6, max(ys) + 0.6)
+    ax.set_axis_off()
+    ax.set_title(f"{len(graph)} nodes, {graph.num_params():,} params, key {graph.key[:10]}", fontsize=fontsize + 1)
+    return ax
+
+
+def _border_point(start: tuple[float, float], box: tuple[float, float, float, float]) -> tuple[float, float]:
+    """Where the segment from ``start`` towards the centre of ``box`` (x, y, width, height) meets its border."""
+    x, y, w, h = box
+    dx, dy = x - start[0], y - start[1]
+    scale = min(abs(w / 2 / dx) if dx else float("inf"), abs(h / 2 / dy) if dy else float("inf"))
+    if scale >= 1:  # start is inside the box already
+        return start
+    return x - dx * scale, y - dy * scale
+
+
+def _draw_dot(graph: ArchGraph, layout: DotLayout, ax: Axes | None, *, fontsize: float) -> Axes:
+    """Draw a :func:`dot_layout`: splines with arrowheads under the boxes, one inch per data unit."""
+    if ax is None:
+        fig = Figure(figsize=(max(3.0, layout.width + 0.4), max(2.0, layout.height + 0.6)))
+        ax = fig.add_subplot()
+        fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.45 / fig.get_figheight())
+    names = op_names()
+    cmap = colormaps["tab20"]
+    for source, target, points in layout.edges:
+        # dot ends a spline where its own arrowhead would start: continue it to the target box's border.
+        tip = _border_point(points[-1], layout.nodes[target])
+        codes = [MplPath.MOVETO] + [MplPath.CURVE4] * (len(points) - 1) + [MplPath.LINETO]
+        arrow = FancyArrowPatch(path=MplPath([*points, tip], codes), arrowstyle="-|>", mutation_scale=9,
+                                color="0.3", lw=0.8, zorder=1)
+        ax.add_patch(arrow)
+        node = graph.nodes[target]
+        if node.op == "concat":  # concat order matters; show it next to the edge's end
+            x, y = points[-1]
+            ax.text(x + 0.05, y + 0.05, str(node.inputs.index(source)), fontsize=fontsize - 1, color="0.3",
+                    zorder=2)
+    for i, node in enumerate(graph.nodes):
+        x, y, w, h = layout.nodes[i]
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.05",
+                                    facecolor=cmap(names.index(node.op) % cmap.N), edgecolor="0.2", lw=0.6,
+                                    zorder=3))
+        ax.text(x, y, node_label(graph, i), ha="center", va="center", fontsize=fontsize, zorder=4)
+    ax.set_xlim(-0.1, layout.width + 0.1)
+    ax.set_ylim(-0.1, layout.height + 0.1)
+    ax.set_aspect("equal")
     ax.set_axis_off()
     ax.set_title(f"{len(graph)} nodes, {graph.num_params():,} params, key {graph.key[:10]}", fontsize=fontsize + 1)
     return ax

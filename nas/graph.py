@@ -6,7 +6,7 @@ reads (its inputs, in order). A graph is validated when it is built: every
 node's output shape is inferred from the input shape, so a graph that exists is
 a graph that runs.
 
-Example:
+Examples:
     >>> from nas.graph import GraphBuilder
     >>> b = GraphBuilder(input_shape=(1, 8, 8))
     >>> x = b.add("relu_conv_bn", b.input, out_channels=4, kernel=3)
@@ -34,10 +34,17 @@ import torch
 from nas.exceptions import GraphError
 from nas.ops import OPS, ParamSpec, get_op, op_names
 
-__all__ = ["Node", "ArchGraph", "GraphBuilder", "FORMAT_VERSION"]
+__all__ = ["Node", "ArchGraph", "GraphBuilder", "FORMAT_VERSION", "MAX_ACTIVATIONS", "MAX_NODES", "MAX_PARAMS"]
 
 #: Version of the JSON format written by :meth:`ArchGraph.to_dict`.
 FORMAT_VERSION = 1
+
+#: Most nodes of a candidate (the GHN passes messages one depth level at a time; NAS cells have tens to hundreds).
+MAX_NODES = 4096
+#: Most parameters of a network that is compiled or given predicted weights (4 GiB as float32).
+MAX_PARAMS = 2**30
+#: Most values all nodes of a network output for one example (128 MiB as float32, 8 GiB for a batch of 64).
+MAX_ACTIVATIONS = 2**25
 
 #: Ops whose output does not depend on the order of their inputs.
 _COMMUTATIVE = frozenset({"sum"})
@@ -218,6 +225,35 @@ class ArchGraph:
         """Number of trainable parameters of the compiled network."""
         return sum(math.prod(spec.shape) for _, spec in self.param_specs.values())
 
+    def check_size(self) -> None:
+        """Refuse a network too large to allocate, before anything is allocated.
+
+        Counts nodes, parameters (:meth:`num_params`) and the values every node
+        outputs for one example from the shapes alone, and compares them with
+        :data:`MAX_NODES`, :data:`MAX_PARAMS` and :data:`MAX_ACTIVATIONS`.
+
+        Raises:
+            GraphError: One of the counts is above its limit.
+        """
+        if len(self.nodes) > MAX_NODES:
+            raise GraphError(
+                f"candidate {self.key[:10]} has {len(self.nodes):,} nodes, above the limit of {MAX_NODES:,} "
+                "(nas.graph.MAX_NODES): the GHN's message passing and training would take hours per candidate."
+            )
+        params = self.num_params()
+        if params > MAX_PARAMS:
+            raise GraphError(
+                f"candidate {self.key[:10]} has {params:,} parameters ({params * 4 / 2**30:,.1f} GiB as float32), "
+                f"above the limit of {MAX_PARAMS:,} (nas.graph.MAX_PARAMS); narrow the search space's widths."
+            )
+        values = sum(math.prod(shape) for shape in self.shapes)
+        if values > MAX_ACTIVATIONS:
+            raise GraphError(
+                f"candidate {self.key[:10]} outputs {values:,} values per example across its nodes "
+                f"({values * 4 / 2**30:,.1f} GiB as float32), above the limit of {MAX_ACTIVATIONS:,} "
+                "(nas.graph.MAX_ACTIVATIONS); narrow the search space's widths or its input size."
+            )
+
     def flops(self) -> int:
         """Forward FLOPs for one input example, counted by :mod:`torch.utils.flop_counter`.
 
@@ -368,6 +404,8 @@ class ArchGraph:
             data = json.loads(text)
         except (json.JSONDecodeError, TypeError) as err:
             raise GraphError(f"graph JSON does not parse: {err}.") from None
+        except RecursionError:
+            raise GraphError("graph JSON does not parse: it is nested too deeply.") from None
         return cls.from_dict(data)
 
     # ------------------------------------------------------------ PyG (deprecated)
@@ -429,10 +467,13 @@ def node_flops(op: str, attrs: tuple[tuple[str, Any], ...], in_shapes: tuple[Sha
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    module = get_op(op).module(list(in_shapes), dict(attrs)).eval()
+    # On the meta device: shapes only, so a very wide op costs no memory to count.
+    with torch.device("meta"):
+        module = get_op(op).module(list(in_shapes), dict(attrs)).eval()
+        inputs = [torch.empty(1, *shape) for shape in in_shapes]
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        module(*(torch.zeros(1, *shape) for shape in in_shapes))
+        module(*inputs)
     return int(counter.get_total_flops())
 
 
@@ -448,7 +489,7 @@ class GraphBuilder:
     Args:
         input_shape: Shape ``(C, H, W)`` of one input example.
 
-    Example:
+    Examples:
         >>> b = GraphBuilder(input_shape=(3, 32, 32))
         >>> x = b.add("conv", b.input, out_channels=16, kernel=3)
         >>> b.shape(x)

@@ -24,6 +24,9 @@ class Network(nn.Module):
     Args:
         graph: The architecture to compile.
 
+    Raises:
+        GraphError: The network is too large to allocate (:meth:`ArchGraph.check_size`).
+
     Shapes:
         - input: ``(B, C, H, W)`` with ``(C, H, W) == graph.input_shape``
         - output: ``(B, num_classes)`` logits
@@ -31,6 +34,7 @@ class Network(nn.Module):
 
     def __init__(self, graph: ArchGraph) -> None:
         super().__init__()
+        graph.check_size()  # a network too large to allocate is refused in one line, not by the allocator
         self.graph = graph
         self.ops = nn.ModuleDict()
         for i in graph.order:

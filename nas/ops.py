@@ -12,7 +12,7 @@ attributes:
 Feature-map shapes are ``(C, H, W)`` (no batch dimension); vectors after global
 pooling are ``(F,)``.
 
-Example:
+Examples:
     >>> from nas.ops import get_op
     >>> conv = get_op("conv")
     >>> conv.out_shape([(8, 16, 16)], {"out_channels": 16, "kernel": 3, "stride": 2})

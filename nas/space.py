@@ -12,7 +12,7 @@ callers:
 * :meth:`SearchSpace.from_params`: a fixed dict of choices, to rebuild a
   stored candidate (through :class:`optuna.trial.FixedTrial`).
 
-Example:
+Examples:
     >>> from nas.graph import GraphBuilder
     >>> from nas.space import SearchSpace
     >>> class Tiny(SearchSpace):
@@ -41,7 +41,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
 from optuna.trial import FixedTrial
 
 from nas.exceptions import GraphError, SpaceError
@@ -91,11 +96,30 @@ class RandomTrial:
 
     Args:
         rng: A NumPy random generator or an integer seed.
+        distributions: The distribution of every name asked so far, shared by
+            the trials of one space: a name asked with a distribution Optuna
+            would not accept after the earlier one (categorical choices that
+            change with an earlier choice, a ``log`` flag that changes) raises
+            :class:`~nas.exceptions.SpaceError`, as a study would refuse it.
     """
 
-    def __init__(self, rng: np.random.Generator | int | None = None) -> None:
+    def __init__(
+        self, rng: np.random.Generator | int | None = None, *, distributions: dict[str, Any] | None = None
+    ) -> None:
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.params: dict[str, Any] = {}
+        self.distributions = distributions if distributions is not None else {}
+
+    def _remember(self, name: str, method: str, dist: Any) -> None:
+        """Refuse a distribution that Optuna would refuse after the one ``name`` had before."""
+        old = self.distributions.setdefault(name, dist)
+        try:
+            check_distribution_compatibility(old, dist)
+        except ValueError as err:
+            raise SpaceError(
+                f"{method}({name!r}) is asked with {_describe(dist)} after {_describe(old)} in another candidate; "
+                f"an Optuna study refuses that ({err}): give each choice list its own name."
+            ) from None
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         if name not in self.params:
@@ -107,6 +131,9 @@ class RandomTrial:
                     f"suggest_categorical({name!r}): choice {bad[0]!r} is a {type(bad[0]).__name__}; Optuna stores "
                     "only None, bool, int, float and str (choose an index or a string and map it in build())."
                 )
+            plain = [c.item() if isinstance(c, np.generic) else c for c in choices]
+            self._remember(name, "suggest_categorical", _distribution(
+                name, "suggest_categorical", lambda: CategoricalDistribution(plain)))
             value = choices[int(self.rng.integers(len(choices)))]
             self.params[name] = value.item() if isinstance(value, np.generic) else value
         return self.params[name]
@@ -116,6 +143,7 @@ class RandomTrial:
             if high < low:
                 raise SpaceError(f"suggest_int({name!r}): `high` {high} is below `low` {low}.")
             dist = _distribution(name, "suggest_int", lambda: IntDistribution(low, high, step=step, log=log))
+            self._remember(name, "suggest_int", dist)
             if log:
                 draw = self.rng.uniform(math.log(dist.low - 0.5), math.log(dist.high + 0.5))
                 value = min(max(int(round(math.exp(draw))), dist.low), dist.high)
@@ -129,6 +157,7 @@ class RandomTrial:
     ) -> float:
         if name not in self.params:
             dist = _distribution(name, "suggest_float", lambda: FloatDistribution(low, high, step=step, log=log))
+            self._remember(name, "suggest_float", dist)
             if dist.low == dist.high:
                 value = float(dist.low)
             elif log:
@@ -143,6 +172,12 @@ class RandomTrial:
 
     def set_user_attr(self, key: str, value: Any) -> None:
         """Ignored: random sampling has no storage."""
+
+
+def _describe(dist: Any) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return f"choices {list(dist.choices)!r}"
+    return f"range [{dist.low}, {dist.high}]" + (" (log)" if dist.log else "")
 
 
 def _distribution(name: str, method: str, make: Callable[[], Any]) -> Any:
@@ -213,13 +248,38 @@ class SearchSpace(abc.ABC):
             raise SpaceError(
                 f"search space {self.name!r} build() must return an ArchGraph, but returned {type(graph).__name__}."
             )
+        graph.check_size()  # before anything allocates its weights or activations
         return graph
 
     def sample(self, seed: int | np.random.Generator | None = None) -> Candidate:
-        """Sample one candidate uniformly at random, without a study."""
-        trial = RandomTrial(seed)
+        """Sample one candidate uniformly at random, without a study.
+
+        Raises:
+            SpaceError: ``build`` fails, returns no graph, asks a choice Optuna
+                would refuse, or asks a name with choices other than those it
+                had in an earlier sample of this space (see :meth:`check_choices`).
+            GraphError: The candidate is invalid or too large (:meth:`ArchGraph.check_size`).
+        """
+        trial = RandomTrial(seed, distributions=self.__dict__.setdefault("_distributions", {}))
         graph = self._build_checked(trial)
         return Candidate(graph, dict(trial.params))
+
+    def check_choices(self, n: int = 64, *, seed: int = 0) -> None:
+        """Sample ``n`` candidates to find, before any one-time cost, what a study would refuse later.
+
+        Catches a ``build`` that fails or returns no graph, choice values Optuna
+        cannot store, too large a candidate, and a name whose choices depend on
+        an earlier choice (Optuna's "dynamic value space"), which an Optuna
+        study refuses only when the second list comes up. Costs ``n`` samples.
+
+        Raises:
+            SpaceError: As :meth:`sample`, naming the choice and both lists.
+            GraphError: A sampled candidate is invalid or too large.
+        """
+        rng = np.random.default_rng(seed)
+        distributions: dict[str, Any] = {}
+        for _ in range(n):
+            self._build_checked(RandomTrial(rng, distributions=distributions))
 
     def sample_many(self, n: int, *, seed: int = 0, unique: bool = True, max_tries: int | None = None) -> list[Candidate]:
         """Sample ``n`` candidates with one seeded generator.
@@ -312,7 +372,7 @@ def register_space(name: str) -> Callable[[_S], _S]:
     Raises:
         ValueError: ``name`` is empty, or registered already for another class.
 
-    Example:
+    Examples:
         >>> @register_space("tiny-example")
         ... class TinyExample(SearchSpace):
         ...     def build(self, trial): ...
@@ -388,6 +448,9 @@ def _import_attr(spec: str) -> Any:
             except Exception as err:
                 del sys.modules[mod_name]
                 raise SpaceError(f"importing space file {str(path)!r} raised {type(err).__name__}: {err}") from err
+            except SystemExit as err:  # a script's sys.exit() at import must not end the run as a success
+                del sys.modules[mod_name]
+                raise SpaceError(f"importing space file {str(path)!r} called sys.exit({err.code!r})") from None
     else:
         try:
             module = importlib.import_module(target)

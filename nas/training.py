@@ -6,7 +6,7 @@ steps. A run that produces a non-finite or exploding loss does not raise: it
 returns a :class:`TrainResult` with ``failed=True``, so a search can record the
 architecture as failed and go on.
 
-Example:
+Examples:
     >>> from torch import nn
     >>> from nas.data import load_dataset
     >>> data = load_dataset("digits")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 _PATH = Path(__file__).resolve().parents[1] / "bench" / "bench_search.py"
+_STUDIES = Path(__file__).resolve().parents[1] / "experiments" / "studies"
 _spec = importlib.util.spec_from_file_location("bench_search", _PATH)
 bench_search = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_search)
@@ -251,7 +252,7 @@ def test_reference_unites_sample_seeds_and_leaves_out_excluded_keys(monkeypatch:
 
 
 def test_judges_table_reads_each_judges_file_and_marks_the_ones_no_search_selected_on(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_judges", _PATH.with_name("bench_judges.py"))
+    spec = importlib.util.spec_from_file_location("bench_judges", _STUDIES / "bench_judges.py")
     bench_judges = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_judges)
     row = {"method": "tpe", "level": "top1_val", "runs": 2, "hits": 1, "ert_cpu_s": 9.0}
@@ -275,7 +276,7 @@ def test_judges_table_reads_each_judges_file_and_marks_the_ones_no_search_select
 
 
 def test_threshold_sweep_recomputes_each_methods_ert_at_each_top_percentage() -> None:
-    spec = importlib.util.spec_from_file_location("bench_threshold_sweep", _PATH.with_name("bench_threshold_sweep.py"))
+    spec = importlib.util.spec_from_file_location("bench_threshold_sweep", _STUDIES / "bench_threshold_sweep.py")
     sweep_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep_module)
     acc = [0.90 + 0.09 * i / 99 for i in range(100)]  # top 1% starts at 0.98992, top 5% at 0.98550
@@ -301,7 +302,7 @@ def test_threshold_sweep_recomputes_each_methods_ert_at_each_top_percentage() ->
 
 
 def test_equal_compute_reports_best_and_reported_accuracy_after_each_budget() -> None:
-    spec = importlib.util.spec_from_file_location("bench_equal_compute", _PATH.with_name("bench_equal_compute.py"))
+    spec = importlib.util.spec_from_file_location("bench_equal_compute", _STUDIES / "bench_equal_compute.py")
     equal = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(equal)
     acc = [0.90 + 0.09 * i / 99 for i in range(100)]
@@ -345,7 +346,7 @@ def test_a_replicates_report_reads_the_baselines_search_with_training_but_not_it
 
 
 def test_replicates_pool_the_builds_erts_and_bootstrap_over_builds_then_runs() -> None:
-    spec = importlib.util.spec_from_file_location("bench_replicates", _PATH.with_name("bench_replicates.py"))
+    spec = importlib.util.spec_from_file_location("bench_replicates", _STUDIES / "bench_replicates.py")
     bench_replicates = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_replicates)
     def runs(hit_at: list[float], spent: float) -> pd.DataFrame:
@@ -372,7 +373,7 @@ def test_replicates_pool_the_builds_erts_and_bootstrap_over_builds_then_runs() -
 
 
 def test_a_combination_of_builds_ranks_by_the_mean_standardised_tse_and_the_first_builds_prior() -> None:
-    spec = importlib.util.spec_from_file_location("bench_build_rankers", _PATH.with_name("bench_build_rankers.py"))
+    spec = importlib.util.spec_from_file_location("bench_build_rankers", _STUDIES / "bench_build_rankers.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     z = {"a": np.array([0.0, 1.0, 2.0]), "b": np.array([2.0, 1.0, -2.0])}

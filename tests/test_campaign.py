@@ -209,14 +209,18 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
     for t in trials:
         for attr in ("key", "num_params", "flops", "rank_score", "ghn_loss", "ghn_acc"):
             assert attr in t.user_attrs
+        assert "graph" not in t.user_attrs  # kept out of the dashboard's attribute table: the choices rebuild it
         assert t.user_attrs["rank_score"] == t.user_attrs["ghn_loss"]  # rank_by="loss" keeps the ghn_loss name
         if "duplicate_of" not in t.user_attrs:
-            graph = ArchGraph.from_json(t.user_attrs["graph"])
+            graph = small_campaign(out, ghn_path).space.from_params(t.params)
             assert graph.key == t.user_attrs["key"]
             assert t.user_attrs["num_params"] == graph.num_params()
             assert t.values[0] == pytest.approx(t.user_attrs["ghn_loss"])
-    rank, _ = small_campaign(out, ghn_path).open()
+    rank, ft_study = small_campaign(out, ghn_path).open()
     assert rank.user_attrs["nas_campaign"]["config"]["rank_by"] == "loss"
+    # optuna-dashboard names the objectives after these instead of "Objective 0"
+    assert rank.metric_names == ["rank_score"]
+    assert ft_study.metric_names == [small_campaign(out, ghn_path).config.finetune_metric]
     assert rank.user_attrs["nas_campaign"]["config"]["ranker"] is None
 
     # The candidates table: one row per distinct key, documented columns, sorted by GHN loss.
@@ -242,10 +246,10 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
     # Files.
     for name in (
         "candidates.csv", "candidates.parquet", "finetuned.csv", "finetuned.parquet", "best.json", "best.pt",
-        "best.png", "history.png", "history.pdf", "score_vs_finetuned.png", "score_vs_finetuned.pdf",
-        "selfcheck.csv", "campaign.db",
+        "best.png", "history.png", "history.pdf", "selfcheck.png", "selfcheck.csv", "campaign.db",
     ):
         assert (out / name).is_file(), name
+    assert not (out / "score_vs_finetuned.png").exists()  # 2 fine-tuned candidates: too few points to plot
     assert not list(out.glob(".*tmp*"))
     csv = pd.read_csv(out / "candidates.csv")
     assert len(csv) == len(cand) and list(csv.columns) == list(cand.columns)
@@ -259,6 +263,9 @@ def test_campaign_end_to_end_then_rerun_evaluates_nothing(tmp_path: Path, ghn_pa
     assert graph.key == best["key"]
     state = torch.load(out / "best.pt", weights_only=True)
     Network(graph).load_state_dict(state, strict=True)
+    # Weights paths are written relative to the output folder (which can then move).
+    written = pd.read_csv(out / "finetuned.csv")["weights"]
+    assert best["weights"] == written.iloc[0] and all(not Path(w).is_absolute() and (out / w).is_file() for w in written)
 
     # Self-check table and a tau in [-1, 1] (or nan when a side is constant).
     assert result.self_check is not None and len(result.self_check.table) == 3
@@ -477,9 +484,9 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     fresh = GHNRanker.load(ranker_path)
     for t in trials:
         assert "ghn_loss" not in t.user_attrs and "ghn_acc" not in t.user_attrs
-        graph = ArchGraph.from_json(t.user_attrs["graph"]) if "graph" in t.user_attrs else None
-        if graph is not None:
-            assert t.user_attrs["rank_score"] == pytest.approx(float(fresh.score([graph])[0]), rel=1e-5, abs=1e-6)
+        graph = campaign.space.from_params(t.params)
+        assert graph.key == t.user_attrs["key"]
+        assert t.user_attrs["rank_score"] == pytest.approx(float(fresh.score([graph])[0]), rel=1e-5, abs=1e-6)
         assert t.values[0] == pytest.approx(t.user_attrs["rank_score"])
     rank, _ = campaign.open()
     settings = rank.user_attrs["nas_campaign"]["config"]
@@ -508,8 +515,9 @@ def test_rank_by_ranker_scores_each_batch_with_one_score_call(
     assert best["metrics"]["ghn_acc"] == pytest.approx(float(first["ghn_acc"]))
     assert "first fine-tuned candidate in the ranking's order" in result.summary()
     summary = result.summary()
-    assert "ranked by ranker" in summary and "ranker_score" in summary and "ghn_loss" not in summary
-    assert "rank_by,rank_score" in (out / "candidates.csv").read_text().splitlines()[0]
+    assert "ranked by ranker" in summary and "rank_score" in summary and "ghn_loss" not in summary
+    header = (out / "candidates.csv").read_text().splitlines()[0]
+    assert "rank_by,rank_score" in header and "ghn_loss" not in header  # no all-empty column of an unused score
 
     # The self-check compares the same score with training.
     table = result.self_check.table
@@ -668,7 +676,7 @@ def test_default_ranker_is_fitted_once_then_reused(
     assert ranker.label_info["k"] == 2 and ranker.label_info["n"] == 6 and ranker.label_info["target"] == "tse"
     for t in complete_rank_trials(_ranker_campaign(out, ghn_path)):
         if "duplicate_of" not in t.user_attrs:
-            graph = ArchGraph.from_json(t.user_attrs["graph"])
+            graph = _ranker_campaign(out, ghn_path).space.from_params(t.params)
             assert t.user_attrs["rank_score"] == pytest.approx(float(ranker.score([graph])[0]), rel=1e-5, abs=1e-6)
     rank, _ = _ranker_campaign(out, ghn_path).open()
     settings = rank.user_attrs["nas_campaign"]["config"]

@@ -48,10 +48,10 @@ def test_sample_prints_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert len({d["key"] for d in lines}) == 4
     space = NB201Space()
     for d in lines:
-        assert set(d) == {"key", "params", "graph"}
+        assert set(d) == {"key", "choices", "graph"}
         graph = ArchGraph.from_dict(d["graph"])
         assert graph.key == d["key"]
-        assert space.from_params(d["params"]).key == d["key"]
+        assert space.from_params(d["choices"]).key == d["key"]
     assert lines[0]["key"] == space.sample(3).graph.key  # the first line is sample(seed)
 
 
@@ -80,7 +80,7 @@ def test_sample_user_space_file(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "sample", "--space", MY_SPACE, "-n", "2", "--space-arg", "max_depth=1")
     assert code == 0
     lines = _lines(out)
-    assert len(lines) == 2 and all(d["params"]["depth"] == 1 for d in lines)
+    assert len(lines) == 2 and all(d["choices"]["depth"] == 1 for d in lines)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".pdf"])
@@ -124,7 +124,7 @@ def test_train_json_on_digits(capsys: pytest.CaptureFixture[str]) -> None:
     report = json.loads(out)
     graph = NB201Space(input_shape=(1, 8, 8), C=4).sample(0).graph
     assert report["key"] == graph.key
-    assert report["params"] == graph.num_params()
+    assert report["num_params"] == graph.num_params()
     assert report["flops"] == graph.flops() > 0
     assert report["steps"] == 256 // 32
     assert 0.0 <= report["val_acc"] <= 1.0 and 0.0 <= report["test_acc"] <= 1.0
@@ -140,7 +140,7 @@ def test_train_table_for_user_space(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     rows = dict(line.split(None, 1) for line in out.strip().splitlines())
     assert rows["space"] == "my_space" and rows["dataset"] == "digits"
-    assert {"params", "flops", "val_acc", "test_acc", "wall_time"} <= set(rows)
+    assert {"num_params", "flops", "val_acc", "test_acc", "wall_time"} <= set(rows)
     assert 0.0 <= float(rows["val_acc"]) <= 1.0
 
 
@@ -270,6 +270,30 @@ def test_layered_layout_and_drawing(name: str) -> None:
     assert node_label(graph, graph.input_index) == "input\n1x8x8"
 
 
+@pytest.mark.parametrize("name", sorted(BUILTIN_SPACES))
+def test_graphviz_lays_out_every_node_and_edge_top_down(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+
+    from nas.draw import dot_layout, draw_graph
+
+    if shutil.which("dot") is None:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail("Graphviz (dot) is required under CI: .ci/run installs it", pytrace=False)
+        pytest.skip("Graphviz (dot) is not installed: DAGs are drawn with the built-in layout")
+    graph = BUILTIN_SPACES[name](input_shape=(1, 8, 8)).sample(4).graph
+    layout = dot_layout(graph)
+    assert layout is not None and set(layout.nodes) == set(range(len(graph)))
+    assert sorted((s, t) for s, t, _ in layout.edges) == sorted((j, i) for i, n in enumerate(graph.nodes)
+                                                                for j in n.inputs)
+    for source, target, points in layout.edges:
+        assert layout.nodes[source][1] > layout.nodes[target][1]  # every edge points down
+        assert len(points) >= 4 and (len(points) - 1) % 3 == 0  # a cubic B-spline
+    assert len(draw_graph(graph).patches) == len(graph) + len(layout.edges)  # boxes and arrows
+    monkeypatch.setattr(shutil, "which", lambda program: None)  # without Graphviz: the built-in layout
+    assert dot_layout(graph) is None and len(draw_graph(graph).patches) == 0
+
+
 @pytest.mark.parametrize("old", ["-o", "--output"])
 def test_draw_old_output_flags_still_work_with_a_deprecation_warning(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str
@@ -303,12 +327,15 @@ def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str], argv:
 
 def test_every_subcommand_defaults_to_the_same_space_and_dataset() -> None:
     from nas.cli import _parser
+    from nas.cli.options import DEFAULT_SPACE
 
     parser = _parser()
     for argv in (["sample"], ["draw"], ["train"], ["train-ghn", "--out", "g.pt"],
                  ["fit-ranker", "--ghn", "g.pt", "--out", "r.pt"]):
         args = parser.parse_args(argv)
-        assert (args.space, args.dataset) == ("nb201", "mnist5k"), argv
+        # train leaves --space unset unless given (it refuses --space with --arch) and uses nb201 then
+        space = args.space if argv[0] != "train" else (args.space or DEFAULT_SPACE)
+        assert (space, args.dataset) == ("nb201", "mnist5k"), argv
         assert getattr(args, "threads", 1) == 1, argv
     search = parser.parse_args(["search"])
     assert "space" not in vars(search)  # unset unless given: CampaignConfig's default applies

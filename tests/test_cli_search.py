@@ -163,11 +163,12 @@ def test_search_top_k_error_then_resume(tmp_path: Path, ghn_path: Path, capsys: 
     rc, stdout, err = run_cli([*argv, "--top-k", "2"], capsys)
     assert rc == 0, err
     assert "campaign 'nb201-digits': 8 rank trials" in stdout and "2 fine-tuned" in stdout
-    assert "ranked by ranker" in stdout and "ranker_score" in stdout
+    assert "ranked by ranker" in stdout and "rank_score" in stdout
     assert "best: rank trial" in stdout
     assert f"nas train --arch {out / 'best.json'} --dataset digits --epochs 3" in stdout
-    for name in ("candidates.csv", "finetuned.csv", "best.json", "best.pt", "history.png", "score_vs_finetuned.pdf"):
+    for name in ("candidates.csv", "finetuned.csv", "best.json", "best.pt", "history.png", "history.pdf"):
         assert (out / name).is_file(), name
+    assert not (out / "score_vs_finetuned.pdf").exists()  # 2 points: not drawn
     assert (out / "ranker_labels.csv").read_bytes() == labels  # the rerun labelled nothing
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'campaign.db'}")
     rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)
@@ -249,12 +250,9 @@ def test_two_workers_on_a_journal_storage_finetune_disjoint_candidates(tmp_path:
 def test_search_with_two_rankers_ranks_by_their_mean_and_a_bad_one_is_refused(
     tmp_path: Path, ghn_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
     import numpy as np
 
     from nas.ghn import GHN, GHNRanker, RankerConfig, RankerEnsemble, fit_ranker
-    from nas.graph import ArchGraph
     from nas.space import load_space
 
     space = load_space("nb201", input_shape=(1, 8, 8), num_classes=10, **SPACE_ARGS)
@@ -276,8 +274,8 @@ def test_search_with_two_rankers_ranks_by_their_mean_and_a_bad_one_is_refused(
     rank = optuna.load_study(study_name="nb201-digits-rank", storage=storage)
     assert rank.user_attrs["nas_campaign"]["config"]["ranker"] == [str(p.resolve()) for p in paths]
     trial = next(t for t in rank.trials if t.state == TrialState.COMPLETE)
-    graph = ArchGraph.from_dict(json.loads(trial.user_attrs["graph"]) if isinstance(trial.user_attrs["graph"], str)
-                                else trial.user_attrs["graph"])
+    graph = space.from_params(trial.params)
+    assert graph.key == trial.user_attrs["key"]
     ensemble = RankerEnsemble.load(paths)
     assert trial.user_attrs["rank_score"] == pytest.approx(float(ensemble.score([graph])[0]), rel=1e-5)
     assert trial.user_attrs["rank_score"] != pytest.approx(float(GHNRanker.load(paths[0]).score([graph])[0]),

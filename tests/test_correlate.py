@@ -121,7 +121,7 @@ def result(tmp_path_factory: pytest.TempPathFactory, space: SearchSpace, data: D
 def test_frame_has_one_row_per_candidate(result: CorrelationResult) -> None:
     frame = result.frame
     assert len(frame) == ARCHS and frame["key"].is_unique
-    for column in ("graph", "params", "flops", "gt_val_loss_s0", "gt_val_loss_s1", "gt_val_loss",
+    for column in ("graph", "num_params", "flops", "gt_val_loss_s0", "gt_val_loss_s1", "gt_val_loss",
                    "gt_val_acc_s0", "gt_val_acc", "score_ghn", "score_params", "score_oracle"):
         assert column in frame.columns
     mean = (frame["gt_val_loss_s0"] + frame["gt_val_loss_s1"]) / 2
@@ -219,6 +219,11 @@ def test_cli_end_to_end_with_a_tiny_ghn(
     for name in ("method_bars", "score_vs_truth_ghn", "score_vs_truth_synflow"):
         for suffix in (".png", ".pdf"):
             assert (out / "figures" / (name + suffix)).stat().st_size > 1000
+
+    # Parquet beside each CSV, with the same rows and columns.
+    for name in ("candidates", "summary"):
+        csv, parquet = pd.read_csv(out / f"{name}.csv"), pd.read_parquet(out / f"{name}.parquet")
+        assert parquet.shape[0] == csv.shape[0] and set(csv.columns) <= set(parquet.reset_index().columns)
 
     # A rerun resumes from the caches in OUT: no ground truth and no label is trained again, no ranker refitted.
     trained: list[str] = []

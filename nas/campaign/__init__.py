@@ -17,7 +17,7 @@ The settings are one :class:`CampaignConfig` (``nas.campaign._config``), which
 ``nas search --config FILE`` reads as TOML. Results come as DataFrames and plots (``nas.campaign._report``); the storage
 URL schemes and the handling of dead workers are in ``nas.campaign._storage``.
 
-Example:
+Examples:
     >>> from nas.campaign import Campaign, CampaignConfig
     >>> config = CampaignConfig(space="nb201", dataset="mnist5k", trials=300, top_k=5, out="runs/x")
     >>> result = Campaign(config).run()  # doctest: +SKIP
@@ -51,7 +51,6 @@ from nas.campaign._report import (
     CANDIDATE_COLUMNS,
     FINETUNED_COLUMNS,
     PICKS,
-    RANK_SCORE_NAMES,
     best_record,
     candidates_frame,
     finetuned_frame,
@@ -87,7 +86,6 @@ __all__ = [
     "IDENTITY_KEYS",
     "OBJECTIVES",
     "RANK_BY",
-    "RANK_SCORE_NAMES",
     "RELIABLE_TAU",
     "RankStats",
     "SAMPLERS",

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 from optuna.samplers import BaseSampler
 
+from nas._atomic import atomic_write_bytes, one_line
 from nas.data import Dataset, load_dataset
 from nas.exceptions import CheckpointError, StorageError
 from nas.space import SearchSpace, builtin_spaces, load_space
@@ -47,7 +49,6 @@ from nas.campaign._rank import (
 )
 from nas.campaign._report import (
     PICKS,
-    RANK_SCORE_NAMES,
     best_record,
     candidates_frame,
     finetuned_frame,
@@ -118,8 +119,7 @@ class CampaignResult:
         ]
         if len(self.finetuned):
             cols = ["rank", "rank_trial", "key", "num_params", "flops", "rank_score", "val_acc", "test_acc", "failed"]
-            score = RANK_SCORE_NAMES.get(self.rank_by, "rank_score")
-            table = self.finetuned[cols].head(rows).rename(columns={"rank_score": score})
+            table = self.finetuned[cols].head(rows)  # the tables' own column names
             table["key"] = table["key"].str[:10]
             lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if self.best is not None:
@@ -220,7 +220,7 @@ class Campaign:
     Raises:
         ValueError: A setting is out of range (the message names it).
 
-    Example:
+    Examples:
         >>> campaign = Campaign(CampaignConfig(trials=300, top_k=5, out="runs/x"))  # doctest: +SKIP
         >>> result = campaign.run()  # doctest: +SKIP
         >>> result.best["metrics"]["val_acc"]  # doctest: +SKIP
@@ -327,7 +327,9 @@ class Campaign:
                 num_classes=data.num_classes,
                 **self.config.space_args,
             )
-            space.sample(self.config.seed)  # a space whose build() fails is refused before any storage is touched
+            # A space whose build() fails, or that a study would refuse later, is refused before any storage is
+            # touched or one-time cost paid.
+            space.check_choices(seed=self.config.seed)
             size = space.size()
             if size is not None and size < self.config.top_k:
                 raise ValueError(
@@ -393,15 +395,14 @@ class Campaign:
                     f"GHN checkpoint {str(path)!r} does not exist (a worker on another machine: pass --ghn PATH)."
                 )
             ghn = ghn_mod.GHN.load(path, map_location=self.device)
+        if hasattr(ghn, "space_info"):
+            from nas.ghn import check_identity
+
+            path = self._ghn_path()
+            where = f"GHN checkpoint {str(path)!r}" if path is not None else "the GHN"
+            check_identity(ghn.space_info, self.space, self.data, where=where)
         if hasattr(ghn, "check_compatible"):
             ghn.check_compatible(self.space)
-        trained_on = getattr(ghn, "space_info", {}).get("dataset")
-        if trained_on and trained_on != self.dataset_name:
-            logger.warning(
-                "the GHN was meta-trained on %r, the campaign searches on %r: its ranking may be poor",
-                trained_on,
-                self.dataset_name,
-            )
         if isinstance(ghn, torch.nn.Module):
             ghn.to(self.device)
         return ghn
@@ -466,7 +467,7 @@ class Campaign:
                     "(a worker on another machine: pass --ranker PATH)."
                 )
             ranker = GHNRanker.load(source, map_location=self.device)
-        _check_ranker(ranker, self.space, self.dataset_name, source=source)
+        _check_ranker(ranker, self.space, self.data, source=source)
         return ranker
 
     def _ensure_ranker(self) -> Ranker:
@@ -495,7 +496,7 @@ class Campaign:
             ranker_k=config.ranker_k, seed=config.seed, exclude=exclude, labels_cache=self.out / "ranker_labels.csv",
             workers=config.label_workers, config=fit, progress=config.progress,
         )
-        _check_ranker(ranker, space, self.dataset_name, source=path)
+        _check_ranker(ranker, space, self.data, source=path)
         return ranker
 
     # ------------------------------------------------------------ storage
@@ -544,10 +545,12 @@ class Campaign:
             StorageError: Bad storage URL, or a study of this name exists with
                 different settings (the identity settings of
                 :class:`~nas.campaign.CampaignConfig`, see :data:`IDENTITY_KEYS`).
+            ValueError: ``out`` holds another campaign's results (:func:`claim_output_folder`).
         """
         if self._rank_study is not None and self._ft_study is not None:
             return self._rank_study, self._ft_study
         self.out.mkdir(parents=True, exist_ok=True)
+        claim_output_folder(self.out, self.study_name)
         config = self.config
         self._storage = open_storage(
             self.storage_url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period
@@ -568,6 +571,8 @@ class Campaign:
         ft, _ = _create_or_load(
             self._storage, f"{name}-finetune", list(directions_for(config.finetune_metric)), self.storage_url
         )
+        _name_metrics(rank, list(self.objectives))
+        _name_metrics(ft, [config.finetune_metric])
         self._rank_study, self._ft_study = rank, ft
         return rank, ft
 
@@ -675,8 +680,8 @@ class Campaign:
     def report(self, *, self_check: SelfCheck | None = None, write: bool = True) -> CampaignResult:
         """Build the result tables from the studies and (by default) write the output files."""
         rank, ft = self.open()
-        finetuned = finetuned_frame(ft, metric=self.config.finetune_metric)
-        candidates = candidates_frame(rank, finetuned_keys=list(finetuned["key"]))
+        finetuned = finetuned_frame(ft, metric=self.config.finetune_metric, space=self.space)
+        candidates = candidates_frame(rank, finetuned_keys=list(finetuned["key"]), space=self.space)
         trials = rank_trials_frame(rank)
         extra = {"space": self.space.describe(), "dataset": self.dataset_name, "study": self.study_name}
         best = best_record(finetuned, pick=self.config.pick, extra=extra)
@@ -736,8 +741,7 @@ class Campaign:
                 or does not fit the space (raised before the storage is touched).
             ValueError: ``top_k`` exceeds the distinct candidates found.
         """
-        self.out.mkdir(parents=True, exist_ok=True)
-        _ = self.space  # validate the space (and load the data) before anything slow
+        _ = self.space  # validate the space (and load the data) before anything is written or paid for
         if self._ghn_in is not None or self.config.ghn is not None:
             _ = self.ghn  # a given checkpoint is checked before the storage is touched
         if self._ranker_sources() is not None:
@@ -875,14 +879,64 @@ def _create_or_load(storage: Any, name: str, directions: list[str], url: str) ->
     return study, False
 
 
-def _check_ranker(ranker: Ranker, space: SearchSpace, dataset: str, *, source: Path | None = None) -> None:
-    """Refuse a ranker that cannot score the space (:meth:`Ranker.check_compatible`); warn on another dataset."""
+def _name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Name the study's objectives (optuna-dashboard shows them instead of "Objective 0"), once."""
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
+
+
+#: The file naming the campaign whose results an output folder holds.
+OUTPUT_MANIFEST = "nas-campaign.json"
+
+
+def claim_output_folder(out: Path, study: str) -> None:
+    """Refuse to write campaign ``study``'s results into a folder that holds another campaign's.
+
+    A campaign's folder holds one campaign's ranker, labels, tables and
+    ``best.json``; a second campaign there would reuse the first one's ranker and
+    overwrite its results. The first run writes :data:`OUTPUT_MANIFEST` naming
+    its study; a run of another study is refused before anything is written.
+    (A folder written before the manifest existed is claimed by the next run.)
+
+    Raises:
+        ValueError: ``out`` belongs to another study, or its manifest is unreadable.
+    """
+    path = out / OUTPUT_MANIFEST
+    if path.exists():
+        try:
+            owner = json.loads(path.read_text())["study"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"output folder {str(out)!r}: {OUTPUT_MANIFEST} cannot be read ({one_line(err)}); "
+                             "it names the campaign whose results the folder holds.") from None
+        if owner != study:
+            raise ValueError(
+                f"output folder {str(out)!r} holds the results of campaign {owner!r}; campaign {study!r} would "
+                f"reuse its ranker and overwrite its tables and best.json: use another --out folder, or "
+                f"--study {owner} to resume that campaign."
+            )
+        return
+    atomic_write_bytes(path, (json.dumps({"study": study, "written_by": "ghn-nas"}, indent=2) + "\n").encode())
+
+
+def _check_ranker(ranker: Ranker, space: SearchSpace, data: Dataset, *, source: Any = None) -> None:
+    """Refuse a ranker built for another space, settings or dataset split, or one that cannot score the space.
+
+    The identity (:func:`~nas.ghn.check_identity`) of a ranker with a
+    ``space_info`` (and of each member of an ensemble) is checked first, then
+    :meth:`Ranker.check_compatible`.
+    """
+    from nas.ghn import check_identity
+
+    members = getattr(ranker, "rankers", None) or [ranker]
+    sources = source if isinstance(source, (list, tuple)) else [source] * len(members)
+    for member, path in zip(members, sources, strict=False):
+        if hasattr(member, "space_info"):
+            where = f"ranker checkpoint {str(path)!r}" if path is not None else "the ranker"
+            check_identity(member.space_info, space, data, where=where)
     ranker.check_compatible(space, source=source)
-    info = getattr(ranker, "space_info", None) or {}
-    if info.get("dataset") not in (None, dataset):
-        logger.warning(
-            "the ranker was fitted with a GHN of dataset %r, the campaign searches on %r", info.get("dataset"), dataset
-        )
 
 
 def stored_campaign_config(info: Any) -> CampaignConfig | None:

@@ -8,7 +8,7 @@ campaign). It serialises to a dict (:meth:`CampaignConfig.to_dict`) and to TOML
 (:meth:`CampaignConfig.to_toml`, :meth:`CampaignConfig.from_toml`): ``nas
 search --print-config`` writes the file that ``nas search --config`` reads.
 
-Example:
+Examples:
     >>> config = CampaignConfig(trials=100, top_k=3)
     >>> CampaignConfig.from_toml(config.to_toml()) == config
     True

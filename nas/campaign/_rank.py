@@ -317,8 +317,7 @@ def _evaluate(
         stats.score_calls += 1
         stats.evaluated += len(graphs)
         for graph, result in zip(graphs, results):
-            scores[graph.key] = {
-                "graph": graph.to_json(),
+            scores[graph.key] = {  # the graph itself is not stored: the trial's choices rebuild it
                 "num_params": int(graph.num_params()),
                 "flops": int(graph.flops()),
                 **result,
@@ -440,7 +439,8 @@ def run_rank_stage(
         space: The search space.
         ghn: A GHN with ``evaluate(graphs, data, split=, device=)`` (unused with a ``ranker``).
         data: The dataset scored on (its validation split; unused with a ``ranker``).
-        n_trials: Complete trials the study must hold at the end.
+        n_trials: Complete trials the study must hold at the end (fewer when every candidate of a
+            space of known size is scored before: more could only repeat them).
         batch_size: Trials asked, built and scored together.
         objectives: Names of the trial values (see :data:`OBJECTIVES`).
         ranker: A :class:`nas.ghn.GHNRanker` (anything with ``predict(graphs)``):
@@ -498,11 +498,17 @@ def run_rank_stage(
     done, running = _count(study)
     desc = "rank (ranker)" if ranker is not None else "rank (GHN loss)"
     bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=desc, unit="trial", disable=not progress)
+    size = space.size()
     with bar:
         while True:
             done, running = _count(study)
             bar.n = min(done, n_trials)
             bar.refresh()
+            if size is not None and size < n_trials and done >= size and len(known_scores(study)) >= size:
+                # More trials could only repeat scored candidates (a small space sampled past its size).
+                logger.info("all %d candidates of search space %r are scored; the rank stage stops at %d of %d "
+                            "trials", size, space.name, done, n_trials)
+                break
             missing = n_trials - done - running
             if missing <= 0:
                 if done >= n_trials:

@@ -23,12 +23,13 @@ from optuna.trial import TrialState
 
 from nas import _atomic
 from nas.campaign._rank import RANK_BY, rank_by_of, rank_score
+from nas.exceptions import GraphError, SpaceError
+from nas.space import SearchSpace
 
 __all__ = [
     "CANDIDATE_COLUMNS",
     "FINETUNED_COLUMNS",
     "PICKS",
-    "RANK_SCORE_NAMES",
     "best_record",
     "candidates_frame",
     "finetuned_frame",
@@ -43,8 +44,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Name of the ``rank_score`` column in the printed summary, by ``rank_by``.
-RANK_SCORE_NAMES: dict[str, str] = {"ranker": "ranker_score", "loss": "ghn_loss"}
 
 #: Leading columns of :func:`candidates_frame` (then one column per choice, then ``choices`` and ``graph``).
 CANDIDATE_COLUMNS: tuple[str, ...] = (
@@ -107,7 +106,26 @@ def _choice_columns(rows: Sequence[Mapping[str, Any]], reserved: Sequence[str]) 
     return {name: (f"choice_{name}" if name in taken else name) for name in names}
 
 
-def _finish(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+def _graph_json(space: SearchSpace | None, row: Mapping[str, Any], choices: Mapping[str, Any]) -> str | None:
+    """The candidate's graph JSON: rebuilt from its choices (checked against its key), or as an older
+    campaign stored it on the trial."""
+    if row.get("graph"):
+        return row["graph"]
+    if space is None:
+        return None
+    try:
+        graph = space.from_params(dict(choices))
+    except (GraphError, SpaceError, ValueError, KeyError) as err:
+        logger.warning("candidate %s: its choices do not rebuild a graph (%s)", str(row.get("key"))[:12], err)
+        return None
+    if graph.key != row.get("key"):
+        logger.warning("candidate %s: its choices rebuild another graph (%s); the space changed since it ran",
+                       str(row.get("key"))[:12], graph.key[:12])
+        return None
+    return graph.to_json()
+
+
+def _finish(rows: list[dict[str, Any]], columns: Sequence[str], space: SearchSpace | None = None) -> pd.DataFrame:
     mapping = _choice_columns(rows, columns)
     records = []
     for row in rows:
@@ -116,7 +134,7 @@ def _finish(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
         for name, col in mapping.items():
             rec[col] = choices.get(name)
         rec["choices"] = json.dumps(choices, sort_keys=True)
-        rec["graph"] = row.get("graph")
+        rec["graph"] = _graph_json(space, row, choices)
         records.append(rec)
     return pd.DataFrame.from_records(records, columns=[*columns, *mapping.values(), *_TAIL])
 
@@ -128,12 +146,20 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+#: Score columns of ``candidates.csv`` written only when the campaign computed them.
+OPTIONAL_SCORE_COLUMNS = ("ghn_loss", "ghn_acc")
+
+#: Fewest rows a result plot is drawn with.
+MIN_PLOT_POINTS = 3
+
+
 def rank_score_label(rank_by: str) -> str:
     """Axis label of the rank score of ``rank_by`` (``"ranker"`` or ``"loss"``)."""
-    return {
+    label = {
         "ranker": "ranker score: z(predicted TSE) - w z(log FLOPs)",
         "loss": "predicted-weight validation loss",
     }.get(rank_by, RANK_BY.get(rank_by, str(rank_by)))
+    return f"{label} (lower is better)"
 
 
 def _frame_rank_by(frame: pd.DataFrame) -> str:
@@ -190,12 +216,17 @@ def rank_trials_frame(study: optuna.Study) -> pd.DataFrame:
     return frame.sort_values("trial", kind="stable").reset_index(drop=True)
 
 
-def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ()) -> pd.DataFrame:
+def candidates_frame(
+    study: optuna.Study, *, finetuned_keys: Sequence[str] = (), space: SearchSpace | None = None
+) -> pd.DataFrame:
     """One row per distinct candidate the rank stage scored, best rank score first.
 
     Args:
         study: The ``<name>-rank`` study.
         finetuned_keys: Keys of fine-tuned candidates (fills the ``finetuned`` column).
+        space: The campaign's space: its ``from_params`` rebuilds each candidate's ``graph`` column
+            from the stored choices (trials store the key, not the graph). Without it the column holds
+            what older campaigns stored, else ``None``.
 
     Returns:
         Columns :data:`CANDIDATE_COLUMNS`: ``rank`` (1 = lowest ``rank_score``;
@@ -244,7 +275,7 @@ def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ())
             "graph": a.get("graph"),
             "_choices": dict(t.params),
         })
-    frame = _finish(rows, CANDIDATE_COLUMNS)
+    frame = _finish(rows, CANDIDATE_COLUMNS, space)
     frame = frame.sort_values(["rank_score", "trial"], kind="stable", na_position="last").reset_index(drop=True)
     finite = frame["rank_score"].map(math.isfinite) if len(frame) else frame["rank_score"]
     rank = pd.Series(pd.NA, index=frame.index, dtype="Int64")
@@ -257,12 +288,15 @@ def candidates_frame(study: optuna.Study, *, finetuned_keys: Sequence[str] = ())
     return frame
 
 
-def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame:
+def finetuned_frame(
+    study: optuna.Study, *, metric: str = "acc", space: SearchSpace | None = None
+) -> pd.DataFrame:
     """One row per fine-tuned candidate, best first.
 
     Args:
         study: The ``<name>-finetune`` study.
         metric: ``"acc"`` (sort by ``val_acc`` descending) or ``"loss"`` (``val_loss`` ascending).
+        space: As for :func:`candidates_frame` (the ``graph`` column).
 
     Returns:
         Columns :data:`FINETUNED_COLUMNS`: ``rank`` (1 = best; ``<NA>`` for
@@ -306,7 +340,7 @@ def finetuned_frame(study: optuna.Study, *, metric: str = "acc") -> pd.DataFrame
             "graph": a.get("graph"),
             "_choices": dict(a.get("choices") or t.params),
         })
-    frame = _finish(rows, FINETUNED_COLUMNS)
+    frame = _finish(rows, FINETUNED_COLUMNS, space)
     by, ascending = ("val_acc", False) if metric == "acc" else ("val_loss", True)
     frame = frame.sort_values([by, "trial"], ascending=[ascending, True], kind="stable", na_position="last")
     frame = frame.reset_index(drop=True)
@@ -544,6 +578,16 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _relative(path: Any, folder: Path) -> Any:
+    """``path`` relative to ``folder`` when it lies inside it (a weights file of this campaign), else as is."""
+    if not isinstance(path, str) or not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(folder.resolve()))
+    except ValueError:  # elsewhere (another worker's machine): kept absolute
+        return path
+
+
 def write_report(
     out: str | Path,
     *,
@@ -565,7 +609,7 @@ def write_report(
     ``pareto.png`` / ``.pdf`` (multi-objective), ``selfcheck.csv`` and
     ``selfcheck.png`` / ``.pdf`` (with a self-check). Each file is written
     atomically: a failed write leaves no temporary file and the previous file
-    unchanged.
+    unchanged. Weights paths inside ``out`` are written relative to it.
 
     Args:
         out: Output folder.
@@ -588,12 +632,18 @@ def write_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    # Columns of a score the campaign did not compute (the GHN's loss when the ranker ranked) are left out.
+    empty = [c for c in OPTIONAL_SCORE_COLUMNS if c in candidates.columns and candidates[c].isna().all()]
+    candidates = candidates.drop(columns=empty) if len(candidates) else candidates
+    if "weights" in finetuned.columns:  # paths inside the folder are written relative to it, so it can move
+        finetuned = finetuned.assign(weights=finetuned["weights"].map(lambda w: _relative(w, out)))
     for name, frame in (("candidates", candidates), ("finetuned", finetuned)):
         written.append(atomic_write(out / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False)))
         written.append(atomic_write(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False)))
     if self_check is not None and len(self_check):
         written.append(atomic_write(out / "selfcheck.csv", lambda p: self_check.to_csv(p, index=False)))
     if best is not None:
+        best = {**best, "weights": _relative(best.get("weights"), out)}
         text = json.dumps(dict(best), indent=2, default=_json_default)
         written.append(atomic_write(out / "best.json", lambda p: p.write_text(text + "\n")))
     if best_state is not None:
@@ -605,13 +655,19 @@ def write_report(
         except ImportError:
             logger.warning("best.png not written: nas.draw is not available")
         else:
-            written.extend(_save_figure(lambda ax: draw_graph(best_graph, ax), out, "best", (8, 10), (".png",)))
-    if len(trials):
-        written.extend(_save_figure(lambda ax: plot_history(trials, ax), out, "history"))
-    if len(finetuned):
-        written.extend(_save_figure(lambda ax: plot_score_vs_finetuned(finetuned, ax), out, "score_vs_finetuned"))
-    if multi_objective_cost is not None and len(candidates):
-        written.extend(_save_figure(lambda ax: plot_pareto(candidates, ax, cost=multi_objective_cost), out, "pareto"))
-    if self_check is not None and len(self_check):
-        written.extend(_save_figure(lambda ax: plot_self_check(self_check, ax), out, "selfcheck"))
+            written.extend(_save_figure(lambda ax: draw_graph(best_graph, ax), out, "best", (8, 10)))
+    plots = [
+        ("history", trials, lambda ax: plot_history(trials, ax)),
+        ("score_vs_finetuned", finetuned, lambda ax: plot_score_vs_finetuned(finetuned, ax)),
+        ("pareto", candidates if multi_objective_cost is not None else None,
+         lambda ax: plot_pareto(candidates, ax, cost=multi_objective_cost)),
+        ("selfcheck", self_check, lambda ax: plot_self_check(self_check, ax)),
+    ]
+    for name, table, draw in plots:
+        if table is None:
+            continue
+        if len(table) < MIN_PLOT_POINTS:  # a scatter of one or two points says nothing
+            logger.info("%s.png not drawn: %d point(s), fewer than %d", name, len(table), MIN_PLOT_POINTS)
+            continue
+        written.extend(_save_figure(draw, out, name))
     return written

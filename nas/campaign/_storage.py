@@ -73,7 +73,7 @@ RETRY_OF_ATTR = "nas_retry_of"
 #: User attributes set when a candidate is queued (kept when it is re-queued).
 QUEUE_ATTRS = frozenset(
     {
-        "key", "graph", "choices", "num_params", "flops", "rank_by", "rank_score", "ghn_loss", "ghn_acc", "ghn_score",
+        "key", "choices", "num_params", "flops", "rank_by", "rank_score", "ghn_loss", "ghn_acc", "ghn_score",
         "rank_trial", "refine", "queue_position",
     }
 )
@@ -141,7 +141,7 @@ def mask_url(url: str) -> str:
         parameter replaced by ``***``. A password holding reserved characters
         (``@ / : ? #``) unescaped is masked whole.
 
-    Example:
+    Examples:
         >>> mask_url("postgresql://nas:s3cret@db:5432/nas")
         'postgresql://nas:***@db:5432/nas'
         >>> mask_url("postgresql://nas:Xw/Yk@7@db/nas")
@@ -221,7 +221,30 @@ def open_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int = 
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StorageError(f"cannot create the folder of storage {mask_url(url)!r}: {err.strerror}.") from None
+        _check_sqlite_file(Path(path).expanduser(), url)
     return _open_rdb(url, base, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+
+
+def _check_sqlite_file(path: Path, url: str) -> None:
+    """Refuse an existing SQLite file that is not an Optuna storage (Optuna would add its tables to it).
+
+    An empty file and a database without tables are accepted: Optuna sets them up.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        raise StorageError(f"storage {mask_url(url)!r} is not a SQLite database ({err}); name a new file.") from None
+    if tables and "studies" not in tables:
+        raise StorageError(
+            f"storage {mask_url(url)!r} is a SQLite database of something else (tables "
+            f"{', '.join(sorted(tables)[:5])}), not an Optuna storage; name a new file, so that this one is left as "
+            "it is."
+        )
 
 
 def _open_journal(url: str, path_text: str) -> BaseStorage:
@@ -436,7 +459,7 @@ class Heartbeat:
         worker: This worker's identity (:func:`new_worker_id`).
         interval: Seconds between heartbeats.
 
-    Example:
+    Examples:
         >>> with Heartbeat([trial], worker, interval=30):  # doctest: +SKIP
         ...     long_computation()
     """

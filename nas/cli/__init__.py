@@ -102,10 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from nas.exceptions import NASError, Terminated
 
     try:
-        with _sigterm_raises():
+        # Log lines go through tqdm.write, so they print above a progress bar instead of glued onto it.
+        with _sigterm_raises(), logging_redirect_tqdm():
             return int(args.func(args) or 0)
     except Terminated:
         print(f"nas {args.command}: terminated; run the same command again to resume.", file=sys.stderr)
@@ -119,6 +122,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"nas {args.command}: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+    except (RecursionError, MemoryError, SystemExit) as err:
+        if args.verbose:
+            raise
+        print(f"nas {args.command}: error: {_fatal_message(err)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _fatal_message(err: BaseException) -> str:
+    """One line for an error no check anticipated: too deep an input, memory exhausted, or exit() in user code."""
+    if isinstance(err, RecursionError):
+        return ("an input is nested too deeply to process (RecursionError); "
+                "check --arch files and search spaces for runaway nesting.")
+    if isinstance(err, MemoryError):
+        return ("out of memory (MemoryError); lower --batch-size or the space's width settings (--space-arg), "
+                "or pick smaller candidates.")
+    return (f"the run called sys.exit({getattr(err, 'code', None)!r}) (in a search space or plug-in); "
+            "it did not finish.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,6 +33,7 @@ import pandas as pd
 
 from nas.cli.options import (
     CHECKPOINT_SUFFIXES,
+    DEFAULT_SPACE,
     DeprecatedAlias,
     add_dataset_argument,
     add_space_arguments,
@@ -84,7 +85,7 @@ def flag_errors(args: argparse.Namespace, **flags: str) -> Iterator[None]:
         ValueError: The error of the block (the same class when it can be
             rebuilt from a message), with the flags named.
 
-    Example:
+    Examples:
         >>> with flag_errors(args, steps="--ghn-steps"):  # doctest: +SKIP
         ...     config = MetaTrainConfig(steps=args.ghn_steps)
     """
@@ -115,12 +116,16 @@ def space_from_args(args: argparse.Namespace, data: Any = None) -> SearchSpace:
         The search space.
 
     Raises:
-        SpaceError: The space cannot be resolved or rejects its settings.
+        SpaceError: The space cannot be resolved, rejects its settings, or fails
+            :meth:`~nas.space.SearchSpace.check_choices` (checked here, before any slow work).
     """
     settings = parse_space_args(args.space_arg)
     if data is not None:
-        return load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes, **settings)
-    return load_space(args.space, **settings)
+        space = load_space(args.space, input_shape=data.input_shape, num_classes=data.num_classes, **settings)
+    else:
+        space = load_space(args.space, **settings)
+    space.check_choices()
+    return space
 
 
 def _load_data(name: str | None, *, seed: int = 0, max_train: int | None = None) -> Any:
@@ -169,12 +174,12 @@ def run_spaces(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    """Print ``-n`` distinct candidates as JSON lines ``{"key", "params", "graph"}``."""
+    """Print ``-n`` distinct candidates as JSON lines ``{"key", "choices", "graph"}``."""
     if args.n < 1:
         raise ValueError(f"`-n` must be positive, but got {args.n}.")
     space = space_from_args(args, _load_data(args.dataset))
     for cand in space.iter_samples(args.n, seed=args.seed):  # printed as drawn: a long run shows progress at once
-        line = {"key": cand.graph.key, "params": cand.params, "graph": cand.graph.to_dict()}
+        line = {"key": cand.graph.key, "choices": cand.params, "graph": cand.graph.to_dict()}
         print(json.dumps(line, sort_keys=False), flush=True)
     return 0
 
@@ -222,6 +227,8 @@ def _read_arch(path: str) -> ArchGraph:
         data = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise GraphError(f"`--arch` file {path!r} is not JSON: {err}.") from None
+    except RecursionError:
+        raise GraphError(f"`--arch` file {path!r} is nested too deeply to be an architecture.") from None
     if isinstance(data, dict) and isinstance(data.get("graph"), (dict, str)):
         data = data["graph"]
     if not isinstance(data, str) and not (isinstance(data, dict) and "nodes" in data):
@@ -240,6 +247,11 @@ def run_train(args: argparse.Namespace) -> int:
     from nas.training import TrainConfig, train_graph
 
     set_threads(args.threads)
+    if args.arch is not None and (args.space is not None or args.space_arg):
+        given = "--space" if args.space is not None else "--space-arg"
+        raise ValueError(f"`{given}` cannot be used with `--arch`: the architecture in {args.arch!r} is trained as it "
+                         f"is; drop {given}, or drop --arch to train a candidate of the space.")
+    args.space = args.space if args.space is not None else DEFAULT_SPACE
     with flag_errors(args):
         config = TrainConfig(
             epochs=args.epochs,
@@ -280,7 +292,7 @@ def run_train(args: argparse.Namespace) -> int:
         "dataset": data.name,
         "seed": args.seed,
         "key": graph.key,
-        "params": graph.num_params(),
+        "num_params": graph.num_params(),
         "flops": graph.flops(),
         "val_acc": result.val_acc,
         "val_loss": result.val_loss,
@@ -298,7 +310,7 @@ def run_train(args: argparse.Namespace) -> int:
         finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
         print(json.dumps(finite))  # NaN (a failed run) becomes null, which JSON readers accept
     else:
-        shown = dict(report, key=graph.key[:12], params=f"{report['params']:,}", flops=f"{report['flops']:,}")
+        shown = dict(report, key=graph.key[:12], num_params=f"{report['num_params']:,}", flops=f"{report['flops']:,}")
         for name in ("val_acc", "val_loss", "test_acc", "test_loss", "train_loss"):
             shown[name] = f"{report[name]:.4f}"
         shown["wall_time"] = f"{report['wall_time']:.1f} s"
@@ -335,7 +347,7 @@ def add_parsers(subparsers: Any) -> None:
     p.set_defaults(func=run_draw)
 
     p = subparsers.add_parser("train", help="train one candidate from scratch", description=run_train.__doc__)
-    add_space_arguments(p)
+    add_space_arguments(p, default=None, shown=DEFAULT_SPACE)  # None: tells a given --space from the default
     add_dataset_argument(p)
     p.add_argument("--arch", default=None, metavar="FILE",
                    help="train this architecture instead of a sampled one: a campaign's best.json, a saved "

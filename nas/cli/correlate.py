@@ -1,6 +1,6 @@
 """``nas correlate``: rank correlation of the GHN and the baselines with trained ground truth.
 
-Example:
+Examples:
     nas correlate --space nb201 --dataset mnist5k --archs 100 --epochs 3 --train-seeds 2 --out runs/corr
 
 Samples ``--archs`` candidates, trains each ``--train-seeds`` times for ``--epochs``
@@ -109,16 +109,14 @@ def _default_recipe() -> Any:
     return LabelRecipe.default()
 
 
-def _load_ghn(path: Path, space: Any, dataset: str, device: str) -> Any:
+def _load_ghn(path: Path, space: Any, data: Any, device: str) -> Any:
     try:
-        from nas.ghn import GHN
+        from nas.ghn import GHN, check_identity
     except ImportError as err:
         raise ValueError(f"`--ghn` needs the nas.ghn package, which cannot be imported: {err}") from None
     ghn = GHN.load(path, map_location=device)
+    check_identity(ghn.space_info, space, data, where=f"GHN checkpoint {str(path)!r}")
     ghn.check_compatible(space)
-    trained_on = ghn.space_info.get("dataset")
-    if trained_on not in (None, dataset):
-        logger.warning("GHN %s was meta-trained on %r, not %r: it is scored as given", path, trained_on, dataset)
     return ghn.eval()
 
 
@@ -197,25 +195,29 @@ def run_correlate(args: argparse.Namespace) -> int:
     space = load_space(
         args.space, input_shape=data.input_shape, num_classes=data.num_classes, **parse_space_args(args.space_arg)
     )
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    space.check_choices()
     graphs = sample_candidates(space, args.archs, seed=args.seed)
 
+    # Given checkpoints are checked before anything is written.
     ranker = None
     if args.ranker is not None and {"ghn", "ghn_noprior"} & set(ranker_rows):
-        from nas.ghn import GHNRanker
+        from nas.ghn import GHNRanker, check_identity
 
         ranker = GHNRanker.load(args.ranker, map_location=args.device)
+        check_identity(ranker.space_info, space, data, where=f"ranker checkpoint {str(args.ranker)!r}")
         ranker.check_compatible(space, source=args.ranker)
     # Only the ghn_meta rows and ghn_plain need a meta-trained GHN; the campaign's ranker does not.
     meta_rows = [m for m in ranker_rows if RANKER_METHODS[m][0] == "ghn"]
     ghn = None
-    if meta_rows or ("ghn_plain" in methods and args.ghn_plain is None):
-        if args.ghn is not None:
-            ghn = _load_ghn(args.ghn, space, data.name, args.device)
-        else:
-            ghn = _default_ghn(space, data, out / "ghn.pt", graphs, progress=progress)
-    plain = _load_ghn(args.ghn_plain, space, data.name, args.device) if args.ghn_plain is not None else ghn
+    needs_ghn = bool(meta_rows) or ("ghn_plain" in methods and args.ghn_plain is None)
+    if needs_ghn and args.ghn is not None:
+        ghn = _load_ghn(args.ghn, space, data, args.device)
+    plain = _load_ghn(args.ghn_plain, space, data, args.device) if args.ghn_plain is not None else None
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if needs_ghn and ghn is None:
+        ghn = _default_ghn(space, data, out / "ghn.pt", graphs, progress=progress)
+    plain = plain if plain is not None else ghn
 
     scorers: list[Any] = list(methods)
     cost = None

@@ -127,7 +127,7 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     from nas.cli.options import CHECKPOINT_SUFFIXES, output_file, set_threads
     from nas.data import load_dataset
     from nas.exceptions import CheckpointError
-    from nas.ghn import GHN, RANKER_FORMAT, RankerConfig, ensure_ranker, untrained_ghn
+    from nas.ghn import GHN, RANKER_FORMAT, RankerConfig, check_identity, ensure_ranker, untrained_ghn
 
     with flag_errors(args):
         for flag in ("ranker_labels", "ranker_k", "label_workers"):
@@ -148,6 +148,7 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     space = space_from_args(args, data)
     if args.ghn is not None:
         ghn = GHN.load(args.ghn, map_location=args.device)
+        check_identity(ghn.space_info, space, data, where=f"GHN checkpoint {str(args.ghn)!r}")
         ghn.check_compatible(space)
     else:
         ghn = untrained_ghn(space, data, device=args.device)  # the settings only: the ranker starts from random weights

@@ -79,7 +79,7 @@ class CommandParser(OneLineParser):
 class DeprecatedAlias(argparse.Action):
     """An old name of a flag, kept for one release: stores like the new flag and warns on stderr.
 
-    Example:
+    Examples:
         >>> p = argparse.ArgumentParser()
         >>> _ = p.add_argument("--out")
         >>> _ = p.add_argument("--output", dest="out", action=DeprecatedAlias, new="--out",

@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,10 @@ def _config_from_args(args: argparse.Namespace, base: Any) -> Any:
         return base.replace(**given)
 
 
+#: Exit code of a campaign that ran to its end but picked no architecture (every fine-tune failed).
+EXIT_NO_RESULT = 1
+
+
 def _print_result(result: Any, started: float) -> None:
     print(result.summary())
     if result.best is not None and result.out is not None:
@@ -263,12 +268,21 @@ def _run_campaign(args: argparse.Namespace, config: Any, *, storage_env: bool = 
     started = time.perf_counter()
     with flag_errors(args, **_flags()):
         campaign = Campaign(config)
-    _print_result(campaign.run(), started)
+    result = campaign.run()
+    _print_result(result, started)
+    if result.best is None and len(result.finetuned):
+        # The run finished, but gave no architecture: not a success a script should take for one.
+        print(f"nas {args.command}: error: all {len(result.finetuned)} fine-tuned candidates failed (see the "
+              f"`error` column of {config.out}/finetuned.csv): no architecture picked", file=sys.stderr)
+        return EXIT_NO_RESULT
     return 0
 
 
 def run_search(args: argparse.Namespace) -> int:
-    """Run ``nas search``; prints the summary table (or, with ``--print-config``, the settings) and returns 0."""
+    """Run ``nas search``; prints the summary table (or, with ``--print-config``, the settings).
+
+    Returns 0, or :data:`EXIT_NO_RESULT` (1) when every fine-tuned candidate failed and nothing was picked.
+    """
     from nas.campaign import CampaignConfig
 
     if args.config is not None and not args.config.is_file():

@@ -12,7 +12,7 @@ The ground truth of a candidate is its validation loss after training, averaged
 over the training seeds (lower is better); a candidate whose training failed
 under any seed is left out of the correlations.
 
-Example:
+Examples:
     >>> result = correlate(space, data, archs=50, epochs=3, cache_path="gt.sqlite",
     ...                    scorers=["params", "synflow"])  # doctest: +SKIP
     >>> result.summary[["kendall", "kendall_lo", "kendall_hi"]]  # doctest: +SKIP
@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from nas._atomic import atomic_write
 from nas.data import Dataset
 from nas.evaluation import metrics
 from nas.evaluation.ground_truth import GroundTruthCache
@@ -261,7 +262,7 @@ def _candidate_frame(graphs: Sequence[ArchGraph], table: pd.DataFrame, seeds: Se
         row: dict[str, Any] = {
             "key": graph.key,
             "graph": graph.to_json(),
-            "params": graph.num_params(),
+            "num_params": graph.num_params(),
             "flops": graph.flops(),
         }
         runs = [by_run.loc[(graph.key, s)] for s in seeds]
@@ -386,8 +387,9 @@ def write_results(result: CorrelationResult, out_dir: str | Path, *, figures: bo
         figures: Also draw the figures.
 
     Returns:
-        The written paths by name (``"candidates"``, ``"summary"``,
-        ``"summary_json"``, ``"figure:<name>"``).
+        The written paths by name (``"candidates"`` and ``"candidates_parquet"``,
+        ``"summary"`` and ``"summary_parquet"``, ``"summary_json"``, ``"figure:<name>"``);
+        tables are written atomically, as CSV and Parquet.
     """
     from nas.evaluation import plots
 
@@ -395,11 +397,15 @@ def write_results(result: CorrelationResult, out_dir: str | Path, *, figures: bo
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "candidates": out / "candidates.csv",
+        "candidates_parquet": out / "candidates.parquet",
         "summary": out / "summary.csv",
+        "summary_parquet": out / "summary.parquet",
         "summary_json": out / "summary.json",
     }
-    result.frame.to_csv(paths["candidates"], index=False)
-    result.summary.to_csv(paths["summary"])
+    atomic_write(paths["candidates"], lambda p: result.frame.to_csv(p, index=False))
+    atomic_write(paths["candidates_parquet"], lambda p: result.frame.to_parquet(p, index=False))
+    atomic_write(paths["summary"], lambda p: result.summary.to_csv(p))
+    atomic_write(paths["summary_parquet"], lambda p: result.summary.to_parquet(p))
     tmp = paths["summary_json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result.summary_json, indent=2, default=str, allow_nan=False) + "\n")
     tmp.replace(paths["summary_json"])

@@ -294,7 +294,7 @@ class GroundTruthCache:
         StorageError: The file is not an SQLite database or was written by a
             newer version of this cache.
 
-    Example:
+    Examples:
         >>> cache = GroundTruthCache("runs/ground_truth.sqlite")  # doctest: +SKIP
         >>> table = cache.train_missing(graphs, data, TrainConfig(epochs=3), seeds=2)  # doctest: +SKIP
     """

@@ -7,7 +7,7 @@ candidates (:func:`scipy.stats.bootstrap`, 1000 resamples by default): the
 candidates are resampled with replacement and the score and truth of a
 candidate always travel together.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> kendall([1, 2, 3, 4], [10, 20, 30, 40]).value
     1.0

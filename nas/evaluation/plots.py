@@ -6,7 +6,7 @@ draws on ``ax`` (a new figure when ``None``) and returns the
 :class:`matplotlib.figure.Figure` directly, so no pyplot state or interactive
 backend is involved. :func:`save_figure` writes a PNG (200 dpi) and a PDF.
 
-Example:
+Examples:
     >>> ax = plot_method_bars(result.summary)  # doctest: +SKIP
     >>> save_figure(ax.figure, "out/figures/method_bars")  # doctest: +SKIP
 """

@@ -26,7 +26,7 @@ and fitted rankers saved under ``OUT/rankers/``, so a rerun trains nothing twice
 a larger label count reuses the smaller one's labels (the sample is nested).
 :class:`RankerCost` says what the one-time work cost.
 
-Example:
+Examples:
     >>> scorers, cost = ranker_methods(space, data, ghn=ghn, methods=["ghn", "ghn_meta"],
     ...                                out="runs/corr", exclude=[g.key for g in graphs])  # doctest: +SKIP
 """

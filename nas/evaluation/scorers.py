@@ -6,7 +6,7 @@ better**. Scorers are named; :func:`get_scorer` resolves a name (from the CLI
 or a config) to an instance and :func:`register_scorer` adds a new one. A new
 scorer is a short subclass:
 
-Example:
+Examples:
     >>> class Depth(Scorer):
     ...     name = "depth"
     ...     def score(self, graphs, data):

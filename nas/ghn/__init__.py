@@ -23,9 +23,11 @@ Modules, in the order data flows through them:
 * ``_ranker``: :class:`GHNRanker`, the GHN's graph network with a head that
   predicts short-training loss (:func:`short_training_labels`, :func:`fit_ranker`);
 * ``_ranker_ensemble``: :class:`RankerEnsemble`, several rankers scoring together;
+* ``_identity``: what a GHN or ranker checkpoint was built for (:func:`identity`) and
+  the check on load that it serves that space and dataset (:func:`check_identity`);
 * ``_protocol``: :class:`Ranker`, what a campaign needs from a ranker.
 
-Example:
+Examples:
     >>> from nas.ghn import GHN, GHNConfig
     >>> ghn = GHN(GHNConfig(hidden=32, layers=2), space_info={})
 """
@@ -37,6 +39,7 @@ from nas.ghn._checkpoint import read_checkpoint
 from nas.ghn._decoder import WeightDecoder
 from nas.ghn._default import RANKER_K, RANKER_LABELS, default_ghn_path, ensure_ghn, ensure_ranker, untrained_ghn
 from nas.ghn._encoder import NodeEncoder, ShapeEncoder
+from nas.ghn._identity import IDENTITY_KEYS, check_identity, identity
 from nas.ghn._message_passing import GatedDAGConv
 from nas.ghn._meta_train import MetaTrainConfig, meta_train, snapshot_path
 from nas.ghn._model import GHN, GHNConfig
@@ -61,6 +64,7 @@ __all__ = [
     "GHNRanker",
     "GHN_FORMAT",
     "GatedDAGConv",
+    "IDENTITY_KEYS",
     "MetaTrainConfig",
     "NODE_FEATURES",
     "RankerConfig",
@@ -73,10 +77,12 @@ __all__ = [
     "ShapeEncoder",
     "WeightDecoder",
     "calibrate_batch_norm",
+    "check_identity",
     "default_ghn_path",
     "ensure_ghn",
     "ensure_ranker",
     "fit_ranker",
+    "identity",
     "label_seconds",
     "log_flops",
     "meta_train",

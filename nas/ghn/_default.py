@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from nas._cache import cache_dir
 from nas.exceptions import CheckpointError
+from nas.ghn._identity import check_identity, identity
 from nas.ghn._meta_train import MetaTrainConfig, meta_train
 from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, short_training_labels
@@ -40,25 +41,28 @@ RANKER_K = 30
 logger = logging.getLogger(__name__)
 
 
-def default_ghn_path(space: SearchSpace | dict[str, Any], dataset_name: str) -> Path:
-    """Path of the auto-trained default GHN for a space and a dataset.
+def default_ghn_path(space: SearchSpace | dict[str, Any], dataset_name: str, data_seed: int | None = 0) -> Path:
+    """Path of the auto-trained default GHN for a space and a dataset split.
 
     The file lives in ``$NAS_CACHE_DIR`` (else ``$XDG_CACHE_HOME/ghn-nas``,
     else ``~/.cache/ghn-nas``) and its name carries the space name, the
-    dataset and a hash of ``space.describe()``, so every space setting, input
-    shape and class count gets its own file.
+    dataset and a hash of ``space.describe()`` and the split seed, so every
+    space setting, input shape, class count and split gets its own file.
 
     Args:
         space: The search space, or its ``describe()`` dict.
         dataset_name: Name the dataset was loaded by.
+        data_seed: Seed of the dataset split (seed 0 keeps the file name of
+            caches written before the seed was part of it).
 
     Returns:
         The path (which may not exist yet).
     """
     info = space if isinstance(space, dict) else space.describe()
-    digest = hashlib.sha256(
-        json.dumps({"space": info, "dataset": dataset_name}, sort_keys=True, default=str).encode()
-    ).hexdigest()[:12]
+    key: dict[str, Any] = {"space": info, "dataset": dataset_name}
+    if data_seed not in (0, None):
+        key["data_seed"] = data_seed
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{info.get('space', 'space')}-{dataset_name}").strip("_")
     return cache_dir() / f"ghn-{slug}-{digest}.pt"
 
@@ -77,10 +81,11 @@ def ensure_ghn(
     """Load the GHN at ``path`` if it fits ``space`` and ``data``; else meta-train one there.
 
     A finished, compatible checkpoint is loaded as is. An unfinished
-    meta-training checkpoint (a killed run) is resumed. A corrupt or
-    incompatible one (other space or dataset, or one that did not hold out
-    every graph of ``held_out``) is logged and replaced by a fresh run of the
-    default recipe (or ``config``).
+    meta-training checkpoint (a killed run) is resumed. An unreadable one, or
+    one that did not hold out every graph of ``held_out``, is logged and
+    replaced by a fresh run of the default recipe (or ``config``). One built for
+    another space, space settings, dataset or split is refused
+    (:func:`~nas.ghn._identity.check_identity`), never replaced.
 
     Args:
         space: The search space.
@@ -94,35 +99,38 @@ def ensure_ghn(
 
     Returns:
         The GHN, in eval mode.
+
+    Raises:
+        CheckpointError: The checkpoint at ``path`` was built for another space or dataset.
     """
     config = config or MetaTrainConfig()
     if device is not None:
         config = dataclasses.replace(config, device=device)
-    path = Path(path) if path is not None else default_ghn_path(space, data.name)
+    path = Path(path) if path is not None else default_ghn_path(space, data.name, data.split_seed)
     resume = True
     if path.exists():
         try:
             ghn = GHN.load(path, map_location=config.device)
-            ghn.check_compatible(space)
-            missing = {g.key for g in held_out} - set(ghn.held_out_keys)
-            if missing:
-                raise CheckpointError(
-                    f"GHN checkpoint {str(path)!r} did not hold out {len(missing)} of the {len(held_out)} "
-                    "given architectures"
-                )
-            if ghn.space_info.get("dataset") not in (None, data.name):
-                raise CheckpointError(
-                    f"GHN checkpoint {str(path)!r} was trained on dataset {ghn.space_info.get('dataset')!r}, "
-                    f"not {data.name!r}."
-                )
-            state = ghn.training_state
-            if state is None or state.get("step", 0) >= state.get("steps", 0):
-                logger.info("using the GHN at %s", path)
-                return ghn.eval()
-            logger.info("resuming the unfinished meta-training at %s", path)
-        except CheckpointError as err:
+        except CheckpointError as err:  # unreadable: replaced
             logger.warning("%s; meta-training a new GHN at %s", err, path)
             resume = False
+        else:
+            # a GHN of another space or dataset is another run's result: refused, never replaced
+            check_identity(ghn.space_info, space, data, where=f"GHN checkpoint {str(path)!r}")
+            ghn.check_compatible(space)
+            missing = {g.key for g in held_out} - set(ghn.held_out_keys)
+            state = ghn.training_state
+            if missing:
+                logger.warning(
+                    "GHN checkpoint %r did not hold out %d of the %d given architectures; meta-training a new GHN "
+                    "there", str(path), len(missing), len(held_out),
+                )
+                resume = False
+            elif state is None or state.get("step", 0) >= state.get("steps", 0):
+                logger.info("using the GHN at %s", path)
+                return ghn.eval()
+            else:
+                logger.info("resuming the unfinished meta-training at %s", path)
     else:
         logger.info("no GHN at %s; meta-training the default recipe (this takes a while)", path)
     try:
@@ -145,7 +153,7 @@ def untrained_ghn(space: SearchSpace, data: Dataset, *, device: str | Any = "cpu
     needs from a GHN: the graph conversion, the settings of its graph network and
     the space's description. Nothing is meta-trained.
     """
-    return GHN(GHNConfig(), space_info={**space.describe(), "dataset": data.name}).to(device)
+    return GHN(GHNConfig(), space_info=identity(space, data)).to(device)
 
 
 def ensure_ranker(
@@ -210,10 +218,12 @@ def ensure_ranker(
     if path.exists():
         try:
             ranker = GHNRanker.load(path, map_location=ghn.device)
-            ranker.check_compatible(space, source=path)
-        except CheckpointError as err:
+        except CheckpointError as err:  # unreadable (a killed write of an old version): replaced
             logger.warning("%s; fitting a new ranker at %s", err, path)
         else:
+            # another space's or dataset's ranker is another campaign's result: refused, never replaced
+            check_identity(ranker.space_info, space, data, where=f"ranker checkpoint {str(path)!r}")
+            ranker.check_compatible(space, source=path)
             fitted = {name: ranker.label_info.get(name) for name in ("n", "k", "seed")}
             asked = {"n": ranker_labels, "k": ranker_k, "seed": seed}
             if any(fitted[name] is not None and fitted[name] != asked[name] for name in asked):

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from nas.exceptions import CheckpointError, SpaceError
 from nas.ghn._checkpoint import read_checkpoint, write_checkpoint
+from nas.ghn._identity import check_identity, identity
 from nas.ghn._model import GHN, GHNConfig
 from nas.graph import ArchGraph
 
@@ -142,18 +143,22 @@ def _lr_factor(steps: int, warmup: int, schedule: str) -> Any:
 
 def _sample_held_out(space: SearchSpace, n: int, seed: int) -> list[ArchGraph]:
     """``n`` distinct architectures drawn with ``seed`` (fewer if the space is smaller)."""
+    size = space.size()
+    if size is not None and n >= size:
+        logger.warning("space %r has %d architectures; holding out %d of them, not %d.", space.name, size,
+                       max(size - 1, 0), n)
+        n = max(size - 1, 0)
     if n == 0:
         return []
+    found: list[ArchGraph] = []
     try:
-        return [c.graph for c in space.sample_many(n, seed=seed)]
-    except SpaceError:
-        rng = np.random.default_rng(seed)
-        found: dict[str, ArchGraph] = {}
-        for _ in range(50 * n):
-            g = space.sample(rng).graph
-            found.setdefault(g.key, g)
-        logger.warning("space %r has only %d distinct architectures for %d held-out ones.", space.name, len(found), n)
-        return list(found.values())[: max(0, len(found) - 1)]  # leave at least one to train on
+        for cand in space.iter_samples(n, seed=seed):
+            found.append(cand.graph)
+    except SpaceError:  # the space has fewer: keep what the draws found, leave at least one to train on
+        found = found[: max(0, len(found) - 1)]
+        logger.warning("space %r gave only %d distinct architectures for %d held-out ones; holding out %d.",
+                       space.name, len(found) + 1, n, len(found))
+    return found
 
 
 def _sample_training(space: SearchSpace, rng: np.random.Generator, exclude: set[str], tries: int) -> ArchGraph:
@@ -232,7 +237,7 @@ class _State:
 
     @classmethod
     def restore(
-        cls, path: Path, config: MetaTrainConfig, ghn_config: GHNConfig | None, space_info: dict[str, Any]
+        cls, path: Path, config: MetaTrainConfig, ghn_config: GHNConfig | None, space: SearchSpace, data: Dataset
     ) -> _State:
         payload = read_checkpoint(path)
         training = payload.get("training")
@@ -241,11 +246,7 @@ class _State:
                 f"GHN checkpoint {str(path)!r} holds no meta-training state to resume; pass resume=False "
                 "(--no-resume) to start over or choose another path."
             )
-        if not _same(payload["space_info"], space_info):
-            raise CheckpointError(
-                f"GHN checkpoint {str(path)!r} was trained for {payload['space_info']}, not {space_info}; "
-                "pass resume=False (--no-resume) or choose another path."
-            )
+        check_identity(payload["space_info"], space, data, where=f"GHN checkpoint {str(path)!r}")
         if ghn_config is not None and not _same(payload["config"], dataclasses.asdict(ghn_config)):
             raise CheckpointError(
                 f"GHN checkpoint {str(path)!r} has GHN settings {payload['config']}, not "
@@ -333,12 +334,13 @@ def meta_train(
             f"space {space.name!r} is for input {tuple(space.input_shape)} with {space.num_classes} classes, "
             f"but dataset {data.name!r} has {tuple(data.input_shape)} with {data.num_classes}."
         )
+    space.check_choices()  # what a study would refuse later is refused before the meta-training
     device = torch.device(config.device)
-    space_info = {**space.describe(), "dataset": data.name}
+    space_info = identity(space, data)
     path = Path(out) if out is not None else None
 
     if path is not None and resume and path.exists():
-        state = _State.restore(path, config, ghn_config, space_info)
+        state = _State.restore(path, config, ghn_config, space, data)
         logger.info("resuming meta-training from %s at step %d/%d", path, state.step, config.steps)
     else:
         with torch.random.fork_rng(devices=[]):

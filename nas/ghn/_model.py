@@ -113,7 +113,7 @@ class GHN(nn.Module):
         - :meth:`predict`: one dict per graph, ``name -> tensor`` of the shapes in
           ``graph.param_specs``
 
-    Example:
+    Examples:
         >>> ghn = GHN(GHNConfig(hidden=16, layers=1), space_info={})
         >>> from nas.graph import GraphBuilder
         >>> b = GraphBuilder((1, 8, 8))
@@ -234,10 +234,13 @@ class GHN(nn.Module):
         Raises:
             CheckpointError: A graph has an op outside the GHN's vocabulary or a
                 kernel larger than ``config.max_kernel``.
+            GraphError: A graph is too large to allocate (:meth:`ArchGraph.check_size`).
         """
         graphs = list(graphs)
         if not graphs:
             return []
+        for graph in graphs:
+            graph.check_size()  # before the decoder allocates its tensors
         entries = [self.entry(graph) for graph in graphs]
         batch = Batch.from_data_list([e.data for e in entries]).to(self.device)
         h = self(batch)

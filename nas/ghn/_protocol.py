@@ -22,7 +22,7 @@ __all__ = ["Ranker"]
 class Ranker(Protocol):
     """Scores architectures from their graphs alone; lower is better.
 
-    Example:
+    Examples:
         >>> from nas.ghn import GHNRanker, Ranker
         >>> issubclass(GHNRanker, Ranker)
         True

@@ -36,7 +36,7 @@ The labels cost ``n`` short trainings once; from then on any number of candidate
 predictor pools what it learned from similar architectures, it smooths the
 seed noise of each single short training.
 
-Example:
+Examples:
     >>> from nas.ghn import GHN, GHNConfig, RankerConfig, fit_ranker
     >>> from nas.graph import GraphBuilder
     >>> b = GraphBuilder((1, 8, 8))

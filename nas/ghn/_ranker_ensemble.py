@@ -11,7 +11,7 @@ other builds averaged ranked like a weak single build (``bench/RESULTS.md``,
 costs one build per member, once; scoring costs one forward pass per member
 (graphs are converted once for members that convert alike).
 
-Example:
+Examples:
     >>> from nas.ghn import RankerEnsemble  # doctest: +SKIP
     >>> ranker = RankerEnsemble.load(["b0/ranker.pt", "b1/ranker.pt", "b2/ranker.pt"])  # doctest: +SKIP
     >>> scores = ranker.score(graphs)  # doctest: +SKIP

@@ -8,7 +8,7 @@ read: :func:`to_pyg` adds the one-hot op block, and the GHN
 (:mod:`nas.ghn._graphs`) takes them as they are, with op indices into its own
 vocabulary, so that no feature is built and then thrown away.
 
-Example:
+Examples:
     >>> from nas.graph import GraphBuilder
     >>> from nas.ghn import to_pyg
     >>> b = GraphBuilder(input_shape=(1, 8, 8))

@@ -46,6 +46,7 @@ from nas.space import Candidate, SearchSpace
 __all__ = [
     "CHECKS",
     "SpaceConformance",
+    "check_choices",
     "check_deterministic",
     "check_forward",
     "check_json_round_trip",
@@ -228,8 +229,28 @@ def check_param_specs(space: SearchSpace, *, n: int = 8, seed: int = 0) -> None:
         )
 
 
+def check_choices(space: SearchSpace, *, n: int = 8, seed: int = 0) -> None:
+    """What an Optuna study would refuse later is refused now (:meth:`SearchSpace.check_choices`, 64 samples).
+
+    Catches choice values Optuna cannot store (tuples, lists, objects), a name
+    whose choice list depends on an earlier choice (a dynamic value space), a
+    ``log`` flag that changes, and candidates too large to allocate. ``n`` is
+    not used: the check always draws 64 candidates, which cost milliseconds.
+
+    Raises:
+        AssertionError: The space would fail in a campaign; the message names the choice.
+    """
+    from nas.exceptions import GraphError, SpaceError
+
+    try:
+        space.check_choices(seed=seed)
+    except (SpaceError, GraphError) as err:
+        raise AssertionError(str(err)) from None
+
+
 #: Every check, by the name of its pytest test.
 CHECKS = {
+    "choices": check_choices,
     "samples_valid": check_samples_valid,
     "deterministic": check_deterministic,
     "json_round_trip": check_json_round_trip,
@@ -252,7 +273,7 @@ def check_space(space: SearchSpace, *, n: int = 8, seed: int = 0) -> None:
     Raises:
         AssertionError: A check fails; the message names the check and the problem.
 
-    Example:
+    Examples:
         >>> from search_spaces import NB201Space
         >>> check_space(NB201Space(input_shape=(1, 8, 8)), n=2)
     """
@@ -281,6 +302,9 @@ class SpaceConformance:
     def space(self) -> SearchSpace:
         """The space under test; override in a subclass."""
         raise NotImplementedError("override the `space` fixture of SpaceConformance with your search space.")
+
+    def test_choices(self, space: SearchSpace) -> None:
+        check_choices(space, n=self.n, seed=self.seed)
 
     def test_samples_valid(self, space: SearchSpace) -> None:
         check_samples_valid(space, n=self.n, seed=self.seed)

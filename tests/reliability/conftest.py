@@ -98,6 +98,18 @@ def tiny_ghn(rel_tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ranker(rel_tmp: Path) -> Path:
+    """A ranker for ``TinySpace`` on ``digits`` fitted from random weights on 4 labels of 1 step (seconds)."""
+    path = rel_tmp / "tiny_ranker.pt"
+    result = run_inprocess([
+        "fit-ranker", "--space", TINY, "--dataset", "digits", "--out", str(path), "--ranker-labels", "4",
+        "--ranker-k", "1", "--no-progress",
+    ])
+    assert result.code == 0, result.err
+    return path
+
+
+@pytest.fixture(scope="session")
 def finished_campaign(rel_tmp: Path, tiny_ghn: Path) -> Path:
     """Output folder of an uninterrupted tiny campaign (SQLite storage inside it); read-only by convention."""
     out = rel_tmp / "finished_campaign"

@@ -11,8 +11,8 @@ that has to refuse. Disk-full cases run in a subprocess with a file-size limit.
 No ``nas`` command reads an architecture graph from a JSON file the user
 gives, so the graph-level cases (cycle, unknown op, mismatched shapes, ...) are
 tested on :meth:`ArchGraph.from_json`, the one reader of graph JSON, which must
-raise :class:`~nas.exceptions.GraphError` with a one-line message; the stored
-graph JSON of a campaign (read back by its report) is tested through the CLI.
+raise :class:`~nas.exceptions.GraphError` with a one-line message. (A campaign
+stores each candidate's choices and key, not its graph: the choices rebuild it.)
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +56,7 @@ class Ctx:
     tmp: Path
     campaign: Path
     ghn: Path
+    ranker: Path
 
     def search(self, *extra: str, ghn: str | None = None, study: str | None = None) -> list[str]:
         """``nas search`` of the finished campaign, with ``extra`` flags replacing or adding to its own."""
@@ -149,20 +152,6 @@ def _newer_ckpt(ctx: Ctx) -> str:
     return str(ctx.tmp / "newer.pt")
 
 
-def _newer_graph_json_in_storage(ctx: Ctx) -> list[str]:
-    """A campaign whose stored candidate graphs were written by a newer ghn-nas (format_version 99)."""
-    with sqlite3.connect(ctx.campaign / "campaign.db") as conn:
-        rows = conn.execute("SELECT trial_user_attribute_id, value_json FROM trial_user_attributes WHERE key = 'graph'")
-        for attr_id, value_json in rows.fetchall():
-            graph = json.loads(json.loads(value_json))
-            graph["format_version"] = 99
-            conn.execute(
-                "UPDATE trial_user_attributes SET value_json = ? WHERE trial_user_attribute_id = ?",
-                (json.dumps(json.dumps(graph)), attr_id),
-            )
-    return ctx.search()
-
-
 def _under_a_file(ctx: Ctx) -> str:
     (ctx.tmp / "a-file").write_text("not a folder")
     return str(ctx.tmp / "a-file" / "out")
@@ -178,10 +167,74 @@ def _copy(source: Path, target: Path) -> str:
     return str(target)
 
 
+def _edited_ckpt(source: Path, target: Path, **info: object) -> str:
+    """A copy of the checkpoint ``source`` whose identity (``space_info``) has ``info`` changed."""
+    payload = torch.load(source, weights_only=True)
+    payload["space_info"] = {**payload["space_info"], **info}
+    torch.save(payload, target)
+    return str(target)
+
+
+def _idx(array: np.ndarray, code: int = 0x08) -> bytes:
+    """An IDX file of ``array``: type ``code`` (0x08 uint8, 0x0D float32), big-endian dims and values."""
+    dtype = {0x08: ">u1", 0x0D: ">f4"}[code]
+    header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(dtype).tobytes()
+
+
+def _mnist_folder(ctx: Ctx, name: str, *, size: int = 8, labels: np.ndarray | None = None,
+                  images: np.ndarray | None = None, code: int = 0x08) -> str:
+    """An MNIST folder of 60 train and 20 test images in IDX files, with the given labels or images."""
+    folder = ctx.tmp / name
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        x = rng.integers(0, 256, size=(n, size, size)) if images is None else images[:n]
+        y = (np.arange(n) % 10) if labels is None else labels[:n]
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(x, code))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(y))
+    return f"mnist:{folder}"
+
+
+def _cifar_folder(ctx: Ctx, labels: list[object]) -> str:
+    """A CIFAR-10 folder (pickle batches) of 10 images per batch, with ``labels`` in every batch."""
+    import pickle
+
+    folder = ctx.tmp / "cifar"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {b"labels": labels, b"data": rng.integers(0, 256, size=(10, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return f"cifar10:{folder}"
+
+
+def _deep_json(ctx: Ctx) -> str:
+    return _file(ctx, "deep.json", b"[" * 100_000 + b"]" * 100_000)
+
+
+def _sqlite_of_something_else(ctx: Ctx) -> str:
+    path = ctx.tmp / "ground_truth.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE runs (key TEXT PRIMARY KEY, val_acc REAL)")
+        conn.execute("INSERT INTO runs VALUES ('abc', 0.5)")
+    conn.close()
+    return f"sqlite:///{path}"
+
+
+def _exiting_space_file(ctx: Ctx) -> str:
+    path = ctx.tmp / "exits_at_import.py"
+    path.write_text("import sys\nsys.exit(3)\n")
+    return f"{path}:Space"
+
+
 def _fit_ranker(ctx: Ctx) -> list[str]:
     return ["fit-ranker", "--space", TINY, "--dataset", "digits", "--ghn", str(ctx.ghn), "--ranker-labels", "4",
             "--ranker-k", "1"]
 
+
+#: Longest a refused input may take (every case fails before any one-time cost).
+CASE_SECONDS = 20
 
 PG_UNREACHABLE = "postgresql://nas:hunter2secret@127.0.0.1:1/nas"
 
@@ -253,7 +306,7 @@ CASES: list[Case] = [
     Case("checkpoint-pickled-code", lambda c: c.search(ghn=_pickled_code_ckpt(c), study="g-code"),
          ("code.pt", "cannot be read safely")),
     Case("checkpoint-other-space", lambda c: c.search(ghn=_other_space_ckpt(c), study="g-other"),
-         ("input_shape", "[1, 28, 28]")),
+         ("nb201.pt", "space 'nb201'", "space 'tiny'")),
     Case("checkpoint-newer-version", lambda c: c.search(ghn=_newer_ckpt(c), study="g-newer"), ("newer.pt", "99")),
     Case("train-ghn-resume-other-space", lambda c: ["train-ghn", "--space", "nb201", "--dataset", "digits", "--out",
                                                     str(c.ghn), "--ghn-steps", "2"], ("tiny_ghn.pt", "nb201")),
@@ -268,7 +321,6 @@ CASES: list[Case] = [
          ("different settings", "epochs")),
     Case("worker-unknown-study", lambda c: ["worker", "--storage", f"sqlite:///{c.campaign / 'campaign.db'}",
                                             "--study", "nosuch"], ("nosuch", "no campaign")),
-    Case("stored-graph-newer-format", _newer_graph_json_in_storage, ("format version 99",)),
     # -- output
     Case("out-under-a-regular-file", lambda c: c.search("--out", _under_a_file(c), study="o-file"), ("a-file",)),
     # draw writes atomically (a temporary file, then a rename), so a target that cannot be replaced fails cleanly
@@ -294,25 +346,114 @@ CASES: list[Case] = [
     Case("storage-password-with-slash",
          lambda c: c.search("--storage", "postgresql://nas:hunter2secret/x@127.0.0.1:1/nas"),
          ("nas:***@127.0.0.1:1",)),
+    # -- checkpoints serve only the space, settings, dataset and split they were built for
+    Case("checkpoint-other-space-settings",
+         lambda c: c.search(ghn=_edited_ckpt(c.ghn, c.tmp / "s.pt", settings={"C": 8}), study="i-settings"),
+         ("s.pt", "settings", "{'C': 8}")),
+    Case("checkpoint-other-space-name",
+         lambda c: c.search(ghn=_edited_ckpt(c.ghn, c.tmp / "n.pt", space="nb201"), study="i-space"),
+         ("n.pt", "space 'nb201'", "'tiny'")),
+    Case("checkpoint-other-dataset",
+         lambda c: c.search(ghn=_edited_ckpt(c.ghn, c.tmp / "d.pt", dataset="mnist5k"), study="i-dataset"),
+         ("d.pt", "dataset 'mnist5k'", "'digits'")),
+    Case("checkpoint-other-split",
+         lambda c: c.search(ghn=_edited_ckpt(c.ghn, c.tmp / "seed.pt", data_seed=7), study="i-split"),
+         ("seed.pt", "data_seed 7", "data_seed 0")),
+    Case("ranker-other-space-settings",
+         lambda c: c.search("--ranker", _edited_ckpt(c.ranker, c.tmp / "r.pt", settings={"C": 8}), study="i-rs"),
+         ("ranker checkpoint", "r.pt", "settings")),
+    Case("ranker-other-dataset",
+         lambda c: c.search("--ranker", _edited_ckpt(c.ranker, c.tmp / "rd.pt", dataset="mnist5k"), study="i-rd"),
+         ("ranker checkpoint", "rd.pt", "mnist5k")),
+    Case("fit-ranker-from-ghn-of-other-dataset",
+         lambda c: ["fit-ranker", "--space", TINY, "--dataset", "digits", "--ghn",
+                    _edited_ckpt(c.ghn, c.tmp / "g5k.pt", dataset="mnist5k"), "--out", str(c.tmp / "r.pt")],
+         ("g5k.pt", "mnist5k")),
+    Case("correlate-with-ghn-of-other-split",
+         lambda c: ["correlate", "--space", TINY, "--dataset", "digits", "--out", str(c.tmp / "corr"), "--archs", "5",
+                    "--methods", "ghn_plain", "--ghn", _edited_ckpt(c.ghn, c.tmp / "g7.pt", data_seed=7)], ("g7.pt", "data_seed")),
+    Case("out-folder-of-another-campaign", lambda c: c.search(study="another-campaign"),
+         ("holds the results of campaign", "another-campaign", "--out")),
+    # -- spaces that a study would refuse later, or that cannot be allocated: refused before any cost
+    Case("space-dynamic-choice-list", lambda c: c.search("--space", _space("DynamicSpace"), study="s-dyn"),
+         ("'width'", "[8, 16]", "[2, 4]")),
+    Case("sample-dynamic-choice-list", lambda c: ["sample", "--space", _space("DynamicSpace"), "-n", "2"],
+         ("'width'", "own name")),
+    Case("space-too-wide-to-allocate", lambda c: c.search("--space", _space("WideSpace"), study="s-wide"),
+         ("parameters", "MAX_PARAMS")),
+    Case("space-arg-absurd-width", lambda c: c.search("--space", "nb201", "--space-arg", "C=1000000",
+                                                      study="s-width"), ("parameters", "MAX_PARAMS")),
+    Case("sample-absurd-width", lambda c: ["sample", "--space", "nb201", "--space-arg", "C=1000000"],
+         ("parameters",)),
+    Case("train-ghn-10000-node-chain", lambda c: ["train-ghn", "--space", _space("ChainSpace"), "--dataset", "digits",
+                                                  "--out", str(c.tmp / "g.pt"), "--ghn-steps", "2"],
+         ("10,005 nodes", "MAX_NODES")),
+    Case("space-file-exits-at-import", lambda c: c.search("--space", _exiting_space_file(c), study="s-exit-import"),
+         ("exits_at_import.py", "sys.exit(3)")),
+    # -- datasets checked before training
+    Case("dataset-images-nan", lambda c: ["train-ghn", "--space", TINY, "--dataset",
+                                          _mnist_folder(c, "nan", images=np.full((60, 8, 8), np.nan), code=0x0D),
+                                          "--out", str(c.tmp / "g.pt"), "--ghn-steps", "2"], ("NaN",)),
+    Case("dataset-one-class", lambda c: c.search("--dataset", _mnist_folder(c, "one", labels=np.zeros(60, int)),
+                                                 study="d-one"), ("single class",)),
+    Case("dataset-1x1-images", lambda c: ["train", "--space", TINY, "--dataset", _mnist_folder(c, "tiny", size=1)],
+         ("1x1", "at least 4x4")),
+    Case("dataset-cifar-labels-strings", lambda c: ["train", "--space", TINY, "--dataset",
+                                                    _cifar_folder(c, [str(i % 10) for i in range(10)])],
+         ("data_batch_1", "labels", "str")),
+    Case("dataset-cifar-labels-none", lambda c: ["train", "--space", TINY, "--dataset", _cifar_folder(c, [None] * 10)],
+         ("data_batch_1", "labels", "NoneType")),
+    # -- files and flags that were silently misread
+    Case("arch-json-nested-100000-deep", lambda c: ["train", "--dataset", "digits", "--arch", _deep_json(c)],
+         ("deep.json", "nested too deeply")),
+    Case("train-arch-with-space", lambda c: ["train", "--dataset", "digits", "--arch", str(c.campaign / "best.json"),
+                                             "--space", "darts"], ("--space", "--arch")),
+    Case("storage-is-another-sqlite-database", lambda c: c.search("--storage", _sqlite_of_something_else(c)),
+         ("ground_truth.sqlite", "not an Optuna storage", "runs")),
+    Case("storage-is-not-a-database", lambda c: c.search("--storage", f"sqlite:///{_file(c, 'notes.db', b'x' * 200)}"),
+         ("notes.db", "not a SQLite database")),
 ]
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, campaign_copy: Path, tiny_ghn: Path, rel_tmp: Path) -> Ctx:
+def ctx(tmp_path: Path, campaign_copy: Path, tiny_ghn: Path, tiny_ranker: Path, rel_tmp: Path) -> Ctx:
     ghn = tmp_path / "tiny_ghn.pt"
     shutil.copy(tiny_ghn, ghn)
-    return Ctx(tmp=tmp_path, campaign=campaign_copy, ghn=ghn)
+    return Ctx(tmp=tmp_path, campaign=campaign_copy, ghn=ghn, ranker=tiny_ranker)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_refused_in_one_line_and_changes_nothing(case: Case, ctx: Ctx) -> None:
     argv = case.argv(ctx)  # builds the bad input on disk first
     before = snapshot(ctx.tmp)
+    start = time.monotonic()
     result = run_inprocess(argv)
+    seconds = time.monotonic() - start
     line = assert_one_line_error(result, *case.needles)
+    # A limit on endless work, not a speed test: the slowest case takes a few seconds.
+    assert seconds < CASE_SECONDS, f"took {seconds:.0f} s (a check that fails later must fail before any cost): {line}"
     assert "hunter2secret" not in result.err + result.out
     assert not (ctx.tmp / "PWNED").exists(), "unpickling the checkpoint ran its code"
     assert snapshot(ctx.tmp) == before, f"files or storage changed after: {line}"
+
+
+# ------------------------------------------------------------------ limits that follow from the space's size
+
+
+def test_more_trials_than_candidates_stops_once_every_candidate_is_scored(tmp_path: Path, tiny_ghn: Path) -> None:
+    """``--trials 100000`` on a space of 6 candidates is legitimate: the rank stage stops when all 6 are scored."""
+    import optuna
+
+    start = time.monotonic()
+    result = run_inprocess(["search", *SEARCH_ARGS, "--trials", "100000", "--ghn", str(tiny_ghn), "--out",
+                            str(tmp_path / "out")])
+    seconds = time.monotonic() - start
+    assert result.code == 0, result.err[-3000:]
+    storage = f"sqlite:///{tmp_path / 'out' / 'campaign.db'}"
+    (name,) = [n for n in optuna.get_all_study_names(storage) if n.endswith("-rank")]
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert 6 <= len(study.trials) < 200
+    assert seconds < 120, f"took {seconds:.0f} s"
 
 
 # ------------------------------------------------------------------ disk full mid-run
@@ -376,6 +517,16 @@ def test_nan_ghn_fails_the_rank_trials_and_stops_with_one_line(tmp_path: Path, t
         pytest.fail("`nas search` with a NaN GHN did not stop within 90 s (the rank stage asks for new trials "
                     "forever when every candidate fails)", pytrace=False)
     assert_one_line_error(CliResult(proc.returncode, proc.stdout, proc.stderr))
+
+
+def test_a_search_whose_every_fine_tune_diverges_exits_1_with_one_line(tmp_path: Path, tiny_ghn: Path) -> None:
+    """Ranking works but every fine-tune diverges: the run ends, says so in one line, and exits 1, not 0."""
+    result = run_inprocess(["search", *SEARCH_ARGS, "--trials", "30", "--finetune-lr", "1e12", "--ghn",
+                            str(tiny_ghn), "--out", str(tmp_path / "out")])
+    lines = [line for line in result.err.splitlines() if ": error:" in line]
+    assert result.code == 1 and "Traceback" not in result.err, result.err[-3000:]
+    assert len(lines) == 1 and "all 3 fine-tuned candidates failed" in lines[0] and "finetuned.csv" in lines[0]
+    assert (tmp_path / "out" / "finetuned.csv").is_file() and not (tmp_path / "out" / "best.json").exists()
 
 
 def test_exploding_finetune_loss_fails_the_trial_and_the_campaign_goes_on(tmp_path: Path, tiny_ghn: Path) -> None:

@@ -88,7 +88,8 @@ def _finetuned_keys(ft: optuna.Study) -> Counter[str]:
 
 def _value_frame(path: Path, columns: list[str], sort: str) -> pd.DataFrame:
     frame = pd.read_csv(path)
-    return frame[columns].sort_values(sort, kind="stable").reset_index(drop=True)
+    present = [c for c in columns if c in frame.columns]  # ghn_loss / ghn_acc only when the GHN ranked
+    return frame[present].sort_values(sort, kind="stable").reset_index(drop=True)
 
 
 def _assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:

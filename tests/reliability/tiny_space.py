@@ -13,7 +13,10 @@ from typing import Any
 from nas.graph import ArchGraph, GraphBuilder
 from nas.space import SearchSpace
 
-__all__ = ["TinySpace", "RaisingSpace", "EmptySpace", "NoneSpace", "NOT_A_SPACE"]
+__all__ = [
+    "ChainSpace", "DynamicSpace", "EmptySpace", "ExitingSpace", "NOT_A_SPACE", "NoneSpace", "RaisingSpace", "TinySpace",
+    "WideSpace",
+]
 
 
 class TinySpace(SearchSpace):
@@ -77,3 +80,45 @@ class NoneSpace(SearchSpace):
 
 #: Not a search space at all.
 NOT_A_SPACE = 42
+
+
+class ChainSpace(SearchSpace):
+    """A chain of 10,000 ReLUs after a conv of one of two widths: two candidates, each of 10,005 nodes."""
+
+    name = "chain"
+
+    def build(self, trial: Any) -> ArchGraph:
+        b = GraphBuilder(self.input_shape)
+        x = b.add("conv", b.input, out_channels=trial.suggest_categorical("width", [2, 4]), kernel=1)
+        for _ in range(10_000):
+            x = b.add("relu", x)
+        x = b.add("global_avg_pool", x)
+        return b.build(b.add("linear", x, out_features=self.num_classes))
+
+
+class WideSpace(SearchSpace):
+    """Two 1x1 convs of 2**17 channels: 2**34 weights in the second one, far too many to allocate."""
+
+    name = "wide"
+
+    def build(self, trial: Any) -> ArchGraph:
+        b = GraphBuilder(self.input_shape)
+        width = trial.suggest_categorical("width", [2**17])
+        x = b.add("conv", b.input, out_channels=width, kernel=1)
+        x = b.add("conv", x, out_channels=width, kernel=1)
+        x = b.add("global_avg_pool", x)
+        return b.build(b.add("linear", x, out_features=self.num_classes))
+
+
+class DynamicSpace(SearchSpace):
+    """A space whose second choice list depends on the first: Optuna refuses it when the second list comes up."""
+
+    name = "dynamic"
+
+    def build(self, trial: Any) -> ArchGraph:
+        b = GraphBuilder(self.input_shape)
+        family = trial.suggest_categorical("family", ["small", "large"])
+        widths = [2, 4] if family == "small" else [8, 16]
+        x = b.add("conv", b.input, out_channels=trial.suggest_categorical("width", widths), kernel=1)
+        x = b.add("global_avg_pool", x)
+        return b.build(b.add("linear", x, out_features=self.num_classes))

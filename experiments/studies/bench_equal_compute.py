@@ -17,14 +17,14 @@ reference candidates strictly below it). A run that ended before B keeps what
 it had at its end; a run with nothing yet within B counts as missing. Means
 over each method's runs.
 
-Judge and reference as in ``bench/bench_threshold_sweep.py`` (by default the
+Judge and reference as in ``experiments/studies/bench_threshold_sweep.py`` (by default the
 mean of training seeds 1-4, which no search selected on, over 240 reference
 candidates). Writes ``search_equal_compute<suffix>.csv`` into ``--results``.
 It trains nothing and asserts nothing.
 
 Usage::
 
-    python bench/bench_equal_compute.py
+    python experiments/studies/bench_equal_compute.py
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Writes ``--out`` (CSV) and prints a Markdown table. It reads; it trains nothing.
 
 Usage::
 
-    python bench/bench_replicates.py --results bench/results/fresh bench/results/replicate_s1 \\
+    python experiments/studies/bench_replicates.py --results bench/results/fresh bench/results/replicate_s1 \\
         bench/results/replicate_s2 --out bench/results/search_replicates_ref1234_refsample012.csv
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-_spec = importlib.util.spec_from_file_location("bench_search", Path(__file__).with_name("bench_search.py"))
+_spec = importlib.util.spec_from_file_location("bench_search", Path(__file__).resolve().parents[2] / "bench" / "bench_search.py")
 bench_search = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_search)
 

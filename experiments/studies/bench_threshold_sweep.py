@@ -17,7 +17,7 @@ run must be in ``--cache``. It measures; it asserts nothing.
 
 Usage::
 
-    python bench/bench_threshold_sweep.py --judge-seeds 1 2 3 4 --reference-sample-seeds 0 1 2
+    python experiments/studies/bench_threshold_sweep.py --judge-seeds 1 2 3 4 --reference-sample-seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-_spec = importlib.util.spec_from_file_location("bench_search", Path(__file__).with_name("bench_search.py"))
+_spec = importlib.util.spec_from_file_location("bench_search", Path(__file__).resolve().parents[2] / "bench" / "bench_search.py")
 bench_search = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_search)
 

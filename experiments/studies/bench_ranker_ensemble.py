@@ -10,7 +10,7 @@ measures; it asserts nothing but that agreement.
 
 Usage::
 
-    python bench/bench_ranker_ensemble.py --rankers runs/bench_fw/one_time/ranker.pt \\
+    python experiments/studies/bench_ranker_ensemble.py --rankers runs/bench_fw/one_time/ranker.pt \\
         runs/bench_rep1/one_time/ranker.pt runs/bench_rep2/one_time/ranker.pt \\
         runs/bench_rep3/one_time/ranker.pt runs/bench_rep4/one_time/ranker.pt
 """

@@ -18,7 +18,7 @@ measures the fit only. It measures; it asserts nothing.
 
 Usage::
 
-    python bench/bench_label_pool.py --work runs/label_pool --out bench/results/label_pool_fits.csv \\
+    python experiments/studies/bench_label_pool.py --work runs/label_pool --out bench/results/label_pool_fits.csv \\
         --fit g5A=runs/bench_rep5/one_time/ghn.pt:runs/bench_fw/one_time/ranker_labels_k30.csv,runs/bench_rep1/one_time/ranker_labels_k30.csv
 """
 
@@ -32,7 +32,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The search benchmark (bench/) and the other studies (this folder), also when loaded by a test.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2] / "bench")]
 from bench_ranker_top import _cpu  # noqa: E402
 
 COLUMNS = ["name", "ghn", "label_files", "labels", "seed", "fit_cpu_s", "fit_wall_s", "member_tau", "path"]

@@ -14,7 +14,7 @@ Writes ``--out`` (CSV) and prints a Markdown table. It reads; it trains nothing.
 
 Usage::
 
-    python bench/bench_judges.py --results bench/results/fresh
+    python experiments/studies/bench_judges.py --results bench/results/fresh
 """
 
 from __future__ import annotations

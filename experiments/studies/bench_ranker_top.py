@@ -22,7 +22,7 @@ It measures; it asserts nothing.
 
 Usage::
 
-    python bench/bench_ranker_top.py --workers 2
+    python experiments/studies/bench_ranker_top.py --workers 2
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ import optuna
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The search benchmark (bench/) and the other studies (this folder), also when loaded by a test.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2] / "bench")]
 from bench_search import Referee, thresholds  # noqa: E402
 
 EXPERIMENT = Path("experiments/results/nb201-mnist5k")

@@ -30,8 +30,8 @@ Usage::
 
     python bench/bench_search.py --report --referee-seeds 0 1 --referee-workers 2 \\
         --reference-sample-seeds 0 1 2 $F          # trains the reference sample's seeds 0 and 1
-    python bench/bench_top_noise.py                                   # oracle seed 2, judge seeds 0+1
-    python bench/bench_top_noise.py --judge-seeds 1 --oracle-seeds 0  # one training run against another
+    python experiments/studies/bench_top_noise.py                                   # oracle seed 2, judge seeds 0+1
+    python experiments/studies/bench_top_noise.py --judge-seeds 1 --oracle-seeds 0  # one training run against another
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The search benchmark (bench/) and the other studies (this folder), also when loaded by a test.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2] / "bench")]
 from bench_search import Referee, reference_graphs  # noqa: E402
 
 KS = (1, 3, 10)

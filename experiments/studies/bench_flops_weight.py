@@ -32,7 +32,7 @@ It measures; it asserts nothing.
 
 Usage::
 
-    python bench/bench_flops_weight.py --work runs/bench_search_disjoint --workers 2
+    python experiments/studies/bench_flops_weight.py --work runs/bench_search_disjoint --workers 2
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The search benchmark (bench/) and the other studies (this folder), also when loaded by a test.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2] / "bench")]
 from bench_ranker_top import DEFAULT_RANKERS, _cpu, all_candidates, first_position, read_labels, setup  # noqa: E402
 
 EXPERIMENT = Path("experiments/results/nb201-mnist5k")

@@ -19,7 +19,7 @@ size. It measures; it asserts nothing.
 
 Usage::
 
-    python bench/bench_build_rankers.py --rankers b0=runs/bench_fw/one_time/ranker.pt \\
+    python experiments/studies/bench_build_rankers.py --rankers b0=runs/bench_fw/one_time/ranker.pt \\
         b1=runs/bench_rep1/one_time/ranker.pt b2=runs/bench_rep2/one_time/ranker.pt --workers 2 \\
         --out bench/results/build_rankers.csv
 """
@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The search benchmark (bench/) and the other studies (this folder), also when loaded by a test.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2] / "bench")]
 from bench_ranker_top import all_candidates, setup  # noqa: E402
 
 
