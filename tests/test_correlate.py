@@ -176,6 +176,11 @@ def test_plots_return_axes(result: CorrelationResult) -> None:
     assert labels[0] == "oracle" and labels[-1] == "anti"  # sorted best first
     ceiling = result.summary_json["noise_ceiling"]["kendall"]
     assert any(line.get_ydata()[0] == pytest.approx(ceiling) for line in ax.get_lines())
+    # Every colour and line has a legend entry; the axis says which way is better; n is stated.
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:2] == ["GHN-based", "baseline"] and any("noise ceiling" in t for t in legend)
+    assert "higher is better" in ax.get_ylabel() and f"n = {ARCHS}" in ax.get_title()
+    assert "lower is better" in plot_score_vs_truth(result.frame, method="oracle").get_ylabel()
     with pytest.raises(ValueError, match="synflow"):
         plot_score_vs_truth(result.frame, method="synflow")
     fig = matplotlib.figure.Figure()

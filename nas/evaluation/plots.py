@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from scipy import stats
 
 from nas import _atomic
@@ -91,8 +92,9 @@ def plot_score_vs_truth(frame: pd.DataFrame, method: str = "ghn", ax: Axes | Non
     if x.size > 1 and x.min() > 0 and x.max() / x.min() > 100:
         ax.set_xscale("log")  # counts and flows span orders of magnitude
     ax.set_xlabel(f"{_label(method)} score (higher = predicted better)")
-    ax.set_ylabel("trained validation loss")
-    ax.set_title(f"{_label(method)}: Kendall $\\tau$ = {tau:.3f}, Spearman $\\rho$ = {rho:.3f}", fontsize=9)
+    ax.set_ylabel("trained validation loss (lower is better)")
+    ax.set_title(f"{_label(method)}: Kendall $\\tau$ = {tau:.3f}, Spearman $\\rho$ = {rho:.3f}, "
+                 f"n = {int(shown.sum())}", fontsize=9)
     hidden = len(frame) - int(shown.sum())
     if hidden:
         ax.text(0.99, 0.01, f"{hidden} not shown (failed / unscored)", transform=ax.transAxes,
@@ -156,13 +158,19 @@ def plot_method_bars(
         band = (_num(noise_ceiling.get(f"{metric}_lo")), _num(noise_ceiling.get(f"{metric}_hi")))
     elif noise_ceiling is not None:
         ceiling = float(noise_ceiling)
+    handles = [Patch(color=_GHN_COLOR, label="GHN-based"), Patch(color=_BASE_COLOR, label="baseline")]
     if math.isfinite(ceiling):
-        ax.axhline(ceiling, color="0.3", linestyle="--", linewidth=1.0, label=f"noise ceiling ({ceiling:.2f})")
+        handles.append(ax.axhline(ceiling, color="0.3", linestyle="--", linewidth=1.0,
+                                  label=f"noise ceiling: seed vs seed ({ceiling:.2f})"))
         if all(math.isfinite(b) for b in band):
-            ax.axhspan(band[0], band[1], color="0.5", alpha=0.15, linewidth=0, zorder=0)
-        ax.legend(fontsize=7, loc="upper right", frameon=False)
+            handles.append(ax.axhspan(band[0], band[1], color="0.5", alpha=0.15, linewidth=0, zorder=0,
+                                      label="noise ceiling 95% CI"))
+    ax.legend(handles=handles, fontsize=7, loc="upper right", frameon=False)
     name = r"Kendall $\tau$" if metric == "kendall" else r"Spearman $\rho$"
-    ax.set_ylabel(f"{name} vs trained (95% CI)")
+    ax.set_ylabel(f"{name} vs trained, 95% CI (higher is better)")
+    count = summary["n"].max() if "n" in summary.columns and len(summary) else None
+    if count is not None and not pd.isna(count):
+        ax.set_title(f"{n} methods on n = {int(count)} candidates", fontsize=9)
     ax.set_xlim(-0.6, n - 0.4)
     ax.grid(axis="y", alpha=0.3, linewidth=0.5)
     ax.figure.tight_layout()
