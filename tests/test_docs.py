@@ -59,3 +59,15 @@ def test_the_readmes_cheap_commands_run_as_written(tmp_path: Path) -> None:
                                *shlex.split(command)[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
     assert (tmp_path / "cell.png").stat().st_size > 1000
+
+
+def test_the_readmes_search_space_passes_check_space() -> None:
+    import re
+
+    from nas.testing import check_space
+
+    code = re.search(r"```python\n(# my_space.py\n.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert code is not None, "the README's search-space example is missing"
+    namespace: dict = {}
+    exec(code.group(1), namespace)  # noqa: S102 - the README's own example
+    check_space(namespace["MySpace"](input_shape=(1, 8, 8), num_classes=10), n=2)
