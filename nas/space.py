@@ -270,16 +270,21 @@ class SearchSpace(abc.ABC):
         Catches a ``build`` that fails or returns no graph, choice values Optuna
         cannot store, too large a candidate, and a name whose choices depend on
         an earlier choice (Optuna's "dynamic value space"), which an Optuna
-        study refuses only when the second list comes up. Costs ``n`` samples.
+        study refuses only when the second list comes up. Costs ``n`` samples
+        once per ``(n, seed)``: a check that passed is not repeated on this space.
 
         Raises:
             SpaceError: As :meth:`sample`, naming the choice and both lists.
             GraphError: A sampled candidate is invalid or too large.
         """
+        passed = self.__dict__.setdefault("_choices_checked", set())  # a command and meta-training both ask
+        if (n, seed) in passed:
+            return
         rng = np.random.default_rng(seed)
         distributions: dict[str, Any] = {}
         for _ in range(n):
             self._build_checked(RandomTrial(rng, distributions=distributions))
+        passed.add((n, seed))
 
     def sample_many(self, n: int, *, seed: int = 0, unique: bool = True, max_tries: int | None = None) -> list[Candidate]:
         """Sample ``n`` candidates with one seeded generator.
