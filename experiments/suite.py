@@ -49,6 +49,7 @@ from nas.data import load_dataset
 from nas.evaluation import (
     DEFAULT_METHODS,
     RANKER_METHODS,
+    Calibration,
     LabelRecipe,
     correlate,
     ranker_methods,
@@ -58,7 +59,7 @@ from nas.evaluation import (
 )
 from nas.evaluation.correlate import CorrelationResult
 from nas.evaluation.metrics import kendall_difference, ranking_scores
-from nas.ghn import RANKER_K, RANKER_LABELS, MetaTrainConfig, meta_train
+from nas.ghn import RANKER_CALIBRATION, RANKER_K, RANKER_LABELS, MetaTrainConfig, meta_train
 from nas.space import load_space
 
 logger = logging.getLogger("experiments.suite")
@@ -77,6 +78,7 @@ class Pair:
         settings: Space settings.
         held_out: A pair no default was chosen on (run once, after the defaults were fixed).
         label_seeds: Label sample seeds; the first labels ``Protocol.label_counts``, all ``Protocol.few``.
+        round: The round of ``RESULTS.md`` the pair was added in (round 2: the calibrated prior).
     """
 
     name: str
@@ -85,6 +87,7 @@ class Pair:
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     held_out: bool = False
     label_seeds: tuple[int, ...] = (1, 2, 3)
+    round: int = 1
 
 
 PAIRS: tuple[Pair, ...] = (
@@ -96,6 +99,11 @@ PAIRS: tuple[Pair, ...] = (
     Pair("my_space-digits", "examples/my_space.py:MySpace", "digits", held_out=True, label_seeds=(101, 102, 103)),
     Pair("branch_space-digits", "examples/branch_space.py:BranchSpace", "digits", held_out=True,
          label_seeds=(101, 102, 103)),
+    # Round 2's held-out pairs: spaces written after the calibrated prior was fixed, new label seeds.
+    Pair("mobile_space-digits", "examples/mobile_space.py:MobileSpace", "digits", held_out=True,
+         label_seeds=(201, 202, 203), round=2),
+    Pair("resnet_space-digits", "examples/resnet_space.py:ResNetSpace", "digits", held_out=True,
+         label_seeds=(201, 202, 203), round=2),
 )
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -109,6 +117,8 @@ class Protocol:
         label_counts: Ranker label counts fitted on the first label seed.
         few: Label count fitted on every label seed (the few-label comparison).
         default_labels: Label count of the ``ghn`` row (the campaign's recipe).
+        calibration: Architectures trained for ``epochs`` to choose the prior's weight of the
+            default-count rankers (the campaign's recipe); the other counts keep the fixed 0.5.
     """
 
     archs: int = 100
@@ -117,11 +127,12 @@ class Protocol:
     label_counts: tuple[int, ...] = (100, 300, RANKER_LABELS)
     few: int = 100
     default_labels: int = RANKER_LABELS
+    calibration: int = RANKER_CALIBRATION
 
 
 FULL = Protocol()
 #: Minutes on 2 cores: checks the pipeline, measures nothing.
-SMOKE = Protocol(archs=8, epochs=0.2, ghn_steps=20, label_counts=(6, 8), few=6, default_labels=8)
+SMOKE = Protocol(archs=8, epochs=0.2, ghn_steps=20, label_counts=(6, 8), few=6, default_labels=8, calibration=3)
 #: Baselines: every default method of ``nas correlate`` but the GHN rows.
 BASELINES = [m for m in DEFAULT_METHODS if m not in ("ghn", "ghn_plain")]
 ZERO_COST = ["synflow", "snip", "grad_norm", "jacob_cov", "naswot"]
@@ -131,18 +142,24 @@ def _suffix(n: int, proto: Protocol) -> str:
     return "" if n == proto.default_labels else f"_n{n}"
 
 
-def _ranker_rows(pair: Pair, proto: Protocol) -> list[tuple[str, list[str], LabelRecipe]]:
-    """(suffix, methods, recipe) of every ranker row of ``pair``: all ablations at the default count."""
+def _ranker_rows(pair: Pair, proto: Protocol) -> list[tuple[str, list[str], LabelRecipe, Calibration | None]]:
+    """(suffix, methods, recipe, calibration) of every ranker row of ``pair``: all ablations at the default count.
+
+    Only the default count is calibrated (round 2); the few-label rows keep the fixed weight of round 1,
+    where they settled the GHN's role.
+    """
     first = pair.label_seeds[0]
-    rows: list[tuple[str, list[str], LabelRecipe]] = []
+    rows: list[tuple[str, list[str], LabelRecipe, Calibration | None]] = []
     for n in proto.label_counts:
-        methods = ["ghn", "ghn_noprior", "ghn_meta", "ghn_meta_noprior", "opcount_ranker",
+        methods = ["ghn", "ghn_w05", "ghn_noprior", "ghn_meta", "ghn_meta_noprior", "opcount_ranker",
                    "opcount_ranker_flops"]
+        calibration = Calibration(n=proto.calibration, epochs=proto.epochs)
         if n != proto.default_labels:
-            methods = ["ghn", "ghn_meta", "opcount_ranker_flops"]
-        rows.append((_suffix(n, proto), methods, LabelRecipe(labels=n, k=RANKER_K, seed=first)))
+            methods, calibration = ["ghn", "ghn_meta", "opcount_ranker_flops"], None
+        rows.append((_suffix(n, proto), methods, LabelRecipe(labels=n, k=RANKER_K, seed=first), calibration))
     for s in pair.label_seeds[1:]:
-        rows.append((f"_n{proto.few}_s{s}", ["ghn", "ghn_meta"], LabelRecipe(labels=proto.few, k=RANKER_K, seed=s)))
+        rows.append((f"_n{proto.few}_s{s}", ["ghn", "ghn_meta"], LabelRecipe(labels=proto.few, k=RANKER_K, seed=s),
+                     None))
     return rows
 
 
@@ -206,9 +223,9 @@ def run_pair(pair: Pair, root: Path, proto: Protocol, *, workers: int = 1, resco
 
     costs_once: dict[str, Any] = {}
     scorers: list[Any] = []
-    for suffix, methods, recipe in _ranker_rows(pair, proto):
+    for suffix, methods, recipe, calibration in _ranker_rows(pair, proto):
         built, cost = ranker_methods(space, data, ghn=ghn, methods=methods, out=out, exclude=keys, recipe=recipe,
-                                     suffix=suffix, workers=workers, progress=progress)
+                                     calibration=calibration, suffix=suffix, workers=workers, progress=progress)
         if cost is not None:
             costs_once[suffix or "default"] = cost.to_dict()
         scorers += [s for s in built if rescore or not store.has(s.name)]
@@ -280,8 +297,11 @@ def _ghn_role(pair: Pair, frame: pd.DataFrame, proto: Protocol) -> pd.DataFrame:
 # --------------------------------------------------------------------------- report
 
 #: Methods shown in the suite's figure and short table.
-HEADLINE = ["ghn", "ghn_meta", "ghn_n100", "ghn_meta_n100", "opcount_ranker_flops", "ghn_plain",
+HEADLINE = ["ghn", "ghn_w05", "ghn_noprior", "ghn_meta", "ghn_n100", "opcount_ranker_flops", "ghn_plain",
             "short_training", "flops", "best_zero_cost"]
+
+#: Round 2's rule R2a: the calibrated ranker within this of the better fixed weight (0.5 or none).
+R2A_MARGIN = 0.02
 
 
 def report(root: Path, pairs: list[Pair]) -> pd.DataFrame:
@@ -332,8 +352,9 @@ def report(root: Path, pairs: list[Pair]) -> pd.DataFrame:
 
 
 def verdict(table: pd.DataFrame, roles: pd.DataFrame | None, *, method: str = "ghn") -> pd.DataFrame:
-    """The pass rule of ``RESULTS.md``, per pair: the default ranker against 0.9 x the ceiling and the best
-    zero-cost proxy, and whether GHN initialisation lifts the ranker at few labels (>= 0.05, CI above 0)."""
+    """The pass rules of ``RESULTS.md``, per pair: the default ranker against 0.9 x the ceiling and the best
+    zero-cost proxy, whether GHN initialisation lifts the ranker at few labels (>= 0.05, CI above 0), and
+    (round 2) whether the calibrated weight is within ``R2A_MARGIN`` of the better fixed one."""
     rows = []
     for pair, sub in table.groupby("pair", sort=False):
         by = sub.set_index("method")
@@ -344,6 +365,9 @@ def verdict(table: pd.DataFrame, roles: pd.DataFrame | None, *, method: str = "g
         row = {"pair": pair, "held_out": bool(by.loc[method, "held_out"]), "method": method, "kendall": tau,
                "noise_ceiling": ceiling, "at_0.9_ceiling": bool(tau >= 0.9 * ceiling),
                "best_zero_cost": best, "beats_zero_cost": bool(tau >= best)}
+        fixed = [by.loc[m, "kendall"] for m in ("ghn_w05", "ghn_noprior") if m in by.index]
+        if len(fixed) == 2:
+            row.update(best_fixed_weight=max(fixed), calibration_holds=bool(tau >= max(fixed) - R2A_MARGIN))
         few = roles[(roles["pair"] == pair) & (roles["label_seeds"] > 1)] if roles is not None else pd.DataFrame()
         if len(few):
             lift = few.iloc[0]

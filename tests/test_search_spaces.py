@@ -74,6 +74,19 @@ class TestMySpaceConformance(SpaceConformance):
         return load_space(MY_SPACE, input_shape=DIGITS, num_classes=10)
 
 
+#: The user-style spaces of ``examples/`` that the ranking suite evaluates (``experiments/suite.py``).
+SUITE_EXAMPLES = ["branch_space.py:BranchSpace", "mobile_space.py:MobileSpace", "resnet_space.py:ResNetSpace"]
+
+
+@pytest.mark.parametrize("shape", [DIGITS, MNIST], ids=["digits", "mnist"])
+@pytest.mark.parametrize("spec", SUITE_EXAMPLES)
+def test_example_spaces_of_the_suite_pass_the_conformance_checks(spec: str, shape: tuple[int, int, int]) -> None:
+    space = load_space(f"{ROOT / 'examples' / spec}", input_shape=shape, num_classes=10)
+    check_space(space, n=4, seed=0)
+    keys = {c.graph.key for c in space.sample_many(20, seed=0, unique=False)}
+    assert len(keys) >= 15  # the choices really change the architecture
+
+
 def test_conformance_class_has_one_test_per_check() -> None:
     tests = {name[len("test_") :] for name in dir(SpaceConformance) if name.startswith("test_")}
     assert tests == set(CHECKS)

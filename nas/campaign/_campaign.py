@@ -494,7 +494,8 @@ class Campaign:
         ranker = ensure_ranker(
             space, self.data, self.ghn if fit.pretrained else None, path=path, ranker_labels=n,
             ranker_k=config.ranker_k, seed=config.seed, exclude=exclude, labels_cache=self.out / "ranker_labels.csv",
-            workers=config.label_workers, config=fit, progress=config.progress,
+            workers=config.label_workers, config=fit, calibration=config.ranker_calibration,
+            calibration_epochs=config.finetune_epochs, progress=config.progress,
         )
         _check_ranker(ranker, space, self.data, source=path)
         return ranker
@@ -953,7 +954,8 @@ def stored_campaign_config(info: Any) -> CampaignConfig | None:
     if not isinstance(info, dict):
         return None
     if info.get("format") == _FORMAT:
-        return CampaignConfig.from_dict(info["config"])
+        # stored before the ranker's prior was calibrated: its ranker kept the fixed weight
+        return CampaignConfig.from_dict({"ranker_calibration": 0, **info["config"]})
     if info.get("format") != 1:
         return None
     space_info = info.get("space_info") or {}
@@ -983,6 +985,7 @@ def stored_campaign_config(info: Any) -> CampaignConfig | None:
         "ranker": ranker,
         "ranker_labels": int(labels.get("n", CampaignConfig.ranker_labels)),
         "ranker_k": int(labels.get("k", CampaignConfig.ranker_k)),
+        "ranker_calibration": 0,
         "sampler": info.get("sampler") if info.get("sampler") in SAMPLERS else CampaignConfig.sampler,
     })
 

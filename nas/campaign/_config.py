@@ -90,6 +90,9 @@ class CampaignConfig:
             mean), or ``None`` to fit one into ``<out>/ranker.pt``.
         ranker_labels: Architectures trained briefly to fit that ranker (at least 4).
         ranker_k: SGD steps of each of those short trainings.
+        ranker_calibration: Architectures trained from scratch for
+            ``finetune_epochs`` to choose the fitted ranker's FLOPs-prior weight
+            (:meth:`nas.ghn.GHNRanker.calibrate`); ``0`` keeps the fixed weight 0.5.
         label_workers: Processes running those short trainings in parallel.
         trials: Complete rank trials the study must hold (sampler trials).
         refine: Best candidates whose one-choice changes are scored until they
@@ -146,6 +149,9 @@ class CampaignConfig:
                                   "given", "ranking", metavar="N", identity=True)
     ranker_k: int = _setting(30, "SGD steps of each of those short trainings", "ranking", metavar="K",
                              identity=True)
+    ranker_calibration: int = _setting(20, "architectures trained for --finetune-epochs to choose the fitted "
+                                       "ranker's FLOPs-prior weight (0 = fixed weight 0.5)", "ranking", metavar="N",
+                                       identity=True)
     label_workers: int = _setting(1, "processes running those short trainings in parallel", "ranking",
                                   metavar="W")
     trials: int = _setting(300, "rank trials", "ranking", metavar="N")
@@ -224,6 +230,10 @@ class CampaignConfig:
                 f"`ranker_labels` must be an int of at least {MIN_RANKER_LABELS}, but got {self.ranker_labels!r}."
             )
         _positive_int("ranker_k", self.ranker_k)
+        if _int("ranker_calibration", self.ranker_calibration) < 0 or 0 < self.ranker_calibration < 3:
+            raise ValueError(
+                f"`ranker_calibration` must be 0 or an int of at least 3, but got {self.ranker_calibration!r}."
+            )
         _positive_int("label_workers", self.label_workers)
         _positive_int("trials", self.trials)
         if self.refine is not None and _int("refine", self.refine) < 0:
@@ -308,7 +318,7 @@ class CampaignConfig:
         """
         values = {name: getattr(self, name) for name in IDENTITY_KEYS}
         if self.rank_by != "ranker":
-            values["ranker_labels"] = values["ranker_k"] = None
+            values["ranker_labels"] = values["ranker_k"] = values["ranker_calibration"] = None
         return _normalise(values)
 
     # ------------------------------------------------------------ serialisation

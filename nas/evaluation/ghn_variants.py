@@ -179,22 +179,31 @@ class GHNRankerScorer(Scorer):
 
     Args:
         ranker: A fitted ranker (see :func:`nas.ghn.fit_ranker`).
-        prior: Score by :meth:`~nas.ghn.GHNRanker.score` (predicted TSE with
-            the log-FLOPs prior, what a campaign ranks by); ``False`` scores
-            by the predicted TSE alone.
+        prior: ``True`` scores by :meth:`~nas.ghn.GHNRanker.score` (predicted
+            TSE with the log-FLOPs prior at the ranker's own weight, what a
+            campaign ranks by); ``False`` by the predicted TSE alone; a number
+            by the predicted TSE with the prior at that fixed weight.
         name: Name of the scorer.
     """
 
     name = "ghn_ranker"
 
-    def __init__(self, ranker: Any, *, prior: bool = False, name: str = "ghn_ranker") -> None:
+    def __init__(self, ranker: Any, *, prior: bool | float = False, name: str = "ghn_ranker") -> None:
         self.ranker = ranker
         self.prior = prior
         self.name = name
 
     def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
+        from nas.ghn import with_flops_prior
+
         graphs = list(graphs)
-        return (-(self.ranker.score(graphs) if self.prior else self.ranker.predict(graphs))).tolist()
+        if self.prior is True:
+            return (-self.ranker.score(graphs)).tolist()
+        if self.prior is False:
+            return (-self.ranker.predict(graphs)).tolist()
+        z = self.ranker.standardised(graphs)
+        return (-with_flops_prior(z, graphs, weight=float(self.prior), mean=self.ranker.flops_mean,
+                                  std=self.ranker.flops_std)).tolist()
 
 
 class LabelRegressorScorer(Scorer):

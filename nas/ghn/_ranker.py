@@ -81,11 +81,14 @@ if TYPE_CHECKING:
     from nas.space import SearchSpace
 
 __all__ = [
-    "GHNRanker", "RankerConfig", "fit_ranker", "label_seconds", "log_flops", "short_training_labels",
-    "with_flops_prior",
+    "FLOPS_WEIGHTS", "GHNRanker", "RankerConfig", "calibration_losses", "fit_ranker",
+    "label_seconds", "log_flops", "short_training_labels", "with_flops_prior",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Weights of the capacity prior :meth:`GHNRanker.calibrate` chooses from.
+FLOPS_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 
 #: ``format`` of a ranker checkpoint (a GHN checkpoint has another).
 RANKER_FORMAT = "ghn-nas/ranker"
@@ -264,6 +267,59 @@ class GHNRanker(nn.Module):
         This is :meth:`score` without the capacity prior.
         """
         return (self.predict(graphs, chunk=chunk) - self.label_mean) / self.label_std
+
+    def calibrate(
+        self,
+        graphs: Sequence[ArchGraph],
+        losses: Sequence[float],
+        *,
+        weights: Sequence[float] = FLOPS_WEIGHTS,
+        info: dict[str, Any] | None = None,
+    ) -> float:
+        """Choose the capacity prior's weight on architectures trained for the full budget.
+
+        Short-training labels cannot say how much a longer budget rewards
+        capacity; architectures trained for that budget can. Each weight's
+        :meth:`score` is compared with their losses by Kendall tau, and the best
+        (on ties, the smallest) becomes ``config.flops_weight``. What was
+        measured is kept in ``label_info["calibration"]`` and saved with the ranker.
+
+        Args:
+            graphs: Architectures trained for the full budget (never the
+                ranker's labels nor the candidates to be ranked).
+            losses: Their validation losses, lower is better; ``[B]``.
+            weights: Candidate weights (non-negative).
+            info: Stored beside the result, e.g. ``{"epochs": 3, "seconds": 40.0}``.
+
+        Returns:
+            The chosen weight.
+
+        Raises:
+            ValueError: Fewer than 3 graphs, a length mismatch, a loss that is
+                not finite, or an empty or negative ``weights``.
+        """
+        graphs = list(graphs)
+        y = np.asarray(losses, dtype=np.float64)  # [B]
+        if len(graphs) != len(y):
+            raise ValueError(f"`losses` must have one value per graph ({len(graphs)}), but got {len(y)}.")
+        if len(graphs) < 3:
+            raise ValueError(f"`graphs` must hold at least 3 trained architectures, but got {len(graphs)}.")
+        if not np.isfinite(y).all():
+            raise ValueError(f"`losses` must be finite, but {int((~np.isfinite(y)).sum())} are not.")
+        if not weights or any(not math.isfinite(w) or w < 0 for w in weights):
+            raise ValueError(f"`weights` must be non-negative numbers, but got {list(weights)!r}.")
+        z = self.standardised(graphs)  # [B]
+        taus = {float(w): _tau(with_flops_prior(z, graphs, weight=w, mean=self.flops_mean, std=self.flops_std), y)
+                for w in sorted(weights)}
+        usable = {w: t for w, t in taus.items() if math.isfinite(t)}
+        chosen = max(usable, key=lambda w: (usable[w], -w)) if usable else self.config.flops_weight
+        self.config = dataclasses.replace(self.config, flops_weight=chosen)
+        self.label_info["calibration"] = {
+            **(info or {}), "n": len(graphs), "weight": chosen, "tau": {f"{w:g}": t for w, t in taus.items()},
+        }
+        logger.info("capacity prior calibrated on %d architectures: weight %g (Kendall tau %s)", len(graphs), chosen,
+                    ", ".join(f"{w:g}: {t:.3f}" for w, t in taus.items()))
+        return chosen
 
     def check_compatible(self, space: SearchSpace, *, source: str | Path | None = None) -> None:
         """Refuse a space this ranker cannot score.
@@ -491,6 +547,18 @@ def _short_training_loss(args: tuple[str, Any, int, int]) -> tuple[float, float]
     return (math.nan if result.failed else float(sum(result.train_losses))), seconds
 
 
+def _trained_val_loss(args: tuple[str, Any, float, int]) -> tuple[float, float]:
+    """Validation loss of one architecture trained from scratch for ``epochs``, and the seconds it took."""
+    graph_json, data, epochs, seed = args
+    from nas.training import TrainConfig, train_graph
+
+    graph = ArchGraph.from_json(graph_json)
+    start = time.perf_counter()
+    result = train_graph(graph, data, TrainConfig(epochs=epochs, seed=seed, progress=False), evaluate_on=("val",))
+    seconds = time.perf_counter() - start
+    return (math.nan if result.failed else float(result.val_loss)), seconds
+
+
 def _drop_torn_tail(path: Path) -> None:
     """Cut a last line that a killed process left half-written (it has no newline yet).
 
@@ -570,9 +638,86 @@ def short_training_labels(
     for name, value in (("n", n), ("k", k), ("workers", workers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
+    graphs = _sample(space, n, seed=seed, exclude=exclude)
+    return _measure(graphs, _short_training_loss, data, k, seed, cache=cache, column="tse", workers=workers,
+                    desc=f"TSE labels (k={k})", progress=progress)
+
+
+def calibration_losses(
+    space: SearchSpace,
+    data: Dataset,
+    n: int,
+    *,
+    epochs: float,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+    cache: str | Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[list[ArchGraph], np.ndarray]:
+    """Sample ``n`` architectures and train each from scratch for the full budget; their validation losses.
+
+    What :meth:`GHNRanker.calibrate` chooses the capacity prior's weight on:
+    the budget the ranking is meant to predict (the ground truth of ``nas
+    correlate``, the fine-tuning budget of a campaign), the trainer's default
+    settings, one seeded run per architecture.
+
+    Args:
+        space: The search space.
+        data: The dataset (training split trains, validation split scores).
+        n: Architectures to train (distinct canonical keys).
+        epochs: Training epochs of each.
+        seed: Seed of the sample and of every training run.
+        exclude: Canonical keys never to train (the candidates, the ranker's labels).
+        cache: CSV of finished runs (``key, graph, val_loss, seconds``), appended
+            as runs finish, so an interrupted run resumes.
+        workers: Processes training in parallel.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(graphs, val_losses)`` of the architectures that trained.
+
+    Raises:
+        ValueError: ``n`` or ``workers`` is not a positive int, or ``epochs`` is not positive.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not (math.isfinite(epochs) and epochs > 0):
+        raise ValueError(f"`epochs` must be a positive number, but got {epochs!r}.")
+    for name, value in (("n", n), ("workers", workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
+    graphs = _sample(space, n, seed=seed, exclude=exclude)
+    return _measure(graphs, _trained_val_loss, data, float(epochs), seed, cache=cache, column="val_loss",
+                    workers=workers, desc=f"calibration ({epochs:g} epochs)", progress=progress)
+
+
+def _sample(space: SearchSpace, n: int, *, seed: int, exclude: Sequence[str]) -> list[ArchGraph]:
+    """The first ``n`` distinct architectures of ``space``'s seeded sample that are not in ``exclude``."""
     excluded = set(exclude)
     pool = [c.graph for c in space.sample_many(n + len(excluded), seed=seed, unique=True)]
-    graphs = [g for g in pool if g.key not in excluded][:n]
+    return [g for g in pool if g.key not in excluded][:n]
+
+
+def _measure(
+    graphs: list[ArchGraph],
+    job: Any,
+    data: Dataset,
+    budget: float,
+    seed: int,
+    *,
+    cache: str | Path | None,
+    column: str,
+    workers: int,
+    desc: str,
+    progress: bool,
+) -> tuple[list[ArchGraph], np.ndarray]:
+    """Run ``job((graph_json, data, budget, seed)) -> (value, seconds)`` on every graph not yet in ``cache``.
+
+    The cache is a CSV (``key, graph, <column>, seconds``) appended and flushed
+    row by row; a row torn by a kill is dropped and measured again.
+
+    Returns:
+        ``(graphs, values)`` of the graphs whose value is finite, in sample order.
+    """
     done: dict[str, float] = {}
     path = Path(cache) if cache is not None else None
     if path is not None and path.exists():
@@ -581,15 +726,18 @@ def short_training_labels(
             reader = csv.DictReader(f)
             rows = list(reader)
             untimed = reader.fieldnames is not None and "seconds" not in reader.fieldnames
+            if reader.fieldnames is not None and column not in reader.fieldnames:
+                raise ValueError(f"cache {str(path)!r} has no {column!r} column (columns: "
+                                 f"{', '.join(reader.fieldnames)}); it holds other measurements.")
         for row in rows:
-            done[row["key"]] = float(row["tse"])
+            done[row["key"]] = float(row[column])
         if untimed:  # written before label times were kept: add the column (empty for those rows) once
 
             def upgrade(tmp: Path) -> None:
                 with tmp.open("w", newline="") as f:
                     writer = csv.writer(f)
-                    writer.writerow(["key", "graph", "tse", "seconds"])
-                    writer.writerows([row["key"], row["graph"], row["tse"], ""] for row in rows)
+                    writer.writerow(["key", "graph", column, "seconds"])
+                    writer.writerows([row["key"], row["graph"], row[column], ""] for row in rows)
 
             atomic_write(path, upgrade)
     todo = [g for g in graphs if g.key not in done]
@@ -600,22 +748,22 @@ def short_training_labels(
         writer_file = path.open("a", newline="")
         writer = csv.writer(writer_file)
         if new:
-            writer.writerow(["key", "graph", "tse", "seconds"])
-    jobs = [(g.to_json(), data, k, seed) for g in todo]
+            writer.writerow(["key", "graph", column, "seconds"])
+    jobs = [(g.to_json(), data, budget, seed) for g in todo]
     try:
-        with tqdm(total=len(graphs), initial=len(graphs) - len(todo), desc=f"TSE labels (k={k})", unit="arch",
+        with tqdm(total=len(graphs), initial=len(graphs) - len(todo), desc=desc, unit="arch",
                   disable=not progress, dynamic_ncols=True) as bar:
             if workers == 1:
-                results = map(_short_training_loss, jobs)
+                results = map(job, jobs)
                 executor = None
             else:
                 executor = ProcessPoolExecutor(max_workers=workers, initializer=_one_thread)
-                results = executor.map(_short_training_loss, jobs, chunksize=4)
+                results = executor.map(job, jobs, chunksize=4)
             try:
-                for g, (tse, seconds) in zip(todo, results):
-                    done[g.key] = tse
+                for g, (value, seconds) in zip(todo, results):
+                    done[g.key] = value
                     if writer_file is not None:
-                        writer.writerow([g.key, g.to_json(), tse, seconds])
+                        writer.writerow([g.key, g.to_json(), value, seconds])
                         writer_file.flush()
                         os.fsync(writer_file.fileno())
                     bar.update(1)
