@@ -653,7 +653,7 @@ def _ranker_campaign(out: Path, ghn_path: Path, **overrides: Any) -> Campaign:
 
     settings: dict[str, Any] = dict(
         rank_by="ranker", ranker_labels=6, ranker_k=2, ranker_config=RankerConfig(epochs=2, ensemble=1),
-        trials=8, top_k=1, self_check=3, self_check_epochs=0.1, refine=0,
+        ranker_calibration=3, trials=8, top_k=1, self_check=3, self_check_epochs=0.1, refine=0,
     )
     return small_campaign(out, ghn_path, **{**settings, **overrides})
 
@@ -674,6 +674,11 @@ def test_default_ranker_is_fitted_once_then_reused(
     assert len(self_check_keys) == 3 and not self_check_keys & set(labels["key"])  # never a label
     ranker = GHNRanker.load(ranker_pt)
     assert ranker.label_info["k"] == 2 and ranker.label_info["n"] == 6 and ranker.label_info["target"] == "tse"
+    # The prior's weight was chosen on 3 more architectures trained for the fine-tuning budget.
+    cal = ranker.label_info["calibration"]
+    assert (cal["n"], cal["epochs"]) == (3, 0.3) and ranker.config.flops_weight == cal["weight"]
+    calibration_keys = set(pd.read_csv(out / "ranker_calibration_e0.3.csv")["key"])
+    assert len(calibration_keys) == 3 and not calibration_keys & (set(labels["key"]) | self_check_keys)
     for t in complete_rank_trials(_ranker_campaign(out, ghn_path)):
         if "duplicate_of" not in t.user_attrs:
             graph = _ranker_campaign(out, ghn_path).space.from_params(t.params)
@@ -689,6 +694,7 @@ def test_default_ranker_is_fitted_once_then_reused(
 
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (labels_csv, ranker_pt)}
     monkeypatch.setattr(nas.ghn._ranker, "_short_training_loss", forbidden)
+    monkeypatch.setattr(nas.ghn._ranker, "_trained_val_loss", forbidden)
     with monkeypatch.context() as patch:
         patch.setattr(nas.ghn, "fit_ranker", forbidden)
         again = _ranker_campaign(out, ghn_path, trials=10).run()
@@ -700,6 +706,7 @@ def test_default_ranker_is_fitted_once_then_reused(
     refit = _ranker_campaign(out, ghn_path, trials=10).ranker
     assert ranker_pt.is_file() and labels_csv.read_bytes() == before[labels_csv][0]
     assert refit.label_info["labelled"] == 6
+    assert refit.label_info["calibration"]["weight"] == cal["weight"]  # calibrated again from its cache
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "ghn-checkpoint", "missing", "other-input-shape"])
@@ -735,6 +742,7 @@ def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
     for overrides, fragment in (
         ({"rank_by": "loss"}, "rank_by: stored 'ranker', requested 'loss'"),
         ({"rank_by": "ranker", "ranker_k": 5}, "ranker_k: stored 30, requested 5"),
+        ({"rank_by": "ranker", "ranker_calibration": 5}, "ranker_calibration: stored 20, requested 5"),
     ):
         with pytest.raises(StorageError) as err:
             small_campaign(out, None, **overrides).open()

@@ -23,6 +23,7 @@ CHANGED: dict[str, Any] = {
     "ranker": ["a.pt", "b.pt"],
     "ranker_labels": 9,
     "ranker_k": 5,
+    "ranker_calibration": 5,
     "label_workers": 2,
     "trials": 11,
     "refine": 2,
@@ -49,10 +50,13 @@ CHANGED: dict[str, Any] = {
 }
 
 #: The defaults the campaign had before CampaignConfig (Campaign.__init__'s keyword defaults and
-#: `nas search`'s flags): `nas demo` and a default `nas search` must rank and pick the same.
+#: `nas search`'s flags): `nas demo` and a default `nas search` must rank and pick the same. One
+#: deliberate change since: the ranker's prior weight is calibrated (`ranker_calibration`, 20; the
+#: ranking suite's round 2).
 OLD_DEFAULTS: dict[str, Any] = {
     "space": "nb201", "space_args": {}, "dataset": "mnist5k", "data_seed": 0, "ghn": None, "ghn_steps": None,
-    "rank_by": "ranker", "ranker": None, "ranker_labels": 700, "ranker_k": 30, "label_workers": 1, "trials": 300,
+    "rank_by": "ranker", "ranker": None, "ranker_labels": 700, "ranker_k": 30, "ranker_calibration": 20,
+    "label_workers": 1, "trials": 300,
     "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "batch_size": 32,
     "self_check": 0, "self_check_epochs": None, "top_k": 5, "finetune_epochs": 3.0, "finetune_lr": 0.05,
     "finetune_batch_size": 64, "finetune_metric": "acc", "pick": None, "storage": None, "study": None,
@@ -195,3 +199,16 @@ def test_identity_settings_are_marked_on_the_fields() -> None:
     assert {"dataset", "rank_by", "objectives", "finetune_epochs"} <= set(IDENTITY_KEYS)
     assert not {"trials", "top_k", "label_workers", "device", "out"} & set(IDENTITY_KEYS)
     assert CampaignConfig(rank_by="loss").identity()["ranker_labels"] is None  # labels matter to the ranker only
+
+
+def test_a_campaign_stored_before_calibration_keeps_its_fixed_prior_weight() -> None:
+    """Its ranker ranked with the fixed weight: a resumed run must not calibrate it under its stored trials."""
+    from nas.campaign._campaign import _FORMAT
+
+    stored = CampaignConfig().to_dict()
+    del stored["ranker_calibration"]
+    assert stored_campaign_config({"format": _FORMAT, "config": stored}).ranker_calibration == 0
+    now = CampaignConfig(ranker_calibration=7).to_dict()
+    assert stored_campaign_config({"format": _FORMAT, "config": now}).ranker_calibration == 7
+    with pytest.raises(ValueError, match="`ranker_calibration` must be 0 or an int of at least 3, but got 2"):
+        CampaignConfig(ranker_calibration=2)

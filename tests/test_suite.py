@@ -25,7 +25,7 @@ def suite() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def tiny(suite: ModuleType) -> object:
-    return suite.Protocol(archs=6, epochs=0.2, ghn_steps=4, label_counts=(4, 5), few=4, default_labels=5)
+    return suite.Protocol(archs=6, epochs=0.2, ghn_steps=4, label_counts=(4, 5), few=4, default_labels=5, calibration=3)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_every_row_of_the_protocol_is_scored(ran: tuple[Path, object], suite: Mo
     root, pair = ran
     summary = json.loads((root / pair.name / "summary.json").read_text())
     methods = {name for name, row in summary["methods"].items() if row["kendall"] is not None}
-    ranker_rows = {"ghn", "ghn_noprior", "ghn_meta", "ghn_meta_noprior", "opcount_ranker",
+    ranker_rows = {"ghn", "ghn_w05", "ghn_noprior", "ghn_meta", "ghn_meta_noprior", "opcount_ranker",
                    "opcount_ranker_flops", "ghn_n4", "ghn_meta_n4", "opcount_ranker_flops_n4",
                    "ghn_n4_s102", "ghn_meta_n4_s102", "ghn_n4_s103", "ghn_meta_n4_s103"}
     assert ranker_rows | set(suite.BASELINES) | {"ghn_plain"} <= methods
@@ -51,8 +51,14 @@ def test_every_row_of_the_protocol_is_scored(ran: tuple[Path, object], suite: Mo
     default = summary["ranker"]["default"]
     assert default["one_time_seconds"]["ghn_meta"] > summary["ghn_seconds"]
     # The campaign's ranker (random weights) is charged its labels and fit, not the GHN's meta-training.
+    # Its prior's weight is calibrated at the default count only, and the calibration runs are charged to it.
+    cal = default["calibration"]
+    assert cal["trained"] == 3 and cal["seconds"] > 0
     assert default["one_time_seconds"]["ghn"] == pytest.approx(default["label_seconds"]
-                                                               + default["fit_seconds"]["scratch"])
+                                                               + default["fit_seconds"]["scratch"] + cal["seconds"])
+    assert default["one_time_seconds"]["ghn_w05"] == pytest.approx(default["label_seconds"]
+                                                                   + default["fit_seconds"]["scratch"])
+    assert summary["ranker"]["_n4"]["calibration"] is None
     role = pd.read_csv(root / pair.name / "ghn_role.csv")
     assert role["labels"].tolist() == [4, 5] and role["label_seeds"].tolist() == [3, 1]
     assert (role["lo"] <= role["value"] + 1e-12).all() and (role["value"] <= role["hi"] + 1e-12).all()
