@@ -263,10 +263,12 @@ def _estimate_missing_label_seconds(costs: dict[str, Any]) -> dict[str, Any]:
         if cost["label_seconds"] is None and per_label is not None:
             cost["label_seconds"] = per_label * cost["labelled"]
             cost["label_seconds_estimated"] = cost["labelled"]
-            for name, (kind, _) in RANKER_METHODS.items():
+            calibration = (cost.get("calibration") or {}).get("seconds", 0.0)
+            for name, (kind, prior) in RANKER_METHODS.items():
                 fit, extra = cost["fit_seconds"].get(kind), cost["ghn_seconds"] if kind == "ghn" else 0.0
                 if fit is not None and extra is not None:
-                    cost["one_time_seconds"][name] = cost["label_seconds"] + fit + extra
+                    calibrated = calibration if prior is True and kind != "opcount" else 0.0
+                    cost["one_time_seconds"][name] = cost["label_seconds"] + fit + extra + calibrated
     return costs
 
 

@@ -577,3 +577,31 @@ def test_calibration_losses_refuse_a_cache_of_other_measurements_and_bad_budgets
     for epochs in (0, -1.0, math.inf, True):
         with pytest.raises(ValueError, match=f"`epochs` must be a positive number, but got {epochs!r}"):
             calibration_losses(space, digits, 3, epochs=epochs, progress=False)
+
+
+class _SixSpace(SearchSpace):
+    """Six candidates (one width choice): fewer than a default calibration asks for."""
+
+    name = "six"
+
+    def build(self, trial: Any) -> ArchGraph:
+        from nas.graph import GraphBuilder
+
+        b = GraphBuilder(self.input_shape)
+        width = trial.suggest_categorical("width", [2, 3, 4, 5, 6, 7])
+        x = b.add("relu", b.add("conv", b.input, out_channels=width, kernel=3))
+        return b.build(b.add("linear", b.add("global_avg_pool", x), out_features=self.num_classes))
+
+    def size(self) -> int:
+        return 6
+
+
+def test_calibration_trains_what_a_small_space_has_left(digits: Dataset) -> None:
+    from nas.ghn import calibration_losses
+
+    six = _SixSpace(input_shape=(1, 8, 8))
+    keys = [c.graph.key for c in six.sample_many(6, seed=0)]
+    graphs, losses = calibration_losses(six, digits, 20, epochs=0.05, exclude=keys[:2], progress=False)
+    assert sorted(g.key for g in graphs) == sorted(keys[2:]) and len(losses) == 4
+    graphs, losses = calibration_losses(six, digits, 20, epochs=0.05, exclude=keys, progress=False)
+    assert graphs == [] and len(losses) == 0

@@ -71,7 +71,7 @@ from torch_geometric.utils import scatter
 from tqdm.auto import tqdm
 
 from nas._atomic import atomic_write
-from nas.exceptions import CheckpointError
+from nas.exceptions import CheckpointError, SpaceError
 from nas.ghn._checkpoint import read_checkpoint, write_checkpoint
 from nas.ghn._model import GHN, GHNConfig
 from nas.graph import ArchGraph
@@ -675,7 +675,9 @@ def calibration_losses(
         progress: Show a progress bar.
 
     Returns:
-        ``(graphs, val_losses)`` of the architectures that trained.
+        ``(graphs, val_losses)`` of the architectures that trained: fewer than
+        ``n`` when the space has fewer candidates outside ``exclude`` (none,
+        with a warning, when a space of unknown size runs out).
 
     Raises:
         ValueError: ``n`` or ``workers`` is not a positive int, or ``epochs`` is not positive.
@@ -685,7 +687,17 @@ def calibration_losses(
     for name, value in (("n", n), ("workers", workers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
-    graphs = _sample(space, n, seed=seed, exclude=exclude)
+    excluded = set(exclude)
+    size = space.size()
+    if size is not None and size - len(excluded) < n:
+        n = max(size - len(excluded), 0)
+        logger.info("search space %r has %d candidates outside the labels and candidates: calibrating on them",
+                    space.name, n)
+    try:
+        graphs = _sample(space, n, seed=seed, exclude=excluded) if n else []
+    except SpaceError as err:  # a space of unknown size with too few candidates left
+        logger.warning("no calibration: %s", err)
+        graphs = []
     return _measure(graphs, _trained_val_loss, data, float(epochs), seed, cache=cache, column="val_loss",
                     workers=workers, desc=f"calibration ({epochs:g} epochs)", progress=progress)
 
