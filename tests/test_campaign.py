@@ -677,6 +677,9 @@ def test_default_ranker_is_fitted_once_then_reused(
     # The prior's weight was chosen on 3 more architectures trained for the fine-tuning budget.
     cal = ranker.label_info["calibration"]
     assert (cal["n"], cal["epochs"]) == (3, 0.3) and ranker.config.flops_weight == cal["weight"]
+    assert result.ranker == {"labelled": 6, "k": 2, "seed": 0, "calibration": cal, "flops_weight": cal["weight"]}
+    assert (f"ranker: 6 labels of 2 SGD steps; FLOPs-prior weight {cal['weight']:g} (chosen on 3 architectures "
+            "trained for 0.3 epochs)") in result.summary()
     calibration_keys = set(pd.read_csv(out / "ranker_calibration_e0.3.csv")["key"])
     assert len(calibration_keys) == 3 and not calibration_keys & (set(labels["key"]) | self_check_keys)
     for t in complete_rank_trials(_ranker_campaign(out, ghn_path)):

@@ -90,6 +90,9 @@ class CampaignResult:
         study: The campaign name (studies ``<study>-rank`` and ``<study>-finetune``).
         rank_by: What ranked the candidates (``"ranker"`` or ``"loss"``, see
             :data:`~nas.campaign.RANK_BY`); the tables' ``rank_score`` is its score.
+        ranker: What the ranker was fitted on and its FLOPs-prior weight
+            (``labelled``, ``k``, ``flops_weight`` and, when calibrated, ``calibration``),
+            when this process ranked with a :class:`~nas.ghn.GHNRanker`; else ``None``.
     """
 
     candidates: pd.DataFrame
@@ -104,6 +107,7 @@ class CampaignResult:
     storage: str = ""
     study: str = ""
     rank_by: str = "loss"
+    ranker: dict[str, Any] | None = None
 
     @property
     def pareto(self) -> pd.DataFrame:
@@ -129,11 +133,26 @@ class CampaignResult:
                 f"{self.best['num_params']} params, val acc {m['val_acc']:.4f}, test acc {m['test_acc']:.4f} "
                 f"({PICKS[self.best.get('pick', 'finetuned')]})"
             )
+        if self.ranker is not None:
+            cal = self.ranker.get("calibration")
+            how = (f"chosen on {cal['n']} architectures trained for {cal['epochs']:g} epochs" if cal else "fixed")
+            lines.append(f"ranker: {self.ranker.get('labelled', '?')} labels of {self.ranker.get('k', '?')} SGD steps; "
+                         f"FLOPs-prior weight {self.ranker['flops_weight']:g} ({how})")
         if self.self_check is not None:
             lines.append(self.self_check.message)
         if self.out is not None:
             lines.append(f"results in {self.out}")
         return "\n".join(lines)
+
+
+def _ranker_summary(ranker: Any) -> dict[str, Any] | None:
+    """:attr:`CampaignResult.ranker` of a loaded ranker (``None`` for another kind or none)."""
+    from nas.ghn import GHNRanker
+
+    if not isinstance(ranker, GHNRanker):
+        return None
+    info = {k: ranker.label_info.get(k) for k in ("labelled", "k", "seed", "calibration")}
+    return {**info, "flops_weight": ranker.config.flops_weight}
 
 
 def _normalise(value: Any) -> Any:
@@ -728,6 +747,7 @@ class Campaign:
             storage=mask_url(self.storage_url),
             study=self.study_name,
             rank_by=self.config.rank_by,
+            ranker=_ranker_summary(self._ranker),
         )
 
     def run(self) -> CampaignResult:
