@@ -287,7 +287,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     ``"campaign-refine"`` and ``"campaign-refine-journal"`` add the local
     refinement of the ``--refine`` best candidates after the sampler's trials.
     The ``enqueue`` step is charged its CPU (milliseconds; traces of the removed ``-rerank`` and
-    ``-blend`` methods charged a zero-cost proxy's scores there, bench/RESULTS.md).
+    ``-blend`` methods charged a zero-cost proxy's scores there, ``git show 7aab067768:bench/RESULTS.md``).
     ``name`` (default ``method``) names the run in its trace and work folder, e.g.
     ``"campaign-refine-journal-ft3"`` for the same method with other settings (``--variant``).
     """

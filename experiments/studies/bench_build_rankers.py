@@ -1,7 +1,7 @@
 """Where each build's ranker, and the mean of several builds' rankers, put the space's top architectures.
 
 A campaign with refinement fine-tunes its ranker's exact global top
-candidates in the ranker's order (``bench/RESULTS.md``), so where a ranker
+candidates in the ranker's order (``git show 7aab067768:bench/RESULTS.md``), so where a ranker
 puts the reference's top 1% decides the campaign's ERT. Each build of the
 one-time pipeline (``bench_search.py --one-time-seed S``) has its own GHN and
 ranker. This script scores every distinct candidate of nb201 with each

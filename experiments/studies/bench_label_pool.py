@@ -4,7 +4,7 @@ Each build of the search benchmark's one-time pipeline
 (``bench_search.py --one-time-seed S``) labels 150 architectures of its own
 sample (30 SGD steps each) and fits its ranker on them; builds that differ
 only in their seeds rank the space's top very differently
-(``bench/RESULTS.md``). This script asks whether more labels make builds
+(``git show 7aab067768:bench/RESULTS.md``). This script asks whether more labels make builds
 agree: it fits a ranker on one build's GHN and the union of several builds'
 label files (a label seen twice keeps the mean of its TSEs), with the default
 :class:`nas.ghn.RankerConfig` seeded by ``--seed`` plus the fit's position.

@@ -183,7 +183,8 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     if cal:
         taus_by_weight = ", ".join(f"{w}: {t:.3f}" for w, t in cal.get("tau", {}).items())
         print(f"flops weight:      {ranker.config.flops_weight:g}, chosen on {cal['n']} architectures trained for "
-              f"{cal['epochs']:g} epochs ({cal.get('seconds', math.nan):.0f} s; Kendall tau by weight {taus_by_weight})")
+              f"{cal['epochs']:g} epochs ({cal.get('seconds', math.nan):.0f} s; "
+              f"Kendall tau by weight {taus_by_weight})")
     else:
         print(f"flops weight:      {ranker.config.flops_weight:g} (fixed)")
     print(f"wall time:         {time.perf_counter() - start:.1f} s")

@@ -37,11 +37,14 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["RANKER_CALIBRATION", "RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker", "untrained_ghn"]
+__all__ = [
+    "RANKER_CALIBRATION", "RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker",
+    "untrained_ghn",
+]
 
 #: Architectures labelled to fit a ranker by default. On nb201 / mnist5k, rankers on about 700 labels
 #: put a top-1% architecture first for GHN builds where 150 labels left it out of the top 10
-#: (``bench/RESULTS.md``, "More labels per build").
+#: (``git show 7aab067768:bench/RESULTS.md``, "More labels per build").
 RANKER_LABELS = 700
 #: SGD steps of each label's short training by default (its TSE sums the first ``RANKER_K`` losses).
 RANKER_K = 30

@@ -6,7 +6,7 @@ that differ only in those seeds put very different architectures first. On
 nb201 / mnist5k, five builds put their first validation top-1% architecture
 1st, 5th, 1st, 1st and nowhere in their first ten (test: 8th, 8th, 1st, 1st,
 nowhere). Averaging those five put a top-1% architecture first, but five
-other builds averaged ranked like a weak single build (``bench/RESULTS.md``,
+other builds averaged ranked like a weak single build (``git show 7aab067768:bench/RESULTS.md``,
 "Builds of the GHN and ranker"): an ensemble is an option, not a cure. It
 costs one build per member, once; scoring costs one forward pass per member
 (graphs are converted once for members that convert alike).
