@@ -59,7 +59,7 @@ from nas.evaluation import (
 )
 from nas.evaluation.correlate import CorrelationResult
 from nas.evaluation.metrics import kendall_difference, ranking_scores
-from nas.ghn import RANKER_CALIBRATION, RANKER_K, RANKER_LABELS, MetaTrainConfig, meta_train
+from nas.ghn import RANKER_K, RANKER_LABELS, MetaTrainConfig, meta_train
 from nas.space import load_space
 
 logger = logging.getLogger("experiments.suite")
@@ -127,7 +127,7 @@ class Protocol:
     label_counts: tuple[int, ...] = (100, 300, RANKER_LABELS)
     few: int = 100
     default_labels: int = RANKER_LABELS
-    calibration: int = RANKER_CALIBRATION
+    calibration: int = 20
 
 
 FULL = Protocol()

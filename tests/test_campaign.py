@@ -745,7 +745,7 @@ def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
     for overrides, fragment in (
         ({"rank_by": "loss"}, "rank_by: stored 'ranker', requested 'loss'"),
         ({"rank_by": "ranker", "ranker_k": 5}, "ranker_k: stored 30, requested 5"),
-        ({"rank_by": "ranker", "ranker_calibration": 5}, "ranker_calibration: stored 20, requested 5"),
+        ({"rank_by": "ranker", "ranker_calibration": 5}, "ranker_calibration: stored 0, requested 5"),
     ):
         with pytest.raises(StorageError) as err:
             small_campaign(out, None, **overrides).open()

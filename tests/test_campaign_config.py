@@ -50,12 +50,11 @@ CHANGED: dict[str, Any] = {
 }
 
 #: The defaults the campaign had before CampaignConfig (Campaign.__init__'s keyword defaults and
-#: `nas search`'s flags): `nas demo` and a default `nas search` must rank and pick the same. One
-#: deliberate change since: the ranker's prior weight is calibrated (`ranker_calibration`, 20; the
-#: ranking suite's round 2).
+#: `nas search`'s flags): `nas demo` and a default `nas search` must rank and pick the same
+#: (`ranker_calibration` came later; its default, 0, keeps the fixed prior weight of before).
 OLD_DEFAULTS: dict[str, Any] = {
     "space": "nb201", "space_args": {}, "dataset": "mnist5k", "data_seed": 0, "ghn": None, "ghn_steps": None,
-    "rank_by": "ranker", "ranker": None, "ranker_labels": 700, "ranker_k": 30, "ranker_calibration": 20,
+    "rank_by": "ranker", "ranker": None, "ranker_labels": 700, "ranker_k": 30, "ranker_calibration": 0,
     "label_workers": 1, "trials": 300,
     "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "batch_size": 32,
     "self_check": 0, "self_check_epochs": None, "top_k": 5, "finetune_epochs": 3.0, "finetune_lr": 0.05,

@@ -378,7 +378,8 @@ def test_fit_ranker_cli_writes_a_ranker_that_search_can_load(
         (["--ghn", "missing.pt"], "GHN checkpoint 'missing.pt' does not exist"),
         (["--calibration", "2"], "`--calibration` must be 0 or at least 3, but got 2."),
         (["--calibration-epochs", "0"], "`--calibration-epochs` must be positive, but got 0.0."),
-        (["--flops-weight", "0.3"], "`--flops-weight` 0.3 is fixed, but --calibration 20 chooses it"),
+        (["--flops-weight", "0.3", "--calibration", "5"],
+         "`--flops-weight` 0.3 is fixed, but --calibration 5 chooses it"),
     ],
 )
 def test_fit_ranker_cli_bad_input_is_one_line_exit_2(

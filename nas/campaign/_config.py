@@ -92,7 +92,7 @@ class CampaignConfig:
         ranker_k: SGD steps of each of those short trainings.
         ranker_calibration: Architectures trained from scratch for
             ``finetune_epochs`` to choose the fitted ranker's FLOPs-prior weight
-            (:meth:`nas.ghn.GHNRanker.calibrate`); ``0`` keeps the fixed weight 0.5.
+            (:meth:`nas.ghn.GHNRanker.calibrate`); ``0`` (the default) keeps the fixed weight 0.5.
         label_workers: Processes running those short trainings in parallel.
         trials: Complete rank trials the study must hold (sampler trials).
         refine: Best candidates whose one-choice changes are scored until they
@@ -149,7 +149,7 @@ class CampaignConfig:
                                   "given", "ranking", metavar="N", identity=True)
     ranker_k: int = _setting(30, "SGD steps of each of those short trainings", "ranking", metavar="K",
                              identity=True)
-    ranker_calibration: int = _setting(20, "architectures trained for --finetune-epochs to choose the fitted "
+    ranker_calibration: int = _setting(0, "architectures trained for --finetune-epochs to choose the fitted "
                                        "ranker's FLOPs-prior weight (0 = fixed weight 0.5)", "ranking", metavar="N",
                                        identity=True)
     label_workers: int = _setting(1, "processes running those short trainings in parallel", "ranking",

@@ -83,8 +83,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--ranker-k", type=int, default=None,
                    help="SGD steps per ranker label (default: nas search's, %d)" % _default_recipe().k)
     p.add_argument("--ranker-calibration", type=int, default=None, metavar="N",
-                   help="architectures trained for --epochs to choose the ranker's FLOPs-prior weight, as nas search "
-                   "does (default: nas search's, %d; 0 = fixed weight 0.5)" % _default_calibration())
+                   help="architectures trained for --epochs to choose the ranker's FLOPs-prior weight, as "
+                   "nas search --ranker-calibration does (default: nas search's, %d; 0 = fixed weight 0.5)"
+                   % _default_calibration())
     p.add_argument("--label-seed", type=seed_value, default=1,
                    help="seed of the ranker's label sample and trainings (default %(default)s)")
     p.add_argument(

@@ -93,9 +93,9 @@ def _add_fit_ranker(subparsers: Any) -> None:
         description="Train --ranker-labels architectures of the space for --ranker-k SGD steps each (their training-speed "
         "estimate, TSE), then fit a graph network (the GHN's, from random weights) to predict it from the graph. "
         "Finished labels go to OUT's *_labels.csv as they come, so running the command again resumes. The ranker "
-        "is what `nas search --ranker OUT` ranks by. No meta-trained GHN is needed. The weight of its log-FLOPs "
-        "prior is chosen on --calibration architectures trained for --calibration-epochs (the budget the "
-        "ranking should predict).",
+        "is what `nas search --ranker OUT` ranks by. No meta-trained GHN is needed. With --calibration N, the "
+        "weight of its log-FLOPs prior is chosen on N more architectures trained for --calibration-epochs (the "
+        "budget the ranking should predict); by default it is fixed at --flops-weight.",
     )
     add_space_arguments(p)
     add_dataset_argument(p)

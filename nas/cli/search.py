@@ -52,9 +52,8 @@ STORAGE_ENV = "NAS_STORAGE"
 #: sized to stay under 15 minutes on 2 CPU cores. Measured single-thread CPU costs on the AMD EPYC
 #: development machine: ~0.33 s per GHN meta-training step (400 steps), ~1.1 s per ranker label (30 SGD
 #: steps; 700 labels on 2 worker processes: ~6.5 min), ~100 s to fit the ranker on them, ~5 ms per rank
-#: trial (300 plus the refinement of the top 3), ~3 s per fine-tuning epoch (3 x 2), ~7 s per
-#: self-check epoch (8 x 1) and per calibration epoch (20 x 2, on the 2 label workers: the ranker's
-#: FLOPs-prior weight), plus loading, held-out evaluation and plots. The labels are the recipe's
+#: trial (300 plus the refinement of the top 3), ~3 s per fine-tuning epoch (3 x 2) and ~7 s per
+#: self-check epoch (8 x 1), plus loading, held-out evaluation and plots. The labels are the recipe's
 #: default count (``nas.ghn.RANKER_LABELS``).
 DEMO: dict[str, Any] = {
     "space": "nb201",

@@ -18,7 +18,7 @@ each part contributes. Each is one row of a correlation run:
 ============================  ==============================================================
 
 With a :class:`Calibration`, the prior's weight of the ``ghn`` and
-``ghn_meta`` rows is chosen, as ``nas search`` does, on architectures trained
+``ghn_meta`` rows is chosen, as ``nas search --ranker-calibration`` does, on architectures trained
 for the ground-truth budget (:meth:`nas.ghn.GHNRanker.calibrate`; cached in
 ``OUT/calibration_e<epochs>_s<seed>.csv``); without one it is fixed at 0.5.
 
@@ -243,7 +243,7 @@ def ranker_methods(
         exclude: Canonical keys never to label (the evaluated candidates).
         recipe: The labels (default :meth:`LabelRecipe.default`).
         calibration: Choose the fitted rankers' prior weight on architectures
-            trained for the full budget, as ``nas search`` does; ``None`` keeps 0.5.
+            trained for the full budget (``nas search --ranker-calibration``); ``None`` keeps 0.5.
         ranker: A ready ranker for the ``ghn`` and ``ghn_noprior`` rows (then
             nothing is labelled for them, and it keeps its own prior weight;
             other rows still need labels).
