@@ -298,14 +298,7 @@ class GHNRanker(nn.Module):
             ValueError: Fewer than 3 graphs, a length mismatch, a loss that is
                 not finite, or an empty or negative ``weights``.
         """
-        graphs = list(graphs)
-        y = np.asarray(losses, dtype=np.float64)  # [B]
-        if len(graphs) != len(y):
-            raise ValueError(f"`losses` must have one value per graph ({len(graphs)}), but got {len(y)}.")
-        if len(graphs) < 3:
-            raise ValueError(f"`graphs` must hold at least 3 trained architectures, but got {len(graphs)}.")
-        if not np.isfinite(y).all():
-            raise ValueError(f"`losses` must be finite, but {int((~np.isfinite(y)).sum())} are not.")
+        graphs, y = _per_graph(graphs, losses, name="losses", minimum=3, what="trained")  # y: [B]
         if not weights or any(not math.isfinite(w) or w < 0 for w in weights):
             raise ValueError(f"`weights` must be non-negative numbers, but got {list(weights)!r}.")
         z = self.standardised(graphs)  # [B]
@@ -422,6 +415,25 @@ def with_flops_prior(z: np.ndarray, graphs: Sequence[ArchGraph], *, weight: floa
     return z - weight * (log_flops(graphs) - mean) / std
 
 
+def _per_graph(graphs: Sequence[ArchGraph], values: Sequence[float], *, name: str, minimum: int,
+               what: str) -> tuple[list[ArchGraph], np.ndarray]:
+    """``graphs`` as a list and ``values`` as a float array ``[B]``, checked: one finite value per graph.
+
+    Raises:
+        ValueError: A length mismatch, fewer than ``minimum`` graphs, or a value that is not finite
+            (naming ``name``, the argument, and ``what`` the graphs are).
+    """
+    graphs = list(graphs)
+    y = np.asarray(values, dtype=np.float64)
+    if len(graphs) != len(y):
+        raise ValueError(f"`{name}` must have one value per graph ({len(graphs)}), but got {len(y)}.")
+    if len(graphs) < minimum:
+        raise ValueError(f"`graphs` must hold at least {minimum} {what} architectures, but got {len(graphs)}.")
+    if not np.isfinite(y).all():
+        raise ValueError(f"`{name}` must be finite, but {int((~np.isfinite(y)).sum())} are not.")
+    return graphs, y
+
+
 def _tau(pred: np.ndarray, target: np.ndarray) -> float:
     if len(target) < 3:
         return math.nan
@@ -460,14 +472,7 @@ def fit_ranker(
     """
     config = config or RankerConfig()
     started = time.perf_counter()
-    graphs = list(graphs)
-    y = np.asarray(labels, dtype=np.float64)
-    if len(graphs) != len(y):
-        raise ValueError(f"`labels` must have one value per graph ({len(graphs)}), but got {len(y)}.")
-    if len(graphs) < 4:
-        raise ValueError(f"`graphs` must hold at least 4 labelled architectures, but got {len(graphs)}.")
-    if not np.isfinite(y).all():
-        raise ValueError(f"`labels` must be finite, but {int((~np.isfinite(y)).sum())} are not.")
+    graphs, y = _per_graph(graphs, labels, name="labels", minimum=4, what="labelled")
     mean, std = float(y.mean()), float(y.std()) or 1.0
     flops = log_flops(graphs)
     ranker = GHNRanker(
