@@ -11,7 +11,7 @@ $(BIN)/nas: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[test,docs]'
+	$(BIN)/pip install -q -e '.[test,docs,export]'
 	touch $(BIN)/nas
 
 venv: $(BIN)/nas

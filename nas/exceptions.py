@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "DatasetError",
+    "ExportError",
     "GraphError",
     "NASError",
     "SpaceError",
@@ -21,6 +22,14 @@ __all__ = [
 
 class NASError(Exception):
     """Base class of every error the package raises on bad input."""
+
+
+class ExportError(NASError, ValueError):
+    """A trained candidate cannot be exported, or an export's outputs differ from the PyTorch network's.
+
+    For example: weights that do not fit the architecture, a missing ONNX
+    runtime, or an operation the export format cannot express.
+    """
 
 
 class GraphError(NASError, ValueError):

@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "worker": "search",
     "demo": "search",
     "correlate": "correlate",
+    "export": "export",
 }
 
 #: Exit code of bad input (the one-line message says what).
