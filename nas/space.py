@@ -329,6 +329,20 @@ class SearchSpace(abc.ABC):
             found += 1
             yield cand
 
+    def params_from_encoding(self, text: str) -> dict[str, Any]:
+        """The choices that a benchmark's own encoding of an architecture names (optional).
+
+        A space whose architectures a published benchmark indexes by a string
+        (NAS-Bench-201's arch strings for ``nb201``) overrides this, so tables
+        keyed by that string can serve as ground truth (``nas correlate
+        --ground-truth``). The default has no encoding.
+
+        Raises:
+            SpaceError: The space has no encoding, or ``text`` is not one.
+        """
+        raise SpaceError(f"space {self.name!r} has no architecture encoding; give the table a `graph` column "
+                         "(graph JSON, as in nas correlate's candidates.csv) instead of `arch`.")
+
     def from_params(self, params: dict[str, Any]) -> ArchGraph:
         """Rebuild the candidate that ``params`` (a dict of choices) describes.
 

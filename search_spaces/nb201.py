@@ -146,6 +146,10 @@ class NB201Space(SearchSpace):
         """See :func:`arch_string`."""
         return arch_string(params)
 
+    def params_from_encoding(self, text: str) -> dict[str, Any]:
+        """The choices of a NAS-Bench-201 arch string (:func:`params_from_arch_string`)."""
+        return params_from_arch_string(text)
+
     def build(self, trial: Any) -> ArchGraph:
         """Ask ``trial`` for the 6 edge ops and return the network graph."""
         ops = {

@@ -63,10 +63,14 @@ def add_parsers(subparsers: Any) -> None:
     add_space_arguments(p)
     add_dataset_argument(p)
     p.add_argument("--out", required=True, type=Path, help="output folder for tables, figures and caches")
-    p.add_argument("--archs", type=int, default=100, help="candidates to sample and evaluate (default %(default)s)")
-    p.add_argument("--epochs", type=float, default=3.0, help="ground-truth training epochs (default %(default)s)")
-    p.add_argument("--train-seeds", type=int, default=2, metavar="N",
-                   help="training seeds per candidate: 0..N-1 (default %(default)s)")
+    p.add_argument("--archs", type=int, default=None, help="candidates to sample and evaluate (default 100)")
+    p.add_argument("--epochs", type=float, default=None, help="ground-truth training epochs (default 3)")
+    p.add_argument("--train-seeds", type=int, default=None, metavar="N",
+                   help="training seeds per candidate: 0..N-1 (default 2)")
+    p.add_argument("--ground-truth", type=Path, default=None, metavar="TABLE",
+                   help="read the ground truth from this .csv or .parquet table of trained architectures instead of "
+                   "training (nas correlate's candidates.csv, or a `graph` / `arch` column with gt_val_loss_s<seed>, "
+                   "val_loss or accuracy columns); its architectures are the candidates")
     p.add_argument("--seeds", dest="train_seeds", type=int, action=DeprecatedAlias, new="--train-seeds",
                    help=argparse.SUPPRESS)
     p.add_argument(
@@ -174,6 +178,19 @@ def run_correlate(args: argparse.Namespace) -> int:
     from nas.training import TrainConfig
 
     set_threads(args.threads)
+    if args.ground_truth is not None:
+        given = [flag for flag, value in (("--archs", args.archs), ("--epochs", args.epochs),
+                                          ("--train-seeds", args.train_seeds), ("--cache", args.cache))
+                 if value is not None]
+        if given:
+            raise ValueError(f"`{given[0]}` cannot be used with `--ground-truth`: the table's architectures and "
+                             "their trained results are the ground truth; drop it.")
+        if args.ranker_calibration:
+            raise ValueError("`--ranker-calibration` needs the ground-truth training budget, which a table does not "
+                             "give; drop it with `--ground-truth`.")
+    args.archs = 100 if args.archs is None else args.archs
+    args.epochs = 3.0 if args.epochs is None else args.epochs
+    args.train_seeds = 2 if args.train_seeds is None else args.train_seeds
     for name in ("archs", "train_seeds", "workers", "batch_size"):
         value = getattr(args, name)
         if value < 1:
@@ -214,7 +231,14 @@ def run_correlate(args: argparse.Namespace) -> int:
         args.space, input_shape=data.input_shape, num_classes=data.num_classes, **parse_space_args(args.space_arg)
     )
     space.check_choices()
-    graphs = sample_candidates(space, args.archs, seed=args.seed)
+    gt_table = None
+    if args.ground_truth is not None:
+        from nas.evaluation import read_ground_truth
+
+        gt_table = read_ground_truth(args.ground_truth, space, data)
+        graphs = list(gt_table.graphs)
+    else:
+        graphs = sample_candidates(space, args.archs, seed=args.seed)
 
     # Given checkpoints are checked before anything is written.
     ranker = None
@@ -250,9 +274,10 @@ def run_correlate(args: argparse.Namespace) -> int:
     result = correlate(
         space,
         data,
-        archs=graphs,
-        epochs=args.epochs,
+        archs=graphs if gt_table is None else None,
+        epochs=args.epochs if gt_table is None else None,
         seeds=args.train_seeds,
+        table=gt_table,
         scorers=scorers,
         cache_path=args.cache or out / "ground_truth.sqlite",
         ghn={"ghn_plain": plain} if plain is not None else None,
@@ -277,14 +302,22 @@ def run_correlate(args: argparse.Namespace) -> int:
     table = result.summary[columns]
     table = table.sort_values("kendall", ascending=False)
     with pd.option_context("display.width", 120, "display.max_rows", 200):
-        print(
-            f"{len(graphs)} candidates ({gt['n_failed']} failed), {args.epochs:g} epochs x {args.train_seeds} seeds on "
-            f"{data.name}; training one candidate once: {gt['seconds_per_run'] or float('nan'):.2f} s"
-        )
-        print(
-            f"noise ceiling (seed vs seed): kendall {_fmt(ceiling['kendall'])} "
-            f"[{_fmt(ceiling['kendall_lo'])}, {_fmt(ceiling['kendall_hi'])}], spearman {_fmt(ceiling['spearman'])}"
-        )
+        if gt_table is None:
+            print(
+                f"{len(graphs)} candidates ({gt['n_failed']} failed), {args.epochs:g} epochs x {args.train_seeds} "
+                f"seeds on {data.name}; training one candidate once: {gt['seconds_per_run'] or float('nan'):.2f} s"
+            )
+        else:
+            print(f"{len(graphs)} architectures of {args.ground_truth} ({gt['n_failed']} failed or missing), "
+                  f"{gt_table.metric} over {len(gt_table.seeds)} seed(s); nothing trained for the ground truth")
+        if ceiling["kendall"] is None and len(gt["seeds"]) < 2:
+            print("noise ceiling (seed vs seed): not available (the ground truth has one seed)")
+        else:
+            print(
+                f"noise ceiling (seed vs seed): kendall {_fmt(ceiling['kendall'])} "
+                f"[{_fmt(ceiling['kendall_lo'])}, {_fmt(ceiling['kendall_hi'])}], "
+                f"spearman {_fmt(ceiling['spearman'])}"
+            )
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
         ranker_info = result.summary_json.get("ranker")
         if ranker_info and "labelled" in ranker_info:

@@ -1,7 +1,8 @@
 """Evaluation: how well do cheap scorers rank candidates, compared with training them?
 
 The flow: sample candidates -> train each from scratch (cached ground truth,
-:mod:`~nas.evaluation.ground_truth`) -> score them with every method
+:mod:`~nas.evaluation.ground_truth`; or read it from a table of trained
+architectures, :mod:`~nas.evaluation.table`) -> score them with every method
 (:mod:`~nas.evaluation.scorers`, zero-cost :mod:`~nas.evaluation.proxies`, the
 GHN) -> rank agreement with confidence intervals (:mod:`~nas.evaluation.metrics`)
 -> tables (:mod:`~nas.evaluation.correlate`) -> figures (:mod:`~nas.evaluation.plots`).
@@ -26,6 +27,7 @@ from nas.evaluation.correlate import (
     summarize,
     write_results,
 )
+from nas.evaluation.table import TableGroundTruth, read_ground_truth
 from nas.evaluation.ground_truth import (
     GroundTruthCache,
     GroundTruthRecord,
@@ -89,6 +91,8 @@ __all__ = [
     "budget_key",
     "build_scorers",
     "correlate",
+    "read_ground_truth",
+    "TableGroundTruth",
     "dataset_key",
     "get_scorer",
     "grad_norm",

@@ -38,6 +38,7 @@ from nas.data import Dataset
 from nas.evaluation import metrics
 from nas.evaluation.ground_truth import GroundTruthCache
 from nas.evaluation.scorers import Scorer, build_scorers
+from nas.evaluation.table import TableGroundTruth
 from nas.graph import ArchGraph
 from nas.training import TrainConfig
 
@@ -152,8 +153,8 @@ def correlate(
     space: SearchSpace,
     data: Dataset,
     *,
-    archs: int | Sequence[ArchGraph | Candidate],
-    epochs: float,
+    archs: int | Sequence[ArchGraph | Candidate] | None = None,
+    epochs: float | None = None,
     seeds: int | Sequence[int] = 2,
     scorers: Sequence[str | Scorer] | None = None,
     cache_path: str | Path,
@@ -165,6 +166,7 @@ def correlate(
     device: str | None = None,
     batch_size: int = 64,
     n_resamples: int = metrics.N_RESAMPLES,
+    table: TableGroundTruth | None = None,
 ) -> CorrelationResult:
     """Rank candidates with every scorer and compare with trained ground truth.
 
@@ -187,6 +189,9 @@ def correlate(
         device: Device to train and score on (default ``train_config.device``).
         batch_size: Minibatch size of the zero-cost proxies.
         n_resamples: Bootstrap resamples of the confidence intervals.
+        table: Ground truth read from a table (:func:`nas.evaluation.table.read_ground_truth`):
+            its architectures are the candidates (``archs`` and ``epochs`` are then
+            not given), nothing is trained and ``cache_path`` is not used.
 
     Returns:
         The per-candidate frame, the per-method summary and ``summary.json``.
@@ -195,7 +200,15 @@ def correlate(
         ValueError: Bad ``archs``/``epochs``/``seeds``, an unknown scorer, a
             GHN scorer without a GHN, or a scorer returning the wrong number of scores.
     """
-    if isinstance(archs, int):
+    if table is not None:
+        if archs is not None or epochs is not None:
+            raise ValueError("`archs` and `epochs` must not be given with `table`: its architectures were "
+                             "trained already.")
+        graphs = list(table.graphs)
+        epochs = math.nan
+    elif archs is None or epochs is None:
+        raise ValueError("`archs` and `epochs` are required unless a ground-truth `table` is given.")
+    elif isinstance(archs, int):
         graphs = sample_candidates(space, archs, seed=seed)
     else:
         graphs = [getattr(c, "graph", c) for c in archs]  # nas.space.Candidate or ArchGraph
@@ -204,11 +217,14 @@ def correlate(
             raise ValueError(
                 f"`archs` must hold at least 2 distinct candidates, but got {len(graphs)} ({len(set(keys))} distinct)."
             )
-    if not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0):
+    if table is None and not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0):
         raise ValueError(f"`epochs` must be positive, but got {epochs!r}.")
     base = train_config or TrainConfig()
-    config = dataclasses.replace(base, epochs=epochs, steps=None, device=device or base.device, progress=False)
+    config = dataclasses.replace(base, epochs=epochs if table is None else base.epochs, steps=None,
+                                 device=device or base.device, progress=False)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if table is not None:
+        seed_list = list(table.seeds)
     if not seed_list:
         raise ValueError(f"`seeds` must name at least one seed, but got {seeds!r}.")
     names = list(scorers) if scorers is not None else _default_scorers(ghn)
@@ -218,8 +234,16 @@ def correlate(
     )
 
     # Ground truth.
-    cache = GroundTruthCache(cache_path)
-    table = cache.train_missing(graphs, data, config, seed_list, workers=workers, progress=progress)
+    if table is None:
+        cache = GroundTruthCache(cache_path)
+        runs = cache.train_missing(graphs, data, config, seed_list, workers=workers, progress=progress)
+        facts: dict[str, Any] = {
+            "epochs": epochs,
+            "train_config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress",)},
+        }
+    else:
+        runs, facts = table.runs, {"table": table.source}
+    metric = table.metric if table is not None else "val_loss"
 
     # Scores.
     scores_by_method: dict[str, np.ndarray] = {}
@@ -239,23 +263,19 @@ def correlate(
         logger.info("scored %d candidates with %s in %.2fs", len(graphs), scorer.name, elapsed)
 
     # The table, after scoring: its FLOP counts must not pre-warm the `flops` scorer's cache.
-    frame = _candidate_frame(graphs, table, seed_list)
+    frame = _candidate_frame(graphs, runs, seed_list, metric)
     for name, values in scores_by_method.items():
         frame[f"score_{name}"] = values
 
     summary, summary_json = summarize(
-        frame, costs, seeds=seed_list, n_resamples=n_resamples, seed=seed,
-        ground_truth={
-            "dataset": data.name,
-            "space": space.describe(),
-            "epochs": epochs,
-            "train_config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress",)},
-        },
+        frame, costs, seeds=seed_list, n_resamples=n_resamples, seed=seed, metric=metric,
+        ground_truth={"dataset": data.name, "space": space.describe(), **facts},
     )
     return CorrelationResult(frame, summary, summary_json)
 
 
-def _candidate_frame(graphs: Sequence[ArchGraph], table: pd.DataFrame, seeds: Sequence[int]) -> pd.DataFrame:
+def _candidate_frame(graphs: Sequence[ArchGraph], table: pd.DataFrame, seeds: Sequence[int],
+                     metric: str = "val_loss") -> pd.DataFrame:
     by_run = table.set_index(["key", "seed"])
     rows = []
     for graph in graphs:
@@ -266,12 +286,12 @@ def _candidate_frame(graphs: Sequence[ArchGraph], table: pd.DataFrame, seeds: Se
             "flops": graph.flops(),
         }
         runs = [by_run.loc[(graph.key, s)] for s in seeds]
-        for metric in ("val_loss", "val_acc"):
+        for name in ("val_loss", "val_acc"):
             for s, run in zip(seeds, runs):
-                row[f"gt_{metric}_s{s}"] = float(run[metric])
-        failed = any(bool(run["failed"]) for run in runs)
-        for metric in ("val_loss", "val_acc", "test_acc"):
-            row[f"gt_{metric}"] = math.nan if failed else float(np.mean([run[metric] for run in runs]))
+                row[f"gt_{name}_s{s}"] = float(run[name])
+        failed = any(bool(run["failed"]) or not math.isfinite(float(run[metric])) for run in runs)
+        for name in ("val_loss", "val_acc", "test_acc"):
+            row[f"gt_{name}"] = math.nan if failed else float(np.mean([run[name] for run in runs]))
         row["gt_failed"] = failed
         row["gt_seconds"] = float(sum(run["wall_time"] for run in runs))
         rows.append(row)
@@ -294,6 +314,7 @@ def summarize(
     n_resamples: int = metrics.N_RESAMPLES,
     seed: int = 0,
     ground_truth: Mapping[str, Any] | None = None,
+    metric: str = "val_loss",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Correlate every ``score_<method>`` column of ``frame`` with the ground truth.
 
@@ -304,6 +325,9 @@ def summarize(
         n_resamples: Bootstrap resamples.
         seed: Bootstrap seed.
         ground_truth: Extra facts about the ground truth for ``summary.json``.
+        metric: The ground-truth metric: ``"val_loss"`` (lower is better) or
+            ``"val_acc"`` (higher is better); columns ``gt_<metric>`` and
+            ``gt_<metric>_s<seed>``.
 
     Returns:
         ``(summary, summary_json)``. ``summary_json`` has the keys
@@ -318,8 +342,9 @@ def summarize(
         ``n`` and ``top_fraction``. Non-finite numbers are ``null``.
     """
     valid = frame[~frame["gt_failed"]]
-    truth = -valid["gt_val_loss"].to_numpy(dtype=np.float64)  # higher = better
-    seed_truth = valid[[f"gt_val_loss_s{s}" for s in seeds]].to_numpy(dtype=np.float64)
+    lower_is_better = metric.endswith("loss")
+    truth = valid[f"gt_{metric}"].to_numpy(dtype=np.float64) * (-1.0 if lower_is_better else 1.0)  # higher = better
+    seed_truth = valid[[f"gt_{metric}_s{s}" for s in seeds]].to_numpy(dtype=np.float64)
     ceiling = metrics.noise_ceiling(seed_truth, n_resamples=n_resamples, seed=seed)
     if len(valid) < len(frame):
         logger.warning("%d of %d candidates failed to train and are left out", len(frame) - len(valid), len(frame))
@@ -355,8 +380,8 @@ def summarize(
         methods[name] = {k: _json_float(v) for k, v in values.items()}
     per_run = frame["gt_seconds"].to_numpy(dtype=np.float64) / max(len(seeds), 1)
     gt_json = {
-        "metric": "val_loss",
-        "lower_is_better": True,
+        "metric": metric,
+        "lower_is_better": lower_is_better,
         "seeds": list(seeds),
         "n": int(len(valid)),
         "n_failed": int(len(frame) - len(valid)),
@@ -416,7 +441,8 @@ def write_results(result: CorrelationResult, out_dir: str | Path, *, figures: bo
         for path in plots.save_figure(ax.figure, fig_dir / "method_bars"):
             paths[f"figure:{path.name}"] = path
         for method in result.summary.index:
-            ax = plots.plot_score_vs_truth(result.frame, method=method)
+            ax = plots.plot_score_vs_truth(result.frame, method=method,
+                                           metric=result.summary_json["ground_truth"].get("metric", "val_loss"))
             for path in plots.save_figure(ax.figure, fig_dir / f"score_vs_truth_{method}"):
                 paths[f"figure:{path.name}"] = path
     return paths

@@ -44,7 +44,8 @@ def _label(method: str) -> str:
     return method.replace("_", " ")
 
 
-def plot_score_vs_truth(frame: pd.DataFrame, method: str = "ghn", ax: Axes | None = None) -> Axes:
+def plot_score_vs_truth(frame: pd.DataFrame, method: str = "ghn", ax: Axes | None = None, *,
+                        metric: str = "val_loss") -> Axes:
     """Scatter a method's scores against the trained validation loss.
 
     Each point is a candidate: its score (higher = predicted better) against
@@ -59,6 +60,8 @@ def plot_score_vs_truth(frame: pd.DataFrame, method: str = "ghn", ax: Axes | Non
             ``gt_val_loss`` and ``gt_val_loss_s<seed>``).
         method: The method to plot.
         ax: Axes to draw on; a new figure when ``None``.
+        metric: The ground truth: ``"val_loss"`` (lower is better) or ``"val_acc"``
+            (a table of accuracies; higher is better).
 
     Returns:
         The axes.
@@ -73,11 +76,12 @@ def plot_score_vs_truth(frame: pd.DataFrame, method: str = "ghn", ax: Axes | Non
     ax = ax if ax is not None else _new_axes((4.5, 3.6))
     valid = frame[~frame["gt_failed"].astype(bool)]
     score = ranking_scores(valid[column].to_numpy(dtype=np.float64))
-    loss = valid["gt_val_loss"].to_numpy(dtype=np.float64)
-    tau = stats.kendalltau(score, -loss).statistic if len(valid) > 1 else math.nan
-    rho = stats.spearmanr(score, -loss).statistic if len(valid) > 1 else math.nan
+    loss = valid[f"gt_{metric}"].to_numpy(dtype=np.float64)
+    sign = -1.0 if metric.endswith("loss") else 1.0  # the score is compared with "higher = better"
+    tau = stats.kendalltau(score, sign * loss).statistic if len(valid) > 1 else math.nan
+    rho = stats.spearmanr(score, sign * loss).statistic if len(valid) > 1 else math.nan
 
-    seed_cols = sorted(c for c in frame.columns if re.fullmatch(r"gt_val_loss_s\d+", c))
+    seed_cols = sorted(c for c in frame.columns if re.fullmatch(rf"gt_{metric}_s\d+", c))
     shown = np.isfinite(score)
     x, y = score[shown], loss[shown]
     if seed_cols:
@@ -92,7 +96,8 @@ def plot_score_vs_truth(frame: pd.DataFrame, method: str = "ghn", ax: Axes | Non
     if x.size > 1 and x.min() > 0 and x.max() / x.min() > 100:
         ax.set_xscale("log")  # counts and flows span orders of magnitude
     ax.set_xlabel(f"{_label(method)} score (higher = predicted better)")
-    ax.set_ylabel("trained validation loss (lower is better)")
+    ax.set_ylabel("trained validation loss (lower is better)" if sign < 0
+                  else "trained validation accuracy (higher is better)")
     ax.set_title(f"{_label(method)}: Kendall $\\tau$ = {tau:.3f}, Spearman $\\rho$ = {rho:.3f}, "
                  f"n = {int(shown.sum())}", fontsize=9)
     hidden = len(frame) - int(shown.sum())
