@@ -447,6 +447,40 @@ def test_multi_objective_takes_candidates_from_the_pareto_front(tmp_path: Path, 
     assert campaign.enqueue() == []  # enqueued once only
 
 
+def test_latency_objective_measures_the_pool_once_and_plots_its_front(
+    tmp_path: Path, ghn_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas.latency as latency
+
+    measured: list[str] = []
+    real = latency.measure_latency
+
+    def counting(graph: ArchGraph, **kwargs: Any) -> Any:
+        measured.append(graph.key)
+        return real(graph, **{**kwargs, "min_run_time": 0.02})
+
+    monkeypatch.setattr(latency, "measure_latency", counting)
+    out = tmp_path / "lat"
+    result = small_campaign(out, ghn_path, objectives="loss,latency", latency_pool=4, trials=10, top_k=2,
+                            batch_size=10).run()
+    cands = result.candidates
+    has = cands["latency_ms"].map(math.isfinite)
+    assert 4 <= int(has.sum()) == len(set(measured)) == len(measured)  # the pool (top 4 and the FLOPs front) once each
+    assert set(cands.nsmallest(4, "rank_score")["key"]) <= set(cands[has]["key"])
+    front = cands[cands["pareto"]]
+    assert len(front) >= 1 and bool(front["latency_ms"].map(math.isfinite).all())
+    for _, row in front.iterrows():  # no measured candidate beats a front member on both
+        better = cands[has & (cands["rank_score"] <= row["rank_score"]) & (cands["latency_ms"] <= row["latency_ms"])]
+        assert len(better[(better["rank_score"] < row["rank_score"]) | (better["latency_ms"] < row["latency_ms"])]) == 0
+    expected = list(front.sort_values(["rank_score", "trial"])["key"])[:2]
+    assert list(result.finetuned.sort_values("queue_position")["key"])[: len(expected)] == expected
+    assert (out / "pareto.png").is_file() and (out / "latency.csv").is_file()
+    assert pd.read_csv(out / "candidates.csv")["latency_ms"].notna().sum() == int(has.sum())
+    small_campaign(out, ghn_path, objectives="loss,latency", latency_pool=4, trials=10, top_k=2,
+                   batch_size=10).run()
+    assert len(measured) == int(has.sum())  # resumed: nothing measured twice
+
+
 def test_diverged_finetune_is_a_failed_row_not_an_error(tmp_path: Path, ghn_path: Path) -> None:
     out = tmp_path / "div"
     result = small_campaign(out, ghn_path, trials=2, top_k=1, batch_size=2, finetune_lr=1e6).run()

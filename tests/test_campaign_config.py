@@ -30,6 +30,8 @@ CHANGED: dict[str, Any] = {
     "refine_trials": 13,
     "sampler": "random",
     "objectives": "loss,params",
+    "latency_pool": 9,
+    "latency_batch_size": 8,
     "batch_size": 7,
     "self_check": 4,
     "self_check_epochs": 0.5,
@@ -51,12 +53,14 @@ CHANGED: dict[str, Any] = {
 
 #: The defaults the campaign had before CampaignConfig (Campaign.__init__'s keyword defaults and
 #: `nas search`'s flags): `nas demo` and a default `nas search` must rank and pick the same
-#: (`ranker_calibration` came later; its default, 0, keeps the fixed prior weight of before).
+#: (`ranker_calibration` came later; its default, 0, keeps the fixed prior weight of before; the latency
+#: settings came later too and act only with `objectives="loss,latency"`).
 OLD_DEFAULTS: dict[str, Any] = {
     "space": "nb201", "space_args": {}, "dataset": "mnist5k", "data_seed": 0, "ghn": None, "ghn_steps": None,
     "rank_by": "ranker", "ranker": None, "ranker_labels": 700, "ranker_k": 30, "ranker_calibration": 0,
     "label_workers": 1, "trials": 300,
-    "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "batch_size": 32,
+    "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "latency_pool": 32,
+    "latency_batch_size": 1, "batch_size": 32,
     "self_check": 0, "self_check_epochs": None, "top_k": 5, "finetune_epochs": 3.0, "finetune_lr": 0.05,
     "finetune_batch_size": 64, "finetune_metric": "acc", "pick": None, "storage": None, "study": None,
     "heartbeat_interval": 30, "grace_period": 120, "out": "runs/campaign", "seed": 0, "device": "cpu",
@@ -167,7 +171,7 @@ def test_demo_settings_are_unchanged() -> None:
     [
         ({"trials": 0}, "`trials` must be positive, but got 0."),
         ({"finetune_lr": float("nan")}, "`finetune_lr` must be positive, but got nan."),
-        ({"objectives": "acc"}, "`objectives` must be one of loss, loss,params, loss,flops, but got 'acc'."),
+        ({"objectives": "acc"}, "`objectives` must be one of loss, loss,params, loss,flops, loss,latency, but got 'acc'."),
         ({"grace_period": 30}, "`grace_period` (30) must exceed `heartbeat_interval` (30)."),
         ({"space_args": ["C=4"]}, "`space_args` must be a dict of settings by name, but got ['C=4']."),
         ({"progress": "yes"}, "`progress` must be true or false, but got 'yes'."),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import warnings
@@ -631,9 +632,50 @@ class Campaign:
             ValueError: Fewer distinct scored candidates than ``top_k``.
         """
         rank, ft = self.open()
-        candidates = candidates_frame(rank)
+        if self.config.objectives == "loss,latency":
+            candidates = self.with_latency(candidates_frame(rank, space=self.space), measure=True)
+        else:
+            candidates = candidates_frame(rank)
         pareto = len(self.objectives) > 1
         return enqueue_candidates(rank, ft, select_candidates(candidates, self.config.top_k, pareto=pareto))
+
+    def with_latency(self, candidates: pd.DataFrame, *, measure: bool) -> pd.DataFrame:
+        """Candidates with measured latency and the Pareto front of rank score and latency (``loss,latency``).
+
+        The pool measured is the ``latency_pool`` best candidates by rank score
+        plus the rank study's own (rank score, FLOPs) front; measurements are
+        cached in ``OUT/latency.csv`` per key, device and batch size, so a resumed
+        campaign measures nothing twice.
+
+        Args:
+            candidates: :func:`~nas.campaign.candidates_frame` output (with ``graph``).
+            measure: Measure the pool's missing latencies; ``False`` only reads the cache.
+
+        Returns:
+            A copy with ``latency_ms`` and ``latency_iqr_ms`` (``nan`` outside the
+            pool) and ``pareto`` recomputed on (``rank_score``, ``latency_ms``).
+        """
+        from nas.graph import ArchGraph
+        from nas.latency import LatencyCache, pareto_front
+
+        frame = candidates.copy()
+        finite = frame["rank_score"].map(math.isfinite).astype(bool) if len(frame) else frame["rank_score"]
+        scored = frame[finite & frame["graph"].notna()]
+        best = scored.sort_values(["rank_score", "trial"], kind="stable").head(self.config.latency_pool)
+        pool = pd.concat([best, scored[scored["pareto"]]]).drop_duplicates("key")
+        cache = LatencyCache(self.out / "latency.csv")
+        device, batch = str(self.device), self.config.latency_batch_size
+        if measure:
+            graphs = [ArchGraph.from_json(g) if isinstance(g, str) else ArchGraph.from_dict(g) for g in pool["graph"]]
+            self.out.mkdir(parents=True, exist_ok=True)
+            table = cache.measure_missing(graphs, device=device, batch_size=batch, progress=self.config.progress)
+        else:
+            table = cache.lookup(list(pool["key"]), device=device, batch_size=batch)
+        by_key = table.set_index("key")
+        frame["latency_ms"] = frame["key"].map(by_key["latency_ms"]).astype(float)
+        frame["latency_iqr_ms"] = frame["key"].map(by_key["latency_iqr_ms"]).astype(float)
+        frame["pareto"] = pareto_front(frame["rank_score"].astype(float).tolist(), frame["latency_ms"].tolist())
+        return frame
 
     def train_config(self) -> TrainConfig:
         """The fine-tuning settings."""
@@ -702,6 +744,8 @@ class Campaign:
         rank, ft = self.open()
         finetuned = finetuned_frame(ft, metric=self.config.finetune_metric, space=self.space)
         candidates = candidates_frame(rank, finetuned_keys=list(finetuned["key"]), space=self.space)
+        if self.config.objectives == "loss,latency":
+            candidates = self.with_latency(candidates, measure=False)
         trials = rank_trials_frame(rank)
         extra = {"space": self.space.describe(), "dataset": self.dataset_name, "study": self.study_name}
         best = best_record(finetuned, pick=self.config.pick, extra=extra)
@@ -723,6 +767,8 @@ class Campaign:
                         best.get("worker"),
                     )
             cost = self.objectives[-1] if len(self.objectives) > 1 else None
+            if self.config.objectives == "loss,latency":
+                cost = "latency_ms"
             files = write_report(
                 self.out,
                 trials=trials,

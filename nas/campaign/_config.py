@@ -99,7 +99,13 @@ class CampaignConfig:
             stop changing (``None``: ``top_k`` when ranking by the ranker, else 0).
         refine_trials: Most refinement trials (``None``: ``trials``).
         sampler: ``"tpe"``, ``"random"``, ``"gp"`` or ``"nsga2"``.
-        objectives: ``"loss"``, ``"loss,params"`` or ``"loss,flops"``.
+        objectives: ``"loss"``, ``"loss,params"``, ``"loss,flops"`` or ``"loss,latency"``
+            (the study searches on FLOPs; latency is measured for the ``latency_pool``
+            best candidates by rank score and the FLOPs front, and the Pareto front
+            of rank score and measured latency is fine-tuned first).
+        latency_pool: Candidates (best by rank score, plus the rank study's
+            Pareto front) whose latency ``loss,latency`` measures.
+        latency_batch_size: Images per forward pass when measuring latency.
         batch_size: Candidates scored together in one ranker (or GHN) forward pass.
         self_check: Random candidates trained from scratch to check the ranking
             (0 = none, else at least 3).
@@ -165,6 +171,9 @@ class CampaignConfig:
                             choices={name: name for name in SAMPLERS})
     objectives: str = _setting("loss", "objectives of the rank study, each minimised", "ranking", identity=True,
                                choices={name: name for name in OBJECTIVES})
+    latency_pool: int = _setting(32, "with --objectives loss,latency: candidates whose latency is measured (best "
+                                 "by rank score, plus the FLOPs front)", "ranking", metavar="N")
+    latency_batch_size: int = _setting(1, "images per forward pass when measuring latency", "ranking", metavar="B")
     batch_size: int = _setting(32, "candidates scored together, in one ranker (or GHN) forward pass", "ranking",
                                metavar="B")
     self_check: int = _setting(0, "train N random candidates to check the stage-1 ranking (0 = none, else at "
@@ -247,6 +256,8 @@ class CampaignConfig:
         text = self.objectives if isinstance(self.objectives, str) else ",".join(map(str, self.objectives))
         set_(self, "objectives", ",".join(part.strip().lower() for part in text.split(",")))
         _positive_int("batch_size", self.batch_size)
+        _positive_int("latency_pool", self.latency_pool)
+        _positive_int("latency_batch_size", self.latency_batch_size)
         if _int("self_check", self.self_check) < 0 or 0 < self.self_check < 3:
             raise ValueError(f"`self_check` must be 0 or an int of at least 3, but got {self.self_check!r}.")
         if self.self_check_epochs is not None:

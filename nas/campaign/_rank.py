@@ -173,11 +173,14 @@ def _has_score(attrs: Mapping[str, Any]) -> bool:
 
 
 #: Objective specs: the trial values of the rank study, each minimised. ``loss`` is the
-#: rank score of the campaign's ``rank_by``.
+#: rank score of the campaign's ``rank_by``. ``loss,latency`` searches on FLOPs, which cost
+#: nothing to count, and measures latency only for the pool its Pareto front is drawn from
+#: (:mod:`nas.latency`; ``CampaignConfig.latency_pool``).
 OBJECTIVES: dict[str, tuple[str, ...]] = {
     "loss": ("rank_score",),
     "loss,params": ("rank_score", "num_params"),
     "loss,flops": ("rank_score", "flops"),
+    "loss,latency": ("rank_score", "flops"),
 }
 
 

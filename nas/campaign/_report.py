@@ -483,24 +483,39 @@ def plot_score_vs_finetuned(finetuned: pd.DataFrame, ax: Any = None, *, metric: 
     return ax
 
 
+#: Axis labels of the Pareto plot's cost.
+_COST_LABELS = {"num_params": "parameters (lower is better)", "flops": "FLOPs (lower is better)",
+                "latency_ms": "measured latency per batch, ms (median; lower is better)"}
+
+
 def plot_pareto(candidates: pd.DataFrame, ax: Any = None, *, cost: str = "num_params") -> Any:
     """Rank score against a cost column, the Pareto front highlighted.
 
     Args:
         candidates: :func:`candidates_frame` output.
         ax: Axes to draw on (a new figure when ``None``).
-        cost: ``"num_params"`` or ``"flops"``.
+        cost: ``"num_params"``, ``"flops"`` or ``"latency_ms"`` (measured; only the
+            candidates with a measurement are drawn, with their interquartile range).
 
     Returns:
         The matplotlib ``Axes``.
     """
     ax = _axes(ax)
     ok = candidates[candidates["rank_score"].map(math.isfinite)] if len(candidates) else candidates
+    if cost == "latency_ms":  # measured only for the pool the front is drawn from
+        ok = ok[ok[cost].astype(float).map(math.isfinite)]
     front = ok[ok["pareto"]].sort_values(cost)
-    ax.scatter(ok[cost], ok["rank_score"], s=10, color="tab:gray", alpha=0.6, label="candidates")
+    if cost == "latency_ms" and "latency_iqr_ms" in ok.columns:
+        half = ok["latency_iqr_ms"].astype(float) / 2
+        ax.errorbar(ok[cost], ok["rank_score"], xerr=half, fmt="none", ecolor="tab:gray", alpha=0.5,
+                    elinewidth=0.8, label="interquartile range")
+    ax.scatter(ok[cost], ok["rank_score"], s=10, color="tab:gray", alpha=0.6,
+               label="candidates measured" if cost == "latency_ms" else "candidates")
     ax.plot(front[cost], front["rank_score"], "o-", color="tab:red", label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel(cost)
+    values = ok[cost].astype(float)
+    if len(values) and values.min() > 0 and values.max() / values.min() > 10:
+        ax.set_xscale("log")  # counts spanning orders of magnitude
+    ax.set_xlabel(_COST_LABELS.get(cost, cost))
     ax.set_ylabel(rank_score_label(_frame_rank_by(candidates)))
     ax.set_title("Stage 1: Pareto front")
     ax.legend(fontsize="small")
@@ -620,7 +635,7 @@ def write_report(
         best_state: The best candidate's fine-tuned ``state_dict``.
         best_graph: The best candidate's :class:`~nas.graph.ArchGraph`.
         self_check: The self-check table.
-        multi_objective_cost: ``"num_params"`` or ``"flops"`` for a Pareto plot.
+        multi_objective_cost: ``"num_params"``, ``"flops"`` or ``"latency_ms"`` for a Pareto plot.
 
     Returns:
         The paths written.

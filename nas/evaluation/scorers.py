@@ -15,7 +15,7 @@ Examples:
     >>> get_scorer("depth").name
     'depth'
 
-Built-in scorers: ``params``, ``flops``, ``random``, ``ghn`` and
+Built-in scorers: ``params``, ``flops``, ``latency`` (measured; opt-in), ``random``, ``ghn`` and
 ``ghn_plain`` (:class:`GHNScorer`), ``short_training`` and its variants
 ``short_training_{tse,val}_k{10,30,100}`` (:class:`ShortTrainingScorer`), and
 the zero-cost proxies of :mod:`nas.evaluation.proxies` (``synflow``, ``snip``,
@@ -210,6 +210,30 @@ class FlopsScorer(Scorer):
         return [float(g.flops()) for g in graphs]
 
 
+class LatencyScorer(Scorer):
+    """Measured inference latency on the scoring device (:func:`nas.latency.measure_latency`; slower predicted better).
+
+    A cost baseline beside ``params`` and ``flops``: how far do the candidates' run
+    times alone order their trained quality? Each candidate costs about 0.2 s of
+    timing. Opt-in (``--methods ...,latency``), as its time is that of the machine.
+
+    Args:
+        device: Torch device to time on.
+        batch_size: Images per timed forward pass.
+    """
+
+    name = "latency"
+
+    def __init__(self, device: str | None = None, batch_size: int = 1) -> None:
+        self.device = device or "cpu"
+        self.latency_batch_size = int(batch_size)
+
+    def score(self, graphs: Sequence[ArchGraph], data: Dataset) -> list[float]:
+        from nas.latency import measure_latency
+
+        return [measure_latency(g, device=self.device, batch_size=self.latency_batch_size).median_ms for g in graphs]
+
+
 class RandomScorer(Scorer):
     """Uniform random scores from a fixed seed: the chance baseline.
 
@@ -381,6 +405,7 @@ def _short_training_factory(target: str, k: int) -> Callable[..., Scorer]:
 register_scorer("params", ParamsScorer)
 register_scorer("flops", FlopsScorer)
 register_scorer("random", RandomScorer)
+register_scorer("latency", lambda device=None: LatencyScorer(device=device))
 register_scorer("ghn_plain", _ghn_plain_factory)
 register_scorer("short_training", _short_training_factory(*DEFAULT_SHORT_TRAINING))
 for _target in ("tse", "val"):
