@@ -475,6 +475,7 @@ def test_latency_objective_measures_the_pool_once_and_plots_its_front(
     expected = list(front.sort_values(["rank_score", "trial"])["key"])[:2]
     assert list(result.finetuned.sort_values("queue_position")["key"])[: len(expected)] == expected
     assert (out / "pareto.png").is_file() and (out / "latency.csv").is_file()
+    assert f"latency: measured for {int(has.sum())} candidates" in result.summary()
     assert pd.read_csv(out / "candidates.csv")["latency_ms"].notna().sum() == int(has.sum())
     small_campaign(out, ghn_path, objectives="loss,latency", latency_pool=4, trials=10, top_k=2,
                    batch_size=10).run()

@@ -139,6 +139,12 @@ class CampaignResult:
             how = (f"chosen on {cal['n']} architectures trained for {cal['epochs']:g} epochs" if cal else "fixed")
             lines.append(f"ranker: {self.ranker.get('labelled', '?')} labels of {self.ranker.get('k', '?')} SGD steps; "
                          f"FLOPs-prior weight {self.ranker['flops_weight']:g} ({how})")
+        if "latency_ms" in self.candidates.columns:
+            lat = self.candidates["latency_ms"].astype(float)
+            front = self.candidates[self.candidates["pareto"]]
+            lines.append(f"latency: measured for {int(lat.notna().sum())} candidates (median {lat.median():.3g} ms per "
+                         f"batch, from {lat.min():.3g} to {lat.max():.3g} ms); {len(front)} on the front of rank "
+                         "score and latency (pareto.png)")
         if self.self_check is not None:
             lines.append(self.self_check.message)
         if self.out is not None:
