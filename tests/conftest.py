@@ -26,6 +26,18 @@ if "OMP_NUM_THREADS" not in os.environ:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run ``nas ARGV`` in-process: its exit code (argparse's refusals included), stdout and stderr."""
+    from nas.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse refuses a flag's value while parsing
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def make_chain(input_shape: tuple[int, int, int] = (1, 8, 8), *, channels: int = 4, kernel: int = 3) -> ArchGraph:
     """input -> conv -> bn -> relu -> global pool -> linear(10) -> output."""
     b = GraphBuilder(input_shape)

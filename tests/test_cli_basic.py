@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from nas.cli import main
 from nas.cli.options import parse_space_args
 from nas.graph import ArchGraph
@@ -17,13 +17,7 @@ from search_spaces import BUILTIN_SPACES, NB201Space
 MY_SPACE = f"{ROOT / 'examples' / 'my_space.py'}:MySpace"
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:  # argparse refuses a flag's value while parsing
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 def _lines(out: str) -> list[dict]:

@@ -10,22 +10,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from conftest import ROOT
-from nas.cli import main
+from conftest import ROOT, run_cli as _run
 from search_spaces import NB201Space
 from search_spaces.nb201 import arch_string
 
 SMALL = ["--space", "nb201", "--space-arg", "C=4", "--space-arg", "N=1", "--dataset", "digits"]
 COMMITTED = ROOT / "experiments" / "results" / "nb201-mnist5k"
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:  # argparse refuses a flag's value while parsing
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _candidates(n: int = 24, C: int = 4) -> list:

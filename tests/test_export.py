@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_cli
 from nas.cli import main
 from nas.data import load_dataset
 from nas.exceptions import ExportError
@@ -133,12 +134,8 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Capture
              "--format": "python"}
     for flag, value in change.items():
         flags[flag] = value if flag not in ("--weights", "--out") else str(tmp_path / value)
-    try:
-        code = main(["export", *[x for kv in flags.items() for x in kv]])
-    except SystemExit as exit_:  # argparse refuses a flag's value while parsing
-        code = int(exit_.code or 0)
+    code, _, err = run_cli(capsys, "export", *[x for kv in flags.items() for x in kv])
     assert code == 2
-    err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "foreign" / "model.py").read_text() == "# the user's own file\n"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
