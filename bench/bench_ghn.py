@@ -8,7 +8,11 @@ Measures, for a search space and a dataset:
    cold (graph tensors, shortest paths and parameter lists included);
 2. **meta-training step**: seconds per step of ``meta_train`` with the default
    recipe and the peak memory (process peak RSS and Python ``tracemalloc`` peak
-   on CPU, ``torch.cuda.max_memory_allocated`` on GPU);
+   on CPU, ``torch.cuda.max_memory_allocated`` on GPU); and the data-parallel
+   rows: ``nas train-ghn`` under ``torchrun`` with 1 and ``--ddp`` processes
+   (gloo on CPU; nccl with one process per GPU on a multi-GPU machine), seconds
+   per step from the difference of a 1-step and a ``1 + --step-repeats``-step
+   run (start-up excluded), and the speed-up over 1 process;
 3. **quality**: mean validation accuracy of the held-out architectures of a
    meta-trained GHN with predicted weights (no SGD), against the same
    architectures trained with ``nas.training.train`` defaults (3 epochs),
@@ -24,6 +28,7 @@ Examples::
     python bench/bench_ghn.py --ghn runs/ghn_default/ghn.pt          # use a trained GHN
     python bench/bench_ghn.py --steps 300 --archs 8                  # short: meta-train 300 steps
     python bench/bench_ghn.py --skip-quality --device all            # throughput and step time, CPU and CUDA
+    python bench/bench_ghn.py --skip-quality --skip-throughput --ddp 2   # the data-parallel rows alone
     python bench/bench_ghn.py --ghn experiments/results/nb201-mnist5k/ghn/ghn.pt --archs 100 \
         --ground-truth experiments/results/nb201-mnist5k/ground_truth.sqlite   # the experiment's 100 held-out
 """
@@ -33,11 +38,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -148,6 +156,28 @@ def bench_meta_step(space: SearchSpace, data: Dataset, device: torch.device, *, 
     return out
 
 
+def bench_ddp_step(space: str, dataset: str, device: torch.device, processes: int, *, steps: int,
+                   folder: Path) -> dict[str, Any]:
+    """Seconds per meta-training step of ``nas train-ghn`` under ``torchrun`` with ``processes`` processes."""
+
+    def run(n: int, tag: str) -> float:
+        out = folder / f"ddp_{device.type}_{processes}_{tag}.pt"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "nas", "train-ghn", "--space", space, "--dataset", dataset, "--device", device.type,
+               "--ghn-steps", str(n), "--eval-every", str(10**6), "--num-held-out", "0", "--no-progress",
+               "--out", str(out)]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return time.perf_counter() - start
+
+    short, long = run(1, "short"), run(1 + steps, "long")
+    seconds = (long - short) / steps
+    meta_batch = MetaTrainConfig().meta_batch
+    return {"device": str(device), "processes": processes, "steps": steps, "meta_batch": meta_batch,
+            "seconds_per_step": seconds, "archs_per_s": meta_batch / seconds}
+
+
 def held_out_graphs(path: Path) -> list[ArchGraph]:
     """The held-out architectures a meta-training checkpoint recorded."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -252,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ground-truth", type=Path, default=None,
                         help="a nas correlate ground-truth cache (SQLite) holding 3-epoch runs of the held-out "
                         "architectures, read instead of training them")
+    parser.add_argument("--ddp", type=int, default=2, metavar="N",
+                        help="processes of the data-parallel CPU row (default 2; 0 skips the data-parallel rows; "
+                        "on CUDA one process per GPU)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
@@ -281,6 +314,20 @@ def main(argv: list[str] | None = None) -> int:
         steps.to_csv(RESULTS / "ghn_meta_step.csv", index=False)
         print("meta-training step (default recipe)")
         print(steps.round(3).to_string(index=False), "\n")
+        if args.ddp:
+            rows = []
+            with tempfile.TemporaryDirectory() as tmp:
+                for d in devices:
+                    most = torch.cuda.device_count() if d.type == "cuda" else args.ddp
+                    for n in sorted({1, most}):
+                        rows.append(bench_ddp_step(args.space, args.dataset, d, n, steps=args.step_repeats,
+                                                   folder=Path(tmp)))
+            ddp = pd.DataFrame(rows)
+            one = ddp[ddp["processes"] == 1].set_index("device")["seconds_per_step"]
+            ddp["speedup_vs_1"] = [one[d] / s for d, s in zip(ddp["device"], ddp["seconds_per_step"])]
+            ddp.to_csv(RESULTS / "ghn_meta_step_ddp.csv", index=False)
+            print("data-parallel meta-training step (torchrun -m nas train-ghn; start-up excluded)")
+            print(ddp.round(3).to_string(index=False), "\n")
 
     if not args.skip_quality:
         device = devices[-1] if devices else torch.device("cpu")

@@ -7,17 +7,24 @@ resumes a killed run from its last checkpoint (``--no-resume`` starts over).
 per finished label) and fits the GHN ranker on them. Every later
 ``nas search --ghn G --ranker R`` on the same space and dataset reuses both.
 
+``train-ghn`` runs data-parallel under ``torchrun`` (each process meta-trains
+on its share of every meta-batch; rank 0 writes the checkpoint).
+
 Example::
 
     nas train-ghn --space nb201 --dataset mnist5k --ghn-steps 400 --out runs/ghn.pt
+    torchrun --standalone --nproc-per-node 2 -m nas train-ghn --space nb201 --dataset mnist5k --out runs/ghn.pt
     nas fit-ranker --space nb201 --dataset mnist5k --ghn runs/ghn.pt --ranker-labels 700 --out runs/ranker.pt
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +199,30 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[int]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1), join its process group for the block; yields this process's rank.
+
+    ``gloo`` on CPU, ``nccl`` on CUDA (each process on the GPU of its ``LOCAL_RANK``).
+    Outside ``torchrun`` the block runs as one process (rank 0).
+    """
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        yield dist.get_rank() if dist.is_initialized() else 0
+        return
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        yield dist.get_rank()
+    finally:
+        dist.destroy_process_group()
+
+
 def run_train_ghn(args: argparse.Namespace) -> int:
     """Run ``nas train-ghn``; prints a summary and returns the exit code."""
     from nas.cli.basic import flag_errors, space_from_args
@@ -218,10 +249,13 @@ def run_train_ghn(args: argparse.Namespace) -> int:
         data = load_dataset(args.dataset, seed=args.data_seed)
     space = space_from_args(args, data)
     start = time.perf_counter()
-    ghn = meta_train(
-        space, data, config, ghn_config=ghn_config, out=args.out, resume=not args.no_resume,
-        progress=not args.no_progress,
-    )
+    with _process_group(args.device) as rank:
+        ghn = meta_train(
+            space, data, config, ghn_config=ghn_config, out=args.out, resume=not args.no_resume,
+            progress=not args.no_progress,
+        )
+    if rank != 0:
+        return 0  # rank 0 reports
     wall = time.perf_counter() - start
     last = ghn.history[-1] if ghn.history else {}
     state = ghn.training_state or {}

@@ -10,6 +10,14 @@ held-out architectures with predicted weights is logged, with Kendall's tau
 against reference losses when given, and the whole state (model, optimizer,
 scheduler, step, random generators) is written atomically to the checkpoint;
 running the same call again resumes from it.
+
+Data-parallel: under ``torch.distributed`` (``torchrun --nproc-per-node N -m nas
+train-ghn ...``; the command starts the process group, ``gloo`` on CPU and
+``nccl`` on GPU) every process samples the same meta-batch and the same images,
+runs its own share of the architectures (``graphs[rank::world]``), and the
+gradients are summed over processes before the optimiser step, so the update
+is that of one process on the whole meta-batch. Rank 0 alone evaluates, logs
+and writes checkpoints; every process resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.stats import kendalltau
 from torch.func import functional_call
@@ -181,6 +190,21 @@ def _autocast(device: torch.device, amp: str | None) -> contextlib.AbstractConte
     return torch.autocast(device_type=device.type, dtype=_AMP[amp])
 
 
+def _world() -> tuple[int, int]:
+    """This process's rank and the number of processes (``(0, 1)`` outside ``torch.distributed``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_over_processes(ghn: GHN) -> None:
+    """Sum every gradient of ``ghn`` over the processes (a parameter unused by one process counts as 0)."""
+    for p in ghn.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
 def _evaluate(
     ghn: GHN,
     data: Dataset,
@@ -329,6 +353,10 @@ def meta_train(
             other settings).
     """
     config = config or MetaTrainConfig()
+    rank, world = _world()
+    if config.meta_batch < world:
+        raise ValueError(f"`meta_batch` ({config.meta_batch}) must be at least the number of processes ({world}): "
+                         "each process meta-trains on its share of every meta-batch.")
     if tuple(space.input_shape) != tuple(data.input_shape) or space.num_classes != data.num_classes:
         raise ValueError(
             f"space {space.name!r} is for input {tuple(space.input_shape)} with {space.num_classes} classes, "
@@ -360,11 +388,15 @@ def meta_train(
     ghn.held_out_keys = sorted(exclude)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     batches = _step_batches(data, config, state.batch_rng)
-    logger.info(
-        "meta-training a GHN of %d parameters on %s / %s: %d steps of %d architectures x %d images, %d held out",
-        ghn.num_parameters(), space.name, data.name, config.steps, config.meta_batch, config.batch_size,
-        len(evaluate_on),
-    )
+    if rank == 0:
+        logger.info(
+            "meta-training a GHN of %d parameters on %s / %s: %d steps of %d architectures x %d images, %d held "
+            "out%s", ghn.num_parameters(), space.name, data.name, config.steps, config.meta_batch, config.batch_size,
+            len(evaluate_on), f"; {world} processes, {math.ceil(config.meta_batch / world)} architectures each"
+            if world > 1 else "",
+        )
+    progress = progress and rank == 0
+    path = path if rank == 0 else None  # rank 0 alone writes checkpoints
 
     ghn.train()
     session_start, session_steps = time.perf_counter(), 0
@@ -378,17 +410,24 @@ def meta_train(
             ]
             idx = next(batches)
             xb, yb = data.x_train[idx].to(device), data.y_train[idx].to(device)
+            mine = graphs[rank::world]  # this process's share of the meta-batch
             with _autocast(device, config.amp):
-                predicted = ghn.predict(graphs)
+                predicted = ghn.predict(mine)
                 losses = []
-                for graph, params in zip(graphs, predicted):
+                for graph, params in zip(mine, predicted):
                     net = ghn.network(graph, device).train()
                     losses.append(F.cross_entropy(functional_call(net, params, (xb,)).float(), yb))
-                loss = torch.stack(losses).mean()
+                # The share's part of the meta-batch mean: summed over processes, the mean of all of it.
+                loss = torch.stack(losses).mean() if world == 1 else torch.stack(losses).sum() / len(graphs)
             state.optimizer.zero_grad(set_to_none=True)
-            value = loss.item()
+            total = loss.detach().float().clone()
+            if world > 1:
+                dist.all_reduce(total, op=dist.ReduceOp.SUM)  # every process decides on the same value
+            value = total.item()
             if math.isfinite(value):
                 scaler.scale(loss).backward()
+                if world > 1:
+                    _sum_over_processes(ghn)
                 if config.grad_clip is not None:
                     scaler.unscale_(state.optimizer)
                     torch.nn.utils.clip_grad_norm_(ghn.parameters(), config.grad_clip)
@@ -415,7 +454,7 @@ def meta_train(
                 archs_s=f"{config.meta_batch * session_steps / max(now - session_start, 1e-9):.1f}",
                 refresh=False,
             )
-            if state.step % config.eval_every == 0 or state.step == config.steps:
+            if rank == 0 and (state.step % config.eval_every == 0 or state.step == config.steps):
                 mean_loss = state.loss_sum / state.loss_count if state.loss_count else math.nan
                 state.loss_sum, state.loss_count = 0.0, 0
                 record: dict[str, Any] = {"step": state.step, "train_loss": mean_loss}
