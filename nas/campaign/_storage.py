@@ -74,7 +74,7 @@ RETRY_OF_ATTR = "nas_retry_of"
 QUEUE_ATTRS = frozenset(
     {
         "key", "choices", "num_params", "flops", "rank_by", "rank_score", "ghn_loss", "ghn_acc", "ghn_score",
-        "rank_trial", "refine", "queue_position",
+        "rank_trial", "refine", "queue_position", "nas_unit",
     }
 )
 

@@ -104,6 +104,16 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--seed", type=seed_value, default=0,
                    help="seed of the candidate sample, scorers and bootstrap (default %(default)s)")
     p.add_argument("--cache", type=Path, default=None, help="ground-truth cache file (default OUT/ground_truth.sqlite)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="keep the ground truth in this Optuna storage as a queue of training runs instead of --cache; "
+                   "`nas worker --storage URL --study NAME` on any machine trains queued runs too")
+    p.add_argument("--study", default=None, metavar="NAME",
+                   help="name of the evaluation in --storage (its queue is the study NAME-gt; default SPACE-DATASET)")
+    p.add_argument("--heartbeat-interval", type=int, default=30, metavar="S",
+                   help="with --storage: seconds between heartbeats of a run in progress (default %(default)s)")
+    p.add_argument("--grace-period", type=int, default=120, metavar="S",
+                   help="with --storage: seconds without heartbeat after which a run's worker counts as dead and "
+                   "the run is queued again (default %(default)s)")
     p.add_argument(
         "--batch-size", type=int, default=64, help="minibatch size of the zero-cost proxies (default %(default)s)"
     )
@@ -271,9 +281,33 @@ def run_correlate(args: argparse.Namespace) -> int:
         by_name = {s.name: s for s in built}
         scorers = [by_name.get(m, m) for m in methods]
 
+    store = None
+    if args.storage is not None:
+        from nas.evaluation.ground_truth_queue import QueuedGroundTruth
+
+        if args.cache is not None or args.workers != 1:
+            given = "--cache" if args.cache is not None else "--workers"
+            raise ValueError(f"`{given}` cannot be used with `--storage`: the ground truth is kept in the storage, "
+                             "and more processes join with `nas worker --storage URL --study NAME`.")
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per queued run is noise
+        study = args.study or f"{space.name}-{data.name}"
+        if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
+            raise ValueError(f"`--grace-period` ({args.grace_period}) must exceed `--heartbeat-interval` "
+                             f"({args.heartbeat_interval}), which must be positive.")
+        store = QueuedGroundTruth(args.storage, study, dataset={"name": args.dataset, "seed": 0,
+                                                                "max_train": args.max_train},
+                                  heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
+        logger.info("ground truth queued in study %s-gt; add workers with: nas worker --storage URL --study %s",
+                    study, study)
+    elif args.study is not None:
+        raise ValueError("`--study` names the evaluation in `--storage`; give --storage too.")
+
     result = correlate(
         space,
         data,
+        store=store,
         archs=graphs if gt_table is None else None,
         epochs=args.epochs if gt_table is None else None,
         seeds=args.train_seeds,

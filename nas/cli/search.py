@@ -310,8 +310,35 @@ def _check_worker_flags(args: argparse.Namespace) -> None:
             CampaignConfig(**given)
 
 
+def _work_ground_truth(args: argparse.Namespace, storage: str, started: float) -> bool:
+    """Train the queued ground-truth runs of ``--study`` (``nas correlate --storage``), if it has a queue.
+
+    Returns:
+        Whether ``--study`` names only an evaluation (no campaign to fine-tune for).
+    """
+    import optuna
+
+    from nas.campaign._storage import mask_url, open_storage, worker_session
+    from nas.evaluation.ground_truth_queue import ground_truth_study, run_ground_truth_worker
+
+    heartbeat = args.heartbeat_interval or 30
+    grace = args.grace_period or 120
+    opened = open_storage(storage, heartbeat_interval=heartbeat, grace_period=grace)
+    queue = ground_truth_study(opened, args.study, create=False)
+    if queue is None:
+        return False
+    with worker_session() as worker:
+        finished = run_ground_truth_worker(queue, worker=worker, heartbeat_interval=heartbeat, grace_period=grace,
+                                           progress=args.progress)
+    print(f"worker trained {len(finished)} ground-truth runs of {args.study!r} in {mask_url(storage)} "
+          f"in {time.perf_counter() - started:.0f} s")
+    names = {s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)}
+    return f"{args.study}-rank" not in names
+
+
 def run_worker(args: argparse.Namespace) -> int:
-    """Run ``nas worker``; fine-tunes queued candidates and prints what it did."""
+    """Run ``nas worker``: trains queued ground-truth runs (``nas correlate --storage``), fine-tunes queued
+    candidates, and prints what it did."""
     from nas.campaign import Campaign
     from nas.cli.basic import flag_errors
 
@@ -321,6 +348,8 @@ def run_worker(args: argparse.Namespace) -> int:
         raise ValueError(f"`--storage` is required (or set ${STORAGE_ENV}).")
     _setup(args)
     started = time.perf_counter()
+    if _work_ground_truth(args, storage, started):
+        return 0
     with flag_errors(args, **_flags()):
         campaign = Campaign.from_storage(
             storage,

@@ -167,6 +167,7 @@ def correlate(
     batch_size: int = 64,
     n_resamples: int = metrics.N_RESAMPLES,
     table: TableGroundTruth | None = None,
+    store: Any = None,
 ) -> CorrelationResult:
     """Rank candidates with every scorer and compare with trained ground truth.
 
@@ -189,6 +190,10 @@ def correlate(
         device: Device to train and score on (default ``train_config.device``).
         batch_size: Minibatch size of the zero-cost proxies.
         n_resamples: Bootstrap resamples of the confidence intervals.
+        store: Where the ground truth is trained and kept instead of the SQLite file
+            ``cache_path``: an object with ``GroundTruthCache.train_missing``'s
+            signature, e.g. :class:`~nas.evaluation.ground_truth_queue.QueuedGroundTruth`
+            (runs queued in an Optuna storage, shared by ``nas worker`` processes).
         table: Ground truth read from a table (:func:`nas.evaluation.table.read_ground_truth`):
             its architectures are the candidates (``archs`` and ``epochs`` are then
             not given), nothing is trained and ``cache_path`` is not used.
@@ -235,7 +240,7 @@ def correlate(
 
     # Ground truth.
     if table is None:
-        cache = GroundTruthCache(cache_path)
+        cache = store if store is not None else GroundTruthCache(cache_path)
         runs = cache.train_missing(graphs, data, config, seed_list, workers=workers, progress=progress)
         facts: dict[str, Any] = {
             "epochs": epochs,

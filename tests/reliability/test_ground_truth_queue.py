@@ -1,0 +1,123 @@
+"""``nas correlate --storage``: the ground truth as queued runs, trained by several ``nas worker`` processes.
+
+The coordinator (``nas correlate --storage URL --study NAME``) queues 4 candidates x 2 seeds
+and trains too; three ``nas worker --storage URL --study NAME`` processes join, each unit of
+work slowed to a second so that they overlap, and worker 0 is SIGKILLed inside its first run.
+Checked: every run finished exactly once (one COMPLETE trial per run, one finished training
+per run in the work log, none by the victim), the victim's run was failed, re-queued and
+finished by another process, and the tables equal a single-process run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from _helpers import HOOK, base_env, read_log, run_inprocess
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 3
+UNIT_DELAY = 1.0
+HEARTBEAT, GRACE = 1, 3
+CORRELATE = ["correlate", "--space", "nb201", "--space-arg", "C=4", "--space-arg", "N=1", "--dataset", "digits",
+             "--archs", "4", "--epochs", "0.05", "--methods", "params,flops", "--no-progress", "--no-figures"]
+
+
+def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(HOOK), *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def _wait_for(log: Path, run: str, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if any(e["run"] == run and e["kind"] == "train" and e["event"] == "start" for e in read_log(log)):
+            return
+        assert proc.poll() is None, f"{what} exited early:\n{proc.communicate()[1][-3000:]}"
+        time.sleep(0.02)
+    raise AssertionError(f"{what} never started a run")
+
+
+def _run(storage: str, tmp: Path, victim_host: str | None) -> tuple[Path, subprocess.CompletedProcess]:
+    log = tmp / "work.log"
+    timing = ["--heartbeat-interval", str(HEARTBEAT), "--grace-period", str(GRACE)]
+    coordinator = _start([*CORRELATE, "--storage", storage, "--study", "ev", "--out", str(tmp / "queued"), *timing],
+                         base_env(tmp, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN="c", NAS_TEST_UNIT_DELAY="1"))
+    procs = []
+    try:
+        _wait_for(log, "c", coordinator, "the coordinator")  # the queue exists
+        for i in range(WORKERS):
+            env = base_env(tmp, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN=f"w{i}", NAS_TEST_UNIT_DELAY=str(UNIT_DELAY),
+                           NAS_TEST_BARRIER=f"{tmp / 'barrier'}:{WORKERS}")
+            if i == 0 and victim_host:
+                env["NAS_TEST_FAKE_HOST"] = victim_host
+            if i > 0:
+                env["NAS_TEST_AFTER"] = "w0:train:start"
+            procs.append(_start(["worker", "--storage", storage, "--study", "ev", "--no-progress", *timing], env))
+        _wait_for(log, "w0", procs[0], "worker 0")
+        time.sleep(UNIT_DELAY * 0.3)
+        os.kill(procs[0].pid, signal.SIGKILL)
+        outputs = [p.communicate(timeout=600) for p in procs]
+        out, err = coordinator.communicate(timeout=600)
+    finally:
+        for p in [coordinator, *procs]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode == -signal.SIGKILL
+    for p, (_, werr) in zip(procs[1:], outputs[1:]):
+        assert p.returncode == 0, werr[-3000:]
+    assert coordinator.returncode == 0, err[-3000:]
+    return log, subprocess.CompletedProcess([], coordinator.returncode, out, err)
+
+
+def _check(storage: str, tmp: Path, log: Path) -> None:
+    from nas.campaign import open_storage
+
+    gt = optuna.load_study(study_name="ev-gt", storage=open_storage(storage))
+    trials = gt.get_trials(deepcopy=False)
+    complete = Counter(t.user_attrs["choices"]["unit"] for t in trials if t.state == TrialState.COMPLETE)
+    assert len(complete) == 8 and set(complete.values()) == {1}, complete  # 4 candidates x 2 seeds, once each
+    assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+    events = read_log(log)
+    victim_pid = next(e["pid"] for e in events if e["run"] == "w0")
+    done = Counter((e["key"], e["seed"]) for e in events if e["kind"] == "train" and e["event"] == "done")
+    assert len(done) == 8 and set(done.values()) == {1}, done  # no run trained twice, none lost
+    assert victim_pid not in {e["pid"] for e in events if e["kind"] == "train" and e["event"] == "done"}
+    killed = [t for t in trials if f":{victim_pid}:" in str(t.user_attrs.get("nas_worker"))]
+    assert len(killed) == 1 and killed[0].state == TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("nas_retry_of") == killed[0].number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert len({e["pid"] for e in events if e["kind"] == "train" and e["event"] == "done"}) >= 2
+
+    single = run_inprocess([*CORRELATE, "--out", str(tmp / "single")])
+    assert single.code == 0, single.err
+    columns = ["key", "gt_val_loss_s0", "gt_val_loss_s1", "gt_val_acc_s0", "gt_val_acc_s1"]
+    queued = pd.read_csv(tmp / "queued" / "candidates.csv")[columns]
+    alone = pd.read_csv(tmp / "single" / "candidates.csv")[columns]
+    pd.testing.assert_frame_equal(queued, alone)
+    a, b = (json.loads((tmp / name / "summary.json").read_text()) for name in ("queued", "single"))
+    assert a["methods"]["params"] == b["methods"]["params"] and a["noise_ceiling"] == b["noise_ceiling"]
+
+
+def test_correlate_ground_truth_on_postgresql_with_three_workers(postgres_url: str, tmp_path: Path) -> None:
+    log, _ = _run(postgres_url, tmp_path, victim_host="ghost-machine")
+    _check(postgres_url, tmp_path, log)
+
+
+def test_correlate_ground_truth_on_journal_file_with_three_workers(tmp_path: Path) -> None:
+    storage = f"journal://{tmp_path / 'eval.log'}"
+    log, _ = _run(storage, tmp_path, victim_host=None)
+    _check(storage, tmp_path, log)
