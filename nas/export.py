@@ -222,10 +222,8 @@ def _import_line(name: str, obj: Any) -> str:
     if module.split(".")[0] not in _IMPORTABLE or not qualname or "<" in qualname:
         raise ExportError(f"the traced network calls {obj!r} from {module or 'an unknown module'!r}; a plain "
                           f"module file may call only {', '.join(_IMPORTABLE)}: use the onnx or program format.")
-    if "." in qualname:  # a method or nested class: bind through its owner
-        owner, attr = qualname.rsplit(".", 1)
-        return f"from {module} import {owner.split('.')[0]} as _{name}_owner\n{name} = _{name}_owner" + (
-            "." + ".".join(owner.split(".")[1:] + [attr]) if "." in owner else f".{attr}")
+    if "." in qualname:  # a method or a nested class: reached through its module
+        return f"import {module}\n{name} = {module}.{qualname}"
     return f"from {module} import {qualname} as {name}"
 
 

@@ -329,7 +329,7 @@ def _work_ground_truth(args: argparse.Namespace, storage: str, started: float) -
         return False
     with worker_session() as worker:
         finished = run_ground_truth_worker(queue, worker=worker, heartbeat_interval=heartbeat, grace_period=grace,
-                                           progress=args.progress)
+                                           progress=args.progress, device=args.device or "cpu")
     print(f"worker trained {len(finished)} ground-truth runs of {args.study!r} in {mask_url(storage)} "
           f"in {time.perf_counter() - started:.0f} s")
     names = {s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)}

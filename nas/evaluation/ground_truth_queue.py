@@ -186,7 +186,7 @@ class QueuedGroundTruth:
                     trained = run_ground_truth_worker(
                         self.study, worker=worker, heartbeat_interval=self.heartbeat_interval,
                         grace_period=self.grace_period, progress=False, max_runs=1,
-                        loaded={json.dumps(self.dataset, sort_keys=True): data},
+                        loaded={json.dumps(self.dataset, sort_keys=True): data}, device=config.device,
                     )
                     mine.update(trained)
                     if not trained:
@@ -229,6 +229,7 @@ def run_ground_truth_worker(
     max_runs: int | None = None,
     loaded: dict[str, Dataset] | None = None,
     load: Callable[[dict[str, Any]], Dataset] = _load,
+    device: str = "cpu",
 ) -> list[str]:
     """Train queued ground-truth runs of ``study`` (``<name>-gt``) until none is waiting.
 
@@ -241,6 +242,7 @@ def run_ground_truth_worker(
         max_runs: Stop after claiming this many runs.
         loaded: Datasets already loaded, by the JSON of their load arguments.
         load: Loads a dataset from its load arguments.
+        device: Torch device this worker trains on (results do not depend on it beyond float noise).
 
     Returns:
         The unit ids this worker finished.
@@ -272,7 +274,8 @@ def run_ground_truth_worker(
                 if dataset_key(data) != spec["dataset_key"]:
                     raise ValueError(f"dataset {spec['dataset']} loads with other contents on this machine "
                                      f"({dataset_key(data)}) than where the run was queued ({spec['dataset_key']}).")
-                config = TrainConfig(**{**spec["budget"], "seed": int(spec["seed"]), "progress": False})
+                config = TrainConfig(**{**spec["budget"], "seed": int(spec["seed"]), "device": device,
+                                        "progress": False})
                 record = train_candidate(ArchGraph.from_json(spec["graph"]), data, config)
         except optuna.TrialPruned:
             raise

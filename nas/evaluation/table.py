@@ -226,7 +226,7 @@ def read_ground_truth(path: str | Path, space: SearchSpace, data: Dataset) -> Ta
     for row, g in enumerate(graphs):
         for seed, column in columns.items():
             value = float(frame[column].iloc[row])
-            twin = f"gt_{other}_s{seed}" if len(columns) > 1 or f"gt_{other}_s{seed}" in frame.columns else None
+            twin = f"gt_{other}_s{seed}"  # the other metric of the same run, when the table has it
             twin_value = float(frame[twin].iloc[row]) if twin in frame.columns else math.nan
             failed = not math.isfinite(value) or bool(failed_col is not None and failed_col[row])
             records.append({
