@@ -25,6 +25,7 @@ CHANGED: dict[str, Any] = {
     "ranker_k": 5,
     "ranker_calibration": 5,
     "label_workers": 2,
+    "queue_labels": True,
     "trials": 11,
     "refine": 2,
     "refine_trials": 13,
@@ -58,7 +59,7 @@ CHANGED: dict[str, Any] = {
 OLD_DEFAULTS: dict[str, Any] = {
     "space": "nb201", "space_args": {}, "dataset": "mnist5k", "data_seed": 0, "ghn": None, "ghn_steps": None,
     "rank_by": "ranker", "ranker": None, "ranker_labels": 700, "ranker_k": 30, "ranker_calibration": 0,
-    "label_workers": 1, "trials": 300,
+    "label_workers": 1, "queue_labels": False, "trials": 300,
     "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "latency_pool": 32,
     "latency_batch_size": 1, "batch_size": 32,
     "self_check": 0, "self_check_epochs": None, "top_k": 5, "finetune_epochs": 3.0, "finetune_lr": 0.05,
@@ -76,6 +77,8 @@ def _argv(values: dict[str, Any]) -> list[str]:
             argv += [item for k, v in value.items() for item in ("--space-arg", f"{k}={v!r}")]
         elif name == "progress":
             argv += [] if value else ["--no-progress"]
+        elif isinstance(value, bool):  # an off-by-default switch
+            argv += [f"--{name.replace('_', '-')}"] if value else []
         elif isinstance(value, list):
             argv += [item for v in value for item in (f"--{name.replace('_', '-')}", str(v))]
         else:

@@ -521,10 +521,24 @@ class Campaign:
             space, self.data, self.ghn if fit.pretrained else None, path=path, ranker_labels=n,
             ranker_k=config.ranker_k, seed=config.seed, exclude=exclude, labels_cache=self.out / "ranker_labels.csv",
             workers=config.label_workers, config=fit, calibration=config.ranker_calibration,
-            calibration_epochs=config.finetune_epochs, progress=config.progress,
+            calibration_epochs=config.finetune_epochs, progress=config.progress, queue=self._label_queue(),
         )
         _check_ranker(ranker, space, self.data, source=path)
         return ranker
+
+    def _label_queue(self) -> Any:
+        """The labels' queue in the campaign's storage (``queue_labels``), or ``None``."""
+        if not self.config.queue_labels:
+            return None
+        if self._dataset_in is not None:
+            raise ValueError("`queue_labels` needs a dataset that workers can load by name; pass `dataset` as a name, "
+                             "not a Dataset object.")
+        from nas.work_queue import QueuedLabels
+
+        self.open()  # the storage holds the campaign before its workers are told to join it
+        return QueuedLabels(self.storage_url, self.study_name,
+                            dataset={"name": self.config.dataset, "seed": self.config.data_seed, "max_train": None},
+                            heartbeat_interval=self.config.heartbeat_interval, grace_period=self.config.grace_period)
 
     # ------------------------------------------------------------ storage
 

@@ -94,6 +94,9 @@ class CampaignConfig:
             ``finetune_epochs`` to choose the fitted ranker's FLOPs-prior weight
             (:meth:`nas.ghn.GHNRanker.calibrate`); ``0`` (the default) keeps the fixed weight 0.5.
         label_workers: Processes running those short trainings in parallel.
+        queue_labels: Queue the labels in the campaign's storage (study
+            ``<study>-labels``), so ``nas worker`` processes on any machine label
+            too; ``label_workers`` then does not apply.
         trials: Complete rank trials the study must hold (sampler trials).
         refine: Best candidates whose one-choice changes are scored until they
             stop changing (``None``: ``top_k`` when ranking by the ranker, else 0).
@@ -160,6 +163,9 @@ class CampaignConfig:
                                        identity=True)
     label_workers: int = _setting(1, "processes running those short trainings in parallel", "ranking",
                                   metavar="W")
+    queue_labels: bool = _setting(False, "queue the ranker's labels in the storage (study STUDY-labels) so that "
+                                  "`nas worker` processes on any machine label too (--label-workers then does not "
+                                  "apply)", "ranking")
     trials: int = _setting(300, "rank trials", "ranking", metavar="N")
     refine: int | None = _setting(
         None, "after the rank trials, score every one-choice change of the R best candidates until they stop "
@@ -244,6 +250,9 @@ class CampaignConfig:
                 f"`ranker_calibration` must be 0 or an int of at least 3, but got {self.ranker_calibration!r}."
             )
         _positive_int("label_workers", self.label_workers)
+        if not isinstance(self.queue_labels, bool):
+            raise ValueError(f"`queue_labels` must be true or false, but got {self.queue_labels!r}.")
+
         _positive_int("trials", self.trials)
         if self.refine is not None and _int("refine", self.refine) < 0:
             raise ValueError(f"`refine` must be a non-negative int, but got {self.refine!r}.")

@@ -118,6 +118,9 @@ def _add_setting(
         parser.add_argument("--no-progress", dest="progress", action="store_false", default=default,
                             help="hide the progress bars")
         return
+    if field.type == "bool":  # an off-by-default switch
+        parser.add_argument(_flag(name), dest=name, action="store_true", default=default, help=meta["help"])
+        return
     kind = float if "float" in field.type else int if "int" in field.type else str
     kwargs: dict[str, Any] = {"default": default, "help": text, "metavar": meta["metavar"], "type": kind}
     choices = meta["choices"]
@@ -310,8 +313,9 @@ def _check_worker_flags(args: argparse.Namespace) -> None:
             CampaignConfig(**given)
 
 
-def _work_ground_truth(args: argparse.Namespace, storage: str, started: float) -> bool:
-    """Train the queued ground-truth runs of ``--study`` (``nas correlate --storage``), if it has a queue.
+def _work_queues(args: argparse.Namespace, storage: str, started: float) -> bool:
+    """Run the queued labels and ground-truth runs of ``--study`` (``nas search --queue-labels``,
+    ``nas correlate --storage``), where it has such queues.
 
     Returns:
         Whether ``--study`` names only an evaluation (no campaign to fine-tune for).
@@ -319,21 +323,23 @@ def _work_ground_truth(args: argparse.Namespace, storage: str, started: float) -
     import optuna
 
     from nas.campaign._storage import mask_url, open_storage, worker_session
-    from nas.evaluation.ground_truth_queue import ground_truth_study, run_ground_truth_worker
+    from nas.work_queue import QUEUES, queue_study, run_worker
 
     heartbeat = args.heartbeat_interval or 30
     grace = args.grace_period or 120
     opened = open_storage(storage, heartbeat_interval=heartbeat, grace_period=grace)
-    queue = ground_truth_study(opened, args.study, create=False)
-    if queue is None:
-        return False
-    with worker_session() as worker:
-        finished = run_ground_truth_worker(queue, worker=worker, heartbeat_interval=heartbeat, grace_period=grace,
-                                           progress=args.progress, device=args.device or "cpu")
-    print(f"worker trained {len(finished)} ground-truth runs of {args.study!r} in {mask_url(storage)} "
-          f"in {time.perf_counter() - started:.0f} s")
     names = {s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)}
-    return f"{args.study}-rank" not in names
+    for kind, suffix in QUEUES.items():
+        if args.study + suffix not in names:
+            continue
+        with worker_session() as worker:
+            finished = run_worker(queue_study(opened, args.study, kind), worker=worker, heartbeat_interval=heartbeat,
+                                  grace_period=grace, progress=args.progress, device=args.device or "cpu")
+        what = "ranker labels" if kind == "tse" else "ground-truth runs"
+        print(f"worker ran {len(finished)} {what} of {args.study!r} in {mask_url(storage)} "
+              f"in {time.perf_counter() - started:.0f} s")
+    queues = any(args.study + suffix in names for suffix in QUEUES.values())
+    return queues and f"{args.study}-rank" not in names
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -348,7 +354,7 @@ def run_worker(args: argparse.Namespace) -> int:
         raise ValueError(f"`--storage` is required (or set ${STORAGE_ENV}).")
     _setup(args)
     started = time.perf_counter()
-    if _work_ground_truth(args, storage, started):
+    if _work_queues(args, storage, started):
         return 0
     with flag_errors(args, **_flags()):
         campaign = Campaign.from_storage(

@@ -191,6 +191,7 @@ def ensure_ranker(
     calibration: int = RANKER_CALIBRATION,
     calibration_epochs: float = 3.0,
     progress: bool = True,
+    queue: Any = None,
 ) -> GHNRanker:
     """Load the ranker at ``path`` if it fits ``space``; else label architectures and fit one there.
 
@@ -225,6 +226,8 @@ def ensure_ranker(
         calibration_epochs: Their training budget: what the ranking should
             predict (a campaign's fine-tuning epochs).
         progress: Show progress bars.
+        queue: A :class:`nas.work_queue.QueuedLabels` to label through an Optuna
+            storage (``nas worker`` processes on other machines label too).
 
     Returns:
         The ranker, in eval mode on ``ghn``'s device.
@@ -270,7 +273,7 @@ def ensure_ranker(
     logger.info("fitting the ranker: short training (k=%d) of %d architectures into %s", ranker_k, ranker_labels, cache)
     graphs, targets = short_training_labels(
         space, data, ranker_labels, k=ranker_k, seed=seed, exclude=exclude, cache=cache, workers=workers,
-        progress=progress,
+        progress=progress, queue=queue,
     )
     label_info = {
         "target": "tse", "k": ranker_k, "n": ranker_labels, "labelled": len(graphs), "seed": seed, "dataset": data.name,

@@ -612,6 +612,7 @@ def short_training_labels(
     cache: str | Path | None = None,
     workers: int = 1,
     progress: bool = True,
+    queue: Any = None,
 ) -> tuple[list[ArchGraph], np.ndarray]:
     """Sample ``n`` architectures and measure the TSE of each after ``k`` SGD steps.
 
@@ -633,6 +634,9 @@ def short_training_labels(
         workers: Processes training in parallel (one torch thread each); ``1``
             trains in this process, with its own thread setting.
         progress: Show a progress bar.
+        queue: A :class:`nas.work_queue.QueuedLabels`: the labels not in ``cache``
+            are queued in its Optuna storage and trained by this process and any
+            ``nas worker`` (``workers`` is then not used); they land in ``cache`` as well.
 
     Returns:
         ``(graphs, labels)`` of the architectures that trained.
@@ -645,7 +649,7 @@ def short_training_labels(
             raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
     graphs = _sample(space, n, seed=seed, exclude=exclude)
     return _measure(graphs, _short_training_loss, data, k, seed, cache=cache, column="tse", workers=workers,
-                    desc=f"TSE labels (k={k})", progress=progress)
+                    desc=f"TSE labels (k={k})", progress=progress, queue=queue)
 
 
 def calibration_losses(
@@ -726,8 +730,12 @@ def _measure(
     workers: int,
     desc: str,
     progress: bool,
+    queue: Any = None,
 ) -> tuple[list[ArchGraph], np.ndarray]:
     """Run ``job((graph_json, data, budget, seed)) -> (value, seconds)`` on every graph not yet in ``cache``.
+
+    With ``queue`` (an object with ``measure(graphs, data, budget, seed, progress=) ->
+    {key: (value, seconds)}``), the missing graphs are measured through it instead.
 
     The cache is a CSV (``key, graph, <column>, seconds``) appended and flushed
     row by row; a row torn by a kill is dropped and measured again.
@@ -767,6 +775,10 @@ def _measure(
         if new:
             writer.writerow(["key", "graph", column, "seconds"])
     jobs = [(g.to_json(), data, budget, seed) for g in todo]
+    if queue is not None and todo:
+        measured = queue.measure(todo, data, int(budget), seed, progress=progress)
+        jobs = [(g.to_json(), measured[g.key]) for g in todo]  # (graph, (value, seconds)) in sample order
+        job, workers = (lambda item: item[1]), 1
     try:
         with tqdm(total=len(graphs), initial=len(graphs) - len(todo), desc=desc, unit="arch",
                   disable=not progress, dynamic_ncols=True) as bar:

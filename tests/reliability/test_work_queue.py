@@ -1,4 +1,4 @@
-"""``nas correlate --storage``: the ground truth as queued runs, trained by several ``nas worker`` processes.
+"""Queued runs in an Optuna storage: ``nas correlate --storage`` and ``nas search --queue-labels`` with ``nas worker``.
 
 The coordinator (``nas correlate --storage URL --study NAME``) queues 6 candidates x 2 seeds
 and trains too; three ``nas worker --storage URL --study NAME`` processes join, each unit of
@@ -6,6 +6,10 @@ work slowed to a second so that they overlap, and worker 0 is SIGKILLed inside i
 Checked: every run finished exactly once (one COMPLETE trial per run, one finished training
 per run in the work log, none by the victim), the victim's run was failed, re-queued and
 finished by another process, and the tables equal a single-process run's.
+
+A campaign with ``--queue-labels`` labels with one ``nas worker`` beside it: each label was
+trained once, by both processes between them, and labels and ranker equal a campaign's that
+labelled alone.
 """
 
 from __future__ import annotations
@@ -128,3 +132,61 @@ def test_correlate_ground_truth_on_journal_file_with_three_workers(tmp_path: Pat
     storage = f"journal://{tmp_path / 'eval.log'}"
     log, _ = _run(storage, tmp_path, victim_host=None)
     _check(storage, tmp_path, log)
+
+
+# ---------------------------------------------------------------- a campaign's labels over two processes
+
+SEARCH = ["search", "--space", "nb201", "--space-arg", "C=4", "--space-arg", "N=1", "--dataset", "digits",
+          "--ranker-labels", "10", "--ranker-k", "5", "--trials", "6", "--top-k", "1", "--finetune-epochs", "0.02",
+          "--refine", "0", "--no-progress"]
+
+
+def test_campaign_labels_over_two_processes_once_each_and_the_same_ranker(tmp_path: Path) -> None:
+    from nas.campaign import open_storage
+    from nas.ghn import GHNRanker
+    from search_spaces import NB201Space
+
+    ghn = tmp_path / "ghn.pt"
+    made = run_inprocess(["train-ghn", "--space", "nb201", "--space-arg", "C=4", "--space-arg", "N=1", "--dataset",
+                          "digits", "--ghn-steps", "2", "--hidden", "16", "--layers", "1", "--num-held-out", "2",
+                          "--no-progress", "--out", str(ghn)])
+    assert made.code == 0, made.err
+    storage = f"journal://{tmp_path / 'campaign.log'}"
+    log = tmp_path / "work.log"
+    timing = ["--heartbeat-interval", str(HEARTBEAT), "--grace-period", str(GRACE)]
+    coordinator = _start([*SEARCH, "--ghn", str(ghn), "--queue-labels", "--storage", storage, "--study", "lb",
+                          "--out", str(tmp_path / "queued"), *timing],
+                         base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN="c", NAS_TEST_UNIT_DELAY="1"))
+    try:
+        deadline = time.monotonic() + 300
+        while not any(e["run"] == "c" and e["kind"] == "label" for e in read_log(log)):
+            assert coordinator.poll() is None and time.monotonic() < deadline, coordinator.communicate()[1][-3000:]
+            time.sleep(0.05)
+        helper = _start(["worker", "--storage", storage, "--study", "lb", "--no-progress", *timing],
+                        base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN="w", NAS_TEST_UNIT_DELAY="1"))
+        _, herr = helper.communicate(timeout=600)
+        _, err = coordinator.communicate(timeout=600)
+    finally:
+        for p in [coordinator, *([helper] if "helper" in locals() else [])]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert coordinator.returncode == 0, err[-3000:]
+    assert helper.returncode == 0, herr[-3000:]
+
+    labels = optuna.load_study(study_name="lb-labels", storage=open_storage(storage)).get_trials(deepcopy=False)
+    complete = Counter(t.user_attrs["choices"]["unit"] for t in labels if t.state == TrialState.COMPLETE)
+    assert len(complete) == 10 and set(complete.values()) == {1}, complete
+    events = [e for e in read_log(log) if e["kind"] == "label" and e["event"] == "done"]
+    assert len(events) == 10 and len({e["key"] for e in events}) == 10  # each label trained once
+    assert {e["run"] for e in events} == {"c", "w"}  # by both processes
+
+    alone = run_inprocess([*SEARCH, "--ghn", str(ghn), "--out", str(tmp_path / "alone")])
+    assert alone.code == 0, alone.err
+    queued_labels = pd.read_csv(tmp_path / "queued" / "ranker_labels.csv").set_index("key")["tse"]
+    alone_labels = pd.read_csv(tmp_path / "alone" / "ranker_labels.csv").set_index("key")["tse"]
+    pd.testing.assert_series_equal(queued_labels.sort_index(), alone_labels.sort_index())
+    graphs = [c.graph for c in NB201Space(input_shape=(1, 8, 8), num_classes=10, C=4, N=1).sample_many(8, seed=9)]
+    a = GHNRanker.load(tmp_path / "queued" / "ranker.pt").score(graphs)
+    b = GHNRanker.load(tmp_path / "alone" / "ranker.pt").score(graphs)
+    assert [round(float(x), 6) for x in a] == [round(float(x), 6) for x in b]
