@@ -17,7 +17,7 @@ Results are printed and written to ``bench/results/queue.csv``.
 
 Example::
 
-    python bench/bench_queue.py --archs 12 --epochs 0.5 --labels 24
+    python bench/bench_queue.py                       # 20 candidates x 2 seeds x 3 epochs, 60 labels
 """
 
 from __future__ import annotations
@@ -103,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", default="nb201")
     parser.add_argument("--space-arg", action="append", default=None, help="KEY=INT (default C=8, N=1)")
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--archs", type=int, default=12, help="ground-truth candidates (2 seeds each)")
-    parser.add_argument("--epochs", type=float, default=0.5, help="ground-truth epochs")
-    parser.add_argument("--labels", type=int, default=24, help="ranker labels")
+    parser.add_argument("--archs", type=int, default=20, help="ground-truth candidates (2 seeds each)")
+    parser.add_argument("--epochs", type=float, default=3.0, help="ground-truth epochs")
+    parser.add_argument("--labels", type=int, default=60, help="ranker labels")
     parser.add_argument("--k", type=int, default=30, help="SGD steps per label")
     args = parser.parse_args(argv)
     args.space_arg = args.space_arg or ["C=8", "N=1"]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per queued run is noise
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rows = []
     with tempfile.TemporaryDirectory() as tmp_text:

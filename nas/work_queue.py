@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,9 @@ def queue_study(storage: Any, study: str, kind: str, *, create: bool = True) -> 
     queue = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True)
     metric = "tse" if kind == "tse" else "val_loss"
     if queue.metric_names != [metric]:
-        queue.set_metric_names([metric])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            queue.set_metric_names([metric])
     return queue
 
 

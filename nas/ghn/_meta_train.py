@@ -198,11 +198,21 @@ def _world() -> tuple[int, int]:
 
 
 def _sum_over_processes(ghn: GHN) -> None:
-    """Sum every gradient of ``ghn`` over the processes (a parameter unused by one process counts as 0)."""
-    for p in ghn.parameters():
+    """Sum every gradient of ``ghn`` over the processes (a parameter unused by one process counts as 0).
+
+    The gradients travel as one flat buffer: one collective call per step, not one per tensor.
+    """
+    params = list(ghn.parameters())
+    for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])  # (total parameters,)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
 
 
 def _evaluate(
