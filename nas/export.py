@@ -131,7 +131,8 @@ def load_network(graph: ArchGraph, state: Mapping[str, Tensor], *, source: str =
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the exporters' progress prints, warnings and log lines (failures still raise)."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -167,7 +167,8 @@ class WorkQueue:
         return done
 
     def _queued(self) -> set[str | None]:
-        return {_unit(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))}
+        states = (TrialState.WAITING, TrialState.RUNNING)
+        return {_unit(t) for t in self.study.get_trials(deepcopy=False, states=states)}
 
     def _enqueue(self, unit: str, spec: dict[str, Any]) -> None:
         self.study.enqueue_trial(params={}, user_attrs={"choices": {"unit": unit}, UNIT_ATTR: spec},
@@ -280,7 +281,7 @@ class QueuedGroundTruth:
 
 
 class QueuedLabels:
-    """The ranker's short-training labels as queued runs of the study ``<study>-labels`` (``nas search --queue-labels``).
+    """The ranker's short-training labels as queued runs of the study ``<study>-labels`` (``--queue-labels``).
 
     Args: as :class:`QueuedGroundTruth`.
     """

@@ -29,7 +29,9 @@ def test_bad_settings_are_named(kwargs: dict, name: str) -> None:
         measure_latency(SPACE.sample(0).graph, **kwargs)
 
 
-def test_the_cache_measures_each_key_device_and_batch_size_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cache_measures_each_key_device_and_batch_size_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     graphs = [c.graph for c in SPACE.sample_many(3, seed=1)]
     calls: list[tuple[str, int]] = []
     real = latency.measure_latency
