@@ -80,7 +80,7 @@ def _labels(args: argparse.Namespace, tmp: Path, way: str, processes: int, env: 
     from nas.data import load_dataset
     from nas.ghn import short_training_labels
     from nas.space import load_space
-    from nas.work_queue import QueuedLabels
+    from nas.campaign import QueuedLabels
 
     data = load_dataset(args.dataset)
     settings = dict(a.split("=", 1) for a in args.space_arg)

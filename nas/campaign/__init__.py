@@ -35,6 +35,7 @@ from nas.campaign._finetune import (
     run_finetune_worker,
     select_candidates,
 )
+from nas.campaign._queue import QUEUES, QueuedGroundTruth, QueuedLabels, WorkQueue, queue_study, run_queue_worker
 from nas.campaign._rank import (
     OBJECTIVES,
     RANK_BY,
@@ -65,11 +66,13 @@ from nas.campaign._report import (
 from nas.campaign._selfcheck import RELIABLE_TAU, SelfCheck, run_self_check, self_check_candidates
 from nas.campaign._storage import (
     STORAGE_SCHEMES,
+    Heartbeat,
     default_storage_url,
     mask_url,
     open_storage,
     reap_stale_trials,
     requeue_trial,
+    worker_session,
 )
 
 __all__ = [
@@ -79,9 +82,13 @@ __all__ = [
     "CampaignConfig",
     "CampaignResult",
     "GROUPS",
+    "Heartbeat",
     "FINETUNED_COLUMNS",
     "FINETUNE_METRICS",
     "PICKS",
+    "QUEUES",
+    "QueuedGroundTruth",
+    "QueuedLabels",
     "FinetuneStats",
     "IDENTITY_KEYS",
     "OBJECTIVES",
@@ -91,6 +98,7 @@ __all__ = [
     "SAMPLERS",
     "STORAGE_SCHEMES",
     "SelfCheck",
+    "WorkQueue",
     "best_record",
     "candidates_frame",
     "default_storage_url",
@@ -102,6 +110,7 @@ __all__ = [
     "plot_pareto",
     "plot_score_vs_finetuned",
     "plot_self_check",
+    "queue_study",
     "rank_by_of",
     "rank_score",
     "rank_score_label",
@@ -112,11 +121,13 @@ __all__ = [
     "resolve_rank_by",
     "resolve_sampler",
     "run_finetune_worker",
+    "run_queue_worker",
     "run_rank_stage",
     "run_self_check",
     "select_candidates",
     "self_check_candidates",
     "setting_names",
     "stored_campaign_config",
+    "worker_session",
     "write_report",
 ]

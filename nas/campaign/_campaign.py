@@ -533,7 +533,7 @@ class Campaign:
         if self._dataset_in is not None:
             raise ValueError("`queue_labels` needs a dataset that workers can load by name; pass `dataset` as a name, "
                              "not a Dataset object.")
-        from nas.work_queue import QueuedLabels
+        from nas.campaign._queue import QueuedLabels
 
         self.open()  # the storage holds the campaign before its workers are told to join it
         return QueuedLabels(self.storage_url, self.study_name,

@@ -283,7 +283,7 @@ def run_correlate(args: argparse.Namespace) -> int:
 
     store = None
     if args.storage is not None:
-        from nas.work_queue import QueuedGroundTruth
+        from nas.campaign import QueuedGroundTruth
 
         if args.cache is not None or args.workers != 1:
             given = "--cache" if args.cache is not None else "--workers"

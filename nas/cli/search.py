@@ -322,8 +322,8 @@ def _work_queues(args: argparse.Namespace, storage: str, started: float) -> bool
     """
     import optuna
 
-    from nas.campaign._storage import mask_url, open_storage, worker_session
-    from nas.work_queue import QUEUES, queue_study, run_worker
+    from nas.campaign import mask_url, open_storage, worker_session
+    from nas.campaign import QUEUES, queue_study, run_queue_worker
 
     heartbeat = args.heartbeat_interval or 30
     grace = args.grace_period or 120
@@ -333,7 +333,7 @@ def _work_queues(args: argparse.Namespace, storage: str, started: float) -> bool
         if args.study + suffix not in names:
             continue
         with worker_session() as worker:
-            finished = run_worker(queue_study(opened, args.study, kind), worker=worker, heartbeat_interval=heartbeat,
+            finished = run_queue_worker(queue_study(opened, args.study, kind), worker=worker, heartbeat_interval=heartbeat,
                                   grace_period=grace, progress=args.progress, device=args.device or "cpu")
         what = "ranker labels" if kind == "tse" else "ground-truth runs"
         print(f"worker ran {len(finished)} {what} of {args.study!r} in {mask_url(storage)} "

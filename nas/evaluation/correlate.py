@@ -192,7 +192,7 @@ def correlate(
         n_resamples: Bootstrap resamples of the confidence intervals.
         store: Where the ground truth is trained and kept instead of the SQLite file
             ``cache_path``: an object with ``GroundTruthCache.train_missing``'s
-            signature, e.g. :class:`~nas.work_queue.QueuedGroundTruth`
+            signature, e.g. :class:`~nas.campaign.QueuedGroundTruth`
             (runs queued in an Optuna storage, shared by ``nas worker`` processes).
         table: Ground truth read from a table (:func:`nas.evaluation.table.read_ground_truth`):
             its architectures are the candidates (``archs`` and ``epochs`` are then

@@ -64,6 +64,7 @@ from nas.ghn._ranker import (
     label_seconds,
     log_flops,
     short_training_labels,
+    tse_label,
     with_flops_prior,
 )
 from nas.ghn._ranker_ensemble import RankerEnsemble
@@ -102,6 +103,7 @@ __all__ = [
     "meta_train",
     "read_checkpoint",
     "short_training_labels",
+    "tse_label",
     "snapshot_path",
     "to_pyg",
     "untrained_ghn",

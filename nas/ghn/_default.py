@@ -226,7 +226,7 @@ def ensure_ranker(
         calibration_epochs: Their training budget: what the ranking should
             predict (a campaign's fine-tuning epochs).
         progress: Show progress bars.
-        queue: A :class:`nas.work_queue.QueuedLabels` to label through an Optuna
+        queue: A :class:`nas.campaign.QueuedLabels` to label through an Optuna
             storage (``nas worker`` processes on other machines label too).
 
     Returns:

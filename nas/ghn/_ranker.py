@@ -552,6 +552,14 @@ def _short_training_loss(args: tuple[str, Any, int, int]) -> tuple[float, float]
     return (math.nan if result.failed else float(sum(result.train_losses))), seconds
 
 
+def tse_label(graph: ArchGraph, data: Dataset, k: int, seed: int) -> tuple[float, float]:
+    """One ranker label: the TSE after ``k`` SGD steps from the seed-``seed`` initialisation, and its seconds.
+
+    What :func:`short_training_labels` measures for each architecture (``nan`` when training failed).
+    """
+    return _short_training_loss((graph.to_json(), data, int(k), int(seed)))
+
+
 def _trained_val_loss(args: tuple[str, Any, float, int]) -> tuple[float, float]:
     """Validation loss of one architecture trained from scratch for ``epochs``, and the seconds it took."""
     graph_json, data, epochs, seed = args
@@ -634,7 +642,7 @@ def short_training_labels(
         workers: Processes training in parallel (one torch thread each); ``1``
             trains in this process, with its own thread setting.
         progress: Show a progress bar.
-        queue: A :class:`nas.work_queue.QueuedLabels`: the labels not in ``cache``
+        queue: A :class:`nas.campaign.QueuedLabels`: the labels not in ``cache``
             are queued in its Optuna storage and trained by this process and any
             ``nas worker`` (``workers`` is then not used); they land in ``cache`` as well.
 

@@ -15,7 +15,7 @@ on one):
 
 The process that needs the results enqueues the runs not stored yet and works
 through the queue itself; ``nas worker --storage URL --study NAME`` on any
-machine takes queued runs too (:func:`run_worker`). A worker holds its run with
+machine takes queued runs too (:func:`run_queue_worker`). A worker holds its run with
 a heartbeat; a run whose worker died is failed and put back in the queue
 (:func:`~nas.campaign._storage.reap_stale_trials`), so nothing is lost and,
 apart from a run cut short by a dead worker, nothing is trained twice. Results
@@ -29,6 +29,7 @@ the training diverged) with the full result as user attributes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,18 +43,8 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from nas.campaign._finetune import _frozen
 from nas.campaign._storage import Heartbeat, open_storage, reap_stale_trials, requeue_trial, worker_session
-from nas.evaluation.ground_truth import (
-    _RESULT_FIELDS,
-    GroundTruthRecord,
-    _as_config,
-    _as_graphs,
-    _as_seeds,
-    budget_key,
-    dataset_key,
-    train_candidate,
-)
+from nas.evaluation.ground_truth import GroundTruthRecord, budget_key, dataset_key, train_candidate
 from nas.graph import ArchGraph
 from nas.training import TrainConfig
 
@@ -63,7 +54,7 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import Candidate
 
-__all__ = ["QUEUES", "QueuedGroundTruth", "QueuedLabels", "WorkQueue", "queue_study", "run_worker"]
+__all__ = ["QUEUES", "QueuedGroundTruth", "QueuedLabels", "WorkQueue", "queue_study", "run_queue_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +62,8 @@ logger = logging.getLogger(__name__)
 QUEUES: dict[str, str] = {"tse": "-labels", "ground_truth": "-gt"}
 #: User attribute describing the run of a queued trial.
 UNIT_ATTR = "nas_unit"
+#: The fields of a ground-truth record, the columns of the table after ``key`` and ``seed``.
+_FIELDS = tuple(f.name for f in dataclasses.fields(GroundTruthRecord))
 
 
 def queue_study(storage: Any, study: str, kind: str, *, create: bool = True) -> optuna.Study | None:
@@ -107,9 +100,9 @@ def _run_ground_truth(graph: ArchGraph, data: Dataset, spec: dict[str, Any], dev
 
 
 def _run_tse(graph: ArchGraph, data: Dataset, spec: dict[str, Any], device: str) -> tuple[float, dict]:
-    from nas.ghn._ranker import _short_training_loss
+    from nas.ghn import tse_label
 
-    value, seconds = _short_training_loss((graph.to_json(), data, int(spec["budget"]["steps"]), int(spec["seed"])))
+    value, seconds = tse_label(graph, data, int(spec["budget"]["steps"]), int(spec["seed"]))
     return (value if math.isfinite(value) else math.inf), {"tse": value, "seconds": seconds}
 
 
@@ -197,7 +190,7 @@ class WorkQueue:
                 bar.refresh()
                 if set(units) <= set(done):
                     break
-                ran = run_worker(self.study, worker=worker, heartbeat_interval=self.heartbeat_interval,
+                ran = run_queue_worker(self.study, worker=worker, heartbeat_interval=self.heartbeat_interval,
                                  grace_period=self.grace_period, progress=False, max_runs=1, loaded=loaded,
                                  device=device)
                 mine.update(ran)
@@ -264,7 +257,11 @@ class QueuedGroundTruth:
         if workers != 1:
             raise ValueError(f"`workers` must be 1 with a storage queue (start more `nas worker` processes), "
                              f"but got {workers!r}.")
-        graphs, config, seed_list = _as_graphs(candidates), _as_config(budget), _as_seeds(seeds)
+        graphs = [getattr(c, "graph", c) for c in candidates]  # a nas.space.Candidate or a graph
+        config = budget if isinstance(budget, TrainConfig) else TrainConfig(epochs=budget)
+        seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+        if not seed_list or len(set(seed_list)) != len(seed_list):
+            raise ValueError(f"`seeds` must be a positive count or distinct seeds, but got {seeds!r}.")
         dkey, bkey = dataset_key(data), budget_key(config)
         ids = {(g.key, s): _unit_id(g.key, dkey, bkey, s) for g in graphs for s in seed_list}
         units = {ids[g.key, s]: self.queue.spec(g, data, json.loads(bkey), s) for g in graphs for s in seed_list}
@@ -273,9 +270,9 @@ class QueuedGroundTruth:
         for graph in graphs:
             for seed in seed_list:
                 unit = ids[graph.key, seed]
-                record = GroundTruthRecord(**{f: results[unit].get(f) for f in _RESULT_FIELDS})
+                record = GroundTruthRecord(**{f: results[unit].get(f) for f in _FIELDS})
                 rows.append({"key": graph.key, "seed": seed, **record.to_dict(), "cached": unit not in mine})
-        frame = pd.DataFrame(rows, columns=["key", "seed", *_RESULT_FIELDS, "cached"])
+        frame = pd.DataFrame(rows, columns=["key", "seed", *_FIELDS, "cached"])
         frame["val_loss"] = frame["val_loss"].astype(float)
         return frame
 
@@ -304,7 +301,7 @@ class QueuedLabels:
 # --------------------------------------------------------------------------- the worker
 
 
-def run_worker(
+def run_queue_worker(
     study: optuna.Study,
     *,
     worker: str,
@@ -363,7 +360,8 @@ def run_worker(
         except optuna.TrialPruned:
             raise
         except BaseException:
-            requeue_trial(study, _frozen(study, trial.number))
+            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            requeue_trial(study, frozen)
             raise
         for name, item in result.items():
             trial.set_user_attr(name, item)
