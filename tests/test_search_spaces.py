@@ -75,7 +75,8 @@ class TestMySpaceConformance(SpaceConformance):
 
 
 #: The user-style spaces of ``examples/`` that the ranking suite evaluates (``experiments/suite.py``).
-SUITE_EXAMPLES = ["branch_space.py:BranchSpace", "mobile_space.py:MobileSpace", "resnet_space.py:ResNetSpace"]
+SUITE_EXAMPLES = ["branch_space.py:BranchSpace", "mobile_space.py:MobileSpace", "resnet_space.py:ResNetSpace",
+                  "inception_space.py:InceptionSpace", "dense_space.py:DenseSpace"]
 
 
 @pytest.mark.parametrize("shape", [DIGITS, MNIST], ids=["digits", "mnist"])
