@@ -437,7 +437,8 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="score every method again")
     parser.add_argument("--report", action="store_true", help="only rebuild the suite tables and figure")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny budgets (8 candidates, 0.2 epochs, 20 GHN steps) on --pairs or two pairs: checks the pipeline")
+                        help="tiny budgets (8 candidates, 0.2 epochs, 20 GHN steps) on --pairs or two pairs: "
+                             "checks the pipeline")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
