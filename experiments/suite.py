@@ -312,6 +312,8 @@ HEADLINE = ["ghn", "ghn_w05", "ghn_noprior", "ghn_meta", "ghn_n100", "opcount_ra
 
 #: Round 2's rule R2a: the calibrated ranker within this of the better fixed weight (0.5 or none).
 R2A_MARGIN = 0.02
+#: Round 3's margin (R3a, R3c): how far below the compared row a method may rank and still hold.
+R3_MARGIN = 0.02
 
 
 def report(root: Path, pairs: list[Pair]) -> pd.DataFrame:
@@ -357,6 +359,11 @@ def report(root: Path, pairs: list[Pair]) -> pd.DataFrame:
     wide.insert(0, "ceiling", ceil)
     (suite / "suite.md").write_text(wide.round(3).to_markdown() + "\n")
     verdict(table, pd.concat(roles, ignore_index=True) if roles else None).to_csv(suite / "verdict.csv", index=False)
+    rounds = {p.name: p.round for p in PAIRS}
+    if any(rounds.get(p) == 3 for p in table["pair"]):
+        round3 = round3_verdict(table, rounds)
+        round3.to_csv(suite / "round3.csv", index=False)
+        (suite / "round3.md").write_text(round3.round(3).to_markdown(index=False) + "\n")
     _figure(table, suite)
     return table
 
@@ -384,6 +391,42 @@ def verdict(table: pd.DataFrame, roles: pd.DataFrame | None, *, method: str = "g
             row.update(ghn_lift=lift["value"], ghn_lift_lo=lift["lo"], ghn_lift_hi=lift["hi"],
                        ghn_lifts=bool(lift["value"] >= 0.05 and lift["lo"] > 0))
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def round3_verdict(table: pd.DataFrame, rounds: dict[str, int]) -> pd.DataFrame:
+    """Round 3's rules (``RESULTS.md``), one row per pair.
+
+    R3a, on the round-3 pairs: no prior (``ghn_noprior``) becomes the default if it is within
+    ``R3_MARGIN`` of the fixed weight 0.5 (``ghn_w05``) on each; calibration (``ghn``) stays only if
+    it beats no prior by more than the margin on one of them and trails it by no more on either.
+    R3b: the R3a default at 0.9x the noise ceiling on 6 of the pairs (one of round 3 among them)
+    and at or above the best zero-cost proxy on every pair. R3c: short training (``short_training``)
+    within the margin of the R3a default on each round-3 pair.
+    Every row repeats the pair-level verdicts (``r3a_*``, ``r3b``, ``r3c``).
+    """
+    wide = table.pivot(index="pair", columns="method", values="kendall")
+    ceiling = table.groupby("pair")["noise_ceiling"].first()
+    new = [p for p in wide.index if rounds.get(p) == 3]
+    noprior = bool(all(wide.loc[p, "ghn_noprior"] >= wide.loc[p, "ghn_w05"] - R3_MARGIN for p in new))
+    default = "ghn_noprior" if noprior else "ghn_w05"
+    gain = [wide.loc[p, "ghn"] - wide.loc[p, "ghn_noprior"] for p in new]
+    calibration = bool(any(g > R3_MARGIN for g in gain) and all(g >= -R3_MARGIN for g in gain))
+    at_09 = wide[default] >= 0.9 * ceiling
+    beats = wide[default] >= wide["best_zero_cost"]
+    r3b = bool(at_09.sum() >= 6 and at_09[new].any() and beats.all())
+    r3c = bool(all(wide.loc[p, "short_training"] >= wide.loc[p, default] - R3_MARGIN for p in new))
+    rows = []
+    for pair in wide.index:
+        rows.append({
+            "pair": pair, "round": rounds.get(pair), "noise_ceiling": ceiling[pair],
+            "ghn_w05": wide.loc[pair, "ghn_w05"],
+            "ghn_noprior": wide.loc[pair, "ghn_noprior"], "ghn_calibrated": wide.loc[pair, "ghn"],
+            "short_training": wide.loc[pair, "short_training"], "best_zero_cost": wide.loc[pair, "best_zero_cost"],
+            "default": default, "default_x_ceiling": wide.loc[pair, default] / ceiling[pair],
+            "default_at_0.9_ceiling": bool(at_09[pair]), "default_beats_zero_cost": bool(beats[pair]),
+            "r3a_noprior": noprior, "r3a_calibration_stays": calibration, "r3b": r3b, "r3c": r3c,
+        })
     return pd.DataFrame(rows)
 
 
