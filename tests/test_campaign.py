@@ -774,6 +774,51 @@ def test_a_bad_ranker_checkpoint_leaves_the_storage_untouched(
     assert not (out / "campaign.db").exists()
 
 
+def test_rank_by_short_trains_each_candidate_briefly_once_and_resumes(
+    tmp_path: Path, ghn_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas.ghn._ranker
+    from nas.ghn import tse_label
+
+    out = tmp_path / "run"
+    # No rank_by: 8 trials cost less to train for 2 steps than the ranker's 20 labels would.
+    campaign = small_campaign(out, ghn_path, rank_by=None, ranker_labels=20, ranker_k=2, trials=8, batch_size=4,
+                              top_k=2, label_workers=2)
+    assert campaign.config.rank_by == "short" and campaign.config.refine == 0
+    result = campaign.run()
+    assert result.rank_by == "short" and result.ranker is None
+    assert not (out / "ranker.pt").exists() and not (out / "ranker_labels.csv").exists()  # no label was trained
+    runs = pd.read_csv(out / "rank_tse.csv")
+    cand = result.candidates
+    assert runs["key"].is_unique and set(runs["key"]) == set(cand["key"])  # each distinct candidate trained once
+    assert (cand["rank_by"] == "short").all()
+    first = cand.sort_values("rank_score").iloc[0]
+    rank, _ = campaign.open()
+    graph = campaign.space.from_params(rank.trials[int(first["trial"])].params)
+    tse, _ = tse_label(graph, campaign.data, 2, 0)  # the score is the candidate's own 2-step TSE (seed 0)
+    assert first["rank_score"] == pytest.approx(tse, rel=1e-5)
+    assert result.short_training == {"trained": len(runs), "k": 2, "seconds": pytest.approx(runs["seconds"].sum())}
+    assert f"short training: {len(runs)} candidates trained for 2 SGD steps each" in result.summary()
+    assert result.best is not None and result.best["pick"] == "rank"
+    assert result.best["key"] == first["key"]
+
+    # Resumed with more trials: the stored rank_by holds; only the new candidates are trained.
+    def counting(args: Any) -> Any:
+        counting.calls += 1
+        return real(args)
+
+    real, counting.calls = nas.ghn._ranker._short_training_loss, 0
+    monkeypatch.setattr(nas.ghn._ranker, "_short_training_loss", counting)
+    more = small_campaign(out, ghn_path, rank_by="short", ranker_labels=20, ranker_k=2, trials=12, batch_size=4,
+                          top_k=2)
+    more.rank()
+    after = pd.read_csv(out / "rank_tse.csv")
+    assert counting.calls == len(after) - len(runs) and after["key"].is_unique
+    # The default would now resolve to the ranker (12 > 10 labels): the stored campaign names its own way.
+    with pytest.raises(StorageError, match="rank_by: stored 'short', requested 'ranker'"):
+        small_campaign(out, ghn_path, rank_by=None, ranker_labels=10, ranker_k=2, trials=12).open()
+
+
 def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "run"
     rank, _ = small_campaign(out, None, rank_by="ranker").open()

@@ -53,12 +53,13 @@ CHANGED: dict[str, Any] = {
 }
 
 #: The defaults the campaign had before CampaignConfig (Campaign.__init__'s keyword defaults and
-#: `nas search`'s flags): `nas demo` and a default `nas search` must rank and pick the same
+#: `nas search`'s flags): `nas demo` must rank and pick the same
 #: (`ranker_calibration` came later; its default, 0, keeps the fixed prior weight of before; the latency
-#: settings came later too and act only with `objectives="loss,latency"`).
+#: settings came later too and act only with `objectives="loss,latency"`; `rank_by` became ``None``,
+#: resolved by the trial count, with round 3 of the ranking suite).
 OLD_DEFAULTS: dict[str, Any] = {
     "space": "nb201", "space_args": {}, "dataset": "mnist5k", "data_seed": 0, "ghn": None, "ghn_steps": None,
-    "rank_by": "ranker", "ranker": None, "ranker_labels": 700, "ranker_k": 30, "ranker_calibration": 0,
+    "rank_by": None, "ranker": None, "ranker_labels": 700, "ranker_k": 30, "ranker_calibration": 0,
     "label_workers": 1, "queue_labels": False, "trials": 300,
     "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "latency_pool": 32,
     "latency_batch_size": 1, "batch_size": 32,
@@ -96,8 +97,7 @@ def _print_config(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_changed_values_cover_every_setting_and_differ_from_the_defaults() -> None:
     assert list(CHANGED) == list(setting_names())
     default = CampaignConfig()
-    # rank_by stays "ranker" (the ranker settings need it); its other value is checked below.
-    assert [name for name, value in CHANGED.items() if getattr(default, name) == value] == ["rank_by"]
+    assert [name for name, value in CHANGED.items() if getattr(default, name) == value] == []
 
 
 def test_every_setting_round_trips_through_dict_and_toml() -> None:
@@ -144,11 +144,41 @@ def test_defaults_are_the_old_campaign_defaults() -> None:
 
 
 def test_resolved_defaults_depend_on_the_ranking_as_before() -> None:
-    ranker = CampaignConfig().resolved()
+    ranker = CampaignConfig(rank_by="ranker").resolved()
     assert (ranker.refine, ranker.refine_trials, ranker.self_check_epochs, ranker.pick) == (5, 300, 3.0, "rank")
     loss = CampaignConfig(rank_by="loss", objectives="loss,flops").resolved()
     assert (loss.refine, loss.pick) == (0, "finetuned")
     assert CampaignConfig(objectives="loss,params").resolved().pick == "finetuned"
+
+
+@pytest.mark.parametrize(
+    "values, rank_by",
+    [
+        ({}, "short"),  # 300 trials cost less to train briefly than 700 labels
+        ({"trials": 700}, "short"),
+        ({"trials": 701}, "ranker"),
+        ({"trials": 50, "ranker_labels": 40}, "ranker"),
+        ({"trials": 10, "ranker": "r.pt"}, "ranker"),  # a fitted ranker costs nothing more
+        ({"trials": 5000, "rank_by": "short"}, "short"),
+        ({"rank_by": "loss"}, "loss"),
+    ],
+)
+def test_rank_by_defaults_to_short_training_when_it_costs_no_more_than_the_labels(
+    values: dict[str, Any], rank_by: str
+) -> None:
+    config = CampaignConfig(**values)
+    assert config.rank_by == values.get("rank_by")
+    resolved = config.resolved()
+    assert resolved.rank_by == rank_by
+    assert resolved.refine == (5 if rank_by == "ranker" else 0)  # one-choice refinement only where scores are free
+    assert resolved.pick == ("finetuned" if rank_by == "loss" else "rank")
+    assert resolved.resolved() == resolved
+
+
+def test_short_training_keeps_its_steps_in_the_identity_and_drops_the_labels() -> None:
+    short = CampaignConfig(rank_by="short").identity()
+    assert short["ranker_k"] == 30 and short["ranker_labels"] is None and short["ranker_calibration"] is None
+    assert CampaignConfig(rank_by="loss").identity()["ranker_k"] is None
 
 
 def test_demo_settings_are_unchanged() -> None:
@@ -159,7 +189,7 @@ def test_demo_settings_are_unchanged() -> None:
     old = {  # nas demo before CampaignConfig: its DEMO dict over Campaign's defaults
         **OLD_DEFAULTS, "trials": 300, "top_k": 3, "finetune_epochs": 2.0, "self_check": 8, "self_check_epochs": 1.0,
         "batch_size": 50, "ranker_labels": 700, "ranker_k": 30, "label_workers": 2, "ghn_steps": 400,
-        "out": "runs/demo", "refine": 3, "refine_trials": 300, "pick": "rank",
+        "out": "runs/demo", "refine": 3, "refine_trials": 300, "pick": "rank", "rank_by": "ranker",
     }
     assert demo.to_dict() == old
     default = MetaTrainConfig()

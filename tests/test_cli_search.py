@@ -200,7 +200,8 @@ def test_bad_ranker_file_is_one_line_and_creates_no_storage(
     assert not (out / "campaign.db").exists()
 
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    Campaign(space="nb201", dataset="digits", out=tmp_path / "c", storage=url, study="s", space_args=SPACE_ARGS).open()
+    Campaign(space="nb201", dataset="digits", out=tmp_path / "c", storage=url, study="s", space_args=SPACE_ARGS,
+             rank_by="ranker").open()
     rc, _, err = run_cli(["worker", "--storage", url, "--study", "s", "--ranker", str(bad), "--no-progress"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and str(bad) in err, err
 

@@ -43,7 +43,9 @@ from nas.campaign._finetune import (
 from nas.campaign._rank import (
     RANK_BY,
     SAMPLERS,
+    SHORT_TRAINING_FILE,
     RankStats,
+    ShortTrainingScore,
     resolve_objectives,
     resolve_sampler,
     run_rank_stage,
@@ -94,6 +96,8 @@ class CampaignResult:
         ranker: What the ranker was fitted on and its FLOPs-prior weight
             (``labelled``, ``k``, ``flops_weight`` and, when calibrated, ``calibration``),
             when this process ranked with a :class:`~nas.ghn.GHNRanker`; else ``None``.
+        short_training: With ``rank_by="short"``: the candidates trained (``trained``),
+            their SGD steps (``k``) and the CPU-seconds of those runs (``seconds``); else ``None``.
     """
 
     candidates: pd.DataFrame
@@ -109,6 +113,7 @@ class CampaignResult:
     study: str = ""
     rank_by: str = "loss"
     ranker: dict[str, Any] | None = None
+    short_training: dict[str, Any] | None = None
 
     @property
     def pareto(self) -> pd.DataFrame:
@@ -139,6 +144,10 @@ class CampaignResult:
             how = (f"chosen on {cal['n']} architectures trained for {cal['epochs']:g} epochs" if cal else "fixed")
             lines.append(f"ranker: {self.ranker.get('labelled', '?')} labels of {self.ranker.get('k', '?')} SGD steps; "
                          f"FLOPs-prior weight {self.ranker['flops_weight']:g} ({how})")
+        if self.short_training is not None:
+            st = self.short_training
+            lines.append(f"short training: {st['trained']} candidates trained for {st['k']} SGD steps each, "
+                         f"{st['seconds']:.0f} CPU-s in all (the ranker would have trained its labels first)")
         if "latency_ms" in self.candidates.columns:
             lat = self.candidates["latency_ms"].astype(float)
             front = self.candidates[self.candidates["pareto"]]
@@ -160,6 +169,12 @@ def _ranker_summary(ranker: Any) -> dict[str, Any] | None:
         return None
     info = {k: ranker.label_info.get(k) for k in ("labelled", "k", "seed", "calibration")}
     return {**info, "flops_weight": ranker.config.flops_weight}
+
+
+def _short_training_summary(path: Path, config: CampaignConfig) -> dict[str, Any]:
+    """:attr:`CampaignResult.short_training` from the runs cached in ``path`` (none yet: zeros)."""
+    runs = pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame(columns=["seconds"])
+    return {"trained": len(runs), "k": config.ranker_k, "seconds": float(pd.to_numeric(runs["seconds"]).sum())}
 
 
 def _normalise(value: Any) -> Any:
@@ -298,11 +313,12 @@ class Campaign:
                 )
             else:
                 self._ranker_in = several if isinstance(ranker, (list, tuple)) else ranker
-                if settings.get("rank_by", (config or CampaignConfig()).rank_by) != "ranker":
-                    rank_by = settings.get("rank_by", (config or CampaignConfig()).rank_by)
+                rank_by = settings.get("rank_by", (config or CampaignConfig()).rank_by)
+                if rank_by not in (None, "ranker"):
                     raise ValueError(
                         f"`ranker` is used only when `rank_by` is 'ranker', but `rank_by` is {rank_by!r}."
                     )
+                settings["rank_by"] = "ranker"
         if isinstance(sampler, BaseSampler):
             self._sampler_in = sampler
         elif sampler is not None:
@@ -444,6 +460,15 @@ class Campaign:
         if self._ranker is None:
             self._ranker = self._resolve_ranker()
         return self._ranker
+
+    def short_training(self) -> ShortTrainingScore:
+        """The scorer of ``rank_by="short"``: each candidate's TSE after ``ranker_k`` steps (``OUT/rank_tse.csv``).
+
+        Trained by ``label_workers`` processes, or through the labels' queue with ``queue_labels``.
+        """
+        config = self.config
+        return ShortTrainingScore(self.data, k=config.ranker_k, seed=config.seed, cache=self.out / SHORT_TRAINING_FILE,
+                                  workers=config.label_workers, queue=self._label_queue(), progress=config.progress)
 
     def _ranker_sources(self) -> list[Any] | Any | None:
         """The ranker as given: an object or path, a list of those (an ensemble), or ``None`` (fit one here)."""
@@ -622,8 +647,8 @@ class Campaign:
     def rank(self, *, worker: str | None = None) -> RankStats:
         """Stage 1: run the rank study up to ``trials`` complete trials (scored by ``rank_by``)."""
         rank, _ = self.open()
-        ranker = self.ranker
-        ghn = None if ranker is not None else self.ghn  # the ranker needs no predicted weights
+        ranker = self.short_training() if self.config.rank_by == "short" else self.ranker
+        ghn = None if ranker is not None else self.ghn  # the ranker and short training need no predicted weights
         space, data = self.space, self.data
         with worker_session() as fresh:
             self.rank_stats = run_rank_stage(
@@ -814,6 +839,8 @@ class Campaign:
             study=self.study_name,
             rank_by=self.config.rank_by,
             ranker=_ranker_summary(self._ranker),
+            short_training=_short_training_summary(self.out / SHORT_TRAINING_FILE, self.config)
+            if self.config.rank_by == "short" else None,
         )
 
     def run(self) -> CampaignResult:

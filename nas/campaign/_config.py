@@ -85,15 +85,18 @@ class CampaignConfig:
         ghn: Path of a GHN checkpoint; ``None`` meta-trains the default recipe
             into ``<out>/ghn.pt`` (reused when there).
         ghn_steps: Meta-training steps of that GHN (``None``: the recipe's).
-        rank_by: What scores a candidate in stage 1 (:data:`~nas.campaign.RANK_BY`).
+        rank_by: What scores a candidate in stage 1 (:data:`~nas.campaign.RANK_BY`;
+            ``None``: ``"short"`` when ``trials`` <= ``ranker_labels`` and no ``ranker`` is given,
+            else ``"ranker"``; see :meth:`resolved`).
         ranker: Path of a ranker checkpoint, a list of them (ranked by their
             mean), or ``None`` to fit one into ``<out>/ranker.pt``.
         ranker_labels: Architectures trained briefly to fit that ranker (at least 4).
-        ranker_k: SGD steps of each of those short trainings.
+        ranker_k: SGD steps of each of those short trainings (and of each candidate's
+            with ``rank_by="short"``).
         ranker_calibration: Architectures trained from scratch for
             ``finetune_epochs`` to choose the fitted ranker's FLOPs-prior weight
             (:meth:`nas.ghn.GHNRanker.calibrate`); ``0`` (the default) keeps the fixed weight 0.5.
-        label_workers: Processes running those short trainings in parallel.
+        label_workers: Processes running those short trainings (or the candidates') in parallel.
         queue_labels: Queue the labels in the campaign's storage (study
             ``<study>-labels``), so ``nas worker`` processes on any machine label
             too; ``label_workers`` then does not apply.
@@ -149,20 +152,21 @@ class CampaignConfig:
                                metavar="PATH")
     ghn_steps: int | None = _setting(None, "meta-training steps of the GHN trained when --ghn is not given "
                                      "(default: the recipe's)", "ranking", metavar="N")
-    rank_by: str = _setting("ranker", "what scores a candidate in stage 1", "ranking", identity=True,
-                            choices=RANK_BY)
+    rank_by: str | None = _setting(None, "what scores a candidate in stage 1 (default: short when --trials is at "
+                                   "most --ranker-labels and no --ranker is given, else ranker)", "ranking",
+                                   identity=True, choices=RANK_BY)
     ranker: str | list[str] | None = _setting(
         None, "ranker checkpoint (default: fit one into OUT/ranker.pt; with --rank-by ranker only); repeat it to "
         "rank by the mean of several rankers", "ranking", metavar="PATH")
     ranker_labels: int = _setting(700, "architectures trained briefly to fit the ranker when --ranker is not "
                                   "given", "ranking", metavar="N", identity=True)
-    ranker_k: int = _setting(30, "SGD steps of each of those short trainings", "ranking", metavar="K",
-                             identity=True)
+    ranker_k: int = _setting(30, "SGD steps of each of those short trainings (and of each candidate's with "
+                             "--rank-by short)", "ranking", metavar="K", identity=True)
     ranker_calibration: int = _setting(0, "architectures trained for --finetune-epochs to choose the fitted "
                                        "ranker's FLOPs-prior weight (0 = fixed weight 0.5)", "ranking", metavar="N",
                                        identity=True)
-    label_workers: int = _setting(1, "processes running those short trainings in parallel", "ranking",
-                                  metavar="W")
+    label_workers: int = _setting(1, "processes running those short trainings (or the candidates') in parallel",
+                                  "ranking", metavar="W")
     queue_labels: bool = _setting(False, "queue the ranker's labels in the storage (study STUDY-labels) so that "
                                   "`nas worker` processes on any machine label too (--label-workers then does not "
                                   "apply)", "ranking")
@@ -227,9 +231,10 @@ class CampaignConfig:
             set_(self, "ghn", str(self.ghn))
         if self.ghn_steps is not None:
             _positive_int("ghn_steps", self.ghn_steps)
-        set_(self, "rank_by", resolve_rank_by(self.rank_by))
+        if self.rank_by is not None:
+            set_(self, "rank_by", resolve_rank_by(self.rank_by))
         if self.ranker is not None:
-            if self.rank_by != "ranker":
+            if self.rank_by not in (None, "ranker"):
                 raise ValueError(
                     f"`ranker` is used only when `rank_by` is 'ranker', but `rank_by` is {self.rank_by!r}."
                 )
@@ -237,7 +242,8 @@ class CampaignConfig:
             paths = list(self.ranker) if several else [self.ranker]
             if not paths or not all(isinstance(p, (str, Path)) and str(p).strip() for p in paths):
                 raise ValueError(
-                    f"`ranker` must be the path of a ranker checkpoint, a list of them or None, but got {self.ranker!r}."
+                    "`ranker` must be the path of a ranker checkpoint, a list of them or None, "
+                    f"but got {self.ranker!r}."
                 )
             set_(self, "ranker", [str(p) for p in paths] if several else str(paths[0]))
         if _int("ranker_labels", self.ranker_labels) < MIN_RANKER_LABELS:
@@ -318,14 +324,21 @@ class CampaignConfig:
     def resolved(self) -> CampaignConfig:
         """A copy whose ``None`` defaults that depend on other settings are filled in.
 
+        ``rank_by`` becomes ``"short"`` when no ``ranker`` is given and ``trials``
+        is at most ``ranker_labels`` (training each candidate for ``ranker_k``
+        steps then costs no more than the ranker's labels), else ``"ranker"``;
         ``refine`` becomes ``top_k`` when ranking by the ranker (else 0),
         ``refine_trials`` becomes ``trials``, ``self_check_epochs`` becomes
         ``finetune_epochs`` and ``pick`` becomes ``"rank"`` when ranking by the
-        ranker on one objective (else ``"finetuned"``).
+        ranker or by short training on one objective (else ``"finetuned"``).
         """
-        ranker_one = self.rank_by == "ranker" and "," not in self.objectives
+        rank_by = self.rank_by
+        if rank_by is None:  # each candidate trained for k steps costs what one ranker label costs
+            rank_by = "ranker" if self.ranker is not None or self.trials > self.ranker_labels else "short"
+        ranker_one = rank_by in ("ranker", "short") and "," not in self.objectives
         return self.replace(
-            refine=self.refine if self.refine is not None else (self.top_k if self.rank_by == "ranker" else 0),
+            rank_by=rank_by,
+            refine=self.refine if self.refine is not None else (self.top_k if rank_by == "ranker" else 0),
             refine_trials=self.refine_trials if self.refine_trials is not None else self.trials,
             self_check_epochs=self.self_check_epochs if self.self_check_epochs is not None else self.finetune_epochs,
             pick=self.pick or ("rank" if ranker_one else "finetuned"),
@@ -334,11 +347,14 @@ class CampaignConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that must agree for a process to join a stored campaign (see :data:`IDENTITY_KEYS`).
 
-        The ranker's labels belong to it only when the campaign ranks by the ranker.
+        The ranker's labels belong to it only when the campaign ranks by the ranker;
+        their steps (``ranker_k``) also set short training's.
         """
         values = {name: getattr(self, name) for name in IDENTITY_KEYS}
         if self.rank_by != "ranker":
-            values["ranker_labels"] = values["ranker_k"] = values["ranker_calibration"] = None
+            values["ranker_labels"] = values["ranker_calibration"] = None
+        if self.rank_by not in ("ranker", "short"):
+            values["ranker_k"] = None
         return _normalise(values)
 
     # ------------------------------------------------------------ serialisation

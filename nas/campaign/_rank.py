@@ -1,19 +1,23 @@
-"""Stage 1: rank candidates by a score computed without training them.
+"""Stage 1: rank candidates by a cheap score: predicted, or measured after a few SGD steps.
 
 Each trial of the ``<name>-rank`` study builds a candidate through the search
 space (define-by-run) and is told its *rank score* (lower is better), one of
 :data:`RANK_BY`:
 
-* ``"ranker"`` (the default of a campaign): :meth:`nas.ghn.GHNRanker.score`,
-  the short-training loss (TSE, the sum of the first ``k`` SGD losses from
-  random initialisation) that the ranker predicts from the graph alone, with
-  its capacity prior (log-FLOPs) subtracted; a few milliseconds per candidate
-  and no image touched;
+* ``"ranker"`` (the default of a campaign that scores more candidates than
+  the ranker has labels): :meth:`nas.ghn.GHNRanker.score`, the short-training
+  loss (TSE, the sum of the first ``k`` SGD losses from random initialisation)
+  that the ranker predicts from the graph alone, with its capacity prior
+  (log-FLOPs) subtracted; a few milliseconds per candidate and no image touched;
 * ``"loss"``: the validation loss of the network with the GHN's predicted
-  weights, no SGD (about 0.6 s per candidate on a CPU core).
+  weights, no SGD (about 0.6 s per candidate on a CPU core);
+* ``"short"`` (the default of a campaign that scores no more candidates than
+  the ranker has labels): the candidate's own short-training loss, the quantity
+  the ranker predicts, measured (:class:`ShortTrainingScore`; one ranker label's
+  cost per candidate, about 1 s on a CPU core for 30 steps on digits).
 
-Trials are asked in batches, so one call of the scorer (``ranker.score`` or
-``ghn.evaluate``) scores many graphs; a candidate whose canonical key was
+Trials are asked in batches, so one call of the scorer (``ranker.score``,
+``ShortTrainingScore.score`` or ``ghn.evaluate``) scores many graphs; a candidate whose canonical key was
 scored before (by any worker) is not scored again: its trial is told the
 stored score. The score is stored in the trial's user attribute
 ``rank_score``; ranking by ``"loss"`` also stores ``ghn_loss`` and ``ghn_acc``
@@ -58,7 +62,9 @@ __all__ = [
     "OBJECTIVES",
     "RANK_BY",
     "SAMPLERS",
+    "SHORT_TRAINING_FILE",
     "RankStats",
+    "ShortTrainingScore",
     "rank_by_of",
     "rank_score",
     "refinement_params",
@@ -120,16 +126,57 @@ def resolve_sampler(sampler: str | BaseSampler, *, seed: int | None = None) -> B
 
 #: What ranks the candidates (``Campaign(rank_by=...)``, ``nas search --rank-by``) -> what the rank score is.
 RANK_BY: dict[str, str] = {
+    "short": "short-training loss of the candidate itself (TSE of ranker_k SGD steps)",
     "ranker": "short-training loss predicted by the GHN ranker, with its log-FLOPs prior",
     "loss": "validation loss of the GHN-predicted weights",
 }
+
+
+#: File in the campaign's folder that caches the short trainings of ``rank_by="short"``.
+SHORT_TRAINING_FILE = "rank_tse.csv"
+
+
+class ShortTrainingScore:
+    """The rank score of ``rank_by="short"``: each candidate's own TSE after ``k`` SGD steps.
+
+    The quantity the ranker predicts, measured instead: training each candidate
+    costs what one ranker label costs, so a campaign that scores fewer candidates
+    than the ranker has labels pays less this way (:meth:`CampaignConfig.resolved`).
+    A batch is trained by :func:`nas.ghn.tse_scores`: by ``workers`` processes or
+    through ``queue``, each run appended to ``cache`` so that a killed campaign
+    trains none of them twice.
+
+    Args:
+        data: The dataset (training split only is used).
+        k: SGD steps per candidate.
+        seed: Seed of every training run.
+        cache: CSV of finished runs (``key, graph, tse, seconds``).
+        workers: Processes training in parallel.
+        queue: A :class:`~nas.campaign.QueuedLabels` (``queue_labels``), or ``None``.
+        progress: Show a progress bar per batch.
+    """
+
+    #: What a non-finite score means, in a failed trial's ``error``.
+    score_name = "short-training loss"
+
+    def __init__(self, data: Any, *, k: int, seed: int, cache: Any, workers: int = 1, queue: Any = None,
+                 progress: bool = False) -> None:
+        self.data, self.k, self.seed, self.cache = data, int(k), int(seed), cache
+        self.workers, self.queue, self.progress = int(workers), queue, bool(progress)
+
+    def score(self, graphs: Sequence[ArchGraph]) -> list[float]:
+        """TSE of each graph (``[len(graphs)]``, lower is better; ``nan`` where training failed)."""
+        from nas.ghn import tse_scores
+
+        return tse_scores(graphs, self.data, k=self.k, seed=self.seed, cache=self.cache, workers=self.workers,
+                          progress=self.progress, queue=self.queue).tolist()
 
 
 def resolve_rank_by(rank_by: str) -> str:
     """Check a ``rank_by`` name.
 
     Args:
-        rank_by: ``"ranker"`` or ``"loss"`` (see :data:`RANK_BY`).
+        rank_by: ``"short"``, ``"ranker"`` or ``"loss"`` (see :data:`RANK_BY`).
 
     Returns:
         The name, lower-cased.
@@ -348,7 +395,7 @@ def _evaluate(
         if math.isfinite(attrs["rank_score"]):
             outcomes.append(_Outcome(trial, TrialState.COMPLETE, attrs, _values(attrs, objectives)))
         else:
-            what = "ranker prediction" if ranker is not None else "predicted-weight loss"
+            what = getattr(ranker, "score_name", "ranker prediction") if ranker is not None else "predicted-weight loss"
             attrs["error"] = f"{what} is not finite ({attrs['rank_score']})"
             outcomes.append(_Outcome(trial, TrialState.FAIL, attrs))
             stats.failed += 1

@@ -154,8 +154,9 @@ MIN_PLOT_POINTS = 3
 
 
 def rank_score_label(rank_by: str) -> str:
-    """Axis label of the rank score of ``rank_by`` (``"ranker"`` or ``"loss"``)."""
+    """Axis label of the rank score of ``rank_by`` (``"short"``, ``"ranker"`` or ``"loss"``)."""
     label = {
+        "short": "short-training loss (sum of the first k SGD losses)",
         "ranker": "ranker score: z(predicted TSE) - w z(log FLOPs)",
         "loss": "predicted-weight validation loss",
     }.get(rank_by, RANK_BY.get(rank_by, str(rank_by)))

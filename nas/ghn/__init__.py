@@ -65,6 +65,7 @@ from nas.ghn._ranker import (
     log_flops,
     short_training_labels,
     tse_label,
+    tse_scores,
     with_flops_prior,
 )
 from nas.ghn._ranker_ensemble import RankerEnsemble
@@ -104,6 +105,7 @@ __all__ = [
     "read_checkpoint",
     "short_training_labels",
     "tse_label",
+    "tse_scores",
     "snapshot_path",
     "to_pyg",
     "untrained_ghn",

@@ -660,6 +660,50 @@ def short_training_labels(
                     desc=f"TSE labels (k={k})", progress=progress, queue=queue)
 
 
+def tse_scores(
+    graphs: Sequence[ArchGraph],
+    data: Dataset,
+    *,
+    k: int = 30,
+    seed: int = 0,
+    cache: str | Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    queue: Any = None,
+) -> np.ndarray:
+    """The TSE after ``k`` SGD steps of each of ``graphs``: what a ranker label measures, for given graphs.
+
+    The same training as :func:`short_training_labels` (and the ``short_training``
+    scorer of :mod:`nas.evaluation`), of the architectures given rather than of a sample.
+
+    Args:
+        graphs: The architectures.
+        data: The dataset (training split only is used).
+        k: SGD steps per architecture.
+        seed: Seed of every training run.
+        cache: CSV of finished runs (``key, graph, tse, seconds``), appended as runs
+            finish, so an interrupted call resumes; a graph found there is not trained again.
+        workers: Processes training in parallel (one torch thread each).
+        progress: Show a progress bar.
+        queue: A :class:`nas.campaign.QueuedLabels` that trains them instead (see
+            :func:`short_training_labels`).
+
+    Returns:
+        ``[len(graphs)]`` TSE per graph, in order; ``nan`` where training failed.
+
+    Raises:
+        ValueError: ``k`` or ``workers`` is not a positive int.
+    """
+    for name, value in (("k", k), ("workers", workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
+    unique = list({g.key: g for g in graphs}.values())
+    kept, values = _measure(unique, _short_training_loss, data, k, seed, cache=cache, column="tse", workers=workers,
+                            desc=f"short training (k={k})", progress=progress, queue=queue)
+    by_key = {g.key: float(v) for g, v in zip(kept, values)}
+    return np.array([by_key.get(g.key, math.nan) for g in graphs], dtype=np.float64)
+
+
 def calibration_losses(
     space: SearchSpace,
     data: Dataset,
