@@ -797,8 +797,10 @@ def test_rank_by_short_trains_each_candidate_briefly_once_and_resumes(
     graph = campaign.space.from_params(rank.trials[int(first["trial"])].params)
     tse, _ = tse_label(graph, campaign.data, 2, 0)  # the score is the candidate's own 2-step TSE (seed 0)
     assert first["rank_score"] == pytest.approx(tse, rel=1e-5)
-    assert result.short_training == {"trained": len(runs), "k": 2, "seconds": pytest.approx(runs["seconds"].sum())}
+    assert result.short_training == {"trained": len(runs), "k": 2, "seconds": pytest.approx(runs["seconds"].sum()),
+                                     "labels": 20}
     assert f"short training: {len(runs)} candidates trained for 2 SGD steps each" in result.summary()
+    assert "the ranker would first train 20 labels" in result.summary()
     assert result.best is not None and result.best["pick"] == "rank"
     assert result.best["key"] == first["key"]
 

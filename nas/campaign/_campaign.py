@@ -97,7 +97,8 @@ class CampaignResult:
             (``labelled``, ``k``, ``flops_weight`` and, when calibrated, ``calibration``),
             when this process ranked with a :class:`~nas.ghn.GHNRanker`; else ``None``.
         short_training: With ``rank_by="short"``: the candidates trained (``trained``),
-            their SGD steps (``k``) and the CPU-seconds of those runs (``seconds``); else ``None``.
+            their SGD steps (``k``), the CPU-seconds of those runs (``seconds``) and the
+            labels a ranker would have needed (``labels``); else ``None``.
     """
 
     candidates: pd.DataFrame
@@ -147,7 +148,8 @@ class CampaignResult:
         if self.short_training is not None:
             st = self.short_training
             lines.append(f"short training: {st['trained']} candidates trained for {st['k']} SGD steps each, "
-                         f"{st['seconds']:.0f} CPU-s in all (the ranker would have trained its labels first)")
+                         f"{st['seconds']:.0f} CPU-s in all (the ranker would first train {st['labels']} labels "
+                         "of as many steps)")
         if "latency_ms" in self.candidates.columns:
             lat = self.candidates["latency_ms"].astype(float)
             front = self.candidates[self.candidates["pareto"]]
@@ -174,7 +176,8 @@ def _ranker_summary(ranker: Any) -> dict[str, Any] | None:
 def _short_training_summary(path: Path, config: CampaignConfig) -> dict[str, Any]:
     """:attr:`CampaignResult.short_training` from the runs cached in ``path`` (none yet: zeros)."""
     runs = pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame(columns=["seconds"])
-    return {"trained": len(runs), "k": config.ranker_k, "seconds": float(pd.to_numeric(runs["seconds"]).sum())}
+    return {"trained": len(runs), "k": config.ranker_k, "seconds": float(pd.to_numeric(runs["seconds"]).sum()),
+            "labels": config.ranker_labels}
 
 
 def _normalise(value: Any) -> Any:
