@@ -49,7 +49,6 @@ from nas.data import load_dataset
 from nas.evaluation import (
     DEFAULT_METHODS,
     RANKER_METHODS,
-    Calibration,
     LabelRecipe,
     correlate,
     ranker_methods,
@@ -78,8 +77,8 @@ class Pair:
         settings: Space settings.
         held_out: A pair no default was chosen on (run once, after the defaults were fixed).
         label_seeds: Label sample seeds; the first labels ``Protocol.label_counts``, all ``Protocol.few``.
-        round: The round of ``RESULTS.md`` the pair was added in (round 2: the calibrated prior; round 3:
-            no prior and short training, without the GHN-initialised rankers, settled by then).
+        round: The round of ``RESULTS.md`` the pair was added in (round 2: the prior's weight chosen per
+            pair; round 3: no prior and short training, without the GHN-initialised rankers, settled by then).
     """
 
     name: str
@@ -100,7 +99,7 @@ PAIRS: tuple[Pair, ...] = (
     Pair("my_space-digits", "examples/my_space.py:MySpace", "digits", held_out=True, label_seeds=(101, 102, 103)),
     Pair("branch_space-digits", "examples/branch_space.py:BranchSpace", "digits", held_out=True,
          label_seeds=(101, 102, 103)),
-    # Round 2's held-out pairs: spaces written after the calibrated prior was fixed, new label seeds.
+    # Round 2's held-out pairs: spaces written after round 2's prior recipe was fixed, new label seeds.
     Pair("mobile_space-digits", "examples/mobile_space.py:MobileSpace", "digits", held_out=True,
          label_seeds=(201, 202, 203), round=2),
     Pair("resnet_space-digits", "examples/resnet_space.py:ResNetSpace", "digits", held_out=True,
@@ -123,8 +122,6 @@ class Protocol:
         label_counts: Ranker label counts fitted on the first label seed.
         few: Label count fitted on every label seed (the few-label comparison).
         default_labels: Label count of the ``ghn`` row (the campaign's recipe).
-        calibration: Architectures trained for ``epochs`` to choose the prior's weight of the
-            default-count rankers (the campaign's recipe); the other counts keep the fixed 0.5.
     """
 
     archs: int = 100
@@ -133,12 +130,11 @@ class Protocol:
     label_counts: tuple[int, ...] = (100, 300, RANKER_LABELS)
     few: int = 100
     default_labels: int = RANKER_LABELS
-    calibration: int = 20
 
 
 FULL = Protocol()
 #: Minutes on 2 cores: checks the pipeline, measures nothing.
-SMOKE = Protocol(archs=8, epochs=0.2, ghn_steps=20, label_counts=(6, 8), few=6, default_labels=8, calibration=3)
+SMOKE = Protocol(archs=8, epochs=0.2, ghn_steps=20, label_counts=(6, 8), few=6, default_labels=8)
 #: Baselines: every default method of ``nas correlate`` but the GHN rows.
 BASELINES = [m for m in DEFAULT_METHODS if m not in ("ghn", "ghn_plain")]
 ZERO_COST = ["synflow", "snip", "grad_norm", "jacob_cov", "naswot"]
@@ -148,26 +144,20 @@ def _suffix(n: int, proto: Protocol) -> str:
     return "" if n == proto.default_labels else f"_n{n}"
 
 
-def _ranker_rows(pair: Pair, proto: Protocol) -> list[tuple[str, list[str], LabelRecipe, Calibration | None]]:
-    """(suffix, methods, recipe, calibration) of every ranker row of ``pair``: all ablations at the default count.
-
-    Only the default count is calibrated (round 2); the few-label rows keep the fixed weight of round 1,
-    where they settled the GHN's role.
-    """
+def _ranker_rows(pair: Pair, proto: Protocol) -> list[tuple[str, list[str], LabelRecipe]]:
+    """(suffix, methods, recipe) of every ranker row of ``pair``: all ablations at the default count."""
     first = pair.label_seeds[0]
-    rows: list[tuple[str, list[str], LabelRecipe, Calibration | None]] = []
+    rows: list[tuple[str, list[str], LabelRecipe]] = []
     for n in proto.label_counts:
         methods = ["ghn", "ghn_w05", "ghn_noprior", "ghn_meta", "ghn_meta_noprior", "opcount_ranker",
                    "opcount_ranker_flops"]
-        calibration = Calibration(n=proto.calibration, epochs=proto.epochs)
         if n != proto.default_labels:
-            methods, calibration = ["ghn", "ghn_meta", "opcount_ranker_flops"], None
+            methods = ["ghn", "ghn_meta", "opcount_ranker_flops"]
         if pair.round >= 3:
             methods = [m for m in methods if not m.startswith("ghn_meta")]
-        rows.append((_suffix(n, proto), methods, LabelRecipe(labels=n, k=RANKER_K, seed=first), calibration))
+        rows.append((_suffix(n, proto), methods, LabelRecipe(labels=n, k=RANKER_K, seed=first)))
     for s in pair.label_seeds[1:]:
-        rows.append((f"_n{proto.few}_s{s}", ["ghn", "ghn_meta"], LabelRecipe(labels=proto.few, k=RANKER_K, seed=s),
-                     None))
+        rows.append((f"_n{proto.few}_s{s}", ["ghn", "ghn_meta"], LabelRecipe(labels=proto.few, k=RANKER_K, seed=s)))
     return rows
 
 
@@ -231,9 +221,9 @@ def run_pair(pair: Pair, root: Path, proto: Protocol, *, workers: int = 1, resco
 
     costs_once: dict[str, Any] = {}
     scorers: list[Any] = []
-    for suffix, methods, recipe, calibration in _ranker_rows(pair, proto):
+    for suffix, methods, recipe in _ranker_rows(pair, proto):
         built, cost = ranker_methods(space, data, ghn=ghn, methods=methods, out=out, exclude=keys, recipe=recipe,
-                                     calibration=calibration, suffix=suffix, workers=workers, progress=progress)
+                                     suffix=suffix, workers=workers, progress=progress)
         if cost is not None:
             costs_once[suffix or "default"] = cost.to_dict()
         scorers += [s for s in built if rescore or not store.has(s.name)]
@@ -271,12 +261,10 @@ def _estimate_missing_label_seconds(costs: dict[str, Any]) -> dict[str, Any]:
         if cost["label_seconds"] is None and per_label is not None:
             cost["label_seconds"] = per_label * cost["labelled"]
             cost["label_seconds_estimated"] = cost["labelled"]
-            calibration = (cost.get("calibration") or {}).get("seconds", 0.0)
-            for name, (kind, prior) in RANKER_METHODS.items():
+            for name, (kind, _) in RANKER_METHODS.items():
                 fit, extra = cost["fit_seconds"].get(kind), cost["ghn_seconds"] if kind == "ghn" else 0.0
                 if fit is not None and extra is not None:
-                    calibrated = calibration if prior is True and kind != "opcount" else 0.0
-                    cost["one_time_seconds"][name] = cost["label_seconds"] + fit + extra + calibrated
+                    cost["one_time_seconds"][name] = cost["label_seconds"] + fit + extra
     return costs
 
 
@@ -310,7 +298,8 @@ def _ghn_role(pair: Pair, frame: pd.DataFrame, proto: Protocol) -> pd.DataFrame:
 HEADLINE = ["ghn", "ghn_w05", "ghn_noprior", "ghn_meta", "ghn_n100", "opcount_ranker_flops", "ghn_plain",
             "short_training", "flops", "best_zero_cost"]
 
-#: Round 2's rule R2a: the calibrated ranker within this of the better fixed weight (0.5 or none).
+#: Round 2's rule R2a: the ``ghn`` row (recorded in rounds 2 and 3 with the prior's weight chosen per pair)
+#: within this of the better fixed weight (0.5 or none).
 R2A_MARGIN = 0.02
 #: Round 3's margin (R3a, R3c): how far below the compared row a method may rank and still hold.
 R3_MARGIN = 0.02
@@ -371,7 +360,8 @@ def report(root: Path, pairs: list[Pair]) -> pd.DataFrame:
 def verdict(table: pd.DataFrame, roles: pd.DataFrame | None, *, method: str = "ghn") -> pd.DataFrame:
     """The pass rules of ``RESULTS.md``, per pair: the default ranker against 0.9 x the ceiling and the best
     zero-cost proxy, whether GHN initialisation lifts the ranker at few labels (>= 0.05, CI above 0), and
-    (round 2) whether the calibrated weight is within ``R2A_MARGIN`` of the better fixed one."""
+    (round 2, on the records of rounds 2 and 3, whose ``ghn`` row chose its prior's weight per pair) whether
+    that weight is within ``R2A_MARGIN`` of the better fixed one (``calibration_holds``)."""
     rows = []
     for pair, sub in table.groupby("pair", sort=False):
         by = sub.set_index("method")
@@ -398,8 +388,9 @@ def round3_verdict(table: pd.DataFrame, rounds: dict[str, int]) -> pd.DataFrame:
     """Round 3's rules (``RESULTS.md``), one row per pair.
 
     R3a, on the round-3 pairs: no prior (``ghn_noprior``) becomes the default if it is within
-    ``R3_MARGIN`` of the fixed weight 0.5 (``ghn_w05``) on each; calibration (``ghn``) stays only if
-    it beats no prior by more than the margin on one of them and trails it by no more on either.
+    ``R3_MARGIN`` of the fixed weight 0.5 (``ghn_w05``) on each; the per-pair weight of the round-3
+    records' ``ghn`` row stays only if it beats no prior by more than the margin on one of them and
+    trails it by no more on either.
     R3b: the R3a default at 0.9x the noise ceiling on 6 of the pairs (one of round 3 among them)
     and at or above the best zero-cost proxy on every pair. R3c: short training (``short_training``)
     within the margin of the R3a default on each round-3 pair.
@@ -411,7 +402,7 @@ def round3_verdict(table: pd.DataFrame, rounds: dict[str, int]) -> pd.DataFrame:
     noprior = bool(all(wide.loc[p, "ghn_noprior"] >= wide.loc[p, "ghn_w05"] - R3_MARGIN for p in new))
     default = "ghn_noprior" if noprior else "ghn_w05"
     gain = [wide.loc[p, "ghn"] - wide.loc[p, "ghn_noprior"] for p in new]
-    calibration = bool(any(g > R3_MARGIN for g in gain) and all(g >= -R3_MARGIN for g in gain))
+    chosen_stays = bool(any(g > R3_MARGIN for g in gain) and all(g >= -R3_MARGIN for g in gain))
     at_09 = wide[default] >= 0.9 * ceiling
     beats = wide[default] >= wide["best_zero_cost"]
     r3b = bool(at_09.sum() >= 6 and at_09[new].any() and beats.all())
@@ -425,7 +416,7 @@ def round3_verdict(table: pd.DataFrame, rounds: dict[str, int]) -> pd.DataFrame:
             "short_training": wide.loc[pair, "short_training"], "best_zero_cost": wide.loc[pair, "best_zero_cost"],
             "default": default, "default_x_ceiling": wide.loc[pair, default] / ceiling[pair],
             "default_at_0.9_ceiling": bool(at_09[pair]), "default_beats_zero_cost": bool(beats[pair]),
-            "r3a_noprior": noprior, "r3a_calibration_stays": calibration, "r3b": r3b, "r3c": r3c,
+            "r3a_noprior": noprior, "r3a_calibration_stays": chosen_stays, "r3b": r3b, "r3c": r3c,
         })
     return pd.DataFrame(rows)
 

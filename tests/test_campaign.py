@@ -688,7 +688,7 @@ def _ranker_campaign(out: Path, ghn_path: Path, **overrides: Any) -> Campaign:
 
     settings: dict[str, Any] = dict(
         rank_by="ranker", ranker_labels=6, ranker_k=2, ranker_config=RankerConfig(epochs=2, ensemble=1),
-        ranker_calibration=3, trials=8, top_k=1, self_check=3, self_check_epochs=0.1, refine=0,
+        trials=8, top_k=1, self_check=3, self_check_epochs=0.1, refine=0,
     )
     return small_campaign(out, ghn_path, **{**settings, **overrides})
 
@@ -698,7 +698,7 @@ def test_default_ranker_is_fitted_once_then_reused(
 ) -> None:
     import nas.ghn
     import nas.ghn._ranker
-    from nas.ghn import GHNRanker
+    from nas.ghn import GHNRanker, RankerConfig
 
     out = tmp_path / "run"
     result = _ranker_campaign(out, ghn_path).run()
@@ -709,14 +709,13 @@ def test_default_ranker_is_fitted_once_then_reused(
     assert len(self_check_keys) == 3 and not self_check_keys & set(labels["key"])  # never a label
     ranker = GHNRanker.load(ranker_pt)
     assert ranker.label_info["k"] == 2 and ranker.label_info["n"] == 6 and ranker.label_info["target"] == "tse"
-    # The prior's weight was chosen on 3 more architectures trained for the fine-tuning budget.
-    cal = ranker.label_info["calibration"]
-    assert (cal["n"], cal["epochs"]) == (3, 0.3) and ranker.config.flops_weight == cal["weight"]
-    assert result.ranker == {"labelled": 6, "k": 2, "seed": 0, "calibration": cal, "flops_weight": cal["weight"]}
-    assert (f"ranker: 6 labels of 2 SGD steps; FLOPs-prior weight {cal['weight']:g} (chosen on 3 architectures "
-            "trained for 0.3 epochs)") in result.summary()
-    calibration_keys = set(pd.read_csv(out / "ranker_calibration_e0.3.csv")["key"])
-    assert len(calibration_keys) == 3 and not calibration_keys & (set(labels["key"]) | self_check_keys)
+    # The prior keeps the weight of the fitting settings; nothing but the labels was trained for the ranker.
+    weight = RankerConfig().flops_weight
+    assert ranker.config.flops_weight == weight and "calibration" not in ranker.label_info
+    assert result.ranker == {"labelled": 6, "k": 2, "seed": 0, "flops_weight": weight}
+    summary = result.summary()
+    assert f"ranker: 6 labels of 2 SGD steps; FLOPs-prior weight {weight:g}\n" in summary
+    assert sorted(p.name for p in out.glob("ranker*")) == ["ranker.pt", "ranker_labels.csv"]
     for t in complete_rank_trials(_ranker_campaign(out, ghn_path)):
         if "duplicate_of" not in t.user_attrs:
             graph = _ranker_campaign(out, ghn_path).space.from_params(t.params)
@@ -732,7 +731,6 @@ def test_default_ranker_is_fitted_once_then_reused(
 
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (labels_csv, ranker_pt)}
     monkeypatch.setattr(nas.ghn._ranker, "_short_training_loss", forbidden)
-    monkeypatch.setattr(nas.ghn._ranker, "_trained_val_loss", forbidden)
     with monkeypatch.context() as patch:
         patch.setattr(nas.ghn, "fit_ranker", forbidden)
         again = _ranker_campaign(out, ghn_path, trials=10).run()
@@ -743,8 +741,7 @@ def test_default_ranker_is_fitted_once_then_reused(
     ranker_pt.unlink()
     refit = _ranker_campaign(out, ghn_path, trials=10).ranker
     assert ranker_pt.is_file() and labels_csv.read_bytes() == before[labels_csv][0]
-    assert refit.label_info["labelled"] == 6
-    assert refit.label_info["calibration"]["weight"] == cal["weight"]  # calibrated again from its cache
+    assert refit.label_info["labelled"] == 6 and refit.config.flops_weight == weight
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "ghn-checkpoint", "missing", "other-input-shape"])
@@ -827,7 +824,7 @@ def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
     for overrides, fragment in (
         ({"rank_by": "loss"}, "rank_by: stored 'ranker', requested 'loss'"),
         ({"rank_by": "ranker", "ranker_k": 5}, "ranker_k: stored 30, requested 5"),
-        ({"rank_by": "ranker", "ranker_calibration": 5}, "ranker_calibration: stored 0, requested 5"),
+        ({"rank_by": "ranker", "ranker_labels": 50}, "ranker_labels: stored 700, requested 50"),
     ):
         with pytest.raises(StorageError) as err:
             small_campaign(out, None, **overrides).open()

@@ -23,7 +23,6 @@ CHANGED: dict[str, Any] = {
     "ranker": ["a.pt", "b.pt"],
     "ranker_labels": 9,
     "ranker_k": 5,
-    "ranker_calibration": 5,
     "label_workers": 2,
     "queue_labels": True,
     "trials": 11,
@@ -54,13 +53,12 @@ CHANGED: dict[str, Any] = {
 
 #: The defaults the campaign had before CampaignConfig (Campaign.__init__'s keyword defaults and
 #: `nas search`'s flags): `nas demo` must rank and pick the same
-#: (`ranker_calibration` came later; its default, 0, keeps the fixed prior weight of before; the latency
-#: settings came later too and act only with `objectives="loss,latency"`; `rank_by` became ``None``,
-#: resolved by the trial count, with round 3 of the ranking suite).
+#: (the latency settings came later and act only with `objectives="loss,latency"`; `rank_by` became
+#: ``None``, resolved by the trial count, with round 3 of the ranking suite).
 OLD_DEFAULTS: dict[str, Any] = {
     "space": "nb201", "space_args": {}, "dataset": "mnist5k", "data_seed": 0, "ghn": None, "ghn_steps": None,
-    "rank_by": None, "ranker": None, "ranker_labels": 700, "ranker_k": 30, "ranker_calibration": 0,
-    "label_workers": 1, "queue_labels": False, "trials": 300,
+    "rank_by": None, "ranker": None, "ranker_labels": 700, "ranker_k": 30, "label_workers": 1, "queue_labels": False,
+    "trials": 300,
     "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "latency_pool": 32,
     "latency_batch_size": 1, "batch_size": 32,
     "self_check": 0, "self_check_epochs": None, "top_k": 5, "finetune_epochs": 3.0, "finetune_lr": 0.05,
@@ -177,7 +175,7 @@ def test_rank_by_defaults_to_short_training_when_it_costs_no_more_than_the_label
 
 def test_short_training_keeps_its_steps_in_the_identity_and_drops_the_labels() -> None:
     short = CampaignConfig(rank_by="short").identity()
-    assert short["ranker_k"] == 30 and short["ranker_labels"] is None and short["ranker_calibration"] is None
+    assert short["ranker_k"] == 30 and short["ranker_labels"] is None
     assert CampaignConfig(rank_by="loss").identity()["ranker_k"] is None
 
 
@@ -237,14 +235,45 @@ def test_identity_settings_are_marked_on_the_fields() -> None:
     assert CampaignConfig(rank_by="loss").identity()["ranker_labels"] is None  # labels matter to the ranker only
 
 
-def test_a_campaign_stored_before_calibration_keeps_its_fixed_prior_weight() -> None:
-    """Its ranker ranked with the fixed weight: a resumed run must not calibrate it under its stored trials."""
+def test_a_removed_setting_stored_by_an_older_version_is_dropped_on_read(tmp_path: Path) -> None:
+    """Older versions stored ``ranker_calibration``: their campaigns and config files still read."""
     from nas.campaign._campaign import _FORMAT
+    from nas.campaign._config import REMOVED_SETTINGS
 
-    stored = CampaignConfig().to_dict()
-    del stored["ranker_calibration"]
-    assert stored_campaign_config({"format": _FORMAT, "config": stored}).ranker_calibration == 0
-    now = CampaignConfig(ranker_calibration=7).to_dict()
-    assert stored_campaign_config({"format": _FORMAT, "config": now}).ranker_calibration == 7
-    with pytest.raises(ValueError, match="`ranker_calibration` must be 0 or an int of at least 3, but got 2"):
-        CampaignConfig(ranker_calibration=2)
+    assert set(REMOVED_SETTINGS) == {"ranker_calibration"}
+    assert not set(REMOVED_SETTINGS) & set(setting_names())
+    config = CampaignConfig(**{**CHANGED, "rank_by": "ranker"})
+    for value in (0, 20):
+        old = {**config.to_dict(), "ranker_calibration": value}
+        assert CampaignConfig.from_dict(old) == config
+        assert stored_campaign_config({"format": _FORMAT, "config": old}) == config
+        assert "ranker_calibration" not in CampaignConfig.from_dict(old).identity()
+    assert CampaignConfig.from_toml("ranker_calibration = 20\ntrials = 7\n") == CampaignConfig(trials=7)
+    # Only reading drops it: as a setting it is unknown.
+    with pytest.raises(ValueError, match="unknown campaign setting 'ranker_calibration'"):
+        CampaignConfig().replace(ranker_calibration=20)
+    with pytest.raises(TypeError, match="ranker_calibration"):
+        CampaignConfig(ranker_calibration=20)  # type: ignore[call-arg]
+
+
+def test_a_campaign_stored_with_a_removed_setting_can_be_joined_and_worked_on(tmp_path: Path) -> None:
+    import optuna
+
+    from nas.campaign import CAMPAIGN_ATTR
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    values = {**CHANGED, "space": "nb201", "space_args": {"C": 4}, "device": "cpu", "storage": url,
+              "out": str(tmp_path / "run"), "ghn": str(tmp_path / "g.pt"),
+              "ranker": [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]}
+    campaign = Campaign(CampaignConfig(**values))
+    rank, _ = campaign.open()
+    stored = rank.user_attrs[CAMPAIGN_ATTR]
+    assert "ranker_calibration" not in stored["config"]
+    # As an older version stored it: the ranker's prior weight chosen on 20 trained architectures.
+    rank.set_user_attr(CAMPAIGN_ATTR, {**stored, "config": {**stored["config"], "ranker_calibration": 20}})
+    Campaign(CampaignConfig(**values)).open()  # joins: the identity check reads the stored settings
+    held = optuna.load_study(study_name="s1-rank", storage=url).user_attrs[CAMPAIGN_ATTR]
+    assert held["config"]["ranker_calibration"] == 20  # still there for the worker to read
+    worker = Campaign.from_storage(url, "s1", progress=False)  # what `nas worker` does
+    assert worker.config == campaign.config
+

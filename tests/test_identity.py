@@ -61,8 +61,7 @@ def test_ensure_ranker_refuses_a_ranker_of_other_settings_and_leaves_it_as_it_is
     path = tmp_path / "ranker.pt"
     config = RankerConfig(epochs=1, ensemble=1, pretrained=False)
     ghn = GHN(GHNConfig(hidden=8, layers=1), space_info=identity(_space(), DIGITS))
-    ensure_ranker(_space(), DIGITS, ghn, path=path, ranker_labels=4, ranker_k=1, config=config, calibration=0,
-                  progress=False)
+    ensure_ranker(_space(), DIGITS, ghn, path=path, ranker_labels=4, ranker_k=1, config=config, progress=False)
     before = path.read_bytes()
     with pytest.raises(CheckpointError, match=r"ranker checkpoint .* was built for settings \{'C': 4"):
         ensure_ranker(_space(C=8), DIGITS, None, path=path, ranker_labels=4, ranker_k=1, config=config,

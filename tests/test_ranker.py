@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -320,8 +319,7 @@ def test_ensure_ranker_fits_once_then_reuses_and_refuses_other_labels(
 
     path = tmp_path / "ranker.pt"
     config = RankerConfig(epochs=2, ensemble=1)
-    first = ensure_ranker(space, digits, ghn, path=path, ranker_labels=6, ranker_k=2, config=config, calibration=0,
-                          progress=False)
+    first = ensure_ranker(space, digits, ghn, path=path, ranker_labels=6, ranker_k=2, config=config, progress=False)
     assert path.is_file() and (tmp_path / "ranker_labels_k2.csv").is_file()
     assert first.label_info["n"] == 6 and first.label_info["k"] == 2 and first.label_info["labelled"] == 6
     rows = (tmp_path / "ranker_labels_k2.csv").read_text().splitlines()
@@ -331,8 +329,7 @@ def test_ensure_ranker_fits_once_then_reuses_and_refuses_other_labels(
         raise AssertionError("a saved ranker must be reused, not fitted again")
 
     monkeypatch.setattr("nas.ghn._default.short_training_labels", no_training)
-    again = ensure_ranker(space, digits, ghn, path=path, ranker_labels=6, ranker_k=2, config=config, calibration=0,
-                          progress=False)
+    again = ensure_ranker(space, digits, ghn, path=path, ranker_labels=6, ranker_k=2, config=config, progress=False)
     graphs = [c.graph for c in space.sample_many(5, seed=9)]
     np.testing.assert_allclose(again.predict(graphs), first.predict(graphs), rtol=1e-6)
     with pytest.raises(CheckpointError, match=r"fitted on labels .*'k': 2.*not the requested .*'k': 5"):
@@ -351,14 +348,14 @@ def test_fit_ranker_cli_writes_a_ranker_that_search_can_load(
     out = tmp_path / "ranker.pt"
     argv = ["fit-ranker", "--space", "nb201", "--space-arg", "C=4", "--dataset", "digits", "--ghn", str(ghn_path),
             "--out", str(out), "--ranker-labels", "5", "--ranker-k", "2", "--epochs", "2", "--ensemble", "1", "--no-progress",
-            "--threads", "1", "--calibration", "3", "--calibration-epochs", "0.05"]
+            "--threads", "1", "--flops-weight", "0.25"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "5 of 5 trained for k=2 steps" in printed and str(out) in printed
-    assert "chosen on 3 architectures trained for 0.05 epochs" in printed
+    assert "flops weight:      0.25\n" in printed
     ranker = GHNRanker.load(out)
     ranker.check_compatible(space)
-    assert ranker.label_info["k"] == 2 and len(ranker.members) == 1
+    assert ranker.label_info["k"] == 2 and len(ranker.members) == 1 and ranker.config.flops_weight == 0.25
     assert ranker.config.pretrained is False  # the GHN gives its settings, not its weights
 
     # Without --ghn: the default settings; nothing meta-trained is needed.
@@ -376,10 +373,7 @@ def test_fit_ranker_cli_writes_a_ranker_that_search_can_load(
         (["--ranker-labels", "2"], "`--ranker-labels` must be at least 4, but got 2."),
         (["--ranker-k", "0"], "`--ranker-k` must be positive, but got 0."),
         (["--ghn", "missing.pt"], "GHN checkpoint 'missing.pt' does not exist"),
-        (["--calibration", "2"], "`--calibration` must be 0 or at least 3, but got 2."),
-        (["--calibration-epochs", "0"], "`--calibration-epochs` must be positive, but got 0.0."),
-        (["--flops-weight", "0.3", "--calibration", "5"],
-         "`--flops-weight` 0.3 is fixed, but --calibration 5 chooses it"),
+        (["--flops-weight", "-1"], "`--flops-weight` must be a non-negative number, but got -1.0."),
     ],
 )
 def test_fit_ranker_cli_bad_input_is_one_line_exit_2(
@@ -475,134 +469,74 @@ def test_a_label_cache_without_times_gains_the_column_and_times_new_labels(
     assert label_seconds(cache, [g.key for g in graphs[3:]]) == (pytest.approx(4.0), 0)
 
 
-# ---------------------------------------------------------------- the capacity prior's calibration
+# ---------------------------------------------------------------- checkpoints of older versions
+
+#: What an older version stored in ``label_info`` when it chose the prior's weight on trained architectures.
+OLD_WEIGHT_RECORD: dict[str, Any] = {
+    "asked": 20, "epochs": 3.0, "seed": 104729, "seconds": 41.5, "cache": "/gone/ranker_calibration_e3.csv",
+    "n": 20, "weight": 1.0, "tau": {"0": 0.41, "0.25": 0.45, "0.5": 0.47, "1": 0.52},
+}
 
 
-def test_calibrate_chooses_the_weight_whose_score_ranks_the_trained_losses_best(
+def _as_old_checkpoint(path: Path) -> None:
+    """Rewrite the ranker at ``path`` as an older version saved it after choosing the prior's weight 1."""
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["flops_weight"] = 1.0
+    payload["label_info"] = {**payload["label_info"], "calibration": dict(OLD_WEIGHT_RECORD)}
+    torch.save(payload, path)
+
+
+def test_a_checkpoint_with_an_old_weight_record_loads_with_its_saved_weight(
     tmp_path: Path, small_ranker: GHNRanker, graphs: list[ArchGraph]
 ) -> None:
-    import copy
-
-    from nas.ghn import FLOPS_WEIGHTS, log_flops
-
-    trained = graphs[40:70]
-    # small_ranker predicts log(params), which grows with FLOPs: where more FLOPs train to a lower loss,
-    # only the largest weight turns its score around; where they train to a higher one, no prior is best.
-    for losses, expected in ((-log_flops(trained), max(FLOPS_WEIGHTS)), (log_flops(trained), 0.0)):
-        ranker = copy.deepcopy(small_ranker)
-        chosen = ranker.calibrate(trained, losses, info={"epochs": 3.0})
-        assert chosen == expected == ranker.config.flops_weight
-        cal = ranker.label_info["calibration"]
-        assert cal["n"] == 30 and cal["epochs"] == 3.0 and cal["weight"] == expected
-        assert set(cal["tau"]) == {f"{w:g}" for w in FLOPS_WEIGHTS}
-        taus = {float(w): t for w, t in cal["tau"].items()}
-        assert taus[expected] == max(taus.values())
-        for w, tau in taus.items():  # each recorded tau is the tau of that weight's score
-            score = ranker.standardised(trained) - w * (log_flops(trained) - ranker.flops_mean) / ranker.flops_std
-            assert tau == pytest.approx(kendalltau(score, losses).statistic)
-        path = tmp_path / f"calibrated_{expected:g}.pt"
-        ranker.save(path)
-        loaded = GHNRanker.load(path)
-        assert loaded.config.flops_weight == expected and loaded.label_info["calibration"] == cal
-        np.testing.assert_allclose(loaded.score(trained), ranker.score(trained), rtol=1e-6)
-    assert small_ranker.config.flops_weight == RankerConfig().flops_weight  # the copies were calibrated
+    path = tmp_path / "old.pt"
+    small_ranker.save(path)
+    _as_old_checkpoint(path)
+    old = GHNRanker.load(path)
+    assert old.config.flops_weight == 1.0
+    assert old.label_info["calibration"] == OLD_WEIGHT_RECORD  # kept as it was, and saved again as it was
+    part = graphs[:12]
+    z = (small_ranker.predict(part) - small_ranker.label_mean) / small_ranker.label_std
+    flops = np.log([float(g.flops()) for g in part])
+    np.testing.assert_allclose(old.score(part), z - 1.0 * (flops - old.flops_mean) / old.flops_std,
+                               rtol=1e-6, atol=1e-9)
+    old.save(tmp_path / "again.pt")
+    assert GHNRanker.load(tmp_path / "again.pt").label_info["calibration"] == OLD_WEIGHT_RECORD
 
 
-@pytest.mark.parametrize(
-    ("count", "losses", "weights", "message"),
-    [
-        (2, None, (0.0, 1.0), "`graphs` must hold at least 3 trained architectures, but got 2"),
-        (4, [1.0, math.nan, 2.0, 3.0], (0.0, 1.0), "`losses` must be finite, but 1 are not"),
-        (4, [1.0, 2.0, 3.0], (0.0, 1.0), "`losses` must have one value per graph (4), but got 3"),
-        (4, None, (0.0, -0.5), "`weights` must be non-negative numbers, but got [0.0, -0.5]"),
-    ],
-)
-def test_calibrate_rejects_bad_input_and_keeps_its_weight(
-    small_ranker: GHNRanker, graphs: list[ArchGraph], count: int, losses: Any, weights: Any, message: str
+def test_ensure_ranker_reuses_an_old_checkpoint_as_saved(
+    tmp_path: Path, ghn: GHN, space: SearchSpace, digits: Dataset, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    trained = graphs[40 : 40 + count]
-    with pytest.raises(ValueError, match=re.escape(message)):
-        small_ranker.calibrate(trained, losses if losses is not None else [1.0] * count, weights=weights)
-    assert small_ranker.config.flops_weight == RankerConfig().flops_weight
-    assert "calibration" not in small_ranker.label_info
-
-
-def test_ensure_ranker_calibrates_on_fresh_architectures_once_and_resumes(
-    tmp_path: Path, ghn: GHN, space: SearchSpace, digits: Dataset, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    """A campaign resumed on a ranker of an older version ranks on with the weight its stored trials had."""
     from nas.ghn import ensure_ranker
 
     path = tmp_path / "ranker.pt"
-    config = RankerConfig(epochs=1, ensemble=1)
-    exclude = [c.graph.key for c in space.sample_many(3, seed=77)]
-    kwargs: dict[str, Any] = dict(path=path, ranker_labels=5, ranker_k=2, config=config, exclude=exclude,
-                                  calibration=4, calibration_epochs=0.05, progress=False)
-    ranker = ensure_ranker(space, digits, ghn, **kwargs)
-    cal = ranker.label_info["calibration"]
-    assert cal["asked"] == 4 and cal["n"] == 4 and cal["epochs"] == 0.05 and cal["seconds"] > 0
-    assert ranker.config.flops_weight == cal["weight"]
-    cache = tmp_path / "ranker_calibration_e0.05.csv"
-    with cache.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    with (tmp_path / "ranker_labels_k2.csv").open(newline="") as f:
-        labels = {row["key"] for row in csv.DictReader(f)}
-    trained = {row["key"] for row in rows}
-    assert len(trained) == 4 and all(math.isfinite(float(row["val_loss"])) for row in rows)
-    assert not trained & labels and not trained & set(exclude)  # neither a label nor a candidate
-    assert GHNRanker.load(path).label_info["calibration"] == cal
+    config = RankerConfig(epochs=1, ensemble=1, flops_weight=0.5)
+    kwargs: dict[str, Any] = dict(path=path, ranker_labels=5, ranker_k=2, config=config, progress=False)
+    ensure_ranker(space, digits, ghn, **kwargs)
+    _as_old_checkpoint(path)
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
 
-    def no_training(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("finished calibration runs must be read from the cache, not trained again")
+    def no_training(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("a saved ranker must be reused, not labelled or fitted again")
 
-    monkeypatch.setattr(ranker_module, "_trained_val_loss", no_training)
-    assert ensure_ranker(space, digits, ghn, **kwargs).label_info["calibration"] == cal
-    fixed = ensure_ranker(space, digits, ghn, **{**kwargs, "calibration": 0})  # back to the fixed weight
-    assert fixed.config.flops_weight == config.flops_weight and "calibration" not in fixed.label_info
-    again = ensure_ranker(space, digits, ghn, **kwargs)  # calibrated again from the cache, nothing trained
-    assert again.label_info["calibration"]["weight"] == cal["weight"]
-    with pytest.raises(ValueError, match="`calibration` must be 0 or an int of at least 3, but got 2"):
-        ensure_ranker(space, digits, ghn, **{**kwargs, "calibration": 2})
+    monkeypatch.setattr(ranker_module, "_short_training_loss", no_training)
+    monkeypatch.setattr("nas.ghn._default.fit_ranker", no_training)
+    with caplog.at_level(logging.INFO, logger="nas.ghn._default"):
+        ranker = ensure_ranker(space, digits, ghn, **kwargs)
+    assert ranker.config.flops_weight == 1.0 and ranker.label_info["calibration"] == OLD_WEIGHT_RECORD
+    assert "keeps the FLOPs-prior weight it was saved with, 1 (not 0.5)" in caplog.text
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before  # not rewritten
 
 
-def test_calibration_losses_refuse_a_cache_of_other_measurements_and_bad_budgets(
-    tmp_path: Path, space: SearchSpace, digits: Dataset
-) -> None:
-    from nas.ghn import calibration_losses
+def test_a_label_cache_of_other_measurements_is_refused(tmp_path: Path, graphs: list[ArchGraph],
+                                                        digits: Dataset) -> None:
+    from nas.ghn import tse_scores
 
-    labels = tmp_path / "labels.csv"
-    short_training_labels(space, digits, 3, k=1, cache=labels, progress=False)
-    before = labels.read_bytes()
-    with pytest.raises(ValueError, match=r"cache '.*labels.csv' has no 'val_loss' column \(columns: key, graph, tse"):
-        calibration_losses(space, digits, 3, epochs=0.05, cache=labels, progress=False)
-    assert labels.read_bytes() == before  # nothing appended to the other file
-    for epochs in (0, -1.0, math.inf, True):
-        with pytest.raises(ValueError, match=f"`epochs` must be a positive number, but got {epochs!r}"):
-            calibration_losses(space, digits, 3, epochs=epochs, progress=False)
-
-
-class _SixSpace(SearchSpace):
-    """Six candidates (one width choice): fewer than a default calibration asks for."""
-
-    name = "six"
-
-    def build(self, trial: Any) -> ArchGraph:
-        from nas.graph import GraphBuilder
-
-        b = GraphBuilder(self.input_shape)
-        width = trial.suggest_categorical("width", [2, 3, 4, 5, 6, 7])
-        x = b.add("relu", b.add("conv", b.input, out_channels=width, kernel=3))
-        return b.build(b.add("linear", b.add("global_avg_pool", x), out_features=self.num_classes))
-
-    def size(self) -> int:
-        return 6
-
-
-def test_calibration_trains_what_a_small_space_has_left(digits: Dataset) -> None:
-    from nas.ghn import calibration_losses
-
-    six = _SixSpace(input_shape=(1, 8, 8))
-    keys = [c.graph.key for c in six.sample_many(6, seed=0)]
-    graphs, losses = calibration_losses(six, digits, 20, epochs=0.05, exclude=keys[:2], progress=False)
-    assert sorted(g.key for g in graphs) == sorted(keys[2:]) and len(losses) == 4
-    graphs, losses = calibration_losses(six, digits, 20, epochs=0.05, exclude=keys, progress=False)
-    assert graphs == [] and len(losses) == 0
+    cache = tmp_path / "other.csv"
+    cache.write_text(f"key,graph,val_loss,seconds\n{graphs[0].key},{{}},1.5,2.0\n")
+    before = cache.read_bytes()
+    with pytest.raises(ValueError, match=r"cache '.*other.csv' has no 'tse' column \(columns: key, graph, val_loss"):
+        tse_scores(graphs[:2], digits, k=1, cache=cache, progress=False)
+    assert cache.read_bytes() == before  # nothing appended to the other file

@@ -94,8 +94,8 @@ class CampaignResult:
         rank_by: What ranked the candidates (``"ranker"`` or ``"loss"``, see
             :data:`~nas.campaign.RANK_BY`); the tables' ``rank_score`` is its score.
         ranker: What the ranker was fitted on and its FLOPs-prior weight
-            (``labelled``, ``k``, ``flops_weight`` and, when calibrated, ``calibration``),
-            when this process ranked with a :class:`~nas.ghn.GHNRanker`; else ``None``.
+            (``labelled``, ``k``, ``seed``, ``flops_weight``), when this process
+            ranked with a :class:`~nas.ghn.GHNRanker`; else ``None``.
         short_training: With ``rank_by="short"``: the candidates trained (``trained``),
             their SGD steps (``k``), the CPU-seconds of those runs (``seconds``) and the
             labels a ranker would have needed (``labels``); else ``None``.
@@ -141,10 +141,8 @@ class CampaignResult:
                 f"({PICKS[self.best.get('pick', 'finetuned')]})"
             )
         if self.ranker is not None:
-            cal = self.ranker.get("calibration")
-            how = (f"chosen on {cal['n']} architectures trained for {cal['epochs']:g} epochs" if cal else "fixed")
             lines.append(f"ranker: {self.ranker.get('labelled', '?')} labels of {self.ranker.get('k', '?')} SGD steps; "
-                         f"FLOPs-prior weight {self.ranker['flops_weight']:g} ({how})")
+                         f"FLOPs-prior weight {self.ranker['flops_weight']:g}")
         if self.short_training is not None:
             st = self.short_training
             lines.append(f"short training: {st['trained']} candidates trained for {st['k']} SGD steps each, "
@@ -169,7 +167,7 @@ def _ranker_summary(ranker: Any) -> dict[str, Any] | None:
 
     if not isinstance(ranker, GHNRanker):
         return None
-    info = {k: ranker.label_info.get(k) for k in ("labelled", "k", "seed", "calibration")}
+    info = {k: ranker.label_info.get(k) for k in ("labelled", "k", "seed")}
     return {**info, "flops_weight": ranker.config.flops_weight}
 
 
@@ -548,8 +546,7 @@ class Campaign:
         ranker = ensure_ranker(
             space, self.data, self.ghn if fit.pretrained else None, path=path, ranker_labels=n,
             ranker_k=config.ranker_k, seed=config.seed, exclude=exclude, labels_cache=self.out / "ranker_labels.csv",
-            workers=config.label_workers, config=fit, calibration=config.ranker_calibration,
-            calibration_epochs=config.finetune_epochs, progress=config.progress, queue=self._label_queue(),
+            workers=config.label_workers, config=fit, progress=config.progress, queue=self._label_queue(),
         )
         _check_ranker(ranker, space, self.data, source=path)
         return ranker
@@ -1059,9 +1056,11 @@ def _check_ranker(ranker: Ranker, space: SearchSpace, data: Dataset, *, source: 
 def stored_campaign_config(info: Any) -> CampaignConfig | None:
     """The :class:`CampaignConfig` stored in a rank study's ``nas_campaign`` attribute, or ``None``.
 
-    Reads the current layout (``format`` 2: the configuration under ``config``)
-    and the layout of campaigns stored before :class:`CampaignConfig` existed
-    (``format`` 1: one key per setting, fine-tuning and label settings nested;
+    Reads the current layout (``format`` 2: the configuration under ``config``;
+    settings that older versions stored and this one no longer has are dropped,
+    see :data:`nas.campaign._config.REMOVED_SETTINGS`) and the layout of campaigns
+    stored before :class:`CampaignConfig` existed (``format`` 1: one key per
+    setting, fine-tuning and label settings nested;
     campaigns older than ``rank_by`` ranked by the predicted-weight loss).
 
     Raises:
@@ -1070,8 +1069,7 @@ def stored_campaign_config(info: Any) -> CampaignConfig | None:
     if not isinstance(info, dict):
         return None
     if info.get("format") == _FORMAT:
-        # stored before the ranker's prior was calibrated: its ranker kept the fixed weight
-        return CampaignConfig.from_dict({"ranker_calibration": 0, **info["config"]})
+        return CampaignConfig.from_dict(info["config"])
     if info.get("format") != 1:
         return None
     space_info = info.get("space_info") or {}
@@ -1101,7 +1099,6 @@ def stored_campaign_config(info: Any) -> CampaignConfig | None:
         "ranker": ranker,
         "ranker_labels": int(labels.get("n", CampaignConfig.ranker_labels)),
         "ranker_k": int(labels.get("k", CampaignConfig.ranker_k)),
-        "ranker_calibration": 0,
         "sampler": info.get("sampler") if info.get("sampler") in SAMPLERS else CampaignConfig.sampler,
     })
 

@@ -35,7 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["CampaignConfig", "GROUPS", "IDENTITY_KEYS", "MIN_RANKER_LABELS", "setting_names"]
+__all__ = ["CampaignConfig", "GROUPS", "IDENTITY_KEYS", "MIN_RANKER_LABELS", "REMOVED_SETTINGS", "setting_names"]
 
 #: Command-line groups of the settings, in the order ``nas search --help`` shows them.
 GROUPS: dict[str, str] = {
@@ -93,9 +93,6 @@ class CampaignConfig:
         ranker_labels: Architectures trained briefly to fit that ranker (at least 4).
         ranker_k: SGD steps of each of those short trainings (and of each candidate's
             with ``rank_by="short"``).
-        ranker_calibration: Architectures trained from scratch for
-            ``finetune_epochs`` to choose the fitted ranker's FLOPs-prior weight
-            (:meth:`nas.ghn.GHNRanker.calibrate`); ``0`` (the default) keeps the fixed weight 0.5.
         label_workers: Processes running those short trainings (or the candidates') in parallel.
         queue_labels: Queue the labels in the campaign's storage (study
             ``<study>-labels``), so ``nas worker`` processes on any machine label
@@ -162,9 +159,6 @@ class CampaignConfig:
                                   "given", "ranking", metavar="N", identity=True)
     ranker_k: int = _setting(30, "SGD steps of each of those short trainings (and of each candidate's with "
                              "--rank-by short)", "ranking", metavar="K", identity=True)
-    ranker_calibration: int = _setting(0, "architectures trained for --finetune-epochs to choose the fitted "
-                                       "ranker's FLOPs-prior weight (0 = fixed weight 0.5)", "ranking", metavar="N",
-                                       identity=True)
     label_workers: int = _setting(1, "processes running those short trainings (or the candidates') in parallel",
                                   "ranking", metavar="W")
     queue_labels: bool = _setting(False, "queue the ranker's labels in the storage (study STUDY-labels) so that "
@@ -251,10 +245,6 @@ class CampaignConfig:
                 f"`ranker_labels` must be an int of at least {MIN_RANKER_LABELS}, but got {self.ranker_labels!r}."
             )
         _positive_int("ranker_k", self.ranker_k)
-        if _int("ranker_calibration", self.ranker_calibration) < 0 or 0 < self.ranker_calibration < 3:
-            raise ValueError(
-                f"`ranker_calibration` must be 0 or an int of at least 3, but got {self.ranker_calibration!r}."
-            )
         _positive_int("label_workers", self.label_workers)
         if not isinstance(self.queue_labels, bool):
             raise ValueError(f"`queue_labels` must be true or false, but got {self.queue_labels!r}.")
@@ -352,7 +342,7 @@ class CampaignConfig:
         """
         values = {name: getattr(self, name) for name in IDENTITY_KEYS}
         if self.rank_by != "ranker":
-            values["ranker_labels"] = values["ranker_calibration"] = None
+            values["ranker_labels"] = None
         if self.rank_by not in ("ranker", "short"):
             values["ranker_k"] = None
         return _normalise(values)
@@ -367,12 +357,16 @@ class CampaignConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> CampaignConfig:
         """Build a configuration from :meth:`to_dict` output; missing settings take their defaults.
 
+        Settings that older versions stored and this one no longer has (:data:`REMOVED_SETTINGS`)
+        are dropped, whatever their value, so a campaign stored by such a version (or a TOML file
+        it printed) still reads.
+
         Raises:
             ValueError: An unknown setting, or a value out of range.
         """
         if not isinstance(values, Mapping):
             raise ValueError(f"campaign settings must be a mapping, but got {type(values).__name__}.")
-        return cls().replace(**dict(values))
+        return cls().replace(**{name: value for name, value in values.items() if name not in REMOVED_SETTINGS})
 
     def to_toml(self) -> str:
         """The settings as a TOML document (``None`` settings are left out: TOML has no null)."""
@@ -429,6 +423,12 @@ def setting_names() -> tuple[str, ...]:
 
 
 _INDEX = {f.name: i for i, f in enumerate(dataclasses.fields(CampaignConfig))}
+
+#: Settings stored by older versions that :meth:`CampaignConfig.from_dict` drops on read, each with why.
+REMOVED_SETTINGS: dict[str, str] = {
+    "ranker_calibration": "architectures trained for the fine-tuning budget to choose the fitted ranker's "
+    "FLOPs-prior weight; removed, as the ranking suite (round 3) found no benefit over the fixed weight",
+}
 
 #: Settings that must agree for a process to join an existing campaign. The search space is compared
 #: by its built description (``SearchSpace.describe()``: its class and settings), not by ``space`` and

@@ -12,18 +12,16 @@ Method ``ghn`` is the score ``nas search`` ranks by with its defaults: the
 graph network fitted from random weights on ``--ranker-labels`` architectures
 of the space trained for ``--ranker-k`` SGD steps (never the evaluated
 candidates; labels cached in ``OUT/ranker_labels_k<K>_s<SEED>.csv`` and
-rankers in ``OUT/rankers/``, so a rerun resumes), plus its FLOPs prior, whose
-weight is chosen on ``--ranker-calibration`` architectures trained for
-``--epochs`` (cached in ``OUT/calibration_e<E>_s<SEED>.csv``); it needs no
-meta-trained GHN. ``ghn_plain`` is the validation loss of the GHN's
-predicted weights. The ranker's ablations (``ghn_w05``: the prior at the fixed
-weight 0.5, ``ghn_noprior``, ``ghn_meta``
-and ``ghn_meta_noprior`` from the meta-trained GHN's weights,
+rankers in ``OUT/rankers/``, so a rerun resumes), plus its FLOPs prior at
+the weight of :class:`nas.ghn.RankerConfig`; it needs no meta-trained GHN.
+``ghn_plain`` is the validation loss of the GHN's predicted weights. The
+ranker's ablations (``ghn_w05``: the prior at the fixed weight 0.5,
+``ghn_noprior``, ``ghn_meta`` and ``ghn_meta_noprior`` from the meta-trained GHN's weights,
 ``opcount_ranker``, ``opcount_ranker_flops``) run when named in
 ``--methods``. For ``ghn_plain`` and ``ghn_meta*`` without ``--ghn`` a
 default GHN is meta-trained (or reused) at ``OUT/ghn.pt`` with the evaluated
 candidates held out of meta-training. ``summary.json`` records the label
-count, their SGD steps, the calibration and the one-time CPU-seconds under ``ranker``.
+count, their SGD steps and the one-time CPU-seconds under ``ranker``.
 """
 
 from __future__ import annotations
@@ -86,10 +84,6 @@ def add_parsers(subparsers: Any) -> None:
                    help="architectures labelled for the ranker (default: nas search's, %d)" % _default_recipe().labels)
     p.add_argument("--ranker-k", type=int, default=None,
                    help="SGD steps per ranker label (default: nas search's, %d)" % _default_recipe().k)
-    p.add_argument("--ranker-calibration", type=int, default=None, metavar="N",
-                   help="architectures trained for --epochs to choose the ranker's FLOPs-prior weight, as "
-                   "nas search --ranker-calibration does (default: nas search's, %d; 0 = fixed weight 0.5)"
-                   % _default_calibration())
     p.add_argument("--label-seed", type=seed_value, default=1,
                    help="seed of the ranker's label sample and trainings (default %(default)s)")
     p.add_argument(
@@ -122,12 +116,6 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_threads_argument(p)
     p.set_defaults(func=run_correlate)
-
-
-def _default_calibration() -> int:
-    from nas.ghn import RANKER_CALIBRATION
-
-    return RANKER_CALIBRATION
 
 
 def _default_recipe() -> Any:
@@ -176,7 +164,6 @@ def run_correlate(args: argparse.Namespace) -> int:
     from nas.evaluation import (
         DEFAULT_METHODS,
         RANKER_METHODS,
-        Calibration,
         LabelRecipe,
         correlate,
         ranker_methods,
@@ -195,9 +182,6 @@ def run_correlate(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"`{given[0]}` cannot be used with `--ground-truth`: the table's architectures and "
                              "their trained results are the ground truth; drop it.")
-        if args.ranker_calibration:
-            raise ValueError("`--ranker-calibration` needs the ground-truth training budget, which a table does not "
-                             "give; drop it with `--ground-truth`.")
     args.archs = 100 if args.archs is None else args.archs
     args.epochs = 3.0 if args.epochs is None else args.epochs
     args.train_seeds = 2 if args.train_seeds is None else args.train_seeds
@@ -226,10 +210,6 @@ def run_correlate(args: argparse.Namespace) -> int:
         if value is not None and value < (4 if flag == "ranker_labels" else 1):
             raise ValueError(f"`--{flag.replace('_', '-')}` must be at least {4 if flag == 'ranker_labels' else 1}, "
                              f"but got {value}.")
-    n_cal = args.ranker_calibration if args.ranker_calibration is not None else _default_calibration()
-    if n_cal < 0 or 0 < n_cal < 3:
-        raise ValueError(f"`--ranker-calibration` must be 0 or at least 3, but got {n_cal}.")
-    calibration = Calibration(n=n_cal, epochs=args.epochs) if n_cal else None
     default = _default_recipe()
     recipe = LabelRecipe(labels=args.ranker_labels or default.labels, k=args.ranker_k or default.k,
                          seed=args.label_seed)
@@ -276,7 +256,7 @@ def run_correlate(args: argparse.Namespace) -> int:
     if ranker_rows:
         built, cost = ranker_methods(
             space, data, ghn=ghn, methods=ranker_rows, out=out, exclude=[g.key for g in graphs], recipe=recipe,
-            calibration=calibration, ranker=ranker, workers=args.workers, progress=progress,
+            ranker=ranker, workers=args.workers, progress=progress,
         )
         by_name = {s.name: s for s in built}
         scorers = [by_name.get(m, m) for m in methods]
@@ -361,11 +341,6 @@ def run_correlate(args: argparse.Namespace) -> int:
                 f"({ranker_info['label_seconds']:.0f} s); one-time seconds "
                 + ", ".join(f"{name} {_fmt(v, '.0f')}" for name, v in once.items())
             )
-            cal = ranker_info.get("calibration")
-            if cal:
-                print(f"FLOPs-prior weight chosen on {cal['trained']} architectures trained for {cal['epochs']:g} "
-                      f"epochs ({_fmt(cal['seconds'], '.0f')} s): "
-                      + ", ".join(f"{kind} {w:g}" for kind, w in cal["weight"].items()))
     print(f"wrote {paths['summary_json']} and {len(paths) - 3} figure files to {out}")
     return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -91,7 +90,7 @@ def _add_fit_ranker(subparsers: Any) -> None:
         add_threads_argument,
         seed_value,
     )
-    from nas.ghn import FLOPS_WEIGHTS, RANKER_CALIBRATION, RANKER_K, RANKER_LABELS, RankerConfig
+    from nas.ghn import RANKER_K, RANKER_LABELS, RankerConfig
 
     rc = RankerConfig()
     p = subparsers.add_parser(
@@ -100,9 +99,8 @@ def _add_fit_ranker(subparsers: Any) -> None:
         description="Train --ranker-labels architectures of the space for --ranker-k SGD steps each (their training-speed "
         "estimate, TSE), then fit a graph network (the GHN's, from random weights) to predict it from the graph. "
         "Finished labels go to OUT's *_labels.csv as they come, so running the command again resumes. The ranker "
-        "is what `nas search --ranker OUT` ranks by. No meta-trained GHN is needed. With --calibration N, the "
-        "weight of its log-FLOPs prior is chosen on N more architectures trained for --calibration-epochs (the "
-        "budget the ranking should predict); by default it is fixed at --flops-weight.",
+        "is what `nas search --ranker OUT` ranks by. No meta-trained GHN is needed. Its rank score adds a "
+        "log-FLOPs prior of weight --flops-weight; a ranker reused from OUT keeps the weight it was saved with.",
     )
     add_space_arguments(p)
     add_dataset_argument(p)
@@ -119,14 +117,8 @@ def _add_fit_ranker(subparsers: Any) -> None:
                        help=argparse.SUPPRESS)
     p.add_argument("--label-workers", type=int, default=1, metavar="W",
                    help="processes training labels in parallel (default 1)")
-    p.add_argument("--calibration", type=int, default=RANKER_CALIBRATION, metavar="N",
-                   help="architectures trained from scratch to choose the log-FLOPs prior's weight from "
-                   f"{', '.join(f'{w:g}' for w in FLOPS_WEIGHTS)} (default {RANKER_CALIBRATION}; 0 = --flops-weight)")
-    p.add_argument("--calibration-epochs", type=float, default=3.0, metavar="E",
-                   help="their training epochs: the budget the ranking should predict, e.g. the campaign's "
-                   "--finetune-epochs (default 3)")
-    p.add_argument("--flops-weight", type=float, default=None,
-                   help=f"fixed weight of the log-FLOPs prior, with --calibration 0 (default {rc.flops_weight})")
+    p.add_argument("--flops-weight", type=float, default=rc.flops_weight,
+                   help=f"weight of the log-FLOPs prior in the rank score (default {rc.flops_weight})")
     p.add_argument("--ensemble", type=int, default=rc.ensemble, help=f"members averaged (default {rc.ensemble})")
     p.add_argument("--epochs", type=int, default=rc.epochs, help=f"fitting epochs per member (default {rc.epochs})")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the labels and the fit (default 0)")
@@ -152,15 +144,8 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
                 raise ValueError(f"`{flag}` must be positive, but got {value}.")
         if args.ranker_labels < 4:
             raise ValueError(f"`ranker_labels` must be at least 4, but got {args.ranker_labels}.")
-        if args.calibration < 0 or 0 < args.calibration < 3:
-            raise ValueError(f"`calibration` must be 0 or at least 3, but got {args.calibration}.")
-        if not (math.isfinite(args.calibration_epochs) and args.calibration_epochs > 0):
-            raise ValueError(f"`calibration_epochs` must be positive, but got {args.calibration_epochs}.")
-        if args.flops_weight is not None and args.calibration:
-            raise ValueError(f"`flops_weight` {args.flops_weight:g} is fixed, but --calibration {args.calibration} "
-                             "chooses it; pass --calibration 0 to fix it.")
-        weight = {} if args.flops_weight is None else {"flops_weight": args.flops_weight}
-        config = RankerConfig(ensemble=args.ensemble, epochs=args.epochs, seed=args.seed, **weight)
+        config = RankerConfig(flops_weight=args.flops_weight, ensemble=args.ensemble, epochs=args.epochs,
+                              seed=args.seed)
     if args.ghn is not None and not args.ghn.is_file():
         raise CheckpointError(f"GHN checkpoint {str(args.ghn)!r} does not exist (make one with `nas train-ghn`).")
     output_file(args.out, flag="--out", suffixes=CHECKPOINT_SUFFIXES, kinds=(RANKER_FORMAT,),
@@ -178,22 +163,14 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     ranker = ensure_ranker(
         space, data, ghn, path=args.out, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, seed=args.seed,
-        workers=args.label_workers, config=config, calibration=args.calibration,
-        calibration_epochs=args.calibration_epochs, progress=not args.no_progress,
+        workers=args.label_workers, config=config, progress=not args.no_progress,
     )
     info = ranker.label_info
     taus = ", ".join(f"{t:.3f}" for t in ranker.member_tau) or "-"
     print(f"labels:            {info.get('labelled', '?')} of {info.get('n', '?')} trained for k={info.get('k', '?')} "
           f"steps ({info.get('labels', '-')})")
     print(f"member val tau:    {taus}")
-    cal = info.get("calibration")
-    if cal:
-        taus_by_weight = ", ".join(f"{w}: {t:.3f}" for w, t in cal.get("tau", {}).items())
-        print(f"flops weight:      {ranker.config.flops_weight:g}, chosen on {cal['n']} architectures trained for "
-              f"{cal['epochs']:g} epochs ({cal.get('seconds', math.nan):.0f} s; "
-              f"Kendall tau by weight {taus_by_weight})")
-    else:
-        print(f"flops weight:      {ranker.config.flops_weight:g} (fixed)")
+    print(f"flops weight:      {ranker.config.flops_weight:g}")
     print(f"wall time:         {time.perf_counter() - start:.1f} s")
     print(f"ranker:            {args.out}")
     return 0

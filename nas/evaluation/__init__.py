@@ -47,7 +47,7 @@ from nas.evaluation.proxies import (
     snip,
     synflow,
 )
-from nas.evaluation.ranker_methods import RANKER_METHODS, Calibration, LabelRecipe, RankerCost, ranker_methods
+from nas.evaluation.ranker_methods import RANKER_METHODS, LabelRecipe, RankerCost, ranker_methods
 from nas.evaluation.scorers import (
     FlopsScorer,
     GHNScorer,
@@ -76,7 +76,6 @@ __all__ = [
     "GHN_METHODS",
     "GroundTruthCache",
     "GroundTruthRecord",
-    "Calibration",
     "LabelRecipe",
     "LabelRegressorScorer",
     "PROXIES",

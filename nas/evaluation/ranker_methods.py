@@ -9,7 +9,7 @@ each part contributes. Each is one row of a correlation run:
 
 ============================  ==============================================================
 ``ghn``                       the ranker fitted from random weights + FLOPs prior (the campaign)
-``ghn_w05``                   the same ranker with the prior at the fixed weight 0.5, not calibrated
+``ghn_w05``                   the same ranker with the prior at the fixed weight 0.5
 ``ghn_noprior``               the same ranker without the prior
 ``ghn_meta``                  the same network fitted from the meta-trained GHN's weights + prior
 ``ghn_meta_noprior``          from the GHN's weights, without the prior
@@ -17,10 +17,9 @@ each part contributes. Each is one row of a correlation run:
 ``opcount_ranker_flops``      the same with the prior
 ============================  ==============================================================
 
-With a :class:`Calibration`, the prior's weight of the ``ghn`` and
-``ghn_meta`` rows is chosen, as ``nas search --ranker-calibration`` does, on architectures trained
-for the ground-truth budget (:meth:`nas.ghn.GHNRanker.calibrate`; cached in
-``OUT/calibration_e<epochs>_s<seed>.csv``); without one it is fixed at 0.5.
+The prior's weight of the ``ghn``, ``ghn_meta`` and ``opcount_ranker_flops``
+rows is the one :class:`nas.ghn.RankerConfig` fits a campaign's ranker with
+(a ranker given to :func:`ranker_methods` keeps its own).
 
 Only the ``ghn_meta`` rows need a meta-trained GHN; the ranker the campaign
 uses starts from random weights (:class:`nas.ghn.RankerConfig`'s
@@ -53,13 +52,13 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["DEFAULT_KIND", "RANKER_METHODS", "Calibration", "LabelRecipe", "RankerCost", "ranker_methods"]
+__all__ = ["DEFAULT_KIND", "RANKER_METHODS", "LabelRecipe", "RankerCost", "ranker_methods"]
 
 logger = logging.getLogger(__name__)
 
 #: Method name -> (what is fitted, its FLOPs prior). Kinds: ``"scratch"`` (the graph network from
 #: random weights: the campaign's ranker), ``"ghn"`` (from the meta-trained GHN's weights), ``"opcount"``.
-#: Prior: ``True`` the ranker's own weight (calibrated when asked), ``False`` none, a number a fixed weight.
+#: Prior: ``True`` the ranker's own weight, ``False`` none, a number a fixed weight.
 RANKER_METHODS: dict[str, tuple[str, bool | float]] = {
     "ghn": ("scratch", True),
     "ghn_w05": ("scratch", 0.5),
@@ -102,28 +101,6 @@ class LabelRecipe:
         return cls(labels=RANKER_LABELS, k=RANKER_K, seed=seed)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Calibration:
-    """How the rankers' FLOPs-prior weight is chosen (:meth:`nas.ghn.GHNRanker.calibrate`).
-
-    Args:
-        n: Architectures trained from scratch (at least 3; sampled with the
-            label seed, never a candidate nor a label).
-        epochs: Their training budget (the ground truth's).
-    """
-
-    n: int
-    epochs: float
-
-    def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 3:
-            raise ValueError(f"`n` must be an int of at least 3, but got {self.n!r}.")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not (
-            math.isfinite(self.epochs) and self.epochs > 0
-        ):
-            raise ValueError(f"`epochs` must be a positive number, but got {self.epochs!r}.")
-
-
 @dataclasses.dataclass
 class RankerCost:
     """One-time CPU-seconds (one torch thread) of the ranker rows.
@@ -138,9 +115,6 @@ class RankerCost:
         fit_seconds: Fitting time per fitted kind (``"ghn"``, ``"scratch"``, ``"opcount"``).
         ghn_seconds: Meta-training time of the GHN the ``ghn_meta`` rankers start from
             (``None`` when not recorded or not needed).
-        calibration: What the prior's calibration trained and chose (``n``,
-            ``epochs``, ``seconds``, the chosen ``weight`` per fitted kind);
-            ``None`` without calibration.
     """
 
     labels: int
@@ -151,14 +125,11 @@ class RankerCost:
     label_seconds_estimated: int = 0
     fit_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     ghn_seconds: float | None = None
-    calibration: dict[str, Any] | None = None
 
     def one_time_seconds(self, method: str) -> float:
-        """Labels + fit (+ calibration for calibrated rows, + GHN meta-training for ``ghn_meta`` rows)."""
-        kind, prior = RANKER_METHODS[method]
+        """Labels + fit (+ GHN meta-training for ``ghn_meta`` rows)."""
+        kind, _ = RANKER_METHODS[method]
         total = self.label_seconds + self.fit_seconds.get(kind, math.nan)
-        if prior is True and kind != "opcount" and self.calibration is not None:
-            total += self.calibration["seconds"]
         if kind == "ghn":
             total += self.ghn_seconds if self.ghn_seconds is not None else math.nan
         return total
@@ -187,11 +158,6 @@ def labels_cache(out: str | Path, recipe: LabelRecipe) -> Path:
 def ranker_path(out: str | Path, kind: str, recipe: LabelRecipe) -> Path:
     """Where :func:`ranker_methods` keeps a fitted ranker."""
     return Path(out) / "rankers" / f"{kind}_n{recipe.labels}_k{recipe.k}_s{recipe.seed}.pt"
-
-
-def calibration_cache(out: str | Path, calibration: Calibration, seed: int) -> Path:
-    """Where :func:`ranker_methods` keeps the calibration runs (shared by every label count and kind)."""
-    return Path(out) / f"calibration_e{calibration.epochs:g}_s{seed}.csv"
 
 
 def _fit_or_load(kind: str, path: Path, ghn: Any, graphs: list, targets: Any, recipe: LabelRecipe,
@@ -224,7 +190,6 @@ def ranker_methods(
     out: str | Path,
     exclude: Sequence[str],
     recipe: LabelRecipe | None = None,
-    calibration: Calibration | None = None,
     ranker: Any = None,
     suffix: str = "",
     workers: int = 1,
@@ -242,8 +207,6 @@ def ranker_methods(
         out: Folder of the label cache and the fitted rankers.
         exclude: Canonical keys never to label (the evaluated candidates).
         recipe: The labels (default :meth:`LabelRecipe.default`).
-        calibration: Choose the fitted rankers' prior weight on architectures
-            trained for the full budget (``nas search --ranker-calibration``); ``None`` keeps 0.5.
         ranker: A ready ranker for the ``ghn`` and ``ghn_noprior`` rows (then
             nothing is labelled for them, and it keeps its own prior weight;
             other rows still need labels).
@@ -295,22 +258,6 @@ def ranker_methods(
             cost.fit_seconds[kind] = float(fitted[kind].label_info.get("fit_seconds", math.nan))
         if "opcount" in kinds:
             cost.fit_seconds["opcount"] = 0.0
-        calibrated = [kind for kind in sorted(kinds) if kind != "opcount"]
-        if calibration is not None and calibrated:
-            from nas.ghn import calibration_losses
-
-            cal_cache = calibration_cache(out, calibration, recipe.seed)
-            cal_graphs, losses = calibration_losses(
-                space, data, calibration.n, epochs=calibration.epochs, seed=recipe.seed,
-                exclude=[*exclude, *(g.key for g in graphs)], cache=cal_cache, workers=workers, progress=progress,
-            )
-            cal_seconds, _ = label_seconds(cal_cache, [g.key for g in cal_graphs])
-            cost.calibration = {"n": calibration.n, "trained": len(cal_graphs), "epochs": calibration.epochs,
-                                "seconds": cal_seconds, "weight": {}}
-            for kind in calibrated:
-                if len(cal_graphs) >= 3:
-                    fitted[kind].calibrate(cal_graphs, losses, info={"epochs": calibration.epochs})
-                cost.calibration["weight"][kind] = fitted[kind].config.flops_weight
     scorers: list[Scorer] = []
     for method in methods:
         kind, prior = RANKER_METHODS[method]

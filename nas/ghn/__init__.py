@@ -21,8 +21,8 @@ Modules, in the order data flows through them:
 * ``_meta_train``: :class:`MetaTrainConfig`, :func:`meta_train`;
 * ``_default``: :func:`default_ghn_path`, :func:`ensure_ghn`, :func:`ensure_ranker` and the default label recipe;
 * ``_ranker``: :class:`GHNRanker`, the GHN's graph network with a head that
-  predicts short-training loss (:func:`short_training_labels`, :func:`fit_ranker`), and
-  the weight of its capacity prior chosen on fully trained architectures (:func:`calibration_losses`);
+  predicts short-training loss (:func:`short_training_labels`, :func:`fit_ranker`), plus a
+  log-FLOPs capacity prior (:func:`with_flops_prior`);
 * ``_ranker_ensemble``: :class:`RankerEnsemble`, several rankers scoring together;
 * ``_identity``: what a GHN or ranker checkpoint was built for (:func:`identity`) and
   the check on load that it serves that space and dataset (:func:`check_identity`);
@@ -39,7 +39,6 @@ from nas.ghn._checkpoint import FORMAT as GHN_FORMAT
 from nas.ghn._checkpoint import read_checkpoint
 from nas.ghn._decoder import WeightDecoder
 from nas.ghn._default import (
-    RANKER_CALIBRATION,
     RANKER_K,
     RANKER_LABELS,
     default_ghn_path,
@@ -55,11 +54,9 @@ from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._predicted import calibrate_batch_norm
 from nas.ghn._protocol import Ranker
 from nas.ghn._ranker import (
-    FLOPS_WEIGHTS,
     RANKER_FORMAT,
     GHNRanker,
     RankerConfig,
-    calibration_losses,
     fit_ranker,
     label_seconds,
     log_flops,
@@ -72,7 +69,6 @@ from nas.ghn._ranker_ensemble import RankerEnsemble
 from nas.ghn.pyg import NODE_FEATURES, to_pyg
 
 __all__ = [
-    "FLOPS_WEIGHTS",
     "GHN",
     "GHNConfig",
     "GHNRanker",
@@ -85,14 +81,12 @@ __all__ = [
     "RankerEnsemble",
     "NodeEncoder",
     "RANKER_FORMAT",
-    "RANKER_CALIBRATION",
     "RANKER_K",
     "RANKER_LABELS",
     "Ranker",
     "ShapeEncoder",
     "WeightDecoder",
     "calibrate_batch_norm",
-    "calibration_losses",
     "check_identity",
     "default_ghn_path",
     "ensure_ghn",

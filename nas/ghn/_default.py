@@ -8,7 +8,6 @@ fits a :class:`~nas.ghn.GHNRanker`, each into a file that every later call
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -23,24 +22,14 @@ from nas.exceptions import CheckpointError
 from nas.ghn._identity import check_identity, identity
 from nas.ghn._meta_train import MetaTrainConfig, meta_train
 from nas.ghn._model import GHN, GHNConfig
-from nas.ghn._ranker import (
-    GHNRanker,
-    RankerConfig,
-    calibration_losses,
-    fit_ranker,
-    label_seconds,
-    short_training_labels,
-)
+from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, short_training_labels
 from nas.graph import ArchGraph
 
 if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = [
-    "RANKER_CALIBRATION", "RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker",
-    "untrained_ghn",
-]
+__all__ = ["RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker", "untrained_ghn"]
 
 #: Architectures labelled to fit a ranker by default. On nb201 / mnist5k, rankers on about 700 labels
 #: put a top-1% architecture first for GHN builds where 150 labels left it out of the top 10
@@ -48,14 +37,6 @@ __all__ = [
 RANKER_LABELS = 700
 #: SGD steps of each label's short training by default (its TSE sums the first ``RANKER_K`` losses).
 RANKER_K = 30
-#: Architectures trained for the full budget to choose the ranker's capacity-prior weight by default
-#: (:meth:`GHNRanker.calibrate`; ``0`` keeps ``RankerConfig.flops_weight``, 0.5). Off: in the ranking
-#: suite's round 2 (``experiments/results/suite/RESULTS.md``), 20 calibration runs lifted the mean Kendall
-#: tau over eight pairs from 0.731 (fixed 0.5) to 0.767, but on a pair held out for the rule they fell
-#: 0.025 below no prior at all (the rule allowed 0.02), so the pre-set rule kept the fixed weight.
-RANKER_CALIBRATION = 0
-#: Offset of the calibration sample's seed from the label seed (another sample of the same space).
-_CALIBRATION_SEED_OFFSET = 104729
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +169,6 @@ def ensure_ranker(
     labels_cache: str | Path | None = None,
     workers: int = 1,
     config: RankerConfig | None = None,
-    calibration: int = RANKER_CALIBRATION,
-    calibration_epochs: float = 3.0,
     progress: bool = True,
     queue: Any = None,
 ) -> GHNRanker:
@@ -199,7 +178,8 @@ def ensure_ranker(
     (seed ``seed``, never one of ``exclude``) for ``ranker_k`` SGD steps each; finished
     labels are appended to ``labels_cache`` as they come, so a killed run
     resumes. :func:`fit_ranker` then fine-tunes ``ghn``'s graph network on
-    them and the ranker is saved atomically to ``path``.
+    them and the ranker is saved atomically to ``path``. A loaded ranker is
+    returned as saved, FLOPs-prior weight included (``config`` applies to a new fit).
 
     Args:
         space: The search space.
@@ -217,14 +197,6 @@ def ensure_ranker(
         labels_cache: CSV of finished labels (default: ``<path stem>_labels_k<ranker_k>.csv`` next to ``path``).
         workers: Processes training labels in parallel.
         config: Fitting settings (default :class:`RankerConfig` seeded with ``seed``).
-        calibration: Architectures trained for ``calibration_epochs`` to choose
-            the capacity prior's weight (:meth:`GHNRanker.calibrate`; sampled
-            with their own seed, never a label nor one of ``exclude``; cached in
-            ``<path stem>_calibration_e<epochs>.csv``). ``0`` keeps
-            ``config.flops_weight``. A loaded ranker calibrated otherwise is
-            calibrated again; its fit is kept.
-        calibration_epochs: Their training budget: what the ranking should
-            predict (a campaign's fine-tuning epochs).
         progress: Show progress bars.
         queue: A :class:`nas.campaign.QueuedLabels` to label through an Optuna
             storage (``nas worker`` processes on other machines label too).
@@ -240,8 +212,6 @@ def ensure_ranker(
     """
     if isinstance(ranker_labels, bool) or not isinstance(ranker_labels, int) or ranker_labels < 4:
         raise ValueError(f"`ranker_labels` must be an int of at least 4, but got {ranker_labels!r}.")
-    if isinstance(calibration, bool) or not isinstance(calibration, int) or calibration < 0 or 0 < calibration < 3:
-        raise ValueError(f"`calibration` must be 0 or an int of at least 3, but got {calibration!r}.")
     config = config or RankerConfig(seed=seed)
     if ghn is None:
         if config.pretrained:
@@ -265,10 +235,11 @@ def ensure_ranker(
                     f"ranker checkpoint {str(path)!r} was fitted on labels {fitted}, not the requested {asked}; "
                     "write the new ranker to another path or delete this one."
                 )
+            if ranker.config.flops_weight != config.flops_weight:
+                logger.info("the ranker at %s keeps the FLOPs-prior weight it was saved with, %g (not %g)", path,
+                            ranker.config.flops_weight, config.flops_weight)
             logger.info("using the ranker at %s", path)
-            return _calibrated(ranker, space, data, path=path, label_keys=None, exclude=exclude, seed=seed,
-                               calibration=calibration, epochs=calibration_epochs, fixed=config.flops_weight,
-                               workers=workers, progress=progress)
+            return ranker
     cache = Path(labels_cache) if labels_cache is not None else path.with_name(f"{path.stem}_labels_k{ranker_k}.csv")
     logger.info("fitting the ranker: short training (k=%d) of %d architectures into %s", ranker_k, ranker_labels, cache)
     graphs, targets = short_training_labels(
@@ -282,62 +253,4 @@ def ensure_ranker(
     ranker = fit_ranker(ghn, graphs, targets, config, label_info=label_info, progress=progress)
     ranker.save(path)
     logger.info("ranker saved to %s", path)
-    return _calibrated(ranker, space, data, path=path, label_keys=[g.key for g in graphs], exclude=exclude, seed=seed,
-                       calibration=calibration, epochs=calibration_epochs, fixed=config.flops_weight,
-                       workers=workers, progress=progress)
-
-
-def _calibrated(
-    ranker: GHNRanker,
-    space: SearchSpace,
-    data: Dataset,
-    *,
-    path: Path,
-    label_keys: Sequence[str] | None,
-    exclude: Sequence[str],
-    seed: int,
-    calibration: int,
-    epochs: float,
-    fixed: float,
-    workers: int,
-    progress: bool,
-) -> GHNRanker:
-    """``ranker`` with its prior's weight chosen as :func:`ensure_ranker` asks, saved to ``path`` when it changed."""
-    have = ranker.label_info.get("calibration")
-    if not calibration:
-        if have is None and ranker.config.flops_weight == fixed:
-            return ranker
-        ranker.label_info.pop("calibration", None)
-        ranker.config = dataclasses.replace(ranker.config, flops_weight=fixed)
-        ranker.save(path)
-        return ranker
-    if have is not None and have.get("asked") == calibration and have.get("epochs") == float(epochs):
-        return ranker
-    if label_keys is None:  # a loaded ranker: its labels are in the cache it names
-        labels = ranker.label_info.get("labels")
-        label_keys = _cache_keys(Path(labels)) if labels else []
-    cache = path.with_name(f"{path.stem}_calibration_e{epochs:g}.csv")
-    logger.info("calibrating the ranker's prior: %d architectures trained for %g epochs into %s", calibration,
-                epochs, cache)
-    cal_seed = seed + _CALIBRATION_SEED_OFFSET
-    graphs, losses = calibration_losses(space, data, calibration, epochs=epochs, seed=cal_seed,
-                                        exclude=[*exclude, *label_keys], cache=cache, workers=workers,
-                                        progress=progress)
-    if len(graphs) < 3:
-        logger.warning("only %d calibration architectures trained; the prior keeps its weight %g", len(graphs),
-                       ranker.config.flops_weight)
-        return ranker
-    seconds, _ = label_seconds(cache, [g.key for g in graphs])
-    ranker.calibrate(graphs, losses, info={"asked": calibration, "epochs": float(epochs), "seed": cal_seed,
-                                           "seconds": seconds, "cache": str(cache.resolve())})
-    ranker.save(path)
     return ranker
-
-
-def _cache_keys(path: Path) -> list[str]:
-    """Canonical keys in a label cache (none when the file is gone)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return [row["key"] for row in csv.DictReader(f)]
-

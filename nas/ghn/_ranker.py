@@ -71,7 +71,7 @@ from torch_geometric.utils import scatter
 from tqdm.auto import tqdm
 
 from nas._atomic import atomic_write
-from nas.exceptions import CheckpointError, SpaceError
+from nas.exceptions import CheckpointError
 from nas.ghn._checkpoint import read_checkpoint, write_checkpoint
 from nas.ghn._model import GHN, GHNConfig
 from nas.graph import ArchGraph
@@ -81,14 +81,11 @@ if TYPE_CHECKING:
     from nas.space import SearchSpace
 
 __all__ = [
-    "FLOPS_WEIGHTS", "GHNRanker", "RankerConfig", "calibration_losses", "fit_ranker",
-    "label_seconds", "log_flops", "short_training_labels", "with_flops_prior",
+    "GHNRanker", "RankerConfig", "fit_ranker", "label_seconds", "log_flops", "short_training_labels",
+    "with_flops_prior",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Weights of the capacity prior :meth:`GHNRanker.calibrate` chooses from.
-FLOPS_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 
 #: ``format`` of a ranker checkpoint (a GHN checkpoint has another).
 RANKER_FORMAT = "ghn-nas/ranker"
@@ -267,52 +264,6 @@ class GHNRanker(nn.Module):
         This is :meth:`score` without the capacity prior.
         """
         return (self.predict(graphs, chunk=chunk) - self.label_mean) / self.label_std
-
-    def calibrate(
-        self,
-        graphs: Sequence[ArchGraph],
-        losses: Sequence[float],
-        *,
-        weights: Sequence[float] = FLOPS_WEIGHTS,
-        info: dict[str, Any] | None = None,
-    ) -> float:
-        """Choose the capacity prior's weight on architectures trained for the full budget.
-
-        Short-training labels cannot say how much a longer budget rewards
-        capacity; architectures trained for that budget can. Each weight's
-        :meth:`score` is compared with their losses by Kendall tau, and the best
-        (on ties, the smallest) becomes ``config.flops_weight``. What was
-        measured is kept in ``label_info["calibration"]`` and saved with the ranker.
-
-        Args:
-            graphs: Architectures trained for the full budget (never the
-                ranker's labels nor the candidates to be ranked).
-            losses: Their validation losses, lower is better; ``[B]``.
-            weights: Candidate weights (non-negative).
-            info: Stored beside the result, e.g. ``{"epochs": 3, "seconds": 40.0}``.
-
-        Returns:
-            The chosen weight.
-
-        Raises:
-            ValueError: Fewer than 3 graphs, a length mismatch, a loss that is
-                not finite, or an empty or negative ``weights``.
-        """
-        graphs, y = _per_graph(graphs, losses, name="losses", minimum=3, what="trained")  # y: [B]
-        if not weights or any(not math.isfinite(w) or w < 0 for w in weights):
-            raise ValueError(f"`weights` must be non-negative numbers, but got {list(weights)!r}.")
-        z = self.standardised(graphs)  # [B]
-        taus = {float(w): _tau(with_flops_prior(z, graphs, weight=w, mean=self.flops_mean, std=self.flops_std), y)
-                for w in sorted(weights)}
-        usable = {w: t for w, t in taus.items() if math.isfinite(t)}
-        chosen = max(usable, key=lambda w: (usable[w], -w)) if usable else self.config.flops_weight
-        self.config = dataclasses.replace(self.config, flops_weight=chosen)
-        self.label_info["calibration"] = {
-            **(info or {}), "n": len(graphs), "weight": chosen, "tau": {f"{w:g}": t for w, t in taus.items()},
-        }
-        logger.info("capacity prior calibrated on %d architectures: weight %g (Kendall tau %s)", len(graphs), chosen,
-                    ", ".join(f"{w:g}: {t:.3f}" for w, t in taus.items()))
-        return chosen
 
     def check_compatible(self, space: SearchSpace, *, source: str | Path | None = None) -> None:
         """Refuse a space this ranker cannot score.
@@ -560,18 +511,6 @@ def tse_label(graph: ArchGraph, data: Dataset, k: int, seed: int) -> tuple[float
     return _short_training_loss((graph.to_json(), data, int(k), int(seed)))
 
 
-def _trained_val_loss(args: tuple[str, Any, float, int]) -> tuple[float, float]:
-    """Validation loss of one architecture trained from scratch for ``epochs``, and the seconds it took."""
-    graph_json, data, epochs, seed = args
-    from nas.training import TrainConfig, train_graph
-
-    graph = ArchGraph.from_json(graph_json)
-    start = time.perf_counter()
-    result = train_graph(graph, data, TrainConfig(epochs=epochs, seed=seed, progress=False), evaluate_on=("val",))
-    seconds = time.perf_counter() - start
-    return (math.nan if result.failed else float(result.val_loss)), seconds
-
-
 def _drop_torn_tail(path: Path) -> None:
     """Cut a last line that a killed process left half-written (it has no newline yet).
 
@@ -702,65 +641,6 @@ def tse_scores(
                             desc=f"short training (k={k})", progress=progress, queue=queue)
     by_key = {g.key: float(v) for g, v in zip(kept, values)}
     return np.array([by_key.get(g.key, math.nan) for g in graphs], dtype=np.float64)
-
-
-def calibration_losses(
-    space: SearchSpace,
-    data: Dataset,
-    n: int,
-    *,
-    epochs: float,
-    seed: int = 0,
-    exclude: Sequence[str] = (),
-    cache: str | Path | None = None,
-    workers: int = 1,
-    progress: bool = True,
-) -> tuple[list[ArchGraph], np.ndarray]:
-    """Sample ``n`` architectures and train each from scratch for the full budget; their validation losses.
-
-    What :meth:`GHNRanker.calibrate` chooses the capacity prior's weight on:
-    the budget the ranking is meant to predict (the ground truth of ``nas
-    correlate``, the fine-tuning budget of a campaign), the trainer's default
-    settings, one seeded run per architecture.
-
-    Args:
-        space: The search space.
-        data: The dataset (training split trains, validation split scores).
-        n: Architectures to train (distinct canonical keys).
-        epochs: Training epochs of each.
-        seed: Seed of the sample and of every training run.
-        exclude: Canonical keys never to train (the candidates, the ranker's labels).
-        cache: CSV of finished runs (``key, graph, val_loss, seconds``), appended
-            as runs finish, so an interrupted run resumes.
-        workers: Processes training in parallel.
-        progress: Show a progress bar.
-
-    Returns:
-        ``(graphs, val_losses)`` of the architectures that trained: fewer than
-        ``n`` when the space has fewer candidates outside ``exclude`` (none,
-        with a warning, when a space of unknown size runs out).
-
-    Raises:
-        ValueError: ``n`` or ``workers`` is not a positive int, or ``epochs`` is not positive.
-    """
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not (math.isfinite(epochs) and epochs > 0):
-        raise ValueError(f"`epochs` must be a positive number, but got {epochs!r}.")
-    for name, value in (("n", n), ("workers", workers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
-    excluded = set(exclude)
-    size = space.size()
-    if size is not None and size - len(excluded) < n:
-        n = max(size - len(excluded), 0)
-        logger.info("search space %r has %d candidates outside the labels and candidates: calibrating on them",
-                    space.name, n)
-    try:
-        graphs = _sample(space, n, seed=seed, exclude=excluded) if n else []
-    except SpaceError as err:  # a space of unknown size with too few candidates left
-        logger.warning("no calibration: %s", err)
-        graphs = []
-    return _measure(graphs, _trained_val_loss, data, float(epochs), seed, cache=cache, column="val_loss",
-                    workers=workers, desc=f"calibration ({epochs:g} epochs)", progress=progress)
 
 
 def _sample(space: SearchSpace, n: int, *, seed: int, exclude: Sequence[str]) -> list[ArchGraph]:
