@@ -111,9 +111,9 @@ def tiny_ranker(rel_tmp: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def finished_campaign(rel_tmp: Path, tiny_ghn: Path) -> Path:
-    """Output folder of an uninterrupted tiny campaign (SQLite storage inside it); read-only by convention."""
+    """Output folder of an uninterrupted tiny campaign ranked by the ranker (SQLite storage inside it); read-only."""
     out = rel_tmp / "finished_campaign"
-    result = run_inprocess(["search", *SEARCH_ARGS, "--ghn", str(tiny_ghn), "--out", str(out)])
+    result = run_inprocess(["search", *SEARCH_ARGS, "--ghn", str(tiny_ghn), "--out", str(out), "--rank-by", "ranker"])
     assert result.code == 0, result.err
     return out
 

@@ -12,10 +12,10 @@ random pause, restarts the same command, and at the end checks:
 * the final tables equal those of an uninterrupted run with the same seed.
 
 Kills: ``nas search`` 3 for each rank mode (``--rank-by loss``: ranking, i.e.
-a GHN evaluation; ``--rank-by ranker``, the default: the short training of a
-ranker label; then fine-tuning and a checkpoint write), ``nas correlate`` 2
-(ground-truth training, cache write), ``nas train-ghn`` 2 (checkpoint write,
-meta-training step); 10 in all.
+a GHN evaluation; ``--rank-by ranker``: the short training of a ranker label;
+``--rank-by short``: the short training of a candidate; then fine-tuning and a
+checkpoint write), ``nas correlate`` 2 (ground-truth training, cache write),
+``nas train-ghn`` 2 (checkpoint write, meta-training step); 13 in all.
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ def _scored_keys(rank: optuna.Study) -> Counter[str]:
     )
 
 
-def _label_keys(out: Path) -> Counter[str]:
-    """Key -> rows of the ranker's label cache (``ranker_labels.csv``)."""
-    path = out / "ranker_labels.csv"
+def _label_keys(out: Path, rank_by: str = "ranker") -> Counter[str]:
+    """Key -> rows of the short-training cache: the ranker's labels (``ranker_labels.csv``) or, with
+    ``--rank-by short``, the candidates' own runs (``rank_tse.csv``)."""
+    path = out / ("rank_tse.csv" if rank_by == "short" else "ranker_labels.csv")
     return Counter(pd.read_csv(path)["key"]) if path.exists() else Counter()
 
 
@@ -97,20 +98,20 @@ def _assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-5, atol=1e-6, check_dtype=False)
 
 
-#: Work unit of the rank stage, per ``--rank-by``: a GHN evaluation of a batch (``loss``), or the
-#: short training of one of the ranker's label architectures (``ranker``, the default; scoring a
-#: candidate is then a millisecond, too short to be hit).
-RANK_UNIT = {"loss": "ghn_eval", "ranker": "label"}
+#: Work unit of the rank stage, per ``--rank-by``: a GHN evaluation of a batch (``loss``), the
+#: short training of one of the ranker's label architectures (``ranker``; scoring a candidate is then a
+#: millisecond, too short to be hit), or of one candidate (``short``, the default of these 80 trials).
+RANK_UNIT = {"loss": "ghn_eval", "ranker": "label", "short": "label"}
 
 
-@pytest.mark.parametrize("rank_by", ["loss", "ranker"])
+@pytest.mark.parametrize("rank_by", ["loss", "ranker", "short"])
 def test_search_survives_kills_during_ranking_finetuning_and_checkpoint_write(
     tmp_path: Path, tiny_ghn: Path, finished_campaign: Path, rank_by: str
 ) -> None:
     out, log = tmp_path / "out", tmp_path / "work.log"
     argv = ["search", *SEARCH_ARGS, "--ghn", str(tiny_ghn), "--out", str(out), "--rank-by", rank_by]
     if rank_by == "ranker":
-        reference = finished_campaign
+        reference = finished_campaign  # ranked by the ranker
     else:
         reference = tmp_path / "reference"
         ref = run_inprocess(["search", *SEARCH_ARGS, "--ghn", str(tiny_ghn), "--out", str(reference),
@@ -143,7 +144,7 @@ def test_search_survives_kills_during_ranking_finetuning_and_checkpoint_write(
             rank, ft = _studies(out)
             committed_rank |= set(_scored_keys(rank))
             committed_ft |= set(_finetuned_keys(ft))
-        committed_labels |= set(_label_keys(out))
+        committed_labels |= set(_label_keys(out, rank_by))
 
     final = run_subprocess(argv, env=base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN="final"))
     assert final.code == 0, final.err[-3000:]
@@ -171,10 +172,12 @@ def test_search_survives_kills_during_ranking_finetuning_and_checkpoint_write(
     if rank_by == "loss":
         assert set(evals) == set(scored_keys)
     else:
-        assert not evals  # the ranker scores without GHN evaluations
-        labels = _label_keys(out)
-        assert labels and set(labels.values()) == {1}, labels  # each label architecture once in the cache
-        assert labels == _label_keys(reference)
+        assert not evals  # the ranker and short training score without GHN evaluations
+        labels = _label_keys(out, rank_by)
+        assert labels and set(labels.values()) == {1}, labels  # each architecture once in the cache
+        assert labels == _label_keys(reference, rank_by)
+        if rank_by == "short":
+            assert set(labels) == set(scored_keys) and not _label_keys(out)  # the candidates, and no ranker label
         done_labels = Counter(e["key"] for e in all_events if e["kind"] == "label" and e["event"] == "done")
         assert set(done_labels) == set(labels)
         assert sum(done_labels.values()) <= len(labels) + 1  # at most the label in flight at the ranking kill
