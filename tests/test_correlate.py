@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import Any
 
 import matplotlib
 import matplotlib.figure
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -266,6 +268,34 @@ def test_cli_ranks_by_the_campaigns_ranker_without_meta_training(
     assert set(summary["ranker"]["fit_seconds"]) == {"scratch"}
     with pytest.raises(AssertionError, match="meta-trained a GHN"):
         main([*argv, "--methods", "ghn_meta"])
+
+
+def test_ranker_rows_score_with_todays_prior_weight_even_from_an_older_cached_ranker(
+    space: SearchSpace, data: Dataset, tmp_path: Path
+) -> None:
+    """``ghn`` is the campaign's ranker with the current default weight (0: ``ghn_noprior``'s ranking), even
+    when ``OUT/rankers/`` holds a ranker fitted while the default was 0.5; ``ghn_w05`` keeps 0.5."""
+    from nas.evaluation import LabelRecipe, ranker_methods, sample_candidates
+    from nas.ghn import GHNRanker, RankerConfig
+
+    candidates = sample_candidates(space, 6, seed=0)
+    keys = [g.key for g in candidates]
+    recipe = LabelRecipe(labels=6, k=2, seed=1)
+    methods = ["ghn", "ghn_noprior", "ghn_w05"]
+    scorers, _ = ranker_methods(space, data, ghn=None, methods=methods, out=tmp_path, exclude=keys,
+                                recipe=recipe, progress=False)
+    (cached,) = list((tmp_path / "rankers").glob("*.pt"))
+    old = GHNRanker.load(cached)
+    old.config = dataclasses.replace(old.config, flops_weight=0.5)  # as fitted before the default changed
+    old.save(cached)
+    again, _ = ranker_methods(space, data, ghn=None, methods=methods, out=tmp_path, exclude=keys, recipe=recipe,
+                              progress=False)
+    assert RankerConfig().flops_weight == 0.0
+    for first, second in ((scorers, "fresh"), (again, "cached")):
+        scores = {s.name: np.asarray(s.score(candidates, data)) for s in first}
+        order = {name: list(np.argsort(v, kind="stable")) for name, v in scores.items()}
+        assert order["ghn"] == order["ghn_noprior"], second  # the same ranking (the scales differ)
+        assert not np.allclose(scores["ghn"], scores["ghn_w05"]), second  # the prior changes the scores
 
 
 def test_cli_rejects_bad_methods(space_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -96,16 +96,15 @@ def test_score_is_standardised_prediction_minus_weighted_log_flops(
     flops = np.log([float(g.flops()) for g in part])  # computed here, independently of log_flops
     z_pred = (small_ranker.predict(part) - small_ranker.label_mean) / small_ranker.label_std
     w = small_ranker.config.flops_weight
-    assert w == 0.5  # the default
-    want = z_pred - w * (flops - small_ranker.flops_mean) / small_ranker.flops_std
-    np.testing.assert_allclose(small_ranker.score(part), want, rtol=1e-6, atol=1e-9)
-    # The statistics come from the labelled architectures, not from the graphs scored.
-    assert small_ranker.flops_std > 0 and np.isfinite(small_ranker.flops_mean)
-    np.testing.assert_allclose(small_ranker.score(part[:3]), want[:3], rtol=1e-6, atol=1e-9)
-    # Weight 0: the standardised prediction alone (the same ranking as predict).
-    small_ranker.config.flops_weight = 0.0
+    assert w == 0.0 == RankerConfig().flops_weight  # the default: the standardised prediction alone
+    np.testing.assert_allclose(small_ranker.score(part), z_pred, rtol=1e-6, atol=1e-9)
+    small_ranker.config.flops_weight = 0.5
     try:
-        np.testing.assert_allclose(small_ranker.score(part), z_pred, rtol=1e-6, atol=1e-9)
+        want = z_pred - 0.5 * (flops - small_ranker.flops_mean) / small_ranker.flops_std
+        np.testing.assert_allclose(small_ranker.score(part), want, rtol=1e-6, atol=1e-9)
+        # The statistics come from the labelled architectures, not from the graphs scored.
+        assert small_ranker.flops_std > 0 and np.isfinite(small_ranker.flops_mean)
+        np.testing.assert_allclose(small_ranker.score(part[:3]), want[:3], rtol=1e-6, atol=1e-9)
     finally:
         small_ranker.config.flops_weight = w
 

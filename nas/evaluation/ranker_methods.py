@@ -2,24 +2,25 @@
 
 ``nas search`` ranks candidates by :meth:`nas.ghn.GHNRanker.score`: a graph
 network fitted to the short-training loss (TSE after ``k`` SGD steps) of
-``labels`` architectures sampled from the space, plus a log-FLOPs capacity
-prior. :func:`ranker_methods` builds that score, with labels sampled from the
+``labels`` architectures sampled from the space, with an optional log-FLOPs
+capacity prior. :func:`ranker_methods` builds that score, with labels sampled from the
 space *excluding* the evaluated candidates, and the ablations that say what
 each part contributes. Each is one row of a correlation run:
 
 ============================  ==============================================================
-``ghn``                       the ranker fitted from random weights + FLOPs prior (the campaign)
+``ghn``                       the ranker fitted from random weights, default prior (the campaign)
 ``ghn_w05``                   the same ranker with the prior at the fixed weight 0.5
 ``ghn_noprior``               the same ranker without the prior
-``ghn_meta``                  the same network fitted from the meta-trained GHN's weights + prior
+``ghn_meta``                  the same network fitted from the meta-trained GHN's weights, default prior
 ``ghn_meta_noprior``          from the GHN's weights, without the prior
 ``opcount_ranker``            ridge regression on op counts, same labels, no prior
 ``opcount_ranker_flops``      the same with the prior
 ============================  ==============================================================
 
 The prior's weight of the ``ghn``, ``ghn_meta`` and ``opcount_ranker_flops``
-rows is the one :class:`nas.ghn.RankerConfig` fits a campaign's ranker with
-(a ranker given to :func:`ranker_methods` keeps its own).
+rows is the one :class:`nas.ghn.RankerConfig` fits a campaign's ranker with,
+0 since round 3 of the ranking suite, so ``ghn`` and ``ghn_noprior`` then agree
+(a ranker given to :func:`ranker_methods` keeps its own weight).
 
 Only the ``ghn_meta`` rows need a meta-trained GHN; the ranker the campaign
 uses starts from random weights (:class:`nas.ghn.RankerConfig`'s
@@ -258,15 +259,18 @@ def ranker_methods(
             cost.fit_seconds[kind] = float(fitted[kind].label_info.get("fit_seconds", math.nan))
         if "opcount" in kinds:
             cost.fit_seconds["opcount"] = 0.0
+    from nas.ghn import RankerConfig
+
     scorers: list[Scorer] = []
     for method in methods:
         kind, prior = RANKER_METHODS[method]
         name = method + suffix
+        if prior is True and not (kind == "scratch" and ranker is not None):
+            # Today's default weight, also for a ranker cached under OUT/rankers/ with an older default;
+            # a ranker given by the caller keeps its own.
+            prior = RankerConfig().flops_weight
         if kind == "opcount":
-            from nas.ghn import RankerConfig
-
-            weight = RankerConfig().flops_weight if prior is True else float(prior)
-            scorers.append(LabelRegressorScorer(graphs, targets, flops_weight=weight, name=name))
+            scorers.append(LabelRegressorScorer(graphs, targets, flops_weight=float(prior), name=name))
         else:
             scorers.append(GHNRankerScorer(fitted[kind], prior=prior, name=name))
     return scorers, cost
