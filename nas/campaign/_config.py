@@ -167,7 +167,7 @@ class CampaignConfig:
     trials: int = _setting(300, "rank trials", "ranking", metavar="N")
     refine: int | None = _setting(
         None, "after the rank trials, score every one-choice change of the R best candidates until they stop "
-        "changing (default: --top-k when ranking by the ranker, 0 (off) with --rank-by loss)", "ranking",
+        "changing (default: --top-k when ranking by the ranker, 0 (off) with --rank-by short or loss)", "ranking",
         metavar="R")
     refine_trials: int | None = _setting(None, "most refinement trials (default: --trials)", "ranking",
                                          metavar="N")
@@ -193,8 +193,8 @@ class CampaignConfig:
                                         identity=True)
     finetune_metric: str = _setting("acc", "fine-tune trial value", "fine-tuning", identity=True,
                                     choices={name: name for name in FINETUNE_METRICS})
-    pick: str | None = _setting(None, "what best.json reports (default: rank with the ranker on one objective, "
-                                "else finetuned)", "fine-tuning", choices=PICKS)
+    pick: str | None = _setting(None, "what best.json reports (default: rank with the ranker or short training "
+                                "on one objective, else finetuned)", "fine-tuning", choices=PICKS)
     # ---- storage and workers
     storage: str | None = _setting(None, "Optuna storage URL (default $NAS_STORAGE, else sqlite:///OUT/campaign.db)",
                                    "storage and workers", metavar="URL")

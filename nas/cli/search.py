@@ -1,8 +1,9 @@
 """``nas search``, ``nas worker`` and ``nas demo``: the search campaign from the command line.
 
-``nas search`` ranks candidates (stage 1: by default with the GHN ranker, which
-predicts each candidate's short-training loss from its graph; ``--rank-by loss``
-ranks by the validation loss of GHN-predicted weights), fine-tunes the top-k
+``nas search`` ranks candidates (stage 1: by each candidate's short-training
+loss, measured when ``--trials`` is at most ``--ranker-labels``, else predicted
+from its graph by the GHN ranker; ``--rank-by loss`` ranks by the validation
+loss of GHN-predicted weights), fine-tunes the top-k
 from their GHN-predicted weights (stage 2) and writes the results into ``--out``. Running the same command
 again resumes the campaign. Several machines join one campaign by giving the
 same ``--storage URL --study NAME``; ``nas worker`` only fine-tunes what is
@@ -153,12 +154,13 @@ def add_parsers(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "search",
-        help="search a space: rank with the GHN ranker, fine-tune the top-k",
-        description="Rank candidates of a search space (Optuna study <study>-rank) by the short-training loss "
-        "that the GHN ranker predicts from each graph (fitted once into OUT/ranker.pt on --ranker-labels short "
-        "trainings), or with --rank-by loss by the validation loss of GHN-predicted weights; then fine-tune the "
-        "top-k from their GHN-predicted weights (<study>-finetune). Running it again resumes; several processes "
-        "may join with the same --storage and --study. Settings come from the flags, over --config FILE (TOML, "
+        help="search a space: rank by short training or the GHN ranker, fine-tune the top-k",
+        description="Rank candidates of a search space (Optuna study <study>-rank) by their short-training loss: "
+        "measured on each candidate when --trials is at most --ranker-labels (--rank-by short), else predicted "
+        "from each graph by the GHN ranker (fitted once into OUT/ranker.pt on --ranker-labels short trainings; "
+        "--rank-by ranker), or with --rank-by loss by the validation loss of GHN-predicted weights; then "
+        "fine-tune the top-k from their GHN-predicted weights (<study>-finetune). Running it again resumes; "
+        "several processes may join with the same --storage and --study. Settings come from the flags, over --config FILE (TOML, "
         "as --print-config writes it), over the defaults.",
     )
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
