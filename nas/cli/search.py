@@ -160,8 +160,8 @@ def add_parsers(subparsers: Any) -> None:
         "from each graph by the GHN ranker (fitted once into OUT/ranker.pt on --ranker-labels short trainings; "
         "--rank-by ranker), or with --rank-by loss by the validation loss of GHN-predicted weights; then "
         "fine-tune the top-k from their GHN-predicted weights (<study>-finetune). Running it again resumes; "
-        "several processes may join with the same --storage and --study. Settings come from the flags, over --config FILE (TOML, "
-        "as --print-config writes it), over the defaults.",
+        "several processes may join with the same --storage and --study. Settings come from the flags, over "
+        "--config FILE (TOML, as --print-config writes it), over the defaults.",
     )
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="read the settings from this TOML file; flags given as well override it")
