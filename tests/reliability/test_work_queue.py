@@ -9,7 +9,8 @@ finished by another process, and the tables equal a single-process run's.
 
 A campaign with ``--queue-labels`` labels with one ``nas worker`` beside it: each label was
 trained once, by both processes between them, and labels and ranker equal a campaign's that
-labelled alone.
+labelled alone. The same with ``--rank-by short``, where the queued runs are the candidates'
+own short trainings and the ranking equals a campaign's that trained them alone.
 """
 
 from __future__ import annotations
@@ -137,11 +138,15 @@ def test_correlate_ground_truth_on_journal_file_with_three_workers(tmp_path: Pat
 # ---------------------------------------------------------------- a campaign's labels over two processes
 
 SEARCH = ["search", "--space", "nb201", "--space-arg", "C=4", "--space-arg", "N=1", "--dataset", "digits",
-          "--ranker-labels", "10", "--ranker-k", "5", "--trials", "6", "--top-k", "1", "--finetune-epochs", "0.02",
+          "--ranker-labels", "10", "--ranker-k", "5", "--top-k", "1", "--finetune-epochs", "0.02",
           "--refine", "0", "--no-progress"]
+#: Per --rank-by: the trials, and the cache of short trainings the queue fills (10 ranker labels, or 10 candidates).
+RANK_MODES = {"ranker": (["--trials", "6", "--rank-by", "ranker"], "ranker_labels.csv"),
+              "short": (["--trials", "10", "--rank-by", "short"], "rank_tse.csv")}
 
 
-def test_campaign_labels_over_two_processes_once_each_and_the_same_ranker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank_by", list(RANK_MODES))
+def test_campaign_labels_over_two_processes_once_each_and_the_same_ranker(tmp_path: Path, rank_by: str) -> None:
     from nas.campaign import open_storage
     from nas.ghn import GHNRanker
     from search_spaces import NB201Space
@@ -154,7 +159,8 @@ def test_campaign_labels_over_two_processes_once_each_and_the_same_ranker(tmp_pa
     storage = f"journal://{tmp_path / 'campaign.log'}"
     log = tmp_path / "work.log"
     timing = ["--heartbeat-interval", str(HEARTBEAT), "--grace-period", str(GRACE)]
-    coordinator = _start([*SEARCH, "--ghn", str(ghn), "--queue-labels", "--storage", storage, "--study", "lb",
+    mode, cache = RANK_MODES[rank_by]
+    coordinator = _start([*SEARCH, *mode, "--ghn", str(ghn), "--queue-labels", "--storage", storage, "--study", "lb",
                           "--out", str(tmp_path / "queued"), *timing],
                          base_env(tmp_path, NAS_TEST_WORK_LOG=str(log), NAS_TEST_RUN="c", NAS_TEST_UNIT_DELAY="1"))
     try:
@@ -181,11 +187,17 @@ def test_campaign_labels_over_two_processes_once_each_and_the_same_ranker(tmp_pa
     assert len(events) == 10 and len({e["key"] for e in events}) == 10  # each label trained once
     assert {e["run"] for e in events} == {"c", "w"}  # by both processes
 
-    alone = run_inprocess([*SEARCH, "--ghn", str(ghn), "--out", str(tmp_path / "alone")])
+    alone = run_inprocess([*SEARCH, *mode, "--ghn", str(ghn), "--out", str(tmp_path / "alone")])
     assert alone.code == 0, alone.err
-    queued_labels = pd.read_csv(tmp_path / "queued" / "ranker_labels.csv").set_index("key")["tse"]
-    alone_labels = pd.read_csv(tmp_path / "alone" / "ranker_labels.csv").set_index("key")["tse"]
+    queued_labels = pd.read_csv(tmp_path / "queued" / cache).set_index("key")["tse"]
+    alone_labels = pd.read_csv(tmp_path / "alone" / cache).set_index("key")["tse"]
     pd.testing.assert_series_equal(queued_labels.sort_index(), alone_labels.sort_index())
+    if rank_by == "short":  # the candidates themselves, scored by their own queued runs: the same ranking
+        queued = pd.read_csv(tmp_path / "queued" / "candidates.csv").set_index("key")["rank_score"]
+        by_alone = pd.read_csv(tmp_path / "alone" / "candidates.csv").set_index("key")["rank_score"]
+        pd.testing.assert_series_equal(queued.sort_index(), by_alone.sort_index())
+        assert set(queued.index) == set(queued_labels.index)
+        return
     graphs = [c.graph for c in NB201Space(input_shape=(1, 8, 8), num_classes=10, C=4, N=1).sample_many(8, seed=9)]
     a = GHNRanker.load(tmp_path / "queued" / "ranker.pt").score(graphs)
     b = GHNRanker.load(tmp_path / "alone" / "ranker.pt").score(graphs)
