@@ -780,14 +780,16 @@ def test_rank_by_short_trains_each_candidate_briefly_once_and_resumes(
     out = tmp_path / "run"
     # No rank_by: 8 trials cost less to train for 2 steps than the ranker's 20 labels would.
     campaign = small_campaign(out, ghn_path, rank_by=None, ranker_labels=20, ranker_k=2, trials=8, batch_size=4,
-                              top_k=2, label_workers=2)
+                              top_k=2, label_workers=2, self_check=3, self_check_epochs=0.1)
     assert campaign.config.rank_by == "short" and campaign.config.refine == 0
     result = campaign.run()
     assert result.rank_by == "short" and result.ranker is None
     assert not (out / "ranker.pt").exists() and not (out / "ranker_labels.csv").exists()  # no label was trained
-    runs = pd.read_csv(out / "rank_tse.csv")
-    cand = result.candidates
-    assert runs["key"].is_unique and set(runs["key"]) == set(cand["key"])  # each distinct candidate trained once
+    every = pd.read_csv(out / "rank_tse.csv")
+    cand, check = result.candidates, result.self_check
+    assert check is not None and every["key"].is_unique  # each distinct candidate trained once
+    assert set(every["key"]) == set(cand["key"]) | set(check.table["key"])  # the rank candidates, the self-check's
+    runs = every[every["key"].isin(cand["key"])]
     assert (cand["rank_by"] == "short").all()
     first = cand.sort_values("rank_score").iloc[0]
     rank, _ = campaign.open()
@@ -800,6 +802,11 @@ def test_rank_by_short_trains_each_candidate_briefly_once_and_resumes(
     assert "the ranker would first train 20 labels" in result.summary()
     assert result.best is not None and result.best["pick"] == "rank"
     assert result.best["key"] == first["key"]
+    # The self-check compares the same score, each candidate's own short training, with real training.
+    assert "the candidates' own short-training loss" in check.message
+    for row in check.table.itertuples():
+        graph = campaign.space.from_params(json.loads(row.choices))
+        assert row.rank_score == pytest.approx(tse_label(graph, campaign.data, 2, 0)[0], rel=1e-5)
 
     # Resumed with more trials: the stored rank_by holds; only the new candidates are trained.
     def counting(args: Any) -> Any:
@@ -812,7 +819,7 @@ def test_rank_by_short_trains_each_candidate_briefly_once_and_resumes(
                           top_k=2)
     more.rank()
     after = pd.read_csv(out / "rank_tse.csv")
-    assert counting.calls == len(after) - len(runs) and after["key"].is_unique
+    assert counting.calls == len(after) - len(every) > 0 and after["key"].is_unique
     # The default would now resolve to the ranker (12 > 10 labels): the stored campaign names its own way.
     with pytest.raises(StorageError, match="rank_by: stored 'short', requested 'ranker'"):
         small_campaign(out, ghn_path, rank_by=None, ranker_labels=10, ranker_k=2, trials=12).open()

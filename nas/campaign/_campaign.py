@@ -171,9 +171,13 @@ def _ranker_summary(ranker: Any) -> dict[str, Any] | None:
     return {**info, "flops_weight": ranker.config.flops_weight}
 
 
-def _short_training_summary(path: Path, config: CampaignConfig) -> dict[str, Any]:
-    """:attr:`CampaignResult.short_training` from the runs cached in ``path`` (none yet: zeros)."""
-    runs = pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame(columns=["seconds"])
+def _short_training_summary(path: Path, config: CampaignConfig, keys: Any) -> dict[str, Any]:
+    """:attr:`CampaignResult.short_training` from the runs of the rank candidates ``keys`` cached in ``path``.
+
+    The self-check's candidates, trained briefly too to score them, are not counted.
+    """
+    runs = pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame(columns=["key", "seconds"])
+    runs = runs[runs["key"].isin(set(keys))]
     return {"trained": len(runs), "k": config.ranker_k, "seconds": float(pd.to_numeric(runs["seconds"]).sum()),
             "labels": config.ranker_labels}
 
@@ -770,12 +774,13 @@ class Campaign:
         """Train ``self_check`` random candidates, compare with their rank score (cached in ``ground_truth.sqlite``)."""
         if self.config.self_check == 0:
             return None
-        ranker = self.ranker
+        ranker = self.short_training() if self.config.rank_by == "short" else self.ranker
         return run_self_check(
             self.space,
             None if ranker is not None else self.ghn,
             self.data,
             ranker=ranker,
+            rank_by=self.config.rank_by if ranker is not None else None,
             n=self.config.self_check,
             epochs=self.config.self_check_epochs,
             seed=self.config.seed,
@@ -839,7 +844,7 @@ class Campaign:
             study=self.study_name,
             rank_by=self.config.rank_by,
             ranker=_ranker_summary(self._ranker),
-            short_training=_short_training_summary(self.out / SHORT_TRAINING_FILE, self.config)
+            short_training=_short_training_summary(self.out / SHORT_TRAINING_FILE, self.config, candidates["key"])
             if self.config.rank_by == "short" else None,
         )
 

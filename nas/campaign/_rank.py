@@ -127,7 +127,7 @@ def resolve_sampler(sampler: str | BaseSampler, *, seed: int | None = None) -> B
 #: What ranks the candidates (``Campaign(rank_by=...)``, ``nas search --rank-by``) -> what the rank score is.
 RANK_BY: dict[str, str] = {
     "short": "short-training loss of the candidate itself (TSE of ranker_k SGD steps)",
-    "ranker": "short-training loss predicted by the GHN ranker, with its log-FLOPs prior",
+    "ranker": "short-training loss predicted by the GHN ranker (minus its log-FLOPs prior, if any)",
     "loss": "validation loss of the GHN-predicted weights",
 }
 

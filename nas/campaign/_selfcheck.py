@@ -122,6 +122,7 @@ def run_self_check(
     threshold: float = RELIABLE_TAU,
     progress: bool = True,
     ranker: Any = None,
+    rank_by: str | None = None,
 ) -> SelfCheck:
     """Train ``n`` random candidates and compare their loss with their rank score.
 
@@ -137,9 +138,12 @@ def run_self_check(
             candidates trained before with the same budget are not trained again.
         threshold: Kendall tau below which the ranking is called unreliable.
         progress: Show a tqdm bar.
-        ranker: A :class:`nas.ghn.GHNRanker`: the rank score is its prediction
-            (``rank_by="ranker"``); ``None`` scores by the predicted-weight
-            validation loss (``rank_by="loss"``).
+        ranker: What scored the candidates in stage 1, with ``score(graphs)``: a
+            :class:`nas.ghn.GHNRanker` (``rank_by="ranker"``) or a
+            :class:`~nas.campaign.ShortTrainingScore` (``rank_by="short"``);
+            ``None`` scores by the predicted-weight validation loss (``rank_by="loss"``).
+        rank_by: What ``ranker`` is (``"ranker"`` or ``"short"``; ``None``: ``"ranker"``
+            with a ranker, else ``"loss"``), for the message.
 
     Returns:
         The table and the rank correlation.
@@ -154,7 +158,7 @@ def run_self_check(
     cands = self_check_candidates(space, n, seed=seed)
     graphs = [c.graph for c in cands]
     if ranker is not None:
-        rank_by = "ranker"
+        rank_by = rank_by or "ranker"
         scores = [{"rank_score": float(v)} for v in ranker.score(graphs)]
     else:
         rank_by = "loss"
@@ -183,22 +187,20 @@ def run_self_check(
     tau, lo, hi = _kendall(ok["rank_score"], ok["val_loss"]) if len(ok) >= 3 else (math.nan, math.nan, math.nan)
     reliable = bool(math.isfinite(tau) and tau >= threshold)
     interval = f" (95% CI {lo:.2f} to {hi:.2f})" if math.isfinite(lo) and math.isfinite(hi) else ""
-    score_name = (
-        "the ranker's score (predicted short-training loss, log-FLOPs prior)"
-        if rank_by == "ranker"
-        else "the predicted-weight loss"
-    )
+    score_name = {
+        "ranker": "the ranker's score (predicted short-training loss)",
+        "short": "the candidates' own short-training loss",
+    }.get(rank_by, "the predicted-weight loss")
     if reliable:
         message = (
             f"self-check: Kendall tau {tau:.2f}{interval} between {score_name} and the loss after "
             f"{epochs:g} epochs of training, over {len(ok)} random candidates."
         )
     else:
-        remedy = (
-            "or label more architectures for the ranker (--ranker-labels)"
-            if rank_by == "ranker"
-            else "or meta-train the GHN longer (nas train-ghn)"
-        )
+        remedy = {
+            "ranker": "or label more architectures for the ranker (--ranker-labels)",
+            "short": "or train each candidate for more steps (--ranker-k)",
+        }.get(rank_by, "or meta-train the GHN longer (nas train-ghn)")
         message = (
             f"the stage-1 ranking (rank_by={rank_by}) is unreliable on this space: Kendall tau {tau:.2f}{interval} "
             f"between {score_name} and the loss after {epochs:g} epochs of training over {len(ok)} random "
