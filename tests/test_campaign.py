@@ -10,6 +10,7 @@ trainings of 2 steps.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -712,7 +713,10 @@ def test_default_ranker_is_fitted_once_then_reused(
     # The prior keeps the weight of the fitting settings; nothing but the labels was trained for the ranker.
     weight = RankerConfig().flops_weight
     assert ranker.config.flops_weight == weight and "calibration" not in ranker.label_info
-    assert result.ranker == {"labelled": 6, "k": 2, "seed": 0, "flops_weight": weight}
+    # 6 labels leave 1 to hold out per member, too few for a Kendall tau: none is reported.
+    assert result.ranker == {"labelled": 6, "k": 2, "seed": 0, "flops_weight": weight, "held_out_tau": None}
+    with_tau = dataclasses.replace(result, ranker={**result.ranker, "held_out_tau": 0.8125})
+    assert "FLOPs-prior weight 0; Kendall tau 0.81 on the labels its members held out" in with_tau.summary()
     summary = result.summary()
     assert f"ranker: 6 labels of 2 SGD steps; FLOPs-prior weight {weight:g}\n" in summary
     assert sorted(p.name for p in out.glob("ranker*")) == ["ranker.pt", "ranker_labels.csv"]

@@ -91,11 +91,13 @@ class CampaignResult:
         files: The files written.
         storage: The storage URL, password masked.
         study: The campaign name (studies ``<study>-rank`` and ``<study>-finetune``).
-        rank_by: What ranked the candidates (``"ranker"`` or ``"loss"``, see
+        rank_by: What ranked the candidates (``"short"``, ``"ranker"`` or ``"loss"``, see
             :data:`~nas.campaign.RANK_BY`); the tables' ``rank_score`` is its score.
         ranker: What the ranker was fitted on and its FLOPs-prior weight
-            (``labelled``, ``k``, ``seed``, ``flops_weight``), when this process
-            ranked with a :class:`~nas.ghn.GHNRanker`; else ``None``.
+            (``labelled``, ``k``, ``seed``, ``flops_weight``) and ``held_out_tau``, the
+            mean Kendall tau of its members on the labels each held out (``None``
+            when too few were), when this process ranked with a
+            :class:`~nas.ghn.GHNRanker`; else ``None``.
         short_training: With ``rank_by="short"``: the candidates trained (``trained``),
             their SGD steps (``k``), the CPU-seconds of those runs (``seconds``) and the
             labels a ranker would have needed (``labels``); else ``None``.
@@ -141,8 +143,11 @@ class CampaignResult:
                 f"({PICKS[self.best.get('pick', 'finetuned')]})"
             )
         if self.ranker is not None:
+            held_out = self.ranker.get("held_out_tau")
+            fit = (f"; Kendall tau {held_out:.2f} on the labels its members held out (their best epoch: optimistic)"
+                   if held_out is not None else "")
             lines.append(f"ranker: {self.ranker.get('labelled', '?')} labels of {self.ranker.get('k', '?')} SGD steps; "
-                         f"FLOPs-prior weight {self.ranker['flops_weight']:g}")
+                         f"FLOPs-prior weight {self.ranker['flops_weight']:g}{fit}")
         if self.short_training is not None:
             st = self.short_training
             lines.append(f"short training: {st['trained']} candidates trained for {st['k']} SGD steps each, "
@@ -168,7 +173,9 @@ def _ranker_summary(ranker: Any) -> dict[str, Any] | None:
     if not isinstance(ranker, GHNRanker):
         return None
     info = {k: ranker.label_info.get(k) for k in ("labelled", "k", "seed")}
-    return {**info, "flops_weight": ranker.config.flops_weight}
+    taus = [t for t in ranker.member_tau if math.isfinite(t)]
+    held_out = float(sum(taus) / len(taus)) if taus else None
+    return {**info, "flops_weight": ranker.config.flops_weight, "held_out_tau": held_out}
 
 
 def _short_training_summary(path: Path, config: CampaignConfig, keys: Any) -> dict[str, Any]:
