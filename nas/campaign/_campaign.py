@@ -787,7 +787,7 @@ class Campaign:
             None if ranker is not None else self.ghn,
             self.data,
             ranker=ranker,
-            rank_by=self.config.rank_by if ranker is not None else None,
+            rank_by=self.config.rank_by,
             n=self.config.self_check,
             epochs=self.config.self_check_epochs,
             seed=self.config.seed,
