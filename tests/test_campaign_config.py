@@ -123,17 +123,21 @@ def test_default_print_config_is_the_default_configuration(capsys: pytest.Captur
     assert CampaignConfig.from_toml(_print_config([], capsys)) == CampaignConfig()
 
 
+def _stored_values(tmp_path: Path) -> dict[str, Any]:
+    """:data:`CHANGED` with a real space, device, storage and paths under ``tmp_path``: a campaign that opens."""
+    return {**CHANGED, "space": "nb201", "space_args": {"C": 4}, "device": "cpu",
+            "storage": f"sqlite:///{tmp_path / 'c.db'}", "out": str(tmp_path / "run"), "ghn": str(tmp_path / "g.pt"),
+            "ranker": [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]}
+
+
 def test_every_setting_round_trips_through_the_storage(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    values = {**CHANGED, "space": "nb201", "space_args": {"C": 4}, "device": "cpu", "storage": url,
-              "out": str(tmp_path / "run"), "ghn": str(tmp_path / "g.pt"),
-              "ranker": [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]}
+    values = _stored_values(tmp_path)
     campaign = Campaign(CampaignConfig(**values))
     assert campaign.config == CampaignConfig(**values)  # nothing left to resolve: every setting is given
     settings = campaign.settings()
     assert stored_campaign_config(settings) == campaign.stored_config() == campaign.config
     campaign.open()
-    worker = Campaign.from_storage(url, "s1", progress=False)
+    worker = Campaign.from_storage(values["storage"], "s1", progress=False)
     assert worker.config == campaign.config
 
 
@@ -261,10 +265,7 @@ def test_a_campaign_stored_with_a_removed_setting_can_be_joined_and_worked_on(tm
 
     from nas.campaign import CAMPAIGN_ATTR
 
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    values = {**CHANGED, "space": "nb201", "space_args": {"C": 4}, "device": "cpu", "storage": url,
-              "out": str(tmp_path / "run"), "ghn": str(tmp_path / "g.pt"),
-              "ranker": [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]}
+    values = _stored_values(tmp_path)
     campaign = Campaign(CampaignConfig(**values))
     rank, _ = campaign.open()
     stored = rank.user_attrs[CAMPAIGN_ATTR]
@@ -272,8 +273,8 @@ def test_a_campaign_stored_with_a_removed_setting_can_be_joined_and_worked_on(tm
     # As an older version stored it: the ranker's prior weight chosen on 20 trained architectures.
     rank.set_user_attr(CAMPAIGN_ATTR, {**stored, "config": {**stored["config"], "ranker_calibration": 20}})
     Campaign(CampaignConfig(**values)).open()  # joins: the identity check reads the stored settings
-    held = optuna.load_study(study_name="s1-rank", storage=url).user_attrs[CAMPAIGN_ATTR]
+    held = optuna.load_study(study_name="s1-rank", storage=values["storage"]).user_attrs[CAMPAIGN_ATTR]
     assert held["config"]["ranker_calibration"] == 20  # still there for the worker to read
-    worker = Campaign.from_storage(url, "s1", progress=False)  # what `nas worker` does
+    worker = Campaign.from_storage(values["storage"], "s1", progress=False)  # what `nas worker` does
     assert worker.config == campaign.config
 
