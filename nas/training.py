@@ -38,7 +38,7 @@ from nas.data import Dataset
 if TYPE_CHECKING:
     from nas.graph import ArchGraph
 
-__all__ = ["MAX_SEED", "TrainConfig", "TrainResult", "check_seed", "evaluate", "train", "train_graph"]
+__all__ = ["MAX_SEED", "StepHook", "TrainConfig", "TrainResult", "check_seed", "evaluate", "train", "train_graph"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,8 @@ class TrainResult:
         wall_time: Seconds spent training and evaluating.
         failed: Whether the run diverged.
         error: Why the run failed, or ``None``.
+        stopped: Whether ``on_step`` stopped the run before its budget (its
+            metrics are those of the network at that step).
     """
 
     val_loss: float
@@ -180,6 +182,7 @@ class TrainResult:
     wall_time: float
     failed: bool = False
     error: str | None = None
+    stopped: bool = False
 
     def to_dict(self, *, include_losses: bool = False) -> dict[str, Any]:
         """Return the result as a flat dict, for a table row or JSON.
@@ -282,12 +285,17 @@ def evaluate(
     return total_loss.item() / N, correct.item() / N
 
 
+#: Called after each optimizer step with ``(steps taken, model)``; ``True`` stops training (see :func:`train`).
+StepHook = Callable[[int, nn.Module], bool]
+
+
 def train(
     model: nn.Module,
     data: Dataset,
     config: TrainConfig | None = None,
     *,
     params: dict[str, Tensor] | None = None,
+    on_step: StepHook | None = None,
 ) -> TrainResult:
     """Train a classifier in place, then evaluate it on the validation and test splits.
 
@@ -305,6 +313,12 @@ def train(
         params: Tensors to copy into the model before training, by
             ``state_dict`` key (for example weights predicted by a hypernetwork).
             Keys not given keep their current values.
+        on_step: Called after every optimizer step with the number of steps
+            taken so far and the model (in training mode); returning ``True``
+            stops training there (the result then has ``stopped=True``). A
+            hook that evaluates the model (:func:`evaluate`) leaves the run
+            unchanged: evaluation draws no random numbers. Multi-fidelity
+            search reports intermediate accuracies to its pruner this way.
 
     Returns:
         The metrics of the run.
@@ -343,6 +357,7 @@ def train(
     losses: list[float] = []
     steps_done = 0
     error: str | None = None
+    stopped = False
     threshold = math.inf
     model.train()
     batches = _batches(N, config.batch_size, generator)
@@ -375,6 +390,9 @@ def train(
             bar.update()
             if step % 10 == 0 or step == total_steps - 1:
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            if on_step is not None and on_step(steps_done, model) and steps_done < total_steps:
+                stopped = True
+                break
 
     if error is None:
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val, device=config.device)
@@ -405,6 +423,7 @@ def train(
         train_losses=losses,
         steps=steps_done,
         wall_time=time.perf_counter() - start_time,
+        stopped=stopped,
     )
     logger.info(
         "trained %d steps in %.1fs: train loss %.4f, val acc %.4f, test acc %.4f",
@@ -428,6 +447,7 @@ def train_graph(
     *,
     evaluate_on: tuple[Split, ...] = ("val", "test"),
     model_out: list[nn.Module] | None = None,
+    on_step: StepHook | None = None,
 ) -> TrainResult:
     """Train one architecture from a random initialisation seeded with ``config.seed``.
 
@@ -445,6 +465,7 @@ def train_graph(
             metrics in the result then mean nothing).
         model_out: When given, the trained network is appended to it (for a
             caller that saves the weights).
+        on_step: Called after every optimizer step; ``True`` stops training (see :func:`train`).
 
     Returns:
         The metrics of the run (``failed=True`` when training diverged).
@@ -476,7 +497,7 @@ def train_graph(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = Network(graph)
-            result = train(model, data, config)
+            result = train(model, data, config, on_step=on_step)
     finally:
         if quiet:
             logger.setLevel(level)

@@ -212,6 +212,7 @@ def test_to_dict(digits: Dataset) -> None:
         "wall_time",
         "failed",
         "error",
+        "stopped",
     }
     assert result.to_dict(include_losses=True)["train_losses"] == result.train_losses
 
@@ -383,3 +384,45 @@ def test_train_graph_does_not_log_metrics_of_a_cut_split(digits: Dataset, caplog
         train_graph(graph, digits, TrainConfig(steps=3))
         assert [r for r in caplog.records if "val acc" in r.getMessage()]
         assert logging.getLogger("nas.training").level == logging.INFO  # the caller's level is back
+
+
+# --------------------------------------------------------------------------- #
+# Per-step hook (multi-fidelity search reports intermediate accuracies through it)
+# --------------------------------------------------------------------------- #
+
+
+def test_step_hook_sees_every_step_and_evaluating_there_changes_nothing(digits: Dataset) -> None:
+    from nas.training import train_graph
+
+    graph = _a_graph(digits)
+    config = TrainConfig(steps=12, seed=3)
+    plain = train_graph(graph, digits, config)
+    seen: list[int] = []
+    rungs: dict[int, float] = {}
+
+    def hook(step: int, model: nn.Module) -> bool:
+        seen.append(step)
+        if step in (2, 6):
+            rungs[step] = evaluate(model, digits.x_val, digits.y_val)[1]
+            assert model.training  # evaluate hands the model back in training mode
+        return False
+
+    hooked = train_graph(graph, digits, config, on_step=hook)
+    assert seen == list(range(1, 13))
+    assert hooked.train_losses == plain.train_losses and hooked.val_acc == plain.val_acc
+    assert not hooked.stopped and not plain.stopped
+    assert set(rungs) == {2, 6}
+
+
+def test_step_hook_stops_training_and_the_result_says_so(digits: Dataset) -> None:
+    from nas.training import train_graph
+
+    graph = _a_graph(digits)
+    full = train_graph(graph, digits, TrainConfig(steps=12, seed=3))
+    stopped = train_graph(graph, digits, TrainConfig(steps=12, seed=3), on_step=lambda step, _: step == 4)
+    assert stopped.stopped and not stopped.failed and stopped.steps == 4
+    assert stopped.train_losses == full.train_losses[:4]
+    assert math.isfinite(stopped.val_acc)  # evaluated where it stopped
+    # Asking to stop after the last step is no early stop.
+    last = train_graph(graph, digits, TrainConfig(steps=12, seed=3), on_step=lambda step, _: step == 12)
+    assert not last.stopped and last.steps == 12 and last.val_acc == full.val_acc

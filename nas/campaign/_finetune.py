@@ -269,7 +269,8 @@ def run_finetune_worker(
             trial.set_user_attr("ghn_acc", ghn_acc)
         result = train(net, data, config)
         for name, value in result.to_dict().items():
-            trial.set_user_attr(name, value)
+            if name != "stopped":  # fine-tuning runs its whole budget
+                trial.set_user_attr(name, value)
         trial.set_user_attr("nas_worker_done", worker)
         stats.finetuned += 1
         if result.failed:
