@@ -19,6 +19,16 @@ in ``--cache`` (a :class:`nas.evaluation.GroundTruthCache`).
   same space and dataset pays). The campaign "has" an architecture once it has
   fine-tuned it; the referee trains it from scratch to judge it, and that
   judging is not charged to the campaign.
+* ``tpe-sh``, ``tpe-hb``, ``random-sh``, ``random-hb``: multi-fidelity search,
+  TPE or random sampling with Optuna's successive-halving or Hyperband
+  pruner; each trial reports its validation accuracy after 6, 18 and 54 of the
+  budget's SGD steps (:func:`rung_steps`) and a pruned trial stops there. A
+  run stops after ``--max-cpu`` CPU-seconds.
+* ``zc-screen``: score ``--zc-pool`` uniform candidates with a zero-cost proxy
+  (``--zc-proxy``) and train the ``--zc-top`` best for the full budget.
+* ``campaign-short-journal``: a campaign ranked by each candidate's own short
+  training (``rank_by="short"``, what ``nas search`` does up to 700 trials):
+  its only one-time cost is the GHN.
 * ``campaign-journal``: the same campaign stored in Optuna's journal file
   instead of the default SQLite database; it proposes the same candidates
   (the sampler is seeded), so the difference is what the storage costs.
@@ -185,8 +195,8 @@ class Referee:
         return record, cpu, False
 
 
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    frame = pd.DataFrame(rows, columns=TRACE_COLUMNS)
+def _append(path: Path, rows: list[dict[str, Any]], columns: list[str] = TRACE_COLUMNS) -> None:
+    frame = pd.DataFrame(rows, columns=columns)
     frame.to_csv(path, mode="a", header=not path.exists(), index=False)
 
 
@@ -230,11 +240,150 @@ def run_trained_search(
               f"{cpu:.1f} CPU-s, total {cum:.0f} CPU-s", flush=True)
 
 
+#: Multi-fidelity searches: name -> (sampler, pruner). Rungs are SGD steps of the ground-truth budget.
+PRUNED = {f"{sampler}-{pruner}": (sampler, pruner) for sampler in ("tpe", "random") for pruner in ("sh", "hb")}
+#: A multi-fidelity trace also keeps each trial's intermediate validation accuracies (``rungs``, JSON), so a
+#: killed run replays its study, pruner included.
+PRUNED_TRACE_COLUMNS = [*TRACE_COLUMNS, "rungs"]
+
+
+def rung_steps(total_steps: int, min_steps: int = 6, factor: int = 3) -> list[int]:
+    """The steps at which a multi-fidelity trial reports: ``min_steps * factor**i`` below ``total_steps``.
+
+    >>> rung_steps(162)
+    [6, 18, 54]
+    """
+    if min_steps < 1 or factor < 2 or total_steps <= min_steps:
+        raise ValueError(f"no rung below {total_steps} steps from {min_steps} steps by factor {factor}")
+    rungs, step = [], min_steps
+    while step < total_steps:
+        rungs.append(step)
+        step *= factor
+    return rungs
+
+
+def make_pruner(kind: str, rungs: list[int], total_steps: int, factor: int = 3) -> optuna.pruners.BasePruner:
+    """Optuna's successive halving (``"sh"``) or Hyperband (``"hb"``) pruner on rungs in SGD steps."""
+    if kind == "sh":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=rungs[0], reduction_factor=factor, min_early_stopping_rate=0)
+    if kind == "hb":
+        return optuna.pruners.HyperbandPruner(min_resource=rungs[0], max_resource=total_steps, reduction_factor=factor)
+    raise ValueError(f"unknown pruner {kind!r}; expected 'sh' or 'hb'")
+
+
+def run_pruned_search(
+    method: str, seed: int, *, space: Any, data: Any, epochs: float, max_cpu: float, trace: Path
+) -> None:
+    """TPE or random search with a successive-halving or Hyperband pruner (resumes a partial trace).
+
+    Each trial trains its candidate with training seed 0 for the ground-truth
+    budget and reports its validation accuracy after each rung of
+    :func:`rung_steps`; the pruner stops it there or lets it go on. A trial that
+    runs the whole budget is had, with the accuracy search saw (training seed 0,
+    as the referee's own run); a pruned one is charged what it ran (rungs'
+    evaluations included) and never counts as found. The run stops once it
+    has spent ``max_cpu`` CPU-seconds.
+    """
+    from nas.training import TrainConfig, evaluate, train_graph
+
+    sampler_kind, pruner_kind = PRUNED[method]
+    config = TrainConfig(epochs=epochs)
+    total_steps = math.ceil(epochs * max(1, data.x_train.shape[0] // config.batch_size))
+    rungs = rung_steps(total_steps)
+    sampler = (optuna.samplers.TPESampler(seed=seed) if sampler_kind == "tpe"
+               else optuna.samplers.RandomSampler(seed=seed))
+    study = optuna.create_study(direction="maximize", sampler=sampler,
+                                pruner=make_pruner(pruner_kind, rungs, total_steps))
+    done = pd.read_csv(trace) if trace.exists() else pd.DataFrame(columns=PRUNED_TRACE_COLUMNS)
+    finished: dict[str, tuple[dict[int, float], Any]] = {}  # key -> (rung accuracies, completed record)
+    cum = 0.0
+    for row in done.itertuples():  # replay, so the sampler and the pruner continue where a killed run stopped
+        trial = study.ask()
+        graph = space.build(trial)
+        if graph.key != row.key:
+            raise RuntimeError(f"trace {trace} does not replay (trial {row.step}); delete it to start over")
+        for step, acc in json.loads(row.rungs).items():
+            trial.report(float(acc), int(step))
+        if row.phase == "pruned":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, float(row.val_acc))
+        cum = float(row.cum_cpu_s)
+    step = len(done)
+    while cum < max_cpu:
+        trial = study.ask()
+        graph = space.build(trial)
+        reported: dict[int, float] = {}
+
+        def hook(steps: int, model: torch.nn.Module) -> bool:
+            if steps not in rungs:
+                return False
+            reported[steps] = evaluate(model, data.x_val, data.y_val)[1]
+            trial.report(reported[steps], steps)
+            return trial.should_prune()
+
+        start = time.process_time()
+        result = train_graph(graph, data, config, on_step=hook)
+        cpu = time.process_time() - start
+        cum += cpu
+        pruned = result.stopped or result.failed
+        if pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, float(result.val_acc))
+        _append(trace, [{
+            "method": method, "seed": seed, "step": step, "phase": "pruned" if pruned else "train", "key": graph.key,
+            "val_acc": math.nan if pruned else result.val_acc, "test_acc": math.nan if pruned else result.test_acc,
+            "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cum, "one_time": False, "cached": False,
+            "rungs": json.dumps(reported),
+        }], columns=PRUNED_TRACE_COLUMNS)
+        what = f"pruned after {result.steps} steps" if pruned else f"val_acc {result.val_acc:.4f}"
+        print(f"{method} seed {seed} trial {step + 1}: {what}, {cpu:.1f} CPU-s, total {cum:.0f} CPU-s", flush=True)
+        step += 1
+
+
+def run_proxy_screen(seed: int, *, space: Any, data: Any, referee: Referee, pool: int, top: int, proxy: str,
+                     trace: Path) -> None:
+    """Zero-cost-proxy screen: score ``pool`` uniform candidates with ``proxy``, train the ``top`` best in order.
+
+    The pool is ``sample_candidates(space, pool, seed=1000 + seed)`` (seeds
+    apart from the reference samples'); the proxy scores each at a
+    seed-``seed`` initialisation on one minibatch. Scoring is charged as one
+    step, then each training as search with training is (cached runs at their
+    recorded CPU). Not resumable: a partial trace is started over.
+    """
+    from nas.evaluation.correlate import sample_candidates
+    from nas.evaluation.proxies import ProxyScorer
+
+    if trace.exists():
+        trace.unlink()
+    graphs = sample_candidates(space, pool, seed=1000 + seed)
+    scores, cpu = _timed(lambda: ProxyScorer(proxy, seed=seed).score(graphs, data))
+    order = np.argsort(-np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf), kind="stable")[:top]
+    rows = [{"method": "zc-screen", "seed": seed, "step": 0, "phase": "score", "key": None, "val_acc": math.nan,
+             "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cpu, "one_time": False,
+             "cached": False}]
+    cum = cpu
+    print(f"zc-screen seed {seed}: {proxy} scored {pool} candidates in {cpu:.1f} CPU-s", flush=True)
+    for i in order:
+        record, cost, cached = referee.judge(graphs[i])
+        cum += cost
+        rows.append({**rows[0], "step": len(rows), "phase": "train", "key": graphs[i].key,
+                     "val_acc": record.val_acc, "test_acc": record.test_acc, "cpu_s": cost, "cum_cpu_s": cum,
+                     "cached": cached})
+        print(f"zc-screen seed {seed}: trained #{len(rows) - 1} ({proxy} {scores[i]:.3g}): val_acc "
+              f"{record.val_acc:.4f}, total {cum:.0f} CPU-s", flush=True)
+    _append(trace, rows)
+
+
 ONE_TIME_COLUMNS = ["phase", "cpu_s", "wall_s", "path"]
 
 
-def run_one_time(args: argparse.Namespace, *, space: Any, data: Any, out: Path) -> pd.DataFrame:
+def run_one_time(args: argparse.Namespace, *, space: Any, data: Any, out: Path, ranker: bool = True) -> pd.DataFrame:
     """Meta-train the GHN and fit the ranker once, recording the CPU-seconds of each (resumable).
+
+    With ``ranker=False`` (only short-ranked campaigns) the ranker is left unfitted.
 
     Both go into ``<work>/one_time/`` and every campaign seed reuses them. A
     finished phase is recorded in ``<out>/search_one_time.csv`` and skipped
@@ -272,6 +421,8 @@ def run_one_time(args: argparse.Namespace, *, space: Any, data: Any, out: Path) 
     if args.exclude_reference:
         # Every reference sample: the labels never hold an architecture that sets the thresholds.
         exclude = [g.key for g in reference_graphs(space, args.reference_archs, args.reference_sample_seeds)[0]]
+    if not ranker:
+        return done
     phase("ranker", ranker_path, lambda: ensure_ranker(
         space, data, ghn, path=ranker_path, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, seed=seed,
         exclude=exclude, workers=args.label_workers, config=RankerConfig(seed=seed), progress=not args.no_progress))
@@ -303,9 +454,11 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     if trace.exists():
         trace.unlink()
     folder = Path(args.work) / "one_time"
+    short = "-short" in method  # today's default below 700 trials: each candidate's own short training ranks
+    rankers = [folder / "ranker.pt", *args.extra_rankers] if args.extra_rankers else folder / "ranker.pt"
     campaign = Campaign(
         space=space, dataset=data, ghn=folder / "ghn.pt", trials=args.campaign_trials,
-        ranker=[folder / "ranker.pt", *args.extra_rankers] if args.extra_rankers else folder / "ranker.pt",
+        ranker=None if short else rankers, rank_by="short" if short else "ranker",
         top_k=args.top_k, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, out=out,
         storage=(f"journal:///{(out / 'campaign.log').resolve()}"
                  if method.endswith("-journal") else None),
@@ -325,7 +478,8 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
         })
 
     for row in one_time.itertuples():
-        add(str(row.phase), float(row.cpu_s), True)
+        if not (short and str(row.phase).startswith("ranker")):  # a short-ranked campaign fits no ranker
+            add(str(row.phase), float(row.cpu_s), True)
     _ = campaign.ghn, campaign.ranker  # loading the checkpoints is not charged
     campaign.open()
     _, rank_cpu = _timed(campaign.rank)
@@ -556,7 +710,9 @@ def summarize(out: Path, levels: dict[str, Any], *, judge: pd.DataFrame | None =
     if judge is not None:
         truth = judge.set_index("key")
         for metric in ("val_acc", "test_acc"):
-            frame[metric] = frame["key"].map(truth[metric]).where(frame["key"].notna(), math.nan)
+            # A pruned trial was never had: it keeps no ground truth, whatever its key's.
+            had = frame["key"].notna() & (frame["phase"] != "pruned")
+            frame[metric] = frame["key"].map(truth[metric]).where(had, math.nan)
     runs = {key: run.sort_values("step") for key, run in frame.groupby(["method", "seed"])}
     campaign_budget = [run["cpu_s"].sum() for (m, _), run in runs.items() if m == "campaign"]
     campaign_marginal = [run.loc[~run["one_time"], "cpu_s"].sum() for (m, _), run in runs.items() if m == "campaign"]
@@ -638,6 +794,9 @@ def plot_reach(summary: pd.DataFrame) -> Any:
               "campaign-refine-rerank": "C6", "campaign-refine-rerank-journal": "C7",
               "campaign-refine-blend-journal": "C8",
               "tpe": "C1", "random": "C2"}
+    # Methods without a colour of their own (the multi-fidelity ones, zc-screen, ...) get tab10's others in turn.
+    spare = ["C6", "C7", "C8", "C9", "#17becf", "#bcbd22", "#7f7f7f", "#8c564b"]
+    others = {m: spare[i % len(spare)] for i, m in enumerate(sorted(set(runs["method"]) - set(colors)))}
     fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.4), sharex=True, sharey=True)
     for row, (tag, judged) in enumerate((("", "validation"), ("_test", "test"))):
         for col, (q, kind) in enumerate((("top5", ""), ("top1", ""), ("top1", "_reported"))):
@@ -649,7 +808,7 @@ def plot_reach(summary: pd.DataFrame) -> Any:
                     costs = np.sort(group[f"{prefix}_{q}{kind}{tag}"].dropna().to_numpy())
                     x = np.concatenate([[1.0], costs, [1e4]])
                     y = np.concatenate([[0.0], np.arange(1, len(costs) + 1), [len(costs)]]) / len(group)
-                    ax.step(x, y, where="post", color=colors.get(str(method), "C3"), linestyle=style,
+                    ax.step(x, y, where="post", color=colors.get(str(method), others[str(method)]), linestyle=style,
                             label=f"{method}{note} ({len(group)} runs)")
             ax.set_xscale("log")
             ax.set_xlim(2, 3000)
@@ -685,9 +844,15 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--epochs", type=float, default=3, help="ground-truth budget (default 3)")
     parser.add_argument("--methods", nargs="*", default=[], choices=[
-        "campaign", "campaign-journal", "campaign-refine", "campaign-refine-journal", "tpe", "random"])
+        "campaign", "campaign-journal", "campaign-refine", "campaign-refine-journal", "campaign-short-journal",
+        "tpe", "random", *PRUNED, "zc-screen"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", type=int, default=60, help="trained trials of tpe / random (default 60)")
+    parser.add_argument("--max-cpu", type=float, default=300,
+                        help="CPU-seconds after which a multi-fidelity run (tpe-sh, random-hb, ...) stops (default 300)")
+    parser.add_argument("--zc-pool", type=int, default=300, help="candidates the zc-screen scores (default 300)")
+    parser.add_argument("--zc-top", type=int, default=10, help="best-scored candidates it trains (default 10)")
+    parser.add_argument("--zc-proxy", default="snip", help="its zero-cost proxy (default snip)")
     parser.add_argument("--campaign-trials", type=int, default=300)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--refine", type=int, default=10,
@@ -758,7 +923,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         campaigns = [m for m in args.methods if m.startswith("campaign")]
-        one_time = run_one_time(args, space=space, data=data, out=args.out) if campaigns else None
+        ranked = [m for m in campaigns if "-short" not in m]
+        one_time = (run_one_time(args, space=space, data=data, out=args.out, ranker=bool(ranked))
+                    if campaigns else None)
         if campaigns and len(args.extra_one_time) != len(args.extra_rankers):
             raise SystemExit(f"error: {len(args.extra_rankers)} --extra-rankers but {len(args.extra_one_time)} "
                              "--extra-one-time records; give each build's search_one_time.csv")
@@ -773,13 +940,20 @@ def main() -> None:
                 if method.startswith("campaign"):
                     run_campaign(seed, args=args, space=space, data=data, referee=referee, trace=trace,
                                  one_time=one_time, method=method, name=named)
+                elif method in PRUNED:
+                    run_pruned_search(method, seed, space=space, data=data, epochs=args.epochs, max_cpu=args.max_cpu,
+                                      trace=trace)
+                elif method == "zc-screen":
+                    run_proxy_screen(seed, space=space, data=data, referee=referee, pool=args.zc_pool,
+                                     top=args.zc_top, proxy=args.zc_proxy, trace=trace)
                 else:
                     run_trained_search(method, seed, space=space, referee=referee, trials=args.trials, trace=trace)
     judge = None
     if args.referee_seeds != [0]:
         keys = set()
         for path in trace_paths(args.out, args.baseline):
-            keys |= set(pd.read_csv(path)["key"].dropna())
+            trace = pd.read_csv(path)
+            keys |= set(trace.loc[trace["phase"] != "pruned", "key"].dropna())  # pruned trials are never judged
         graphs = [referee.graph(key) for key in sorted(keys)]
         judge = referee.judge_seeds([g for g in graphs if g is not None], args.referee_seeds,
                                     workers=args.referee_workers)
