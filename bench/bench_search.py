@@ -296,7 +296,6 @@ def run_pruned_search(
     study = optuna.create_study(direction="maximize", sampler=sampler,
                                 pruner=make_pruner(pruner_kind, rungs, total_steps))
     done = pd.read_csv(trace) if trace.exists() else pd.DataFrame(columns=PRUNED_TRACE_COLUMNS)
-    finished: dict[str, tuple[dict[int, float], Any]] = {}  # key -> (rung accuracies, completed record)
     cum = 0.0
     for row in done.itertuples():  # replay, so the sampler and the pruner continue where a killed run stopped
         trial = study.ask()
@@ -688,8 +687,25 @@ def trace_paths(out: Path, baseline: Path | None = None) -> list[Path]:
     return paths
 
 
+def campaign_traces(folders: list[Path]) -> pd.DataFrame:
+    """The campaign traces of other folders (other builds), their seeds offset by 1000 per folder.
+
+    Builds of one recipe then pool as one method: ``campaign-refine-journal``
+    seed 2 of the second folder is seed 2002, so no two builds' runs merge.
+    """
+    frames = []
+    for i, folder in enumerate(folders, start=1):
+        if not folder.is_dir():
+            raise SystemExit(f"error: --campaigns {folder} is not a folder")
+        for path in sorted(folder.glob("search_trace_campaign*.csv")):
+            trace = pd.read_csv(path)
+            frames.append(trace.assign(seed=trace["seed"] + 1000 * i))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRACE_COLUMNS)
+
+
 def summarize(out: Path, levels: dict[str, Any], *, judge: pd.DataFrame | None = None,
-              suffix: str = "", baseline: Path | None = None) -> pd.DataFrame:
+              suffix: str = "", baseline: Path | None = None, campaigns: list[Path] | None = None,
+              budget_steps: int | None = None) -> pd.DataFrame:
     """One row per run: compute to the top 5% and 1%, best ground truth within the campaign's compute.
 
     Args:
@@ -700,11 +716,14 @@ def summarize(out: Path, levels: dict[str, Any], *, judge: pd.DataFrame | None =
             search with training still reports by the accuracy it saw itself.
         suffix: Added to the names of the files written.
         baseline: A folder whose TPE and random traces are read too (:func:`trace_paths`).
+        campaigns: Folders whose campaign traces are read too (:func:`campaign_traces`).
+        budget_steps: SGD steps of the ground-truth budget; with it the total-cost
+            table and the cost model (:func:`total_cost`, :func:`cost_model`) are written too.
     """
     traces = trace_paths(out, baseline)
     if not traces:
         raise SystemExit(f"error: no search_trace_*.csv in {out}")
-    frame = pd.concat([pd.read_csv(p) for p in traces], ignore_index=True)
+    frame = pd.concat([pd.read_csv(p) for p in traces] + [campaign_traces(campaigns or [])], ignore_index=True)
     frame["one_time"] = frame["one_time"].astype(bool)
     frame["seen_acc"] = frame["val_acc"]  # what search with training saw of its own trials
     if judge is not None:
@@ -766,7 +785,218 @@ def summarize(out: Path, levels: dict[str, Any], *, judge: pd.DataFrame | None =
     (out / f"search_thresholds{suffix}.json").write_text(
         json.dumps({**levels, "train_cpu_s_median": train_s}, indent=2))
     _plot(summary, out, suffix=suffix)
+    if budget_steps is not None:
+        parts = cost_parts(runs, levels, step_cost(frame, budget_steps))
+        total_cost(parts).assign(judge=levels["judge"]).to_csv(out / f"search_total_cost{suffix}.csv", index=False)
+        model = cost_model(parts, budget_steps)
+        model.to_csv(out / f"search_cost_model{suffix}.csv", index=False)
+        _plot_cost_model(model, out, suffix=suffix, judge=levels["judge"])
     return summary
+
+
+#: Trace phases that train a network: each costs a fixed overhead (building, evaluating) plus its SGD steps.
+TRAINING_PHASES = ("train", "pruned", "finetune")
+#: The levels the total-cost table and the cost model judge (the issue's bar).
+COST_LEVELS = ("top1_val", "top1_test", "top5_val", "top5_test")
+
+
+def step_cost(frame: pd.DataFrame, budget_steps: int) -> tuple[float, float]:
+    """``(overhead_s, step_s)``: a training's CPU-seconds as ``overhead_s + steps * step_s``.
+
+    Fitted by least squares on the multi-fidelity trials, whose steps are
+    known (a pruned trial ran to its last rung, a completed one the whole
+    budget); without them, no overhead and the median full training over
+    ``budget_steps``.
+    """
+    pruned = frame[frame["rungs"].notna()] if "rungs" in frame else frame.iloc[:0]
+    if len(pruned) >= 10 and (pruned["phase"] == "pruned").any() and (pruned["phase"] == "train").any():
+        steps = [budget_steps if phase == "train" else max(int(k) for k in json.loads(r))
+                 for phase, r in zip(pruned["phase"], pruned["rungs"])]
+        step_s, overhead_s = np.polyfit(np.asarray(steps, float), pruned["cpu_s"].to_numpy(float), 1)
+        return max(float(overhead_s), 0.0), float(step_s)
+    full = frame.loc[(frame["phase"] == "train") & ~frame["cached"].astype(bool), "cpu_s"]
+    return 0.0, float(full.median()) / budget_steps
+
+
+def cost_parts(runs: dict[tuple[str, int], pd.DataFrame], levels: dict[str, Any],
+               costs: tuple[float, float]) -> pd.DataFrame:
+    """Each run's CPU up to its first hit of each level, split by how it grows with the training budget.
+
+    ``fixed_s`` does not grow with the ground-truth budget (the rank stage's
+    short trainings, proxy scoring, every training's overhead); ``scaled_s``
+    grows in proportion to it (the SGD steps of every full training, pruned
+    trial and fine-tune: rungs and fine-tunes are fixed fractions of the
+    budget). ``one_time_s`` is the run's one-time cost, paid once however
+    many campaigns follow. A run that never hits is charged all it spent.
+
+    Returns:
+        One row per run and level of :data:`COST_LEVELS`: ``method``, ``seed``,
+        ``level``, ``hit``, ``one_time_s``, ``fixed_s``, ``scaled_s``, and
+        ``overhead_s`` / ``step_s`` of ``costs``.
+    """
+    overhead_s, step_s = costs
+    rows = []
+    for (method, seed), run in runs.items():
+        one_time = run["one_time"].to_numpy(bool)
+        cpu = run["cpu_s"].to_numpy(float)
+        training = run["phase"].isin(TRAINING_PHASES).to_numpy()
+        fixed = np.where(one_time, 0.0, np.where(training, np.minimum(overhead_s, cpu), cpu))
+        scaled = np.where(one_time | ~training, 0.0, cpu - fixed)
+        for level in COST_LEVELS:
+            q, metric = level.split("_")
+            values = run["val_acc" if metric == "val" else "test_acc"].to_numpy(float)
+            reach = np.flatnonzero(values >= levels[f"{'val_acc' if metric == 'val' else 'test_acc'}_{q}"] - 1e-12)
+            end = reach[0] + 1 if len(reach) else len(run)
+            rows.append({"method": method, "seed": seed, "level": level, "hit": bool(len(reach)),
+                         "one_time_s": float(cpu[one_time].sum()), "fixed_s": float(fixed[:end].sum()),
+                         "scaled_s": float(scaled[:end].sum()), "overhead_s": overhead_s, "step_s": step_s})
+    return pd.DataFrame(rows)
+
+
+def _ert_draws(parts: pd.DataFrame, scales: np.ndarray, amortise: float, pick: np.ndarray | None) -> np.ndarray:
+    """ERT of one method and level at each budget scale, for each bootstrap draw (``pick``: [draws, runs]).
+
+    Returns:
+        ``[draws, scales]`` (one draw without ``pick``); ``inf`` where no run hits.
+    """
+    idx = pick if pick is not None else np.arange(len(parts))[None, :]
+    hits = parts["hit"].to_numpy(float)[idx].sum(axis=1)  # [draws]
+    fixed = parts["fixed_s"].to_numpy(float)[idx].sum(axis=1)
+    scaled = parts["scaled_s"].to_numpy(float)[idx].sum(axis=1)
+    one_time = parts["one_time_s"].to_numpy(float)[idx].mean(axis=1) / amortise
+    with np.errstate(divide="ignore", invalid="ignore"):
+        marginal = (fixed[:, None] + scaled[:, None] * scales[None, :]) / hits[:, None]
+    return np.where(hits[:, None] > 0, one_time[:, None] + marginal, np.inf)
+
+
+def _baselines(parts: pd.DataFrame) -> list[str]:
+    return sorted(m for m in parts["method"].unique() if not str(m).startswith("campaign"))
+
+
+def total_cost(parts: pd.DataFrame, *, resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """ERT to each level with every one-time cost in it, and amortised over 3 and 10 campaigns.
+
+    Each campaign is set against the best baseline (the method without
+    one-time costs with the smallest ERT at that level): ``baseline_over_ert``
+    is its ERT over the campaign's single-campaign ERT (above 1: the campaign
+    is cheaper), with bootstrap 5% / 95% quantiles (runs of both resampled;
+    the best baseline chosen again in each draw).
+    """
+    rows = []
+    one = np.ones(1)
+    for level, at_level in parts.groupby("level"):
+        draws, erts = {}, {}
+        for method, group in at_level.groupby("method"):
+            rng = np.random.default_rng([seed, zlib.crc32(f"{method}/{level}".encode())])
+            pick = rng.integers(0, len(group), size=(resamples, len(group)))
+            draws[method] = _ert_draws(group, one, 1, pick)[:, 0]
+            erts[method] = {n: float(_ert_draws(group, one, n, None)[0, 0]) for n in (1, 3, 10)}
+        baselines = _baselines(at_level)
+        best = min(baselines, key=lambda m: erts[m][1]) if baselines else None
+        best_draw = np.min([draws[m] for m in baselines], axis=0) if baselines else None
+        for method, group in at_level.groupby("method"):
+            row = {"level": level, "method": method, "runs": len(group), "hits": int(group["hit"].sum()),
+                   "one_time_cpu_s": float(group["one_time_s"].mean()),
+                   **{f"ert_cpu_s{'' if n == 1 else f'_amortised_{n}'}": _finite(erts[method][n]) for n in (1, 3, 10)},
+                   "best_baseline": best, "best_baseline_ert_cpu_s": _finite(erts[best][1]) if best else math.nan}
+            if best is not None and str(method).startswith("campaign"):
+                for n in (1, 3, 10):
+                    row[f"baseline_over_ert{'' if n == 1 else f'_amortised_{n}'}"] = (
+                        erts[best][1] / erts[method][n])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.nan_to_num(best_draw / draws[method], nan=0.0)
+                row["baseline_over_ert_q05"], row["baseline_over_ert_q95"] = np.quantile(
+                    ratio, [0.05, 0.95], method="inverted_cdf")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _finite(value: float) -> float:
+    return value if np.isfinite(value) else math.nan
+
+
+def cost_model(parts: pd.DataFrame, budget_steps: int, *, budgets: np.ndarray | None = None,
+               resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Each campaign's ERT over the best baseline's, as a function of the ground-truth budget.
+
+    ERT(B) = one-time + (fixed + scaled * B / ``budget_steps``) / hits, from
+    :func:`cost_parts` measured at ``budget_steps``; the numbers of trainings
+    each method needs are assumed to stay what they were there. The best
+    baseline is chosen at each budget and in each bootstrap draw.
+
+    Returns:
+        One row per campaign method, level (top 1%, validation and test) and
+        budget: ``budget_steps``, ``ratio`` (campaign ERT / best baseline ERT;
+        below 1 the campaign is cheaper), ``ratio_q05`` / ``ratio_q95``,
+        ``ratio_amortised_10``, ``best_baseline``.
+    """
+    budgets = budgets if budgets is not None else np.unique(np.geomspace(budget_steps, budget_steps * 300, 61).round())
+    scales = budgets / budget_steps
+    rows = []
+    for level in ("top1_val", "top1_test"):
+        at_level = parts[parts["level"] == level]
+        baselines = _baselines(at_level)
+        if not baselines:
+            continue
+        point = {m: _ert_draws(g, scales, 1, None)[0] for m, g in at_level.groupby("method")}
+        draws = {}
+        for method, group in at_level.groupby("method"):
+            rng = np.random.default_rng([seed, zlib.crc32(f"{method}/{level}/model".encode())])
+            draws[method] = _ert_draws(group, scales, 1, rng.integers(0, len(group), size=(resamples, len(group))))
+        best_point = np.min([point[m] for m in baselines], axis=0)  # [budgets]
+        best_name = np.asarray(baselines)[np.argmin([point[m] for m in baselines], axis=0)]
+        best_draw = np.min([draws[m] for m in baselines], axis=0)  # [draws, budgets]
+        for method, group in at_level.groupby("method"):
+            if not str(method).startswith("campaign"):
+                continue
+            amortised = _ert_draws(group, scales, 10, None)[0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = point[method] / best_point
+                q05, q95 = np.quantile(np.nan_to_num(draws[method] / best_draw, nan=np.inf), [0.05, 0.95], axis=0)
+            for i, b in enumerate(budgets):
+                rows.append({"method": method, "runs": len(group), "level": level, "budget_steps": int(b),
+                             "ratio": ratio[i],
+                             "ratio_q05": q05[i], "ratio_q95": q95[i],
+                             "ratio_amortised_10": amortised[i] / best_point[i], "best_baseline": best_name[i]})
+    return pd.DataFrame(rows)
+
+
+def _plot_cost_model(model: pd.DataFrame, out: Path, *, suffix: str = "", judge: str = "") -> None:
+    """Campaign ERT / best baseline ERT against the training budget, one panel per level (PNG and PDF)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if model.empty:
+        print("cost model: no campaign and baseline to compare; no figure", flush=True)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, (level, title) in zip(axes, (("top1_val", "validation top 1%"), ("top1_test", "test top 1%"))):
+        for i, (method, rows) in enumerate(model[model["level"] == level].groupby("method")):
+            color = f"C{i}"
+            runs = int(rows["runs"].iloc[0])
+            ax.plot(rows["budget_steps"], rows["ratio"], color=color, label=f"{method} ({runs} runs), one campaign")
+            ax.fill_between(rows["budget_steps"], rows["ratio_q05"], rows["ratio_q95"], color=color, alpha=0.2,
+                            label=f"{method}: bootstrap 5-95%")
+            ax.plot(rows["budget_steps"], rows["ratio_amortised_10"], color=color, linestyle="--",
+                    label=f"{method}, one-time cost over 10 campaigns")
+        ax.axhline(1.0, color="k", linewidth=0.8, label="break-even")
+        ax.axhline(1 / 3, color="k", linewidth=0.8, linestyle=":", label="goal: a third")
+        ax.axvline(model["budget_steps"].min(), color="grey", linewidth=0.8, linestyle="-.",
+                   label="measured budget")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("ground-truth training budget (SGD steps per architecture)")
+        ax.set_title(f"ERT to the {title} (judge {judge})", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("campaign ERT / best baseline ERT\n(lower is better; < 1: campaign cheaper)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.18, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"search_cost_model{suffix}.{ext}", dpi=200)
+    plt.close(fig)
 
 
 def plot_reach(summary: pd.DataFrame) -> Any:
@@ -808,7 +1038,7 @@ def plot_reach(summary: pd.DataFrame) -> Any:
                     costs = np.sort(group[f"{prefix}_{q}{kind}{tag}"].dropna().to_numpy())
                     x = np.concatenate([[1.0], costs, [1e4]])
                     y = np.concatenate([[0.0], np.arange(1, len(costs) + 1), [len(costs)]]) / len(group)
-                    ax.step(x, y, where="post", color=colors.get(str(method), others[str(method)]), linestyle=style,
+                    ax.step(x, y, where="post", color=colors.get(str(method)) or others[str(method)], linestyle=style,
                             label=f"{method}{note} ({len(group)} runs)")
             ax.set_xscale("log")
             ax.set_xlim(2, 3000)
@@ -849,7 +1079,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", type=int, default=60, help="trained trials of tpe / random (default 60)")
     parser.add_argument("--max-cpu", type=float, default=300,
-                        help="CPU-seconds after which a multi-fidelity run (tpe-sh, random-hb, ...) stops (default 300)")
+                        help="CPU-seconds after which a multi-fidelity run (tpe-sh, random-hb, ...) stops "
+                             "(default 300)")
     parser.add_argument("--zc-pool", type=int, default=300, help="candidates the zc-screen scores (default 300)")
     parser.add_argument("--zc-top", type=int, default=10, help="best-scored candidates it trains (default 10)")
     parser.add_argument("--zc-proxy", default="snip", help="its zero-cost proxy (default snip)")
@@ -883,6 +1114,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="folder whose tpe / random traces the report reads too (a replicate's --out holds "
                              "only its campaigns)")
+    parser.add_argument("--campaigns", nargs="*", type=Path, default=[],
+                        help="folders whose campaign traces the report reads too (other builds: their seeds are "
+                             "offset by 1000 per folder, so the builds of one recipe pool as one method)")
     parser.add_argument("--label-workers", type=int, default=1, help="processes training the ranker's labels")
     parser.add_argument("--reference", type=Path,
                         default=Path("experiments/results/nb201-mnist5k/ground_truth.sqlite"))
@@ -951,14 +1185,15 @@ def main() -> None:
     judge = None
     if args.referee_seeds != [0]:
         keys = set()
-        for path in trace_paths(args.out, args.baseline):
-            trace = pd.read_csv(path)
+        for trace in [pd.read_csv(p) for p in trace_paths(args.out, args.baseline)] + [campaign_traces(args.campaigns)]:
             keys |= set(trace.loc[trace["phase"] != "pruned", "key"].dropna())  # pruned trials are never judged
         graphs = [referee.graph(key) for key in sorted(keys)]
         judge = referee.judge_seeds([g for g in graphs if g is not None], args.referee_seeds,
                                     workers=args.referee_workers)
     suffix = report_suffix(args.referee_seeds, args.reference_sample_seeds, strict=args.strict)
-    summary = summarize(args.out, levels, judge=judge, suffix=suffix, baseline=args.baseline)
+    budget_steps = math.ceil(args.epochs * max(1, data.x_train.shape[0] // 64))  # TrainConfig's batch of 64
+    summary = summarize(args.out, levels, judge=judge, suffix=suffix, baseline=args.baseline,
+                        campaigns=args.campaigns, budget_steps=budget_steps)
     seeds_text = "seed 0" if args.referee_seeds == [0] else f"mean of seeds {', '.join(map(str, args.referee_seeds))}"
     print(f"reference: {levels['reference_n']} trained candidates, {levels['reference_excluded']} label "
           f"architectures left out ({args.epochs:g} epochs, {seeds_text}): "
@@ -975,7 +1210,16 @@ def main() -> None:
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print("expected CPU-seconds to reach each level, failed runs restarted with a new seed (ERT):")
         print(ert.round(2).to_string(index=False))
-    print(f"all columns: {args.out / f'search_summary{suffix}.csv'}, {args.out / f'search_expected_cost{suffix}.csv'}")
+    total = pd.read_csv(args.out / f"search_total_cost{suffix}.csv")
+    shown = ["level", "method", "runs", "hits", "one_time_cpu_s", "ert_cpu_s", "ert_cpu_s_amortised_3",
+             "ert_cpu_s_amortised_10", "best_baseline", "baseline_over_ert", "baseline_over_ert_q05",
+             "baseline_over_ert_q95"]
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print("total cost: ERT with every one-time cost (one campaign), amortised over 3 and 10 campaigns, "
+              "against the best baseline (baseline_over_ert > 1: the campaign is cheaper):")
+        print(total[[c for c in shown if c in total]].round(2).to_string(index=False))
+    print(f"all columns: {args.out / f'search_summary{suffix}.csv'}, {args.out / f'search_expected_cost{suffix}.csv'}, "
+          f"{args.out / f'search_total_cost{suffix}.csv'}, {args.out / f'search_cost_model{suffix}.csv'}")
 
 
 if __name__ == "__main__":

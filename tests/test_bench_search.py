@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -381,3 +382,152 @@ def test_a_combination_of_builds_ranks_by_the_mean_standardised_tse_and_the_firs
     np.testing.assert_allclose(module.ensemble_scores(z, ("a",), prior), [0.5, 1.0, 2.0])  # the ranker's own score
     np.testing.assert_allclose(module.ensemble_scores(z, ("a", "b"), prior), [1.5, 1.0, 0.0])
     np.testing.assert_allclose(module.ensemble_scores(z, ("b", "a"), prior), [1.0, 1.0, 9.0])
+
+
+# --------------------------------------------------------------------------- #
+# Multi-fidelity baselines, total cost and the cost model
+# --------------------------------------------------------------------------- #
+
+
+def _levels(judge: str = "0") -> dict:
+    levels = {"reference_train_s": 10.0, "reference_n": 100, "judge": judge, "strict": False}
+    for metric in ("val_acc", "test_acc"):
+        levels.update({f"{metric}_top5": 0.96, f"{metric}_top1": 0.98,
+                       f"{metric}_p_top5": 0.05, f"{metric}_p_top1": 0.01})
+    return levels
+
+
+def test_rungs_are_the_min_resource_times_powers_of_the_factor_below_the_budget() -> None:
+    assert bench_search.rung_steps(162) == [6, 18, 54]
+    assert bench_search.rung_steps(163) == [6, 18, 54, 162]
+    assert bench_search.rung_steps(20, 2, 2) == [2, 4, 8, 16]
+    with pytest.raises(ValueError, match="no rung below 6 steps"):
+        bench_search.rung_steps(6)
+    assert isinstance(bench_search.make_pruner("hb", [6, 18, 54], 162), bench_search.optuna.pruners.HyperbandPruner)
+    with pytest.raises(ValueError, match="unknown pruner 'asha'"):
+        bench_search.make_pruner("asha", [6], 162)
+
+
+def test_a_pruned_search_prunes_charges_what_ran_and_replays_after_a_kill(tmp_path: Path) -> None:
+    import torch
+
+    from nas.data import load_dataset
+    from nas.space import load_space
+
+    torch.set_num_threads(1)
+    data = load_dataset("digits")  # 1 epoch = 28 steps: rungs at 6 and 18
+    space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes, C=4, N=1)
+    trace = tmp_path / "search_trace_random-sh_s0.csv"
+    bench_search.run_pruned_search("random-sh", 0, space=space, data=data, epochs=1, max_cpu=4, trace=trace)
+    first = pd.read_csv(trace)
+    assert {"train", "pruned"} <= set(first["phase"])  # successive halving stops some trials and lets others go on
+    pruned = first[first["phase"] == "pruned"]
+    assert pruned["val_acc"].isna().all()  # a pruned trial is never had
+    assert all(json.loads(r) and max(map(int, json.loads(r))) in (6, 18) for r in pruned["rungs"])
+    done = first[first["phase"] == "train"]
+    assert done["val_acc"].notna().all() and all(set(json.loads(r)) == {"6", "18"} for r in done["rungs"])
+    assert first["cum_cpu_s"].iloc[-1] >= 4 > first["cum_cpu_s"].iloc[-2]
+    # A longer budget continues the same study: the first rows stay and the sampler goes on where it stopped.
+    bench_search.run_pruned_search("random-sh", 0, space=space, data=data, epochs=1, max_cpu=5.5, trace=trace)
+    longer = pd.read_csv(trace)
+    assert len(longer) > len(first) and longer["key"].iloc[: len(first)].tolist() == first["key"].tolist()
+    assert longer["step"].tolist() == list(range(len(longer)))
+    # A trace of another space does not replay.
+    other = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes, C=8, N=1)
+    with pytest.raises(RuntimeError, match="does not replay"):
+        bench_search.run_pruned_search("random-sh", 0, space=other, data=data, epochs=1, max_cpu=9, trace=trace)
+
+
+def test_pruned_trials_get_no_ground_truth_from_the_judge(tmp_path: Path) -> None:
+    trace = _trace("tpe-sh", 0, [
+        ("pruned", NAN, NAN, NAN, 1.0, False),  # k0: its key is top 1% under the judge, but it was pruned
+        ("train", 0.95, 0.95, NAN, 6.0, False),
+        ("train", 0.97, 0.97, NAN, 6.0, False),
+    ]).assign(rungs=['{"6": 0.5}', '{"6": 0.6}', '{"6": 0.7}'])
+    trace.to_csv(tmp_path / "search_trace_tpe-sh_s0.csv", index=False)
+    judge = pd.DataFrame({"key": ["k0", "k1", "k2"], "val_acc": [0.99, 0.95, 0.985], "test_acc": [0.99, 0.95, 0.99]})
+    summary = bench_search.summarize(tmp_path, _levels("1"), judge=judge, suffix="_ref1").set_index("method")
+    assert summary.loc["tpe-sh", "cpu_to_top1"] == pytest.approx(13.0)  # k2, not the pruned k0
+    assert summary.loc["tpe-sh", "trained"] == 2
+
+
+def test_cost_parts_split_each_run_into_one_time_budget_free_and_budget_scaled_cpu() -> None:
+    run = _trace("campaign", 0, [
+        ("meta_train", NAN, NAN, NAN, 100.0, True),
+        ("rank", NAN, NAN, NAN, 30.0, False),  # the rank stage's short trainings: no growth with the budget
+        ("finetune", 0.95, 0.95, 0.9, 3.0, False),
+        ("finetune", 0.99, 0.99, 0.9, 3.0, False),
+        ("finetune", 0.90, 0.90, 0.9, 3.0, False),  # after the hit: not charged to the top 1%
+    ])
+    parts = bench_search.cost_parts({("campaign", 0): run}, _levels(), (0.5, 0.01)).set_index("level")
+    top1 = parts.loc["top1_val"]
+    assert top1["hit"] and top1["one_time_s"] == pytest.approx(100.0)
+    assert top1["fixed_s"] == pytest.approx(30.0 + 2 * 0.5)  # rank stage + two fine-tunes' overhead
+    assert top1["scaled_s"] == pytest.approx(2 * 2.5)
+    missed = bench_search.cost_parts({("campaign", 0): run}, {**_levels(), "val_acc_top1": 0.995},
+                                     (0.5, 0.01)).set_index("level").loc["top1_val"]
+    assert not missed["hit"] and missed["scaled_s"] == pytest.approx(3 * 2.5)  # a miss is charged all it spent
+
+
+def test_step_cost_fits_the_overhead_and_the_per_step_cpu_of_the_multi_fidelity_trials() -> None:
+    steps = [6, 18, 54, 162] * 4
+    frame = pd.DataFrame({
+        "phase": ["pruned", "pruned", "pruned", "train"] * 4, "cpu_s": [0.4 + 0.03 * s for s in steps],
+        "rungs": [json.dumps({str(r): 0.5 for r in [6, 18, 54] if r <= s}) for s in steps], "cached": False,
+    })
+    overhead, step = bench_search.step_cost(frame, 162)
+    assert overhead == pytest.approx(0.4) and step == pytest.approx(0.03)
+    plain = pd.DataFrame({"phase": ["train"] * 3, "cpu_s": [6.0, 8.1, 7.0], "cached": False})
+    assert bench_search.step_cost(plain, 162) == pytest.approx((0.0, 7.0 / 162))
+
+
+def _parts(method: str, runs: list[tuple[bool, float, float]], one_time: float = 0.0) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"method": method, "seed": i, "level": level, "hit": hit, "one_time_s": one_time, "fixed_s": fixed,
+         "scaled_s": scaled, "overhead_s": 0.0, "step_s": 0.0}
+        for i, (hit, fixed, scaled) in enumerate(runs) for level in ("top1_val", "top1_test")
+    ])
+
+
+def test_total_cost_charges_the_one_time_cost_once_and_amortises_it() -> None:
+    parts = pd.concat([
+        _parts("campaign-x", [(True, 5.0, 5.0), (True, 5.0, 5.0)], one_time=300.0),  # ERT 310, 110, 40
+        _parts("tpe", [(True, 0.0, 100.0), (False, 0.0, 200.0)]),  # ERT 300
+        _parts("random", [(True, 0.0, 400.0)]),  # ERT 400
+    ])
+    table = bench_search.total_cost(parts, resamples=200).set_index(["level", "method"])
+    row = table.loc[("top1_val", "campaign-x")]
+    assert row["ert_cpu_s"] == pytest.approx(310.0)
+    assert row["ert_cpu_s_amortised_3"] == pytest.approx(110.0)
+    assert row["ert_cpu_s_amortised_10"] == pytest.approx(40.0)
+    assert row["best_baseline"] == "tpe" and row["best_baseline_ert_cpu_s"] == pytest.approx(300.0)
+    assert row["baseline_over_ert"] == pytest.approx(300.0 / 310.0)
+    assert row["baseline_over_ert_amortised_10"] == pytest.approx(300.0 / 40.0)
+    assert row["baseline_over_ert_q05"] <= row["baseline_over_ert_q95"]
+    assert math.isnan(table.loc[("top1_val", "tpe"), "baseline_over_ert"])  # baselines are not set against themselves
+
+
+def test_cost_model_finds_where_the_campaign_breaks_even_as_the_budget_grows() -> None:
+    parts = pd.concat([
+        _parts("campaign-x", [(True, 10.0, 10.0)] * 3, one_time=290.0),  # 300 + 10 x
+        _parts("tpe", [(True, 0.0, 100.0)] * 3),  # 100 x
+    ])
+    model = bench_search.cost_model(parts, 162, budgets=np.array([162.0, 324.0, 486.0, 1620.0]), resamples=100)
+    at = model[model["level"] == "top1_val"].set_index("budget_steps")
+    # x = budget / 162: campaign 290 + 10 + 10 x against TPE's 100 x -> ratios 3.1, 1.6, 1.1, 0.4.
+    assert at["ratio"].tolist() == pytest.approx([310 / 100, 320 / 200, 330 / 300, 400 / 1000])
+    assert at["ratio_amortised_10"].tolist() == pytest.approx([(29 + 10 + 10 * x) / (100 * x) for x in (1, 2, 3, 10)])
+    assert set(at["best_baseline"]) == {"tpe"} and set(at["runs"]) == {3}
+    # Identical runs: every bootstrap draw gives the same ratio.
+    assert at["ratio_q05"].tolist() == pytest.approx(at["ratio"].tolist())
+
+
+def test_campaign_folders_pool_builds_with_their_seeds_apart(tmp_path: Path, campaign: pd.DataFrame) -> None:
+    for build in ("b1", "b2"):
+        (tmp_path / build).mkdir()
+        campaign.to_csv(tmp_path / build / "search_trace_campaign_s0.csv", index=False)
+    (tmp_path / "b2" / "search_trace_tpe_s0.csv").write_text("not read\n")
+    pooled = bench_search.campaign_traces([tmp_path / "b1", tmp_path / "b2"])
+    assert sorted(pooled["seed"].unique()) == [1000, 2000] and set(pooled["method"]) == {"campaign"}
+    with pytest.raises(SystemExit, match="--campaigns .*missing is not a folder"):
+        bench_search.campaign_traces([tmp_path / "missing"])
