@@ -26,6 +26,10 @@ in ``--cache`` (a :class:`nas.evaluation.GroundTruthCache`).
   run stops after ``--max-cpu`` CPU-seconds.
 * ``zc-screen``: score ``--zc-pool`` uniform candidates with a zero-cost proxy
   (``--zc-proxy``) and train the ``--zc-top`` best for the full budget.
+* ``bananas``: predictor-guided search in the manner of BANANAS: the
+  project's graph-network ranker refitted on the fully trained candidates
+  every ``--bananas-batch`` trainings picks the next ones from
+  ``--zc-pool`` fresh uniform candidates; stops after ``--max-cpu``.
 * ``campaign-short-journal``: a campaign ranked by each candidate's own short
   training (``rank_by="short"``, what ``nas search`` does up to 700 trials):
   its only one-time cost is the GHN.
@@ -373,6 +377,68 @@ def run_proxy_screen(seed: int, *, space: Any, data: Any, referee: Referee, pool
                      "cached": cached})
         print(f"zc-screen seed {seed}: trained #{len(rows) - 1} ({proxy} {scores[i]:.3g}): val_acc "
               f"{record.val_acc:.4f}, total {cum:.0f} CPU-s", flush=True)
+    _append(trace, rows)
+
+
+def run_predictor_search(seed: int, *, space: Any, data: Any, referee: Referee, max_cpu: float, start: int,
+                         batch: int, pool: int, trace: Path) -> None:
+    """BANANAS-style search: a graph-network predictor refitted on what has been fully trained, every ``batch``.
+
+    ``start`` uniform candidates are trained first; then, until ``max_cpu``
+    CPU-seconds are spent: the project's graph-network ranker
+    (:func:`nas.ghn.fit_ranker`, from random weights, default settings, seeded
+    ``seed``) is fitted on every trained candidate's validation accuracy (the
+    accuracy search saw, training seed 0), scores ``pool`` fresh uniform
+    candidates, and the ``batch`` best are trained for the full budget in score
+    order. Fits and scoring are charged (phase ``fit``) beside the trainings.
+    Not resumable: a partial trace is started over.
+    """
+    from nas.evaluation.correlate import sample_candidates
+    from nas.ghn import GHN, GHNConfig, RankerConfig, fit_ranker, identity
+
+    if trace.exists():
+        trace.unlink()
+    ghn = GHN(GHNConfig(), space_info=identity(space, data))  # its weights are never used (pretrained=False)
+    seen: dict[str, float] = {}
+    graphs: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    cum = 0.0
+
+    def add(phase: str, cpu: float, **values: Any) -> None:
+        nonlocal cum
+        cum += cpu
+        rows.append({"method": "bananas", "seed": seed, "step": len(rows), "phase": phase, "key": None,
+                     "val_acc": math.nan, "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu,
+                     "cum_cpu_s": cum, "one_time": False, "cached": False, **values})
+
+    def train(graph: Any, note: str) -> None:
+        record, cost, cached = referee.judge(graph)
+        seen[graph.key], graphs[graph.key] = float(record.val_acc), graph
+        add("train", cost, key=graph.key, val_acc=record.val_acc, test_acc=record.test_acc, cached=cached)
+        print(f"bananas seed {seed}: trained #{len(seen)} ({note}): val_acc {record.val_acc:.4f}, "
+              f"total {cum:.0f} CPU-s", flush=True)
+
+    for graph in sample_candidates(space, start, seed=2000 + seed):
+        if cum < max_cpu:
+            train(graph, "uniform start")
+    rounds = 0
+    while cum < max_cpu:
+        keys = [k for k in seen if math.isfinite(seen[k])]
+
+        def fit_and_score() -> tuple[list[Any], np.ndarray]:
+            ranker = fit_ranker(ghn, [graphs[k] for k in keys], [-seen[k] for k in keys],
+                                RankerConfig(seed=seed), progress=False)
+            fresh = [g for g in sample_candidates(space, pool, seed=3000 + 1000 * seed + rounds) if g.key not in seen]
+            return fresh, ranker.score(fresh)
+
+        (fresh, scores), cpu = _timed(fit_and_score)
+        add("fit", cpu)
+        print(f"bananas seed {seed}: fitted on {len(keys)} and scored {len(fresh)} in {cpu:.1f} CPU-s", flush=True)
+        rounds += 1
+        for i in np.argsort(scores, kind="stable")[:batch]:  # lower predicted -accuracy first
+            if cum >= max_cpu:
+                break
+            train(fresh[i], f"round {rounds}")
     _append(trace, rows)
 
 
@@ -1075,13 +1141,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3, help="ground-truth budget (default 3)")
     parser.add_argument("--methods", nargs="*", default=[], choices=[
         "campaign", "campaign-journal", "campaign-refine", "campaign-refine-journal", "campaign-short-journal",
-        "tpe", "random", *PRUNED, "zc-screen"])
+        "tpe", "random", *PRUNED, "zc-screen", "bananas"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", type=int, default=60, help="trained trials of tpe / random (default 60)")
     parser.add_argument("--max-cpu", type=float, default=300,
                         help="CPU-seconds after which a multi-fidelity run (tpe-sh, random-hb, ...) stops "
                              "(default 300)")
-    parser.add_argument("--zc-pool", type=int, default=300, help="candidates the zc-screen scores (default 300)")
+    parser.add_argument("--zc-pool", type=int, default=300,
+                        help="candidates the zc-screen scores, and bananas each round (default 300)")
+    parser.add_argument("--bananas-start", type=int, default=10,
+                        help="uniform candidates bananas trains before its first fit (default 10)")
+    parser.add_argument("--bananas-batch", type=int, default=10,
+                        help="candidates bananas trains between two fits (default 10)")
     parser.add_argument("--zc-top", type=int, default=10, help="best-scored candidates it trains (default 10)")
     parser.add_argument("--zc-proxy", default="snip", help="its zero-cost proxy (default snip)")
     parser.add_argument("--campaign-trials", type=int, default=300)
@@ -1177,6 +1248,10 @@ def main() -> None:
                 elif method in PRUNED:
                     run_pruned_search(method, seed, space=space, data=data, epochs=args.epochs, max_cpu=args.max_cpu,
                                       trace=trace)
+                elif method == "bananas":
+                    run_predictor_search(seed, space=space, data=data, referee=referee, max_cpu=args.max_cpu,
+                                         start=args.bananas_start, batch=args.bananas_batch, pool=args.zc_pool,
+                                         trace=trace)
                 elif method == "zc-screen":
                     run_proxy_screen(seed, space=space, data=data, referee=referee, pool=args.zc_pool,
                                      top=args.zc_top, proxy=args.zc_proxy, trace=trace)

@@ -531,3 +531,25 @@ def test_campaign_folders_pool_builds_with_their_seeds_apart(tmp_path: Path, cam
     assert sorted(pooled["seed"].unique()) == [1000, 2000] and set(pooled["method"]) == {"campaign"}
     with pytest.raises(SystemExit, match="--campaigns .*missing is not a folder"):
         bench_search.campaign_traces([tmp_path / "missing"])
+
+
+def test_predictor_search_fits_on_what_it_trained_and_trains_the_best_scored(tmp_path: Path) -> None:
+    import torch
+
+    from nas.data import load_dataset
+    from nas.space import load_space
+
+    torch.set_num_threads(1)
+    data = load_dataset("digits")
+    space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes, C=4, N=1)
+    referee = bench_search.Referee(tmp_path / "gt.sqlite", data, 0.2)
+    trace = tmp_path / "search_trace_bananas_s0.csv"
+    bench_search.run_predictor_search(0, space=space, data=data, referee=referee, max_cpu=3, start=4, batch=2,
+                                       pool=12, trace=trace)
+    run = pd.read_csv(trace)
+    phases = run["phase"].tolist()
+    assert phases[:5] == ["train"] * 4 + ["fit"]  # the start set, then the first fit
+    assert "train" in phases[5:]  # trains what the predictor picked
+    trained = run[run["phase"] == "train"]
+    assert trained["key"].is_unique and trained["val_acc"].notna().all()
+    assert run["cum_cpu_s"].iloc[-1] >= 3 and run["cpu_s"].sum() == pytest.approx(run["cum_cpu_s"].iloc[-1])
