@@ -1090,9 +1090,14 @@ def plot_reach(summary: pd.DataFrame) -> Any:
               "campaign-refine-rerank": "C6", "campaign-refine-rerank-journal": "C7",
               "campaign-refine-blend-journal": "C8",
               "tpe": "C1", "random": "C2"}
-    # Methods without a colour of their own (the multi-fidelity ones, zc-screen, ...) get tab10's others in turn.
-    spare = ["C6", "C7", "C8", "C9", "#17becf", "#bcbd22", "#7f7f7f", "#8c564b"]
-    others = {m: spare[i % len(spare)] for i, m in enumerate(sorted(set(runs["method"]) - set(colors)))}
+    # Methods without a colour of their own (the multi-fidelity ones, zc-screen, ...) get tab20's colours that no
+    # method of this figure uses yet, in turn.
+    from matplotlib.colors import to_hex
+
+    present = set(runs["method"])
+    used = {to_hex(colors[m]) for m in present if m in colors}
+    spare = [c for c in map(to_hex, plt.get_cmap("tab20").colors) if c not in used]
+    others = {m: spare[i % len(spare)] for i, m in enumerate(sorted(present - set(colors)))}
     fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.4), sharex=True, sharey=True)
     for row, (tag, judged) in enumerate((("", "validation"), ("_test", "test"))):
         for col, (q, kind) in enumerate((("top5", ""), ("top1", ""), ("top1", "_reported"))):
