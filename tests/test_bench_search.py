@@ -408,13 +408,27 @@ def test_rungs_are_the_min_resource_times_powers_of_the_factor_below_the_budget(
         bench_search.make_pruner("asha", [6], 162)
 
 
-def test_a_pruned_search_prunes_charges_what_ran_and_replays_after_a_kill(tmp_path: Path) -> None:
+def _fixed_clock(monkeypatch: pytest.MonkeyPatch, step: float) -> None:
+    """Every trial of a pruned search costs ``step`` CPU-s (its clock advances ``step`` per reading),
+    so how many trials a budget buys does not depend on the machine's load."""
+    import types
+
+    readings = iter(range(10**6))
+    clock = types.SimpleNamespace(process_time=lambda: next(readings) * step,
+                                  perf_counter=bench_search.time.perf_counter)
+    monkeypatch.setattr(bench_search, "time", clock)
+
+
+def test_a_pruned_search_prunes_charges_what_ran_and_replays_after_a_kill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     from nas.data import load_dataset
     from nas.space import load_space
 
     torch.set_num_threads(1)
+    _fixed_clock(monkeypatch, 0.25)  # 16 trials in 4 CPU-s
     data = load_dataset("digits")  # 1 epoch = 28 steps: rungs at 6 and 18
     space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes, C=4, N=1)
     trace = tmp_path / "search_trace_random-sh_s0.csv"
@@ -533,7 +547,9 @@ def test_campaign_folders_pool_builds_with_their_seeds_apart(tmp_path: Path, cam
         bench_search.campaign_traces([tmp_path / "missing"])
 
 
-def test_predictor_search_fits_on_what_it_trained_and_trains_the_best_scored(tmp_path: Path) -> None:
+def test_predictor_search_fits_on_what_it_trained_and_trains_the_best_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     from nas.data import load_dataset
@@ -543,13 +559,21 @@ def test_predictor_search_fits_on_what_it_trained_and_trains_the_best_scored(tmp
     data = load_dataset("digits")
     space = load_space("nb201", input_shape=data.input_shape, num_classes=data.num_classes, C=4, N=1)
     referee = bench_search.Referee(tmp_path / "gt.sqlite", data, 0.2)
+
+    class OneSecond:
+        """Charges every training 1 CPU-s, so the budget buys the same steps on any machine."""
+
+        def judge(self, graph):
+            record, _, cached = referee.judge(graph)
+            return record, 1.0, cached
+
+    monkeypatch.setattr(bench_search, "_timed", lambda fn: (fn(), 0.5))  # every fit and scoring: 0.5 CPU-s
     trace = tmp_path / "search_trace_bananas_s0.csv"
-    bench_search.run_predictor_search(0, space=space, data=data, referee=referee, max_cpu=3, start=4, batch=2,
+    bench_search.run_predictor_search(0, space=space, data=data, referee=OneSecond(), max_cpu=6, start=4, batch=2,
                                        pool=12, trace=trace)
     run = pd.read_csv(trace)
-    phases = run["phase"].tolist()
-    assert phases[:5] == ["train"] * 4 + ["fit"]  # the start set, then the first fit
-    assert "train" in phases[5:]  # trains what the predictor picked
+    # 4 start trainings (4 CPU-s), a fit (4.5), the predictor's best 2 (6.5): the budget of 6 is spent.
+    assert run["phase"].tolist() == ["train"] * 4 + ["fit"] + ["train"] * 2
     trained = run[run["phase"] == "train"]
     assert trained["key"].is_unique and trained["val_acc"].notna().all()
-    assert run["cum_cpu_s"].iloc[-1] >= 3 and run["cpu_s"].sum() == pytest.approx(run["cum_cpu_s"].iloc[-1])
+    assert run["cum_cpu_s"].iloc[-1] == pytest.approx(6.5)
