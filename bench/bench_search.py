@@ -251,6 +251,13 @@ PRUNED = {f"{sampler}-{pruner}": (sampler, pruner) for sampler in ("tpe", "rando
 PRUNED_TRACE_COLUMNS = [*TRACE_COLUMNS, "rungs"]
 
 
+def training_steps(data: Any, epochs: float) -> int:
+    """SGD steps of a ``TrainConfig(epochs=epochs)`` training on ``data``, as :func:`nas.training.train` counts them."""
+    from nas.training import TrainConfig
+
+    return math.ceil(epochs * max(1, data.x_train.shape[0] // TrainConfig().batch_size))
+
+
 def rung_steps(total_steps: int, min_steps: int = 6, factor: int = 3) -> list[int]:
     """The steps at which a multi-fidelity trial reports: ``min_steps * factor**i`` below ``total_steps``.
 
@@ -293,7 +300,7 @@ def run_pruned_search(
 
     sampler_kind, pruner_kind = PRUNED[method]
     config = TrainConfig(epochs=epochs)
-    total_steps = math.ceil(epochs * max(1, data.x_train.shape[0] // config.batch_size))
+    total_steps = training_steps(data, epochs)
     rungs = rung_steps(total_steps)
     sampler = (optuna.samplers.TPESampler(seed=seed) if sampler_kind == "tpe"
                else optuna.samplers.RandomSampler(seed=seed))
@@ -1271,9 +1278,8 @@ def main() -> None:
         judge = referee.judge_seeds([g for g in graphs if g is not None], args.referee_seeds,
                                     workers=args.referee_workers)
     suffix = report_suffix(args.referee_seeds, args.reference_sample_seeds, strict=args.strict)
-    budget_steps = math.ceil(args.epochs * max(1, data.x_train.shape[0] // 64))  # TrainConfig's batch of 64
     summary = summarize(args.out, levels, judge=judge, suffix=suffix, baseline=args.baseline,
-                        campaigns=args.campaigns, budget_steps=budget_steps)
+                        campaigns=args.campaigns, budget_steps=training_steps(data, args.epochs))
     seeds_text = "seed 0" if args.referee_seeds == [0] else f"mean of seeds {', '.join(map(str, args.referee_seeds))}"
     print(f"reference: {levels['reference_n']} trained candidates, {levels['reference_excluded']} label "
           f"architectures left out ({args.epochs:g} epochs, {seeds_text}): "
