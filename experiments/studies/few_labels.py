@@ -1,0 +1,181 @@
+"""Rankers at few labels: which loss, features or pretraining lift the ranker at 50 / 100 / 200 labels?
+
+Reuses the ranking suite's records (``experiments/results/<pair>/``): its 100 held-out candidates with
+their 2-seed 3-epoch ground truth, and the 700 short-training labels (30 SGD steps) of the pair's first
+label seed. The labels are cut into three disjoint blocks of 200 (label rows 0-199, 200-399, 400-599, in
+sample order); the ranker at ``n`` labels of block ``b`` is fitted on that block's first ``n`` rows, so the
+three "label seeds" of a count share no architecture. Each fit is scored by Kendall tau against the
+ground truth (higher is better), as in the suite. Variants (:data:`VARIANTS`): today's recipe (``mse``),
+a pairwise ranking loss, free per-graph features (log FLOPs, log parameters), the same plus zero-cost
+proxy scores, and pretraining the graph network on the free features of 1,000 unlabelled architectures.
+
+Resumable: every fit is one row of ``experiments/results/few_labels/fits.csv``, appended as it finishes;
+the proxy features of each pair are cached in ``experiments/results/few_labels/<pair>_features.csv``.
+The rule that decides this study is in ``experiments/results/few_labels/RESULTS.md``, written before
+its run.
+
+Examples:
+    python experiments/studies/few_labels.py --pairs nb201-mnist5k macro-digits nb201n3-digits darts-digits
+    python experiments/studies/few_labels.py --pairs my_space-digits --variants mse pairwise
+    python experiments/studies/few_labels.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import kendalltau
+
+from nas.data import load_dataset
+from nas.evaluation import sample_candidates
+from nas.ghn import RankerConfig, fit_ranker, graph_features, untrained_ghn
+from nas.graph import ArchGraph
+from nas.space import load_space
+
+ROOT = Path(__file__).resolve().parents[1] / "results"
+OUT = ROOT / "few_labels"
+COUNTS = (50, 100, 200)
+BLOCK = 200
+BLOCKS = 3
+PROXIES = ("snip", "synflow", "naswot")
+FREE = ("log_flops", "log_params")
+#: Variant -> RankerConfig settings.
+VARIANTS: dict[str, dict] = {
+    "mse": {},
+    "pairwise": {"loss": "pairwise"},
+    "free": {"features": FREE},
+    "zc": {"features": (*FREE, *PROXIES)},
+    "pretrain": {"pretrain_graphs": 1000},
+}
+COLUMNS = ["pair", "held_out", "variant", "labels", "block", "kendall", "cv_tau", "fit_seconds", "label_seconds"]
+
+logger = logging.getLogger("few_labels")
+
+
+def _pairs() -> dict:
+    """The suite's pairs (``experiments/suite.py``, the one place they are defined)."""
+    spec = importlib.util.spec_from_file_location("suite", Path(__file__).resolve().parents[1] / "suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    sys.modules["suite"] = suite  # dataclasses resolve their module by name
+    spec.loader.exec_module(suite)
+    return {p.name: p for p in suite.PAIRS}
+
+
+def _features(pair_name: str, graphs: list[ArchGraph], data) -> pd.DataFrame:
+    """Free and proxy features of ``graphs``, cached per pair (computed for missing keys only)."""
+    path = OUT / f"{pair_name}_features.csv"
+    have = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["key", *FREE, *PROXIES])
+    missing = [g for g in graphs if g.key not in set(have["key"])]
+    if missing:
+        t0 = time.perf_counter()
+        values = graph_features(missing, (*FREE, *PROXIES), data)
+        new = pd.DataFrame(values, columns=[*FREE, *PROXIES])
+        new.insert(0, "key", [g.key for g in missing])
+        have = pd.concat([have, new], ignore_index=True) if len(have) else new
+        tmp = path.with_suffix(".csv.tmp")
+        have.to_csv(tmp, index=False)
+        tmp.replace(path)
+        logger.info("%s: features of %d graphs in %.0f s", pair_name, len(missing), time.perf_counter() - t0)
+    return have.drop_duplicates("key").set_index("key")
+
+
+def run_pair(pair, variants: list[str]) -> None:
+    folder = ROOT / pair.name
+    data = load_dataset(pair.dataset, seed=0)
+    space = load_space(pair.space, input_shape=data.input_shape, num_classes=data.num_classes, **pair.settings)
+    candidates = sample_candidates(space, 100, seed=0)
+    truth = pd.read_csv(folder / "candidates.csv").set_index("key")
+    labels = pd.read_csv(folder / f"ranker_labels_k30_s{pair.label_seeds[0]}.csv")
+    labels = labels[np.isfinite(labels["tse"])].reset_index(drop=True)
+    if len(labels) < BLOCK * BLOCKS:
+        raise SystemExit(f"{pair.name}: {len(labels)} finite labels, need {BLOCK * BLOCKS}")
+    label_graphs = [ArchGraph.from_json(j) for j in labels["graph"][: BLOCK * BLOCKS]]
+    taken = {g.key for g in candidates} | set(labels["key"])
+    unlabelled = [c.graph for c in space.sample_many(1200, seed=7777, unique=True) if c.graph.key not in taken][:1000]
+    feats = _features(pair.name, label_graphs + candidates, data)
+    ghn = untrained_ghn(space, data)
+    valid = [g for g in candidates if not bool(truth.loc[g.key, "gt_failed"])]
+    gt = -truth.loc[[g.key for g in valid], "gt_val_loss"].to_numpy(dtype=np.float64)
+    fits = OUT / "fits.csv"
+    done = pd.read_csv(fits) if fits.exists() else pd.DataFrame(columns=COLUMNS)
+    seconds = labels["seconds"].to_numpy(dtype=np.float64)
+    for variant in variants:
+        settings = VARIANTS[variant]
+        names = list(settings.get("features", ()))
+        for n in COUNTS:
+            for block in range(BLOCKS):
+                if ((done["pair"] == pair.name) & (done["variant"] == variant) & (done["labels"] == n)
+                        & (done["block"] == block)).any():
+                    continue
+                rows = list(range(block * BLOCK, block * BLOCK + n))
+                graphs = [label_graphs[i] for i in rows]
+                config = RankerConfig(**settings)
+                ranker = fit_ranker(ghn, graphs, labels["tse"].to_numpy()[rows], config,
+                                    features=feats.loc[[g.key for g in graphs], names].to_numpy(),
+                                    unlabelled=unlabelled, progress=False)
+                score = ranker.standardised(valid, features=feats.loc[[g.key for g in valid], names].to_numpy())
+                tau = float(kendalltau(-score, gt).statistic)
+                sec = seconds[rows]
+                row = {"pair": pair.name, "held_out": pair.held_out, "variant": variant, "labels": n,
+                       "block": block, "kendall": tau, "cv_tau": float(np.nanmean(ranker.member_tau)),
+                       "fit_seconds": ranker.label_info["fit_seconds"],
+                       "label_seconds": float(np.nansum(sec)) if np.isfinite(sec).all() else math.nan}
+                logger.info("%s %s n=%d block %d: tau %.3f (cv %.3f, fit %.0f s)", pair.name, variant, n, block,
+                            tau, row["cv_tau"], row["fit_seconds"])
+                pd.DataFrame([row], columns=COLUMNS).to_csv(fits, mode="a", header=not fits.exists(), index=False)
+                done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+
+
+def report() -> pd.DataFrame:
+    fits = pd.read_csv(OUT / "fits.csv")
+    table = fits.groupby(["pair", "held_out", "variant", "labels"], as_index=False).agg(
+        kendall=("kendall", "mean"), kendall_sd=("kendall", "std"), blocks=("kendall", "size"),
+        cv_tau=("cv_tau", "mean"), fit_seconds=("fit_seconds", "mean"))
+    refs = []
+    for pair in table["pair"].unique():
+        c = pd.read_csv(ROOT / pair / "candidates.csv")
+        v = c[~c["gt_failed"]]
+        for method in ("ghn_noprior", "short_training"):
+            refs.append({"pair": pair, "method": method,
+                         "kendall": float(kendalltau(v[f"score_{method}"], -v["gt_val_loss"]).statistic)})
+    refs = pd.DataFrame(refs).pivot(index="pair", columns="method", values="kendall")
+    wide = table.pivot_table(index=["variant", "labels"], columns="pair", values="kendall")
+    wide["mean"] = wide.mean(axis=1)
+    table.to_csv(OUT / "summary.csv", index=False)
+    text = ["## Mean Kendall tau over 3 label blocks", "", wide.round(3).to_markdown(), "",
+            "## References (700 labels, short training of each candidate)", "", refs.round(3).to_markdown(), ""]
+    (OUT / "summary.md").write_text("\n".join(text))
+    print("\n".join(text))
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--pairs", nargs="+", default=[])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--report", action="store_true", help="only summarise fits.csv")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    pairs = _pairs()
+    unknown = [p for p in args.pairs if p not in pairs]
+    if unknown:
+        raise SystemExit(f"unknown pairs {unknown}; valid: {', '.join(pairs)}")
+    if not args.report:
+        for name in args.pairs:
+            run_pair(pairs[name], args.variants)
+    report()
+
+
+if __name__ == "__main__":
+    main()
