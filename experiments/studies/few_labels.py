@@ -9,7 +9,7 @@ ground truth (higher is better), as in the suite. Variants (:data:`VARIANTS`): t
 a pairwise ranking loss, free per-graph features (log FLOPs, log parameters), the same plus zero-cost
 proxy scores, and pretraining the graph network on the free features of 1,000 unlabelled architectures.
 
-Resumable: every fit is one row of ``experiments/results/few_labels/fits.csv``, appended as it finishes;
+Resumable: every fit is one row of ``experiments/results/few_labels/<pair>_fits.csv``, appended as it finishes;
 the proxy features of each pair are cached in ``experiments/results/few_labels/<pair>_features.csv``.
 The rule that decides this study is in ``experiments/results/few_labels/RESULTS.md``, written before
 its run.
@@ -105,7 +105,7 @@ def run_pair(pair, variants: list[str]) -> None:
     ghn = untrained_ghn(space, data)
     valid = [g for g in candidates if not bool(truth.loc[g.key, "gt_failed"])]
     gt = -truth.loc[[g.key for g in valid], "gt_val_loss"].to_numpy(dtype=np.float64)
-    fits = OUT / "fits.csv"
+    fits = OUT / f"{pair.name}_fits.csv"
     done = pd.read_csv(fits) if fits.exists() else pd.DataFrame(columns=COLUMNS)
     seconds = labels["seconds"].to_numpy(dtype=np.float64)
     for variant in variants:
@@ -136,7 +136,7 @@ def run_pair(pair, variants: list[str]) -> None:
 
 
 def report() -> pd.DataFrame:
-    fits = pd.read_csv(OUT / "fits.csv")
+    fits = pd.concat([pd.read_csv(p) for p in sorted(OUT.glob("*_fits.csv"))], ignore_index=True)
     table = fits.groupby(["pair", "held_out", "variant", "labels"], as_index=False).agg(
         kendall=("kendall", "mean"), kendall_sd=("kendall", "std"), blocks=("kendall", "size"),
         cv_tau=("cv_tau", "mean"), fit_seconds=("fit_seconds", "mean"))
@@ -162,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--pairs", nargs="+", default=[])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--report", action="store_true", help="only summarise fits.csv")
+    parser.add_argument("--report", action="store_true", help="only summarise the fits")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
