@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -350,7 +351,8 @@ def test_fit_ranker_cli_writes_a_ranker_that_search_can_load(
             "--threads", "1", "--flops-weight", "0.25"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "5 of 5 trained for k=2 steps" in printed and str(out) in printed
+    assert "labels:            5 trained for k=2 steps" in printed and str(out) in printed
+    assert "purchase:" in printed and "stopped:           budget" in printed
     assert "flops weight:      0.25\n" in printed
     ranker = GHNRanker.load(out)
     ranker.check_compatible(space)
@@ -539,3 +541,119 @@ def test_a_label_cache_of_other_measurements_is_refused(tmp_path: Path, graphs: 
     with pytest.raises(ValueError, match=r"cache '.*other.csv' has no 'tse' column \(columns: key, graph, val_loss"):
         tse_scores(graphs[:2], digits, k=1, cache=cache, progress=False)
     assert cache.read_bytes() == before  # nothing appended to the other file
+
+
+# ---------------------------------------------------------------- labels bought in purchases
+
+
+def test_held_out_labels_keep_their_side_when_labels_are_added(graphs: list[ArchGraph]) -> None:
+    from nas.ghn._ranker import _held_out
+
+    keys = [g.key for g in graphs]
+    config = RankerConfig(val_fraction=0.2)
+    small, large = _held_out(keys[:40], 0, config), _held_out(keys, 0, config)
+    np.testing.assert_array_equal(small, large[:40])
+    assert 0.1 < large.mean() < 0.3  # about val_fraction of them
+    assert not np.array_equal(large, _held_out(keys, 1, config))  # each member holds out its own
+
+
+def test_fit_ranker_reports_the_out_of_fold_tau_and_extends_a_fit(ghn: GHN, graphs: list[ArchGraph]) -> None:
+    labels = np.array([float(conv_nodes(g)) for g in graphs[:80]])
+    config = RankerConfig(epochs=3, ensemble=2, batch_size=32)
+    first = fit_ranker(ghn, graphs[:40], labels[:40], config, progress=False)
+    assert -1 <= first.cv_tau <= 1
+    extended = fit_ranker(ghn, graphs[:80], labels, config, init=first, progress=False)
+    scratch = fit_ranker(ghn, graphs[:80], labels, config, progress=False)
+    assert not np.allclose(extended.predict(graphs[100:]), scratch.predict(graphs[100:]))  # started from `first`
+    with pytest.raises(ValueError, match="`init` was fitted with other features"):
+        fit_ranker(ghn, graphs[:80], labels, RankerConfig(epochs=1, ensemble=3), init=first, progress=False)
+
+
+def test_ensure_ranker_buys_labels_until_a_purchase_stops_lifting_its_tau(
+    tmp_path: Path, ghn: GHN, space: SearchSpace, digits: Dataset
+) -> None:
+    from nas.ghn import ensure_ranker
+
+    config = RankerConfig(epochs=2, ensemble=3)
+    # A margin no purchase can clear: buying stops after the second purchase (the first has nothing to beat).
+    ranker = ensure_ranker(space, digits, None, path=tmp_path / "r.pt", ranker_labels=40, ranker_k=1, config=config,
+                           label_batch=12, label_margin=2.0, progress=False)
+    info = ranker.label_info
+    assert info["stopped"] == "plateau" and [h["labels"] for h in info["history"]] == [12, 24]
+    assert info["labelled"] == 24 and info["label_seconds"] > 0 and info["cv_tau"] == ranker.cv_tau
+    assert len((tmp_path / "r_labels_k1.csv").read_text().splitlines()) == 25  # header + the 24 bought
+    # A CPU budget spent by the first purchase ends buying there.
+    ranker = ensure_ranker(space, digits, None, path=tmp_path / "s.pt", ranker_labels=30, ranker_k=1, config=config,
+                           label_batch=12, label_seconds=0.0, progress=False)
+    assert ranker.label_info["stopped"] == "seconds" and ranker.label_info["labelled"] == 12
+
+
+def test_ensure_ranker_extends_a_ranker_that_stopped_at_a_smaller_budget(
+    tmp_path: Path, space: SearchSpace, digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas.ghn._default as default
+    from nas.ghn import ensure_ranker
+
+    config = RankerConfig(epochs=2, ensemble=2)
+    path = tmp_path / "r.pt"
+    first = ensure_ranker(space, digits, None, path=path, ranker_labels=10, ranker_k=1, config=config,
+                          label_batch=None, progress=False)
+    assert first.label_info["stopped"] == "budget" and first.label_info["labelled"] == 10
+    bought = (tmp_path / "r_labels_k1.csv").read_text().splitlines()
+    starts = []
+    fit = default.fit_ranker
+
+    def spy(*args: Any, **kwargs: Any) -> GHNRanker:
+        starts.append(kwargs.get("init"))
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(default, "fit_ranker", spy)
+    more = ensure_ranker(space, digits, None, path=path, ranker_labels=20, ranker_k=1, config=config,
+                         label_batch=10, label_margin=0.0, progress=False)
+    assert [h["labels"] for h in more.label_info["history"]] == [10, 20] and more.label_info["stopped"] == "budget"
+    assert len(starts) == 1 and starts[0] is not None  # extended from the saved fit, not fitted from scratch
+    rows = (tmp_path / "r_labels_k1.csv").read_text().splitlines()
+    assert len(rows) == 21 and rows[:11] == bought  # the first ten labels were not trained again
+    # A ranker whose buying plateaued is reused as it is, even when a later call allows more labels.
+    starts.clear()
+    again = ensure_ranker(space, digits, None, path=tmp_path / "p.pt", ranker_labels=30, ranker_k=1, config=config,
+                          label_batch=10, label_margin=5.0, progress=False)
+    assert again.label_info["stopped"] == "plateau"
+    n = len(starts)
+    ensure_ranker(space, digits, None, path=tmp_path / "p.pt", ranker_labels=60, ranker_k=1, config=config,
+                  label_batch=10, label_margin=5.0, progress=False)
+    assert len(starts) == n
+
+
+def test_ensure_ranker_resumes_a_purchase_loop_killed_between_purchases(
+    tmp_path: Path, space: SearchSpace, digits: Dataset
+) -> None:
+    from nas.ghn import ensure_ranker
+
+    config = RankerConfig(epochs=2, ensemble=2)
+    path = tmp_path / "r.pt"
+    ranker = ensure_ranker(space, digits, None, path=path, ranker_labels=10, ranker_k=1, config=config,
+                           label_batch=None, progress=False)
+    ranker.label_info["stopped"] = None  # as saved after a purchase that did not end the buying
+    ranker.save(path)
+    resumed = ensure_ranker(space, digits, None, path=path, ranker_labels=20, ranker_k=1, config=config,
+                            label_batch=10, label_margin=0.0, progress=False)
+    assert [h["labels"] for h in resumed.label_info["history"]] == [10, 20]
+    assert resumed.label_info["stopped"] == "budget" and resumed.label_info["labelled"] == 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"label_batch": 0}, "`label_batch` must be a positive int or None, but got 0"),
+     ({"label_margin": -0.1}, "`label_margin` must be a non-negative number, but got -0.1"),
+     ({"label_seconds": float("nan")}, "`label_seconds` must be a non-negative number, but got nan")],
+)
+def test_ensure_ranker_rejects_bad_purchase_settings(
+    tmp_path: Path, space: SearchSpace, digits: Dataset, kwargs: dict[str, Any], message: str
+) -> None:
+    from nas.ghn import ensure_ranker
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ensure_ranker(space, digits, None, path=tmp_path / "r.pt", ranker_labels=10, ranker_k=1, progress=False,
+                      **kwargs)
+    assert not (tmp_path / "r.pt").exists()

@@ -94,10 +94,13 @@ class CampaignResult:
         rank_by: What ranked the candidates (``"short"``, ``"ranker"`` or ``"loss"``, see
             :data:`~nas.campaign.RANK_BY`); the tables' ``rank_score`` is its score.
         ranker: What the ranker was fitted on and its FLOPs-prior weight
-            (``labelled``, ``k``, ``seed``, ``flops_weight``) and ``held_out_tau``, the
-            mean Kendall tau of its members on the labels each held out (``None``
-            when too few were), when this process ranked with a
-            :class:`~nas.ghn.GHNRanker`; else ``None``.
+            (``labelled``, ``k``, ``seed``, ``flops_weight``), its labels' and fits'
+            CPU-seconds (``label_seconds``, ``fit_seconds``), the label counts after each
+            purchase (``purchases``) and why buying stopped (``stopped``: ``"plateau"``,
+            ``"budget"`` or ``"seconds"``), ``cv_tau`` (Kendall tau of its out-of-fold
+            predictions of the labels) and ``held_out_tau``, the mean Kendall tau of its
+            members on the labels each held out (``None`` when too few were), when this
+            process ranked with a :class:`~nas.ghn.GHNRanker`; else ``None``.
         short_training: With ``rank_by="short"``: the candidates trained (``trained``),
             their SGD steps (``k``), the CPU-seconds of those runs (``seconds``) and the
             labels a ranker would have needed (``labels``); else ``None``.
@@ -143,11 +146,20 @@ class CampaignResult:
                 f"({PICKS[self.best.get('pick', 'finetuned')]})"
             )
         if self.ranker is not None:
-            held_out = self.ranker.get("held_out_tau")
-            fit = (f"; Kendall tau {held_out:.2f} on the labels its members held out (their best epoch: optimistic)"
-                   if held_out is not None else "")
-            lines.append(f"ranker: {self.ranker.get('labelled', '?')} labels of {self.ranker.get('k', '?')} SGD steps; "
-                         f"FLOPs-prior weight {self.ranker['flops_weight']:g}{fit}")
+            r = self.ranker
+            cv = r.get("cv_tau")
+            fit = f"; cross-validated Kendall tau {cv:.2f} on its labels" if cv is not None else ""
+            bought = ""
+            if r.get("purchases"):
+                why = {"plateau": "the last purchase lifted its tau by less than the margin",
+                       "budget": "the label budget was reached", "seconds": "the label CPU budget was reached"}
+                bought = (f", bought in {len(r['purchases'])} purchase(s) ({', '.join(map(str, r['purchases']))}; "
+                          f"stopped: {why.get(r.get('stopped'), r.get('stopped'))})")
+            cost = ""
+            if r.get("label_seconds") is not None:
+                cost = f"; {r['label_seconds']:.0f} CPU-s of labels, {r.get('fit_seconds') or 0:.0f} CPU-s of fitting"
+            lines.append(f"ranker: {r.get('labelled', '?')} labels of {r.get('k', '?')} SGD steps{bought}{cost}; "
+                         f"FLOPs-prior weight {r['flops_weight']:g}{fit}")
         if self.short_training is not None:
             st = self.short_training
             lines.append(f"short training: {st['trained']} candidates trained for {st['k']} SGD steps each, "
@@ -172,10 +184,13 @@ def _ranker_summary(ranker: Any) -> dict[str, Any] | None:
 
     if not isinstance(ranker, GHNRanker):
         return None
-    info = {k: ranker.label_info.get(k) for k in ("labelled", "k", "seed")}
+    info = {k: ranker.label_info.get(k) for k in ("labelled", "k", "seed", "stopped", "label_seconds", "fit_seconds")}
     taus = [t for t in ranker.member_tau if math.isfinite(t)]
     held_out = float(sum(taus) / len(taus)) if taus else None
-    return {**info, "flops_weight": ranker.config.flops_weight, "held_out_tau": held_out}
+    cv = ranker.cv_tau if math.isfinite(ranker.cv_tau) else None
+    purchases = [h["labels"] for h in ranker.label_info.get("history", [])]
+    return {**info, "flops_weight": ranker.config.flops_weight, "held_out_tau": held_out, "cv_tau": cv,
+            "purchases": purchases}
 
 
 def _short_training_summary(path: Path, config: CampaignConfig, keys: Any) -> dict[str, Any]:
@@ -557,7 +572,8 @@ class Campaign:
         ranker = ensure_ranker(
             space, self.data, self.ghn if fit.pretrained else None, path=path, ranker_labels=n,
             ranker_k=config.ranker_k, seed=config.seed, exclude=exclude, labels_cache=self.out / "ranker_labels.csv",
-            workers=config.label_workers, config=fit, progress=config.progress, queue=self._label_queue(),
+            workers=config.label_workers, config=fit, label_batch=config.label_batch, label_margin=config.label_margin,
+            label_seconds=config.label_seconds, progress=config.progress, queue=self._label_queue(),
         )
         _check_ranker(ranker, space, self.data, source=path)
         return ranker

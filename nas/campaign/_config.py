@@ -90,9 +90,14 @@ class CampaignConfig:
             else ``"ranker"``; see :meth:`resolved`).
         ranker: Path of a ranker checkpoint, a list of them (ranked by their
             mean), or ``None`` to fit one into ``<out>/ranker.pt``.
-        ranker_labels: Architectures trained briefly to fit that ranker (at least 4).
+        ranker_labels: The most architectures trained briefly to fit that ranker (at least 4).
         ranker_k: SGD steps of each of those short trainings (and of each candidate's
             with ``rank_by="short"``).
+        label_batch: Labels bought per purchase; the ranker is refitted after each
+            (``None``: all ``ranker_labels`` at once).
+        label_margin: Buying stops when a purchase lifts the ranker's cross-validated
+            Kendall tau by less than this.
+        label_seconds: CPU-seconds of labels after which no more are bought (``None``: no limit).
         label_workers: Processes running those short trainings (or the candidates') in parallel.
         queue_labels: Queue the labels in the campaign's storage (study
             ``<study>-labels``), so ``nas worker`` processes on any machine label
@@ -159,6 +164,12 @@ class CampaignConfig:
                                   "given", "ranking", metavar="N", identity=True)
     ranker_k: int = _setting(30, "SGD steps of each of those short trainings (and of each candidate's with "
                              "--rank-by short)", "ranking", metavar="K", identity=True)
+    label_batch: int | None = _setting(50, "labels bought at a time; the ranker is refitted after each purchase "
+                                       "(0: all --ranker-labels at once)", "ranking", metavar="N")
+    label_margin: float = _setting(0.02, "stop buying labels when a purchase lifts the ranker's cross-validated "
+                                   "Kendall tau by less than this", "ranking", metavar="M")
+    label_seconds: float | None = _setting(None, "stop buying labels once they have cost this many CPU-seconds "
+                                           "(default: no limit)", "ranking", metavar="S")
     label_workers: int = _setting(1, "processes running those short trainings (or the candidates') in parallel",
                                   "ranking", metavar="W")
     queue_labels: bool = _setting(False, "queue the ranker's labels in the storage (study STUDY-labels) so that "
@@ -245,6 +256,15 @@ class CampaignConfig:
                 f"`ranker_labels` must be an int of at least {MIN_RANKER_LABELS}, but got {self.ranker_labels!r}."
             )
         _positive_int("ranker_k", self.ranker_k)
+        if self.label_batch == 0:
+            set_(self, "label_batch", None)
+        if self.label_batch is not None:
+            _positive_int("label_batch", self.label_batch)
+        for name in ("label_margin", "label_seconds"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not (math.isfinite(value) and value >= 0)):
+                raise ValueError(f"`{name}` must be a non-negative number, but got {value!r}.")
         _positive_int("label_workers", self.label_workers)
         if not isinstance(self.queue_labels, bool):
             raise ValueError(f"`queue_labels` must be true or false, but got {self.queue_labels!r}.")

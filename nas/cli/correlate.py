@@ -9,8 +9,9 @@ every method, prints the summary table and writes ``candidates.csv``,
 ``summary.csv``, ``summary.json`` and ``figures/`` to ``OUT``.
 
 Method ``ghn`` is the score ``nas search`` ranks by with its defaults: the
-graph network fitted from random weights on ``--ranker-labels`` architectures
-of the space trained for ``--ranker-k`` SGD steps (never the evaluated
+graph network fitted from random weights on up to ``--ranker-labels`` architectures
+of the space trained for ``--ranker-k`` SGD steps, bought ``--label-batch`` at a time
+until a purchase lifts its cross-validated tau by less than ``--label-margin`` (never the evaluated
 candidates; labels cached in ``OUT/ranker_labels_k<K>_s<SEED>.csv`` and
 rankers in ``OUT/rankers/``, so a rerun resumes), plus its FLOPs prior at
 the weight of :class:`nas.ghn.RankerConfig`; it needs no meta-trained GHN.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,14 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--ranker", type=Path, default=None,
                    help="a fitted ranker for methods 'ghn' and 'ghn_noprior' (default: label and fit one in OUT)")
     p.add_argument("--ranker-labels", type=int, default=None,
-                   help="architectures labelled for the ranker (default: nas search's, %d)" % _default_recipe().labels)
+                   help="the most architectures labelled for the ranker (default: nas search's, %d)"
+                   % _default_recipe().labels)
+    p.add_argument("--label-batch", type=int, default=None,
+                   help="labels bought at a time until the ranker stops improving, 0 for all --ranker-labels at once "
+                   "(default: nas search's, %d)" % _default_recipe().batch)
+    p.add_argument("--label-margin", type=float, default=None,
+                   help="stop buying when a purchase lifts the ranker's cross-validated tau by less (default: "
+                   "nas search's, %g)" % _default_recipe().margin)
     p.add_argument("--ranker-k", type=int, default=None,
                    help="SGD steps per ranker label (default: nas search's, %d)" % _default_recipe().k)
     p.add_argument("--label-seed", type=seed_value, default=1,
@@ -211,8 +220,14 @@ def run_correlate(args: argparse.Namespace) -> int:
             raise ValueError(f"`--{flag.replace('_', '-')}` must be at least {4 if flag == 'ranker_labels' else 1}, "
                              f"but got {value}.")
     default = _default_recipe()
+    if args.label_batch is not None and args.label_batch < 0:
+        raise ValueError(f"`--label-batch` must be positive (or 0: all at once), but got {args.label_batch}.")
+    if args.label_margin is not None and not (math.isfinite(args.label_margin) and args.label_margin >= 0):
+        raise ValueError(f"`--label-margin` must be a non-negative number, but got {args.label_margin}.")
+    batch = default.batch if args.label_batch is None else (args.label_batch or None)
     recipe = LabelRecipe(labels=args.ranker_labels or default.labels, k=args.ranker_k or default.k,
-                         seed=args.label_seed)
+                         seed=args.label_seed, batch=batch,
+                         margin=default.margin if args.label_margin is None else args.label_margin)
     ranker_rows = [m for m in methods if m in RANKER_METHODS]
 
     with flag_errors(args):

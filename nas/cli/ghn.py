@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -90,15 +91,18 @@ def _add_fit_ranker(subparsers: Any) -> None:
         add_threads_argument,
         seed_value,
     )
-    from nas.ghn import RANKER_K, RANKER_LABELS, RankerConfig
+    from nas.ghn import LABEL_BATCH, LABEL_MARGIN, RANKER_K, RANKER_LABELS, RankerConfig
 
     rc = RankerConfig()
     p = subparsers.add_parser(
         "fit-ranker",
         help="label architectures by short training and fit the ranker",
-        description="Train --ranker-labels architectures of the space for --ranker-k SGD steps each (their training-speed "
-        "estimate, TSE), then fit a graph network (the GHN's, from random weights) to predict it from the graph. "
-        "Finished labels go to OUT's *_labels.csv as they come, so running the command again resumes. The ranker "
+        description="Train architectures of the space for --ranker-k SGD steps each (their training-speed "
+        "estimate, TSE), --label-batch at a time, and fit a graph network (the GHN's, from random weights) to predict "
+        "it from the graph after each purchase, until a purchase lifts its cross-validated Kendall tau by less than "
+        "--label-margin or --ranker-labels (or --label-seconds) are spent. "
+        "Finished labels go to OUT's *_labels.csv as they come, so running the command again resumes; a ranker that "
+        "stopped at a smaller budget is extended. The ranker "
         "is what `nas search --ranker OUT` ranks by. No meta-trained GHN is needed. Its rank score adds a "
         "log-FLOPs prior of weight --flops-weight; a ranker reused from OUT keeps the weight it was saved with.",
     )
@@ -109,7 +113,13 @@ def _add_fit_ranker(subparsers: Any) -> None:
                    "settings); its weights are not used: in the ranking suite they did not help the ranker")
     p.add_argument("--out", type=Path, required=True, help="ranker checkpoint to write (reused when it exists)")
     p.add_argument("--ranker-labels", type=int, default=RANKER_LABELS, metavar="N",
-                   help=f"architectures to label (default {RANKER_LABELS})")
+                   help=f"the most architectures to label (default {RANKER_LABELS})")
+    p.add_argument("--label-batch", type=int, default=LABEL_BATCH, metavar="N",
+                   help=f"labels bought at a time, 0 for all at once (default {LABEL_BATCH})")
+    p.add_argument("--label-margin", type=float, default=LABEL_MARGIN, metavar="M",
+                   help=f"stop when a purchase lifts the cross-validated tau by less (default {LABEL_MARGIN})")
+    p.add_argument("--label-seconds", type=float, default=None, metavar="S",
+                   help="stop once the labels have cost this many CPU-seconds (default: no limit)")
     p.add_argument("--ranker-k", type=int, default=RANKER_K, metavar="K",
                    help=f"SGD steps per label (default {RANKER_K})")
     for old, new in (("--labels", "--ranker-labels"), ("--k", "--ranker-k")):
@@ -144,6 +154,12 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
                 raise ValueError(f"`{flag}` must be positive, but got {value}.")
         if args.ranker_labels < 4:
             raise ValueError(f"`ranker_labels` must be at least 4, but got {args.ranker_labels}.")
+        if args.label_batch < 0:
+            raise ValueError(f"`label_batch` must be positive (or 0: all at once), but got {args.label_batch}.")
+        for flag in ("label_margin", "label_seconds"):
+            value = getattr(args, flag)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{flag}` must be a non-negative number, but got {value}.")
         config = RankerConfig(flops_weight=args.flops_weight, ensemble=args.ensemble, epochs=args.epochs,
                               seed=args.seed)
     if args.ghn is not None and not args.ghn.is_file():
@@ -163,12 +179,19 @@ def run_fit_ranker(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     ranker = ensure_ranker(
         space, data, ghn, path=args.out, ranker_labels=args.ranker_labels, ranker_k=args.ranker_k, seed=args.seed,
-        workers=args.label_workers, config=config, progress=not args.no_progress,
+        workers=args.label_workers, config=config, label_batch=args.label_batch or None,
+        label_margin=args.label_margin, label_seconds=args.label_seconds, progress=not args.no_progress,
     )
     info = ranker.label_info
     taus = ", ".join(f"{t:.3f}" for t in ranker.member_tau) or "-"
-    print(f"labels:            {info.get('labelled', '?')} of {info.get('n', '?')} trained for k={info.get('k', '?')} "
-          f"steps ({info.get('labels', '-')})")
+    print(f"labels:            {info.get('labelled', '?')} trained for k={info.get('k', '?')} steps "
+          f"({info.get('labels', '-')})")
+    for h in info.get("history", []):
+        seconds = f"{h['label_seconds']:.0f}" if h.get("label_seconds") is not None else "?"
+        print(f"  purchase:        {h['labels']:>5} labels, cross-validated tau {h['cv_tau']:.3f}, "
+              f"{seconds} CPU-s of labels")
+    if info.get("stopped"):
+        print(f"stopped:           {info['stopped']}")
     print(f"member val tau:    {taus}")
     print(f"flops weight:      {ranker.config.flops_weight:g}")
     print(f"wall time:         {time.perf_counter() - start:.1f} s")

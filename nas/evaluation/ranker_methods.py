@@ -79,27 +79,37 @@ class LabelRecipe:
     """Which labels a ranker is fitted on.
 
     Args:
-        labels: Architectures labelled (at least 4; the first ``labels`` of the seed's sample).
+        labels: Architectures labelled (at least 4; the first ``labels`` of the seed's sample); with
+            ``batch``, the most that are bought.
         k: SGD steps per label (TSE after ``k`` steps).
         seed: Seed of the label sample and of every label's training.
+        batch: Labels bought at a time until the campaign's ranker stops improving
+            (:func:`nas.ghn.ensure_ranker`); ``None`` labels exactly ``labels``.
+        margin: The least lift of the ranker's cross-validated tau for which another batch is bought.
     """
 
     labels: int
     k: int
     seed: int = 1
+    batch: int | None = None
+    margin: float = 0.02
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, bool) or not isinstance(self.labels, int) or self.labels < 4:
             raise ValueError(f"`labels` must be an int of at least 4, but got {self.labels!r}.")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"`k` must be a positive int, but got {self.k!r}.")
+        if self.batch is not None and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
+                                       or self.batch < 1):
+            raise ValueError(f"`batch` must be a positive int or None, but got {self.batch!r}.")
 
     @classmethod
     def default(cls, seed: int = 1) -> LabelRecipe:
-        """The recipe ``nas search`` uses (:data:`nas.ghn.RANKER_LABELS` of :data:`nas.ghn.RANKER_K` steps)."""
-        from nas.ghn import RANKER_K, RANKER_LABELS
+        """The recipe ``nas search`` uses: up to :data:`nas.ghn.RANKER_LABELS` labels of
+        :data:`nas.ghn.RANKER_K` steps, bought :data:`nas.ghn.LABEL_BATCH` at a time."""
+        from nas.ghn import LABEL_BATCH, LABEL_MARGIN, RANKER_K, RANKER_LABELS
 
-        return cls(labels=RANKER_LABELS, k=RANKER_K, seed=seed)
+        return cls(labels=RANKER_LABELS, k=RANKER_K, seed=seed, batch=LABEL_BATCH, margin=LABEL_MARGIN)
 
 
 @dataclasses.dataclass
@@ -157,8 +167,9 @@ def labels_cache(out: str | Path, recipe: LabelRecipe) -> Path:
 
 
 def ranker_path(out: str | Path, kind: str, recipe: LabelRecipe) -> Path:
-    """Where :func:`ranker_methods` keeps a fitted ranker."""
-    return Path(out) / "rankers" / f"{kind}_n{recipe.labels}_k{recipe.k}_s{recipe.seed}.pt"
+    """Where :func:`ranker_methods` keeps a fitted ranker (``..._b<batch>`` for a ranker that buys its labels)."""
+    bought = f"_b{recipe.batch}m{recipe.margin:g}" if recipe.batch is not None else ""
+    return Path(out) / "rankers" / f"{kind}_n{recipe.labels}_k{recipe.k}_s{recipe.seed}{bought}.pt"
 
 
 def _fit_or_load(kind: str, path: Path, ghn: Any, graphs: list, targets: Any, recipe: LabelRecipe,
@@ -241,12 +252,22 @@ def ranker_methods(
             ghn = untrained_ghn(space, data)
 
         cache = labels_cache(out, recipe)
+        count = recipe.labels
+        if recipe.batch is not None and DEFAULT_KIND in kinds:
+            # The campaign's ranker buys labels until it stops improving; the other rows fit on what it bought.
+            from nas.ghn import RankerConfig, ensure_ranker
+
+            fitted[DEFAULT_KIND] = ensure_ranker(
+                space, data, None, path=ranker_path(out, DEFAULT_KIND, recipe), ranker_labels=recipe.labels,
+                ranker_k=recipe.k, seed=recipe.seed, exclude=exclude, labels_cache=cache, workers=workers,
+                config=RankerConfig(), label_batch=recipe.batch, label_margin=recipe.margin, progress=progress)
+            count = int(fitted[DEFAULT_KIND].label_info["n"])
         graphs, targets = short_training_labels(
-            space, data, recipe.labels, k=recipe.k, seed=recipe.seed, exclude=exclude, cache=cache,
+            space, data, count, k=recipe.k, seed=recipe.seed, exclude=exclude, cache=cache,
             workers=workers, progress=progress,
         )
         seconds, estimated = label_seconds(cache, [g.key for g in graphs])
-        cost = RankerCost(labels=recipe.labels, labelled=len(graphs), k=recipe.k, seed=recipe.seed,
+        cost = RankerCost(labels=count, labelled=len(graphs), k=recipe.k, seed=recipe.seed,
                           label_seconds=seconds, label_seconds_estimated=estimated)
         state = getattr(ghn, "training_state", None) or {}
         if "ghn" in kinds and state.get("elapsed") is not None:
@@ -254,6 +275,9 @@ def ranker_methods(
         for kind in sorted(kinds):
             if kind == "opcount":
                 continue  # fitted inside each scorer, in milliseconds
+            if kind in fitted:  # bought its labels above; its fit time is every purchase's
+                cost.fit_seconds[kind] = float(fitted[kind].label_info.get("fit_seconds", math.nan))
+                continue
             fitted[kind] = _fit_or_load(kind, ranker_path(out, kind, recipe), ghn, graphs, targets, recipe,
                                         progress=progress)
             cost.fit_seconds[kind] = float(fitted[kind].label_info.get("fit_seconds", math.nan))

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,14 +23,14 @@ from nas.exceptions import CheckpointError
 from nas.ghn._identity import check_identity, identity
 from nas.ghn._meta_train import MetaTrainConfig, meta_train
 from nas.ghn._model import GHN, GHNConfig
-from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, short_training_labels
+from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, label_seconds, short_training_labels
 from nas.graph import ArchGraph
 
 if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker", "untrained_ghn"]
+__all__ = ["LABEL_BATCH", "LABEL_MARGIN", "RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker", "untrained_ghn"]
 
 #: Architectures labelled to fit a ranker by default. On nb201 / mnist5k, rankers on about 700 labels
 #: put a top-1% architecture first for GHN builds where 150 labels left it out of the top 10
@@ -156,6 +157,12 @@ def untrained_ghn(space: SearchSpace, data: Dataset, *, device: str | Any = "cpu
     return GHN(GHNConfig(), space_info=identity(space, data)).to(device)
 
 
+#: Labels bought per purchase by default: the ranker is refitted after each.
+LABEL_BATCH = 50
+#: A purchase that lifts the ranker's cross-validated Kendall tau by less than this ends the buying.
+LABEL_MARGIN = 0.02
+
+
 def ensure_ranker(
     space: SearchSpace,
     data: Dataset,
@@ -169,17 +176,28 @@ def ensure_ranker(
     labels_cache: str | Path | None = None,
     workers: int = 1,
     config: RankerConfig | None = None,
+    label_batch: int | None = LABEL_BATCH,
+    label_margin: float = LABEL_MARGIN,
+    label_seconds: float | None = None,
     progress: bool = True,
     queue: Any = None,
 ) -> GHNRanker:
-    """Load the ranker at ``path`` if it fits ``space``; else label architectures and fit one there.
+    """Load the ranker at ``path`` if it fits ``space``; else buy labels and fit one there.
 
-    Labelling trains ``ranker_labels`` architectures sampled from ``space``
-    (seed ``seed``, never one of ``exclude``) for ``ranker_k`` SGD steps each; finished
-    labels are appended to ``labels_cache`` as they come, so a killed run
-    resumes. :func:`fit_ranker` then fine-tunes ``ghn``'s graph network on
-    them and the ranker is saved atomically to ``path``. A loaded ranker is
-    returned as saved, FLOPs-prior weight included (``config`` applies to a new fit).
+    Labels are bought in purchases of ``label_batch`` architectures sampled from
+    ``space`` (seed ``seed``, never one of ``exclude``; the sample is nested, so each
+    purchase adds to the last), each trained for ``ranker_k`` SGD steps. After each
+    purchase the ranker is fitted (extending the last fit: :func:`fit_ranker`'s
+    ``init``) and saved; buying stops when a purchase lifts its cross-validated
+    Kendall tau (:attr:`GHNRanker.cv_tau`) by less than ``label_margin``, when
+    ``ranker_labels`` are labelled, or when the labels' CPU-seconds reach
+    ``label_seconds``. ``label_info["history"]`` records each purchase (labels,
+    cross-validated tau, label and fit seconds) and ``label_info["stopped"]`` why
+    buying ended. Finished labels are appended to ``labels_cache`` as they come and
+    the ranker is saved after every purchase, so a killed run resumes; a ranker that
+    stopped at a smaller count or CPU budget than a later call allows is extended
+    with more labels. A loaded ranker keeps its FLOPs-prior weight (``config``
+    applies to a new fit).
 
     Args:
         space: The search space.
@@ -188,7 +206,7 @@ def ensure_ranker(
             ``None`` when ``config.pretrained`` is false (then nothing waits for
             meta-training: :func:`untrained_ghn` supplies the graph network's settings).
         path: Ranker checkpoint to load or write.
-        ranker_labels: Architectures to label (at least 4); a count, unlike
+        ranker_labels: The most architectures to label (at least 4); a count, unlike
             :func:`fit_ranker`'s ``labels`` (the label values).
         ranker_k: SGD steps per label.
         seed: Seed of the label sample, of every label's training and of the fit
@@ -197,6 +215,9 @@ def ensure_ranker(
         labels_cache: CSV of finished labels (default: ``<path stem>_labels_k<ranker_k>.csv`` next to ``path``).
         workers: Processes training labels in parallel.
         config: Fitting settings (default :class:`RankerConfig` seeded with ``seed``).
+        label_batch: Labels per purchase; ``None`` buys all ``ranker_labels`` at once.
+        label_margin: The least lift of the cross-validated tau for which another purchase is made.
+        label_seconds: CPU-seconds of labels after which no more are bought (``None``: no such limit).
         progress: Show progress bars.
         queue: A :class:`nas.campaign.QueuedLabels` to label through an Optuna
             storage (``nas worker`` processes on other machines label too).
@@ -205,13 +226,21 @@ def ensure_ranker(
         The ranker, in eval mode on ``ghn``'s device.
 
     Raises:
-        ValueError: ``ranker_labels`` is under 4 or ``ranker_k`` / ``workers`` is not positive,
-            or ``ghn`` is ``None`` while ``config.pretrained`` asks to start from its weights.
+        ValueError: ``ranker_labels`` is under 4, ``ranker_k`` / ``workers`` / ``label_batch`` is not
+            positive, ``label_margin`` or ``label_seconds`` is negative, or ``ghn`` is ``None`` while
+            ``config.pretrained`` asks to start from its weights.
         CheckpointError: The ranker at ``path`` was fitted on other labels
-            (``ranker_labels``, ``ranker_k`` or ``seed``), or ``path`` cannot be written.
+            (``ranker_k`` or ``seed``), or ``path`` cannot be written.
     """
     if isinstance(ranker_labels, bool) or not isinstance(ranker_labels, int) or ranker_labels < 4:
         raise ValueError(f"`ranker_labels` must be an int of at least 4, but got {ranker_labels!r}.")
+    if label_batch is not None and (isinstance(label_batch, bool) or not isinstance(label_batch, int)
+                                    or label_batch < 1):
+        raise ValueError(f"`label_batch` must be a positive int or None, but got {label_batch!r}.")
+    for name, value in (("label_margin", label_margin), ("label_seconds", label_seconds)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not value >= 0):
+            raise ValueError(f"`{name}` must be a non-negative number, but got {value!r}.")
     config = config or RankerConfig(seed=seed)
     if ghn is None:
         if config.pretrained:
@@ -219,6 +248,8 @@ def ensure_ranker(
                              "pass a meta-trained GHN or RankerConfig(pretrained=False).")
         ghn = untrained_ghn(space, data)
     path = Path(path)
+    cache = Path(labels_cache) if labels_cache is not None else path.with_name(f"{path.stem}_labels_k{ranker_k}.csv")
+    ranker = None
     if path.exists():
         try:
             ranker = GHNRanker.load(path, map_location=ghn.device)
@@ -228,8 +259,8 @@ def ensure_ranker(
             # another space's or dataset's ranker is another campaign's result: refused, never replaced
             check_identity(ranker.space_info, space, data, where=f"ranker checkpoint {str(path)!r}")
             ranker.check_compatible(space, source=path)
-            fitted = {name: ranker.label_info.get(name) for name in ("n", "k", "seed")}
-            asked = {"n": ranker_labels, "k": ranker_k, "seed": seed}
+            fitted = {name: ranker.label_info.get(name) for name in ("k", "seed")}
+            asked = {"k": ranker_k, "seed": seed}
             if any(fitted[name] is not None and fitted[name] != asked[name] for name in asked):
                 raise CheckpointError(
                     f"ranker checkpoint {str(path)!r} was fitted on labels {fitted}, not the requested {asked}; "
@@ -238,19 +269,77 @@ def ensure_ranker(
             if ranker.config.flops_weight != config.flops_weight:
                 logger.info("the ranker at %s keeps the FLOPs-prior weight it was saved with, %g (not %g)", path,
                             ranker.config.flops_weight, config.flops_weight)
-            logger.info("using the ranker at %s", path)
+            if not _wants_more(ranker.label_info, ranker_labels, label_seconds):
+                logger.info("using the ranker at %s (%s labels)", path, ranker.label_info.get("labelled", "?"))
+                return ranker
+            logger.info("extending the ranker at %s beyond its %s labels", path, ranker.label_info.get("labelled"))
+            config = ranker.config
+    return _buy_labels(space, data, ghn, ranker, path=path, cache=cache, most=ranker_labels, k=ranker_k, seed=seed,
+                       exclude=exclude, workers=workers, config=config, batch=label_batch, margin=label_margin,
+                       max_seconds=label_seconds, progress=progress, queue=queue)
+
+
+def _wants_more(info: dict[str, Any], most: int, max_seconds: float | None) -> bool:
+    """Whether a saved ranker's labels fall short of what this call allows (it is then extended)."""
+    stopped = info.get("stopped", "budget")  # a ranker saved before purchases existed was fitted on its count
+    labelled = int(info.get("n", info.get("labelled", 0)))
+    if stopped is None:  # killed between purchases
+        return True
+    if stopped == "budget":
+        return labelled < most
+    if stopped == "seconds":
+        return labelled < most and (max_seconds is None or info.get("label_seconds", 0.0) < max_seconds)
+    return False  # "plateau": more labels did not help
+
+
+def _buy_labels(space: SearchSpace, data: Dataset, ghn: GHN, ranker: GHNRanker | None, *, path: Path, cache: Path,
+                most: int, k: int, seed: int, exclude: Sequence[str], workers: int, config: RankerConfig,
+                batch: int | None, margin: float, max_seconds: float | None, progress: bool,
+                queue: Any) -> GHNRanker:
+    """The purchase loop of :func:`ensure_ranker`, from ``ranker`` (a saved fit to extend) or from nothing."""
+    history: list[dict[str, Any]] = list(ranker.label_info.get("history", [])) if ranker is not None else []
+    if ranker is not None and not history:  # saved before purchases existed: its fit is the first purchase
+        info = ranker.label_info
+        history = [{"labels": int(info.get("n", 0)), "labelled": int(info.get("labelled", 0)),
+                    "cv_tau": ranker.cv_tau, "label_seconds": None, "fit_seconds": info.get("fit_seconds")}]
+    n = history[-1]["labels"] if history else 0
+    step = batch or most
+    while True:
+        n = min(n + step, most) if n < most else n
+        logger.info("ranker labels: short training (k=%d) of %d architectures into %s", k, n, cache)
+        graphs, targets = short_training_labels(space, data, n, k=k, seed=seed, exclude=exclude, cache=cache,
+                                                workers=workers, progress=progress, queue=queue)
+        spent, _ = label_seconds(cache, [g.key for g in graphs])
+        extend = ranker is not None and ranker.config.features == config.features and \
+            len(ranker.members) == config.ensemble and ranker.members[0].ghn.config == ghn.config
+        ranker = fit_ranker(ghn, graphs, targets, config, data=data, init=ranker if extend else None,
+                            unlabelled=_unlabelled(space, config, seed, exclude), progress=progress, label_info={
+                                "target": "tse", "k": k, "n": n, "labelled": len(graphs), "seed": seed,
+                                "dataset": data.name, "labels": str(cache.resolve())})
+        gain = ranker.cv_tau - history[-1]["cv_tau"] if history else math.nan
+        history.append({"labels": n, "labelled": len(graphs), "cv_tau": ranker.cv_tau, "label_seconds": spent,
+                        "fit_seconds": ranker.label_info["fit_seconds"]})
+        stopped = None
+        if n >= most:
+            stopped = "budget"
+        elif max_seconds is not None and spent >= max_seconds:
+            stopped = "seconds"
+        elif history[:-1] and not gain >= margin:  # nan (too few held out to tell) buys on
+            stopped = "plateau" if math.isfinite(gain) else None
+        ranker.label_info.update(history=history, stopped=stopped, label_seconds=spent, cv_tau=ranker.cv_tau,
+                                 fit_seconds=sum(h["fit_seconds"] or 0.0 for h in history))
+        ranker.save(path)
+        logger.info("ranker at %d labels: cross-validated tau %.3f%s", len(graphs), ranker.cv_tau,
+                    f"; stopped ({stopped})" if stopped else "")
+        if stopped:
+            logger.info("ranker saved to %s", path)
             return ranker
-    cache = Path(labels_cache) if labels_cache is not None else path.with_name(f"{path.stem}_labels_k{ranker_k}.csv")
-    logger.info("fitting the ranker: short training (k=%d) of %d architectures into %s", ranker_k, ranker_labels, cache)
-    graphs, targets = short_training_labels(
-        space, data, ranker_labels, k=ranker_k, seed=seed, exclude=exclude, cache=cache, workers=workers,
-        progress=progress, queue=queue,
-    )
-    label_info = {
-        "target": "tse", "k": ranker_k, "n": ranker_labels, "labelled": len(graphs), "seed": seed, "dataset": data.name,
-        "labels": str(cache.resolve()),
-    }
-    ranker = fit_ranker(ghn, graphs, targets, config, label_info=label_info, progress=progress)
-    ranker.save(path)
-    logger.info("ranker saved to %s", path)
-    return ranker
+
+
+def _unlabelled(space: SearchSpace, config: RankerConfig, seed: int, exclude: Sequence[str]) -> list[ArchGraph]:
+    """Architectures for ``config.pretrain_graphs`` (none when it is 0)."""
+    if not config.pretrain_graphs:
+        return []
+    excluded = set(exclude)
+    pool = space.sample_many(config.pretrain_graphs + len(excluded), seed=seed + 7777, unique=True)
+    return [c.graph for c in pool if c.graph.key not in excluded][: config.pretrain_graphs]

@@ -52,6 +52,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -278,6 +279,9 @@ class GHNRanker(nn.Module):
         self.label_info: dict[str, Any] = dict(label_info or {})
         #: Kendall tau of each member on its held-out labels (``nan`` without a split).
         self.member_tau: list[float] = []
+        #: Kendall tau of the out-of-fold predictions: every label some member held out, scored by the mean of
+        #: those members' predictions (``nan`` when fewer than 3 labels were held out).
+        self.cv_tau: float = math.nan
         self.members = nn.ModuleList(
             _Member(GHN(ghn_config, space_info=space_info), config.head_hidden, nf) for _ in range(config.ensemble)
         )
@@ -394,6 +398,7 @@ class GHNRanker(nn.Module):
             "feature_mean": [float(v) for v in self.feature_mean],
             "feature_std": [float(v) for v in self.feature_std],
             "member_tau": list(self.member_tau),
+            "cv_tau": self.cv_tau,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }, what="ranker checkpoint")
 
@@ -427,6 +432,7 @@ class GHNRanker(nn.Module):
             first = " ".join(str(err).split())[:200]
             raise CheckpointError(f"ranker checkpoint {str(path)!r} is invalid: {first}") from None
         ranker.member_tau = [float(t) for t in payload.get("member_tau", [])]
+        ranker.cv_tau = float(payload.get("cv_tau", math.nan))
         return ranker.to(map_location)
 
 
@@ -489,6 +495,20 @@ def _pairwise_loss(pred: Tensor, target: Tensor) -> Tensor:
     return F.softplus(-sign[mask] * diff[mask]).mean()
 
 
+def _held_out(keys: Sequence[str], member: int, config: RankerConfig) -> np.ndarray:
+    """Which labels member ``member`` holds out for early stopping: ``[B]`` bool.
+
+    A label is held out when a seeded hash of its key falls below ``val_fraction``, so each
+    member holds out about that share, and a label stays on its side when labels are added:
+    an extended ranker (:func:`fit_ranker`'s ``init``) never validates on a label it trained on.
+    """
+    out = np.zeros(len(keys), dtype=bool)
+    for i, key in enumerate(keys):
+        digest = hashlib.sha256(f"{config.seed}/{member}/{key}".encode()).digest()
+        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64 < config.val_fraction
+    return out
+
+
 def _pretrain(ghn: GHN, graphs: Sequence[ArchGraph], config: RankerConfig, *, progress: bool) -> dict[str, Tensor]:
     """A graph network (random start) fitted to the standardised log FLOPs and log parameters of ``graphs``.
 
@@ -530,14 +550,15 @@ def fit_ranker(
     data: Dataset | None = None,
     features: np.ndarray | None = None,
     unlabelled: Sequence[ArchGraph] = (),
+    init: GHNRanker | None = None,
     progress: bool = True,
 ) -> GHNRanker:
     """Fine-tune copies of ``ghn``'s graph network to predict ``labels``.
 
-    Each member standardises the labels, holds out ``val_fraction`` of the
-    graphs (its own seeded split), trains the graph network and a head with
-    AdamW on ``config.loss``, and keeps the epoch whose Kendall tau on
-    its held-out graphs is highest (the last epoch when nothing is held out).
+    Each member standardises the labels, holds out about ``val_fraction`` of the
+    graphs (its own seeded split, by a hash of each graph's key), trains the graph
+    network and a head with AdamW on ``config.loss``, and keeps the epoch whose
+    Kendall tau on its held-out graphs is highest (the last epoch when fewer than 3 are held out).
 
     Args:
         ghn: A meta-trained GHN (its weights are copied, not changed).
@@ -548,6 +569,8 @@ def fit_ranker(
         data: The dataset, when ``config.features`` names a zero-cost proxy.
         features: The raw features ``[B, F]`` of ``graphs`` (:func:`graph_features`), if already computed.
         unlabelled: Architectures for ``config.pretrain_graphs`` (the first that many are used).
+        init: A ranker fitted on some of these labels with the same settings: each member starts from its
+            weights (the ranker is extended with more labels, not fitted from scratch).
         progress: Show a progress bar.
 
     Returns:
@@ -560,7 +583,10 @@ def fit_ranker(
     config = config or RankerConfig()
     started = time.perf_counter()
     graphs, y = _per_graph(graphs, labels, name="labels", minimum=4, what="labelled")
-    if config.pretrain_graphs and not unlabelled:
+    if init is not None and (init.config.features != config.features or len(init.members) != config.ensemble
+                             or init.members[0].ghn.config != ghn.config):
+        raise ValueError("`init` was fitted with other features, members or graph network settings than `config`.")
+    if config.pretrain_graphs and not unlabelled and init is None:
         raise ValueError(f"`config.pretrain_graphs` is {config.pretrain_graphs}, but got no `unlabelled` graphs.")
     raw = graph_features(graphs, config.features, data) if features is None else np.asarray(features, np.float64)
     if raw.shape != (len(graphs), len(config.features)):
@@ -578,10 +604,11 @@ def fit_ranker(
     target = torch.tensor((y - mean) / std, dtype=torch.float32, device=ghn.device)
     data_list = [ghn.entry(g).data for g in graphs]
     start_state = None
-    if config.pretrain_graphs:
+    if config.pretrain_graphs and init is None:
         start_state = _pretrain(ghn, list(unlabelled)[: config.pretrain_graphs], config, progress=progress)
     criterion = _pairwise_loss if config.loss == "pairwise" else F.mse_loss
-    n_val = int(round(config.val_fraction * len(graphs)))
+    keys = [g.key for g in graphs]
+    oof_sum, oof_count = np.zeros(len(graphs)), np.zeros(len(graphs))  # out-of-fold predictions, per label
     bar = tqdm(total=config.ensemble * config.epochs, desc="fit ranker", unit="epoch", disable=not progress,
                dynamic_ncols=True)
     for m, member in enumerate(ranker.members):
@@ -599,11 +626,15 @@ def fit_ranker(
             for layer in member.head:
                 if isinstance(layer, nn.Linear):
                     layer.reset_parameters()
-        perm = torch.randperm(len(graphs), generator=gen)
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        if init is not None:
+            member.load_state_dict(init.members[m].state_dict())
+        held = _held_out(keys, m, config)
+        if held.all():
+            held[:] = False
+        val_idx, train_idx = torch.from_numpy(np.flatnonzero(held)), torch.from_numpy(np.flatnonzero(~held))
         params = [p for name, p in member.named_parameters() if ".decoder." not in f".{name}"]
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        best_tau, best_state = -math.inf, None
+        best_tau, best_state, best_pred = -math.inf, None, None
         for _ in range(config.epochs):
             member.train()
             order = train_idx[torch.randperm(len(train_idx), generator=gen)]
@@ -614,22 +645,28 @@ def fit_ranker(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            if n_val >= 3:
+            if len(val_idx) >= 3:
                 member.eval()
                 with torch.no_grad():
                     vi = val_idx.tolist()
                     batch = Batch.from_data_list([data_list[i] for i in vi]).to(ghn.device)
-                    tau = _tau(member(batch, feats[vi]).cpu().numpy(), y[val_idx.numpy()])
+                    pred = member(batch, feats[vi]).cpu().numpy()
+                    tau = _tau(pred, y[val_idx.numpy()])
                 if tau > best_tau:
-                    best_tau, best_state = tau, copy.deepcopy(member.state_dict())
+                    best_tau, best_state, best_pred = tau, copy.deepcopy(member.state_dict()), pred
             bar.update(1)
         if best_state is not None:
             member.load_state_dict(best_state)
         ranker.member_tau.append(best_tau if best_state is not None else math.nan)
+        if best_pred is not None:
+            np.add.at(oof_sum, val_idx.numpy(), best_pred)
+            np.add.at(oof_count, val_idx.numpy(), 1)
         bar.set_postfix(val_tau=f"{best_tau:.3f}" if best_state is not None else "n/a")
     bar.close()
+    held = oof_count > 0
+    ranker.cv_tau = _tau(oof_sum[held] / oof_count[held], y[held])
     ranker.label_info["fit_seconds"] = time.perf_counter() - started
-    logger.info("ranker fitted on %d graphs; member validation tau %s", len(graphs),
+    logger.info("ranker fitted on %d graphs; cross-validated tau %.3f (members %s)", len(graphs), ranker.cv_tau,
                 ", ".join(f"{t:.3f}" for t in ranker.member_tau))
     return ranker.eval()
 
