@@ -135,6 +135,89 @@ def run_pair(pair, variants: list[str]) -> None:
                 done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
 
 
+#: Labels per purchase and the margins whose stopping points ``--purchases`` records (0.02 is the default).
+PURCHASE = 50
+MARGINS = (0.01, 0.02, 0.05)
+PURCHASE_COLUMNS = ["pair", "held_out", "variant", "labels", "cv_tau", "kendall", "fit_seconds", "label_seconds"]
+
+
+def run_purchases(pair, variant: str) -> None:
+    """The purchase loop of ``nas search`` without its stop: fits at 50, 100, ... labels of the 700-label sample,
+    each extending the last, until the smallest margin of :data:`MARGINS` would have stopped (or at 700 labels).
+
+    Rows go to ``<pair>_purchases.csv``; the last fit is kept in ``rankers/`` (not committed) to resume.
+    """
+    from nas.ghn import GHNRanker
+
+    folder = ROOT / pair.name
+    data = load_dataset(pair.dataset, seed=0)
+    space = load_space(pair.space, input_shape=data.input_shape, num_classes=data.num_classes, **pair.settings)
+    candidates = sample_candidates(space, 100, seed=0)
+    truth = pd.read_csv(folder / "candidates.csv").set_index("key")
+    labels = pd.read_csv(folder / f"ranker_labels_k30_s{pair.label_seeds[0]}.csv")
+    labels = labels[np.isfinite(labels["tse"])].reset_index(drop=True)
+    seconds = labels["seconds"].to_numpy(dtype=np.float64)
+    if not np.isfinite(seconds).all():  # labels trained before times were kept: the pair's timed mean per label
+        timed = [pd.read_csv(f)["seconds"] for f in folder.glob("ranker_labels_k30_s*.csv")]
+        seconds = np.full(len(labels), float(pd.concat(timed).dropna().mean()))
+    graphs_all = [ArchGraph.from_json(j) for j in labels["graph"]]
+    settings = VARIANTS[variant]
+    names = list(settings.get("features", ()))
+    feats = _features(pair.name, graphs_all[:BLOCK * BLOCKS] + candidates, data) if names else None
+    ghn = untrained_ghn(space, data)
+    valid = [g for g in candidates if not bool(truth.loc[g.key, "gt_failed"])]
+    gt = -truth.loc[[g.key for g in valid], "gt_val_loss"].to_numpy(dtype=np.float64)
+    out = OUT / f"{pair.name}_purchases.csv"
+    done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=PURCHASE_COLUMNS)
+    done = done[done["variant"] == variant]
+    saved = OUT / "rankers" / f"{pair.name}_{variant}.pt"
+    ranker = GHNRanker.load(saved) if len(done) and saved.exists() else None
+    if ranker is None:
+        done = done.iloc[:0]
+    taus = list(done["cv_tau"])
+    n = int(done["labels"].max()) if len(done) else 0
+    taken = {g.key for g in candidates} | set(labels["key"])
+    unlabelled = [c.graph for c in space.sample_many(1200, seed=7777, unique=True) if c.graph.key not in taken][:1000]
+    while n < min(len(labels), 700) and not (len(taus) >= 2 and taus[-1] - taus[-2] < min(MARGINS)):
+        n = min(n + PURCHASE, len(labels), 700)
+        graphs = graphs_all[:n]
+        f = feats.loc[[g.key for g in graphs], names].to_numpy() if names else None
+        if names and n > BLOCK * BLOCKS:
+            f = graph_features(graphs, names, data)
+        ranker = fit_ranker(ghn, graphs, labels["tse"].to_numpy()[:n], RankerConfig(**settings), features=f,
+                            init=ranker, unlabelled=unlabelled, progress=False)
+        score = ranker.standardised(valid, features=feats.loc[[g.key for g in valid], names].to_numpy()
+                                    if names else None)
+        row = {"pair": pair.name, "held_out": pair.held_out, "variant": variant, "labels": n, "cv_tau": ranker.cv_tau,
+               "kendall": float(kendalltau(-score, gt).statistic), "fit_seconds": ranker.label_info["fit_seconds"],
+               "label_seconds": float(seconds[:n].sum())}
+        taus.append(ranker.cv_tau)
+        saved.parent.mkdir(exist_ok=True)
+        ranker.save(saved)
+        pd.DataFrame([row], columns=PURCHASE_COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
+        logger.info("%s %s purchases: %d labels, cv tau %.3f, tau %.3f", pair.name, variant, n, ranker.cv_tau,
+                    row["kendall"])
+
+
+def stopping_points(purchases: pd.DataFrame) -> pd.DataFrame:
+    """Where each margin of :data:`MARGINS` stops the purchase loop, per pair and variant (the row it keeps)."""
+    rows = []
+    for (pair, variant), sub in purchases.groupby(["pair", "variant"], sort=False):
+        sub = sub.sort_values("labels").reset_index(drop=True)
+        for margin in MARGINS:
+            stop = len(sub) - 1
+            for i in range(1, len(sub)):
+                gain = sub.loc[i, "cv_tau"] - sub.loc[i - 1, "cv_tau"]
+                if math.isfinite(gain) and gain < margin:  # as ensure_ranker: an undefined tau buys on
+                    stop = i
+                    break
+            r = sub.loc[stop]
+            rows.append({"pair": pair, "held_out": bool(r["held_out"]), "variant": variant, "margin": margin,
+                         "labels": int(r["labels"]), "kendall": r["kendall"], "cv_tau": r["cv_tau"],
+                         "label_seconds": r["label_seconds"], "fit_seconds": sub.loc[:stop, "fit_seconds"].sum()})
+    return pd.DataFrame(rows)
+
+
 def report() -> pd.DataFrame:
     fits = pd.concat([pd.read_csv(p) for p in sorted(OUT.glob("*_fits.csv"))], ignore_index=True)
     table = fits.groupby(["pair", "held_out", "variant", "labels"], as_index=False).agg(
@@ -153,6 +236,15 @@ def report() -> pd.DataFrame:
     table.to_csv(OUT / "summary.csv", index=False)
     text = ["## Mean Kendall tau over 3 label blocks", "", wide.round(3).to_markdown(), "",
             "## References (700 labels, short training of each candidate)", "", refs.round(3).to_markdown(), ""]
+    bought = sorted(OUT.glob("*_purchases.csv"))
+    if bought:
+        stops = stopping_points(pd.concat([pd.read_csv(p) for p in bought], ignore_index=True))
+        stops = stops.join(refs["ghn_noprior"].rename("ranker_700"), on="pair")
+        stops.to_csv(OUT / "stopping_points.csv", index=False)
+        means = stops.groupby(["variant", "margin", "held_out"])[["labels", "kendall", "ranker_700", "label_seconds"]]
+        text += ["## Labels bought in purchases of 50: where each margin stops", "",
+                 stops.round(3).to_markdown(index=False), "", "Means by held-out status:", "",
+                 means.mean().round(3).to_markdown(), ""]
     (OUT / "summary.md").write_text("\n".join(text))
     print("\n".join(text))
     return table
@@ -163,6 +255,8 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", default=[])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--report", action="store_true", help="only summarise the fits")
+    parser.add_argument("--purchases", action="store_true",
+                        help="run the purchase loop (50 labels at a time) of the first --variants instead")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -173,7 +267,10 @@ def main() -> None:
         raise SystemExit(f"unknown pairs {unknown}; valid: {', '.join(pairs)}")
     if not args.report:
         for name in args.pairs:
-            run_pair(pairs[name], args.variants)
+            if args.purchases:
+                run_purchases(pairs[name], args.variants[0])
+            else:
+                run_pair(pairs[name], args.variants)
     report()
 
 
