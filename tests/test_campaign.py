@@ -714,12 +714,19 @@ def test_default_ranker_is_fitted_once_then_reused(
     weight = RankerConfig().flops_weight
     assert ranker.config.flops_weight == weight and "calibration" not in ranker.label_info
     # 6 labels leave 1 to hold out per member, too few for a Kendall tau: none is reported.
-    assert result.ranker == {"labelled": 6, "k": 2, "seed": 0, "flops_weight": weight, "held_out_tau": None}
-    with_tau = dataclasses.replace(result, ranker={**result.ranker, "held_out_tau": 0.8125})
-    assert "FLOPs-prior weight 0; Kendall tau 0.81 on the labels its members held out" in with_tau.summary()
+    assert {k: result.ranker[k] for k in ("labelled", "k", "seed", "flops_weight", "held_out_tau", "cv_tau")} == {
+        "labelled": 6, "k": 2, "seed": 0, "flops_weight": weight, "held_out_tau": None, "cv_tau": None}
+    # One purchase: the 6 labels are fewer than a batch. Its CPU-seconds are the labels' recorded times.
+    assert result.ranker["purchases"] == [6] and result.ranker["stopped"] == "budget"
+    assert result.ranker["label_seconds"] == pytest.approx(labels["seconds"].sum())
+    with_tau = dataclasses.replace(result, ranker={**result.ranker, "cv_tau": 0.8125})
+    assert f"FLOPs-prior weight {weight:g}; cross-validated Kendall tau 0.81 on its labels" in with_tau.summary()
     summary = result.summary()
-    assert f"ranker: 6 labels of 2 SGD steps; FLOPs-prior weight {weight:g}\n" in summary
-    assert sorted(p.name for p in out.glob("ranker*")) == ["ranker.pt", "ranker_labels.csv"]
+    assert ("ranker: 6 labels of 2 SGD steps, bought in 1 purchase(s) (6; stopped: the label budget was reached); "
+            f"{labels['seconds'].sum():.0f} CPU-s of labels") in summary
+    assert sorted(p.name for p in out.glob("ranker*")) == ["ranker.json", "ranker.pt", "ranker_labels.csv"]
+    report = json.loads((out / "ranker.json").read_text())
+    assert report["labelled"] == 6 and [h["labels"] for h in report["history"]] == [6]
     for t in complete_rank_trials(_ranker_campaign(out, ghn_path)):
         if "duplicate_of" not in t.user_attrs:
             graph = _ranker_campaign(out, ghn_path).space.from_params(t.params)
@@ -803,7 +810,7 @@ def test_rank_by_short_trains_each_candidate_briefly_once_and_resumes(
     assert result.short_training == {"trained": len(runs), "k": 2, "seconds": pytest.approx(runs["seconds"].sum()),
                                      "labels": 20}
     assert f"short training: {len(runs)} candidates trained for 2 SGD steps each" in result.summary()
-    assert "the ranker would first train 20 labels" in result.summary()
+    assert "no ranker labels bought" in result.summary()
     assert result.best is not None and result.best["pick"] == "rank"
     assert result.best["key"] == first["key"]
     # The self-check compares the same score, each candidate's own short training, with real training.

@@ -23,6 +23,9 @@ CHANGED: dict[str, Any] = {
     "ranker": ["a.pt", "b.pt"],
     "ranker_labels": 9,
     "ranker_k": 5,
+    "label_batch": 3,
+    "label_margin": 0.05,
+    "label_seconds": 60.0,
     "label_workers": 2,
     "queue_labels": True,
     "trials": 11,
@@ -54,11 +57,12 @@ CHANGED: dict[str, Any] = {
 #: The defaults the campaign had before CampaignConfig (Campaign.__init__'s keyword defaults and
 #: `nas search`'s flags): `nas demo` must rank and pick the same
 #: (the latency settings came later and act only with `objectives="loss,latency"`; `rank_by` became
-#: ``None``, resolved by the trial count, with round 3 of the ranking suite).
+#: ``None``, resolved by the trial count, with round 3 of the ranking suite; the ranker's labels are bought
+#: in purchases since the few-label study, ``label_*``).
 OLD_DEFAULTS: dict[str, Any] = {
     "space": "nb201", "space_args": {}, "dataset": "mnist5k", "data_seed": 0, "ghn": None, "ghn_steps": None,
     "rank_by": None, "ranker": None, "ranker_labels": 700, "ranker_k": 30, "label_workers": 1, "queue_labels": False,
-    "trials": 300,
+    "label_batch": 50, "label_margin": 0.02, "label_seconds": None, "trials": 300,
     "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "latency_pool": 32,
     "latency_batch_size": 1, "batch_size": 32,
     "self_check": 0, "self_check_epochs": None, "top_k": 5, "finetune_epochs": 3.0, "finetune_lr": 0.05,

@@ -163,8 +163,7 @@ class CampaignResult:
         if self.short_training is not None:
             st = self.short_training
             lines.append(f"short training: {st['trained']} candidates trained for {st['k']} SGD steps each, "
-                         f"{st['seconds']:.0f} CPU-s in all (the ranker would first train {st['labels']} labels "
-                         "of as many steps)")
+                         f"{st['seconds']:.0f} CPU-s in all; no ranker labels bought")
         if "latency_ms" in self.candidates.columns:
             lat = self.candidates["latency_ms"].astype(float)
             front = self.candidates[self.candidates["pareto"]]
@@ -567,6 +566,10 @@ class Campaign:
                     "rank by the predicted-weight loss (rank_by='loss') instead."
                 )
             logger.info("labelling all %d candidates of search space %r outside the self-check", n, space.name)
+        if n > max(config.trials, MIN_RANKER_LABELS):
+            # Labels never cost more than training each of the search's candidates as briefly would.
+            n = max(config.trials, MIN_RANKER_LABELS)
+            logger.info("buying at most %d ranker labels: no more than the %d rank trials", n, config.trials)
         fit = self.ranker_config or RankerConfig(seed=config.seed)
         # A ranker fitted from random weights needs no meta-trained GHN: ranking does not wait for one.
         ranker = ensure_ranker(
@@ -853,6 +856,12 @@ class Campaign:
                 self_check=self_check.table if self_check is not None else None,
                 multi_objective_cost=cost,
             )
+            summary = _ranker_summary(self._ranker)
+            if summary is not None:  # what the ranker's labels were and cost, beside the tables
+                summary["history"] = self._ranker.label_info.get("history", [])
+                path = self.out / "ranker.json"
+                atomic_write_bytes(path, (json.dumps(_normalise(summary), indent=2) + "\n").encode())
+                files.append(path)
         return CampaignResult(
             candidates=candidates,
             finetuned=finetuned,
