@@ -112,6 +112,13 @@ TRACE_COLUMNS = [
 ]
 
 
+def _row(method: str, seed: int, step: int, phase: str, cpu: float, cum: float, **values: Any) -> dict[str, Any]:
+    """One trace row (:data:`TRACE_COLUMNS`): the unset accuracies ``nan``, not one-time, not cached."""
+    return {"method": method, "seed": seed, "step": step, "phase": phase, "key": None, "val_acc": math.nan,
+            "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cum, "one_time": False,
+            "cached": False, **values}
+
+
 def _cpu_now() -> float:
     """CPU-seconds of this process and its finished children."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -235,11 +242,8 @@ def run_trained_search(
         study.tell(trial, float(record.val_acc))
         seen[graph.key] = float(record.val_acc)
         cum += cpu
-        _append(trace, [{
-            "method": method, "seed": seed, "step": step, "phase": "train", "key": graph.key,
-            "val_acc": record.val_acc, "test_acc": record.test_acc, "finetuned_acc": math.nan, "cpu_s": cpu,
-            "cum_cpu_s": cum, "one_time": False, "cached": cached,
-        }])
+        _append(trace, [_row(method, seed, step, "train", cpu, cum, key=graph.key, val_acc=record.val_acc,
+                             test_acc=record.test_acc, cached=cached)])
         print(f"{method} seed {seed} trial {step + 1}/{trials}: val_acc {record.val_acc:.4f}, "
               f"{cpu:.1f} CPU-s, total {cum:.0f} CPU-s", flush=True)
 
@@ -342,12 +346,10 @@ def run_pruned_search(
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, float(result.val_acc))
-        _append(trace, [{
-            "method": method, "seed": seed, "step": step, "phase": "pruned" if pruned else "train", "key": graph.key,
-            "val_acc": math.nan if pruned else result.val_acc, "test_acc": math.nan if pruned else result.test_acc,
-            "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cum, "one_time": False, "cached": False,
-            "rungs": json.dumps(reported),
-        }], columns=PRUNED_TRACE_COLUMNS)
+        _append(trace, [_row(method, seed, step, "pruned" if pruned else "train", cpu, cum, key=graph.key,
+                             val_acc=math.nan if pruned else result.val_acc,
+                             test_acc=math.nan if pruned else result.test_acc, rungs=json.dumps(reported))],
+                columns=PRUNED_TRACE_COLUMNS)
         what = f"pruned after {result.steps} steps" if pruned else f"val_acc {result.val_acc:.4f}"
         print(f"{method} seed {seed} trial {step + 1}: {what}, {cpu:.1f} CPU-s, total {cum:.0f} CPU-s", flush=True)
         step += 1
@@ -371,17 +373,14 @@ def run_proxy_screen(seed: int, *, space: Any, data: Any, referee: Referee, pool
     graphs = sample_candidates(space, pool, seed=1000 + seed)
     scores, cpu = _timed(lambda: ProxyScorer(proxy, seed=seed).score(graphs, data))
     order = np.argsort(-np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf), kind="stable")[:top]
-    rows = [{"method": "zc-screen", "seed": seed, "step": 0, "phase": "score", "key": None, "val_acc": math.nan,
-             "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cpu, "one_time": False,
-             "cached": False}]
+    rows = [_row("zc-screen", seed, 0, "score", cpu, cpu)]
     cum = cpu
     print(f"zc-screen seed {seed}: {proxy} scored {pool} candidates in {cpu:.1f} CPU-s", flush=True)
     for i in order:
         record, cost, cached = referee.judge(graphs[i])
         cum += cost
-        rows.append({**rows[0], "step": len(rows), "phase": "train", "key": graphs[i].key,
-                     "val_acc": record.val_acc, "test_acc": record.test_acc, "cpu_s": cost, "cum_cpu_s": cum,
-                     "cached": cached})
+        rows.append(_row("zc-screen", seed, len(rows), "train", cost, cum, key=graphs[i].key,
+                         val_acc=record.val_acc, test_acc=record.test_acc, cached=cached))
         print(f"zc-screen seed {seed}: trained #{len(rows) - 1} ({proxy} {scores[i]:.3g}): val_acc "
               f"{record.val_acc:.4f}, total {cum:.0f} CPU-s", flush=True)
     _append(trace, rows)
@@ -414,9 +413,7 @@ def run_predictor_search(seed: int, *, space: Any, data: Any, referee: Referee, 
     def add(phase: str, cpu: float, **values: Any) -> None:
         nonlocal cum
         cum += cpu
-        rows.append({"method": "bananas", "seed": seed, "step": len(rows), "phase": phase, "key": None,
-                     "val_acc": math.nan, "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu,
-                     "cum_cpu_s": cum, "one_time": False, "cached": False, **values})
+        rows.append(_row("bananas", seed, len(rows), phase, cpu, cum, **values))
 
     def train(graph: Any, note: str) -> None:
         record, cost, cached = referee.judge(graph)
@@ -543,11 +540,7 @@ def run_campaign(seed: int, *, args: argparse.Namespace, space: Any, data: Any, 
     def add(phase: str, cpu: float, one_time_row: bool, **values: Any) -> None:
         nonlocal cum
         cum += cpu
-        rows.append({
-            "method": name, "seed": seed, "step": len(rows), "phase": phase, "key": None, "val_acc": math.nan,
-            "test_acc": math.nan, "finetuned_acc": math.nan, "cpu_s": cpu, "cum_cpu_s": cum,
-            "one_time": one_time_row, "cached": False, **values,
-        })
+        rows.append(_row(name, seed, len(rows), phase, cpu, cum, one_time=one_time_row, **values))
 
     for row in one_time.itertuples():
         if not (short and str(row.phase).startswith("ranker")):  # a short-ranked campaign fits no ranker
