@@ -55,6 +55,8 @@ VARIANTS: dict[str, dict] = {
     "free": {"features": FREE},
     "zc": {"features": (*FREE, *PROXIES)},
     "pretrain": {"pretrain_graphs": 1000},
+    # D2's combination (run only if D1 keeps both parts)
+    "zc_pairwise": {"loss": "pairwise", "features": (*FREE, *PROXIES)},
 }
 COLUMNS = ["pair", "held_out", "variant", "labels", "block", "kendall", "cv_tau", "fit_seconds", "label_seconds"]
 
