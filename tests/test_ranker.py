@@ -565,7 +565,7 @@ def test_fit_ranker_reports_the_out_of_fold_tau_and_extends_a_fit(ghn: GHN, grap
     extended = fit_ranker(ghn, graphs[:80], labels, config, init=first, progress=False)
     scratch = fit_ranker(ghn, graphs[:80], labels, config, progress=False)
     assert not np.allclose(extended.predict(graphs[100:]), scratch.predict(graphs[100:]))  # started from `first`
-    with pytest.raises(ValueError, match="`init` was fitted with other features"):
+    with pytest.raises(ValueError, match="`init` was fitted with other members"):
         fit_ranker(ghn, graphs[:80], labels, RankerConfig(epochs=1, ensemble=3), init=first, progress=False)
 
 

@@ -5,12 +5,15 @@ their 2-seed 3-epoch ground truth, and the 700 short-training labels (30 SGD ste
 label seed. The labels are cut into three disjoint blocks of 200 (label rows 0-199, 200-399, 400-599, in
 sample order); the ranker at ``n`` labels of block ``b`` is fitted on that block's first ``n`` rows, so the
 three "label seeds" of a count share no architecture. Each fit is scored by Kendall tau against the
-ground truth (higher is better), as in the suite. Variants (:data:`VARIANTS`): today's recipe (``mse``),
+ground truth (higher is better), as in the suite. The variants measured beside today's recipe (``mse``):
 a pairwise ranking loss, free per-graph features (log FLOPs, log parameters), the same plus zero-cost
 proxy scores, and pretraining the graph network on the free features of 1,000 unlabelled architectures.
+None passed the study's rule, so the library dropped them; their code and this script's runs of them
+are at commit e8d41e0 (``git show e8d41e0:experiments/studies/few_labels.py``); their rows stay in the
+fits files.
 
 Resumable: every fit is one row of ``experiments/results/few_labels/<pair>_fits.csv``, appended as it finishes;
-the proxy features of each pair are cached in ``experiments/results/few_labels/<pair>_features.csv``.
+the proxy features of each pair that the ``zc`` variant read are in ``<pair>_features.csv``.
 The rule that decides this study is in ``experiments/results/few_labels/RESULTS.md``, written before
 its run.
 
@@ -27,7 +30,6 @@ import importlib.util
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ from scipy.stats import kendalltau
 
 from nas.data import load_dataset
 from nas.evaluation import sample_candidates
-from nas.ghn import RankerConfig, fit_ranker, graph_features, untrained_ghn
+from nas.ghn import RankerConfig, fit_ranker, untrained_ghn
 from nas.graph import ArchGraph
 from nas.space import load_space
 
@@ -46,18 +48,8 @@ OUT = ROOT / "few_labels"
 COUNTS = (50, 100, 200)
 BLOCK = 200
 BLOCKS = 3
-PROXIES = ("snip", "synflow", "naswot")
-FREE = ("log_flops", "log_params")
-#: Variant -> RankerConfig settings.
-VARIANTS: dict[str, dict] = {
-    "mse": {},
-    "pairwise": {"loss": "pairwise"},
-    "free": {"features": FREE},
-    "zc": {"features": (*FREE, *PROXIES)},
-    "pretrain": {"pretrain_graphs": 1000},
-    # D2's combination (run only if D1 keeps both parts)
-    "zc_pairwise": {"loss": "pairwise", "features": (*FREE, *PROXIES)},
-}
+#: Variant -> RankerConfig settings (the others ran at commit e8d41e0).
+VARIANTS: dict[str, dict] = {"mse": {}}
 COLUMNS = ["pair", "held_out", "variant", "labels", "block", "kendall", "cv_tau", "fit_seconds", "label_seconds"]
 
 logger = logging.getLogger("few_labels")
@@ -72,24 +64,6 @@ def _pairs() -> dict:
     return {p.name: p for p in suite.PAIRS}
 
 
-def _features(pair_name: str, graphs: list[ArchGraph], data) -> pd.DataFrame:
-    """Free and proxy features of ``graphs``, cached per pair (computed for missing keys only)."""
-    path = OUT / f"{pair_name}_features.csv"
-    have = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["key", *FREE, *PROXIES])
-    missing = [g for g in graphs if g.key not in set(have["key"])]
-    if missing:
-        t0 = time.perf_counter()
-        values = graph_features(missing, (*FREE, *PROXIES), data)
-        new = pd.DataFrame(values, columns=[*FREE, *PROXIES])
-        new.insert(0, "key", [g.key for g in missing])
-        have = pd.concat([have, new], ignore_index=True) if len(have) else new
-        tmp = path.with_suffix(".csv.tmp")
-        have.to_csv(tmp, index=False)
-        tmp.replace(path)
-        logger.info("%s: features of %d graphs in %.0f s", pair_name, len(missing), time.perf_counter() - t0)
-    return have.drop_duplicates("key").set_index("key")
-
-
 def run_pair(pair, variants: list[str]) -> None:
     folder = ROOT / pair.name
     data = load_dataset(pair.dataset, seed=0)
@@ -101,9 +75,6 @@ def run_pair(pair, variants: list[str]) -> None:
     if len(labels) < BLOCK * BLOCKS:
         raise SystemExit(f"{pair.name}: {len(labels)} finite labels, need {BLOCK * BLOCKS}")
     label_graphs = [ArchGraph.from_json(j) for j in labels["graph"][: BLOCK * BLOCKS]]
-    taken = {g.key for g in candidates} | set(labels["key"])
-    unlabelled = [c.graph for c in space.sample_many(1200, seed=7777, unique=True) if c.graph.key not in taken][:1000]
-    feats = _features(pair.name, label_graphs + candidates, data)
     ghn = untrained_ghn(space, data)
     valid = [g for g in candidates if not bool(truth.loc[g.key, "gt_failed"])]
     gt = -truth.loc[[g.key for g in valid], "gt_val_loss"].to_numpy(dtype=np.float64)
@@ -112,7 +83,6 @@ def run_pair(pair, variants: list[str]) -> None:
     seconds = labels["seconds"].to_numpy(dtype=np.float64)
     for variant in variants:
         settings = VARIANTS[variant]
-        names = list(settings.get("features", ()))
         for n in COUNTS:
             for block in range(BLOCKS):
                 if ((done["pair"] == pair.name) & (done["variant"] == variant) & (done["labels"] == n)
@@ -121,10 +91,8 @@ def run_pair(pair, variants: list[str]) -> None:
                 rows = list(range(block * BLOCK, block * BLOCK + n))
                 graphs = [label_graphs[i] for i in rows]
                 config = RankerConfig(**settings)
-                ranker = fit_ranker(ghn, graphs, labels["tse"].to_numpy()[rows], config,
-                                    features=feats.loc[[g.key for g in graphs], names].to_numpy(),
-                                    unlabelled=unlabelled, progress=False)
-                score = ranker.standardised(valid, features=feats.loc[[g.key for g in valid], names].to_numpy())
+                ranker = fit_ranker(ghn, graphs, labels["tse"].to_numpy()[rows], config, progress=False)
+                score = ranker.standardised(valid)
                 tau = float(kendalltau(-score, gt).statistic)
                 sec = seconds[rows]
                 row = {"pair": pair.name, "held_out": pair.held_out, "variant": variant, "labels": n,
@@ -164,8 +132,6 @@ def run_purchases(pair, variant: str) -> None:
         seconds = np.full(len(labels), float(pd.concat(timed).dropna().mean()))
     graphs_all = [ArchGraph.from_json(j) for j in labels["graph"]]
     settings = VARIANTS[variant]
-    names = list(settings.get("features", ()))
-    feats = _features(pair.name, graphs_all[:BLOCK * BLOCKS] + candidates, data) if names else None
     ghn = untrained_ghn(space, data)
     valid = [g for g in candidates if not bool(truth.loc[g.key, "gt_failed"])]
     gt = -truth.loc[[g.key for g in valid], "gt_val_loss"].to_numpy(dtype=np.float64)
@@ -178,18 +144,11 @@ def run_purchases(pair, variant: str) -> None:
         done = done.iloc[:0]
     taus = list(done["cv_tau"])
     n = int(done["labels"].max()) if len(done) else 0
-    taken = {g.key for g in candidates} | set(labels["key"])
-    unlabelled = [c.graph for c in space.sample_many(1200, seed=7777, unique=True) if c.graph.key not in taken][:1000]
     while n < min(len(labels), 700) and not (len(taus) >= 2 and taus[-1] - taus[-2] < min(MARGINS)):
         n = min(n + PURCHASE, len(labels), 700)
-        graphs = graphs_all[:n]
-        f = feats.loc[[g.key for g in graphs], names].to_numpy() if names else None
-        if names and n > BLOCK * BLOCKS:
-            f = graph_features(graphs, names, data)
-        ranker = fit_ranker(ghn, graphs, labels["tse"].to_numpy()[:n], RankerConfig(**settings), features=f,
-                            init=ranker, unlabelled=unlabelled, progress=False)
-        score = ranker.standardised(valid, features=feats.loc[[g.key for g in valid], names].to_numpy()
-                                    if names else None)
+        ranker = fit_ranker(ghn, graphs_all[:n], labels["tse"].to_numpy()[:n], RankerConfig(**settings),
+                            init=ranker, progress=False)
+        score = ranker.standardised(valid)
         row = {"pair": pair.name, "held_out": pair.held_out, "variant": variant, "labels": n, "cv_tau": ranker.cv_tau,
                "kendall": float(kendalltau(-score, gt).statistic), "fit_seconds": ranker.label_info["fit_seconds"],
                "label_seconds": float(seconds[:n].sum())}

@@ -858,7 +858,8 @@ class Campaign:
             )
             summary = _ranker_summary(self._ranker)
             if summary is not None:  # what the ranker's labels were and cost, beside the tables
-                summary["history"] = self._ranker.label_info.get("history", [])
+                summary["history"] = [{k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                        for k, v in h.items()} for h in self._ranker.label_info.get("history", [])]
                 path = self.out / "ranker.json"
                 atomic_write_bytes(path, (json.dumps(_normalise(summary), indent=2) + "\n").encode())
                 files.append(path)

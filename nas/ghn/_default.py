@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from nas.data import Dataset
     from nas.space import SearchSpace
 
-__all__ = ["LABEL_BATCH", "LABEL_MARGIN", "RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker", "untrained_ghn"]
+__all__ = [
+    "LABEL_BATCH", "LABEL_MARGIN", "RANKER_K", "RANKER_LABELS", "default_ghn_path", "ensure_ghn", "ensure_ranker",
+    "untrained_ghn",
+]
 
 #: Architectures labelled to fit a ranker by default. On nb201 / mnist5k, rankers on about 700 labels
 #: put a top-1% architecture first for GHN builds where 150 labels left it out of the top 10
@@ -310,12 +313,12 @@ def _buy_labels(space: SearchSpace, data: Dataset, ghn: GHN, ranker: GHNRanker |
         graphs, targets = short_training_labels(space, data, n, k=k, seed=seed, exclude=exclude, cache=cache,
                                                 workers=workers, progress=progress, queue=queue)
         spent, _ = label_seconds(cache, [g.key for g in graphs])
-        extend = ranker is not None and ranker.config.features == config.features and \
-            len(ranker.members) == config.ensemble and ranker.members[0].ghn.config == ghn.config
-        ranker = fit_ranker(ghn, graphs, targets, config, data=data, init=ranker if extend else None,
-                            unlabelled=_unlabelled(space, config, seed, exclude), progress=progress, label_info={
-                                "target": "tse", "k": k, "n": n, "labelled": len(graphs), "seed": seed,
-                                "dataset": data.name, "labels": str(cache.resolve())})
+        extend = ranker is not None and len(ranker.members) == config.ensemble and \
+            ranker.members[0].ghn.config == ghn.config
+        label_info = {"target": "tse", "k": k, "n": n, "labelled": len(graphs), "seed": seed, "dataset": data.name,
+                      "labels": str(cache.resolve())}
+        ranker = fit_ranker(ghn, graphs, targets, config, init=ranker if extend else None, label_info=label_info,
+                            progress=progress)
         gain = ranker.cv_tau - history[-1]["cv_tau"] if history else math.nan
         history.append({"labels": n, "labelled": len(graphs), "cv_tau": ranker.cv_tau, "label_seconds": spent,
                         "fit_seconds": ranker.label_info["fit_seconds"]})
@@ -335,11 +338,3 @@ def _buy_labels(space: SearchSpace, data: Dataset, ghn: GHN, ranker: GHNRanker |
             logger.info("ranker saved to %s", path)
             return ranker
 
-
-def _unlabelled(space: SearchSpace, config: RankerConfig, seed: int, exclude: Sequence[str]) -> list[ArchGraph]:
-    """Architectures for ``config.pretrain_graphs`` (none when it is 0)."""
-    if not config.pretrain_graphs:
-        return []
-    excluded = set(exclude)
-    pool = space.sample_many(config.pretrain_graphs + len(excluded), seed=seed + 7777, unique=True)
-    return [c.graph for c in pool if c.graph.key not in excluded][: config.pretrain_graphs]
