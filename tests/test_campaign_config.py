@@ -62,7 +62,7 @@ CHANGED: dict[str, Any] = {
 OLD_DEFAULTS: dict[str, Any] = {
     "space": "nb201", "space_args": {}, "dataset": "mnist5k", "data_seed": 0, "ghn": None, "ghn_steps": None,
     "rank_by": None, "ranker": None, "ranker_labels": 700, "ranker_k": 30, "label_workers": 1, "queue_labels": False,
-    "label_batch": 50, "label_margin": 0.02, "label_seconds": None, "trials": 300,
+    "label_batch": None, "label_margin": 0.02, "label_seconds": None, "trials": 300,
     "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "latency_pool": 32,
     "latency_batch_size": 1, "batch_size": 32,
     "self_check": 0, "self_check_epochs": None, "top_k": 5, "finetune_epochs": 3.0, "finetune_lr": 0.05,

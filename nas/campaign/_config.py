@@ -93,8 +93,8 @@ class CampaignConfig:
         ranker_labels: The most architectures trained briefly to fit that ranker (at least 4).
         ranker_k: SGD steps of each of those short trainings (and of each candidate's
             with ``rank_by="short"``).
-        label_batch: Labels bought per purchase; the ranker is refitted after each
-            (``None``: all ``ranker_labels`` at once).
+        label_batch: Labels bought per purchase, the ranker refitted after each;
+            ``None`` (the default) buys all ``ranker_labels`` at once.
         label_margin: Buying stops when a purchase lifts the ranker's cross-validated
             Kendall tau by less than this.
         label_seconds: CPU-seconds of labels after which no more are bought (``None``: no limit).
@@ -164,8 +164,9 @@ class CampaignConfig:
                                   "given", "ranking", metavar="N", identity=True)
     ranker_k: int = _setting(30, "SGD steps of each of those short trainings (and of each candidate's with "
                              "--rank-by short)", "ranking", metavar="K", identity=True)
-    label_batch: int | None = _setting(50, "labels bought at a time; the ranker is refitted after each purchase "
-                                       "(0: all --ranker-labels at once)", "ranking", metavar="N")
+    label_batch: int | None = _setting(None, "buy the ranker's labels N at a time, refitting it after each purchase, "
+                                       "until --label-margin / --label-seconds stop it (default: all at once)",
+                                       "ranking", metavar="N")
     label_margin: float = _setting(0.02, "stop buying labels when a purchase lifts the ranker's cross-validated "
                                    "Kendall tau by less than this", "ranking", metavar="M")
     label_seconds: float | None = _setting(None, "stop buying labels once they have cost this many CPU-seconds "

@@ -86,8 +86,8 @@ def add_parsers(subparsers: Any) -> None:
                    help="the most architectures labelled for the ranker (default: nas search's, %d)"
                    % _default_recipe().labels)
     p.add_argument("--label-batch", type=int, default=None,
-                   help="labels bought at a time until the ranker stops improving, 0 for all --ranker-labels at once "
-                   "(default: nas search's, %d)" % _default_recipe().batch)
+                   help="buy the ranker's labels N at a time until it stops improving (default 0, as nas search: "
+                   "all --ranker-labels at once)")
     p.add_argument("--label-margin", type=float, default=None,
                    help="stop buying when a purchase lifts the ranker's cross-validated tau by less (default: "
                    "nas search's, %g)" % _default_recipe().margin)

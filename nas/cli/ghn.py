@@ -91,16 +91,17 @@ def _add_fit_ranker(subparsers: Any) -> None:
         add_threads_argument,
         seed_value,
     )
-    from nas.ghn import LABEL_BATCH, LABEL_MARGIN, RANKER_K, RANKER_LABELS, RankerConfig
+    from nas.ghn import LABEL_MARGIN, RANKER_K, RANKER_LABELS, RankerConfig
 
     rc = RankerConfig()
     p = subparsers.add_parser(
         "fit-ranker",
         help="label architectures by short training and fit the ranker",
-        description="Train architectures of the space for --ranker-k SGD steps each (their training-speed "
-        "estimate, TSE), --label-batch at a time, and fit a graph network (the GHN's, from random weights) to predict "
-        "it from the graph after each purchase, until a purchase lifts its cross-validated Kendall tau by less than "
-        "--label-margin or --ranker-labels (or --label-seconds) are spent. "
+        description="Train --ranker-labels architectures of the space for --ranker-k SGD steps each (their "
+        "training-speed estimate, TSE) and fit a graph network (the GHN's, from random weights) to predict it from "
+        "the graph. With --label-batch N the labels are bought N at a time, the ranker refitted after each purchase, "
+        "until a purchase lifts its cross-validated Kendall tau by less than --label-margin or --ranker-labels (or "
+        "--label-seconds) are spent. "
         "Finished labels go to OUT's *_labels.csv as they come, so running the command again resumes; a ranker that "
         "stopped at a smaller budget is extended. The ranker "
         "is what `nas search --ranker OUT` ranks by. No meta-trained GHN is needed. Its rank score adds a "
@@ -114,8 +115,8 @@ def _add_fit_ranker(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="ranker checkpoint to write (reused when it exists)")
     p.add_argument("--ranker-labels", type=int, default=RANKER_LABELS, metavar="N",
                    help=f"the most architectures to label (default {RANKER_LABELS})")
-    p.add_argument("--label-batch", type=int, default=LABEL_BATCH, metavar="N",
-                   help=f"labels bought at a time, 0 for all at once (default {LABEL_BATCH})")
+    p.add_argument("--label-batch", type=int, default=0, metavar="N",
+                   help="buy labels N at a time, refitting after each purchase (default 0: all at once)")
     p.add_argument("--label-margin", type=float, default=LABEL_MARGIN, metavar="M",
                    help=f"stop when a purchase lifts the cross-validated tau by less (default {LABEL_MARGIN})")
     p.add_argument("--label-seconds", type=float, default=None, metavar="S",

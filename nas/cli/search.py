@@ -52,10 +52,10 @@ STORAGE_ENV = "NAS_STORAGE"
 #: Settings of ``nas demo`` (a :class:`~nas.campaign.CampaignConfig` as a dict): nb201 on mnist5k,
 #: sized to stay under 15 minutes on 2 CPU cores. Measured single-thread CPU costs on the AMD EPYC
 #: development machine: ~0.33 s per GHN meta-training step (400 steps), ~1.1 s per ranker label (30 SGD
-#: steps; 700 labels on 2 worker processes: ~6.5 min), ~100 s to fit the ranker on them, ~5 ms per rank
-#: trial (300 plus the refinement of the top 3), ~3 s per fine-tuning epoch (3 x 2) and ~7 s per
-#: self-check epoch (8 x 1), plus loading, held-out evaluation and plots. The labels are the recipe's
-#: default count (``nas.ghn.RANKER_LABELS``).
+#: steps; the recipe's ``nas.ghn.RANKER_LABELS``, capped at the 300 rank trials: 300 labels on 2 worker
+#: processes, ~3 min), ~45 s to fit the ranker on them, ~5 ms per rank trial (300 plus the refinement of
+#: the top 3), ~3 s per fine-tuning epoch (3 x 2) and ~7 s per self-check epoch (8 x 1), plus loading,
+#: held-out evaluation and plots.
 DEMO: dict[str, Any] = {
     "space": "nb201",
     "dataset": "mnist5k",

@@ -39,7 +39,6 @@ from nas.ghn._checkpoint import FORMAT as GHN_FORMAT
 from nas.ghn._checkpoint import read_checkpoint
 from nas.ghn._decoder import WeightDecoder
 from nas.ghn._default import (
-    LABEL_BATCH,
     LABEL_MARGIN,
     RANKER_K,
     RANKER_LABELS,
@@ -83,7 +82,6 @@ __all__ = [
     "RankerEnsemble",
     "NodeEncoder",
     "RANKER_FORMAT",
-    "LABEL_BATCH",
     "LABEL_MARGIN",
     "RANKER_K",
     "RANKER_LABELS",
