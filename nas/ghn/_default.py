@@ -218,8 +218,8 @@ def ensure_ranker(
         workers: Processes training labels in parallel.
         config: Fitting settings (default :class:`RankerConfig` seeded with ``seed``).
         label_batch: Labels per purchase; ``None`` (the default) buys all ``ranker_labels`` at once. In the
-            few-label study (``experiments/results/few_labels/RESULTS.md``) purchases of 50 cut the labels
-            by 78% on ten space / dataset pairs but lowered the ranking's mean Kendall tau by 0.048.
+            few-label study (``experiments/results/few_labels/RESULTS.md``) purchases of 50 cut the labels'
+            CPU by 77% on ten space / dataset pairs but lowered the ranking's mean Kendall tau by 0.048.
         label_margin: The least lift of the cross-validated tau for which another purchase is made.
         label_seconds: CPU-seconds of labels after which no more are bought (``None``: no such limit).
         progress: Show progress bars.
