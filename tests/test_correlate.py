@@ -373,3 +373,21 @@ def test_cli_errors_name_the_flag(
     err = capsys.readouterr().err
     assert err == f"nas correlate: error: {needle}.\n"
     assert not out.exists()
+
+
+def test_ranker_rows_buy_labels_in_purchases(space: SearchSpace, data: Dataset, tmp_path: Path) -> None:
+    from nas.evaluation import LabelRecipe, ranker_methods, sample_candidates
+    from nas.ghn import GHNRanker
+
+    candidates = sample_candidates(space, 6, seed=0)
+    keys = [g.key for g in candidates]
+    recipe = LabelRecipe(labels=12, k=1, seed=1, batch=6, margin=0.0)
+    scorers, cost = ranker_methods(space, data, ghn=None, methods=["ghn", "opcount_ranker"], out=tmp_path,
+                                   exclude=keys, recipe=recipe, progress=False)
+    assert cost is not None and cost.labels == 12 and cost.labelled == 12
+    (path,) = list((tmp_path / "rankers").glob("*.pt"))
+    assert path.name == "scratch_n12_k1_s1_b6m0.pt"
+    info = GHNRanker.load(path).label_info
+    assert [h["labels"] for h in info["history"]] == [6, 12] and info["stopped"] == "budget"
+    assert cost.fit_seconds["scratch"] == pytest.approx(info["fit_seconds"])  # both purchases' fits
+    assert [s.name for s in scorers] == ["ghn", "opcount_ranker"]
