@@ -141,7 +141,7 @@ SEARCH = ["search", "--space", "nb201", "--space-arg", "C=4", "--space-arg", "N=
           "--ranker-labels", "10", "--ranker-k", "5", "--top-k", "1", "--finetune-epochs", "0.02",
           "--refine", "0", "--no-progress"]
 #: Per --rank-by: the trials, and the cache of short trainings the queue fills (10 ranker labels, or 10 candidates).
-RANK_MODES = {"ranker": (["--trials", "6", "--rank-by", "ranker"], "ranker_labels.csv"),
+RANK_MODES = {"ranker": (["--trials", "10", "--rank-by", "ranker"], "ranker_labels.csv"),
               "short": (["--trials", "10", "--rank-by", "short"], "rank_tse.csv")}
 
 
