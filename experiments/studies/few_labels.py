@@ -64,7 +64,9 @@ def _pairs() -> dict:
     return {p.name: p for p in suite.PAIRS}
 
 
-def run_pair(pair, variants: list[str]) -> None:
+def _setting(pair) -> tuple:
+    """``(space, data, labels, valid, gt)`` of a suite pair: its space and dataset, the first label seed's labels
+    (finite ones, in sample order), the candidates whose ground truth trained, and that truth (higher is better)."""
     folder = ROOT / pair.name
     data = load_dataset(pair.dataset, seed=0)
     space = load_space(pair.space, input_shape=data.input_shape, num_classes=data.num_classes, **pair.settings)
@@ -72,12 +74,17 @@ def run_pair(pair, variants: list[str]) -> None:
     truth = pd.read_csv(folder / "candidates.csv").set_index("key")
     labels = pd.read_csv(folder / f"ranker_labels_k30_s{pair.label_seeds[0]}.csv")
     labels = labels[np.isfinite(labels["tse"])].reset_index(drop=True)
+    valid = [g for g in candidates if not bool(truth.loc[g.key, "gt_failed"])]
+    gt = -truth.loc[[g.key for g in valid], "gt_val_loss"].to_numpy(dtype=np.float64)
+    return space, data, labels, valid, gt
+
+
+def run_pair(pair, variants: list[str]) -> None:
+    space, data, labels, valid, gt = _setting(pair)
     if len(labels) < BLOCK * BLOCKS:
         raise SystemExit(f"{pair.name}: {len(labels)} finite labels, need {BLOCK * BLOCKS}")
     label_graphs = [ArchGraph.from_json(j) for j in labels["graph"][: BLOCK * BLOCKS]]
     ghn = untrained_ghn(space, data)
-    valid = [g for g in candidates if not bool(truth.loc[g.key, "gt_failed"])]
-    gt = -truth.loc[[g.key for g in valid], "gt_val_loss"].to_numpy(dtype=np.float64)
     fits = OUT / f"{pair.name}_fits.csv"
     done = pd.read_csv(fits) if fits.exists() else pd.DataFrame(columns=COLUMNS)
     seconds = labels["seconds"].to_numpy(dtype=np.float64)
@@ -120,12 +127,7 @@ def run_purchases(pair, variant: str) -> None:
     from nas.ghn import GHNRanker
 
     folder = ROOT / pair.name
-    data = load_dataset(pair.dataset, seed=0)
-    space = load_space(pair.space, input_shape=data.input_shape, num_classes=data.num_classes, **pair.settings)
-    candidates = sample_candidates(space, 100, seed=0)
-    truth = pd.read_csv(folder / "candidates.csv").set_index("key")
-    labels = pd.read_csv(folder / f"ranker_labels_k30_s{pair.label_seeds[0]}.csv")
-    labels = labels[np.isfinite(labels["tse"])].reset_index(drop=True)
+    space, data, labels, valid, gt = _setting(pair)
     seconds = labels["seconds"].to_numpy(dtype=np.float64)
     if not np.isfinite(seconds).all():  # labels trained before times were kept: the pair's timed mean per label
         timed = [pd.read_csv(f)["seconds"] for f in folder.glob("ranker_labels_k30_s*.csv")]
@@ -133,8 +135,6 @@ def run_purchases(pair, variant: str) -> None:
     graphs_all = [ArchGraph.from_json(j) for j in labels["graph"]]
     settings = VARIANTS[variant]
     ghn = untrained_ghn(space, data)
-    valid = [g for g in candidates if not bool(truth.loc[g.key, "gt_failed"])]
-    gt = -truth.loc[[g.key for g in valid], "gt_val_loss"].to_numpy(dtype=np.float64)
     out = OUT / f"{pair.name}_purchases.csv"
     done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=PURCHASE_COLUMNS)
     done = done[done["variant"] == variant]
