@@ -694,6 +694,27 @@ def _ranker_campaign(out: Path, ghn_path: Path, **overrides: Any) -> Campaign:
     return small_campaign(out, ghn_path, **{**settings, **overrides})
 
 
+def test_a_campaign_buys_at_most_its_trials_in_labels_and_keeps_its_ranker_when_resumed_with_more(
+    tmp_path: Path, ghn_path: Path
+) -> None:
+    from nas.ghn import GHNRanker
+
+    out = tmp_path / "run"
+    _ranker_campaign(out, ghn_path, ranker_labels=10, trials=5).run()
+    first = GHNRanker.load(out / "ranker.pt")
+    assert first.label_info["labelled"] == 5  # the 5 trials cap the 10 labels
+    _ranker_campaign(out, ghn_path, ranker_labels=10, trials=9).run()
+    again = GHNRanker.load(out / "ranker.pt")
+    assert again.label_info["labelled"] == 5 and len(pd.read_csv(out / "ranker_labels.csv")) == 5
+    # the candidates of both runs were scored by that one ranker
+    from nas.graph import ArchGraph
+
+    cand = pd.read_csv(out / "candidates.csv")
+    assert len(cand) > 5
+    scores = again.score([ArchGraph.from_json(g) for g in cand["graph"]])
+    assert list(cand["rank_score"]) == pytest.approx(list(scores), rel=1e-5, abs=1e-6)
+
+
 def test_default_ranker_is_fitted_once_then_reused(
     tmp_path: Path, ghn_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

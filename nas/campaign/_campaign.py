@@ -566,6 +566,8 @@ class Campaign:
                     "rank by the predicted-weight loss (rank_by='loss') instead."
                 )
             logger.info("labelling all %d candidates of search space %r outside the self-check", n, space.name)
+        # A resumed campaign keeps the ranker its candidates were scored with (``extend=False`` below), even
+        # when more trials now allow more labels.
         if n > max(config.trials, MIN_RANKER_LABELS):
             # Labels never cost more than training each of the search's candidates as briefly would.
             n = max(config.trials, MIN_RANKER_LABELS)
@@ -576,7 +578,7 @@ class Campaign:
             space, self.data, self.ghn if fit.pretrained else None, path=path, ranker_labels=n,
             ranker_k=config.ranker_k, seed=config.seed, exclude=exclude, labels_cache=self.out / "ranker_labels.csv",
             workers=config.label_workers, config=fit, label_batch=config.label_batch, label_margin=config.label_margin,
-            label_seconds=config.label_seconds, progress=config.progress, queue=self._label_queue(),
+            label_seconds=config.label_seconds, extend=False, progress=config.progress, queue=self._label_queue(),
         )
         _check_ranker(ranker, space, self.data, source=path)
         return ranker

@@ -180,6 +180,7 @@ def ensure_ranker(
     label_batch: int | None = None,
     label_margin: float = LABEL_MARGIN,
     label_seconds: float | None = None,
+    extend: bool = True,
     progress: bool = True,
     queue: Any = None,
 ) -> GHNRanker:
@@ -222,6 +223,9 @@ def ensure_ranker(
             CPU by 77% on ten space / dataset pairs but lowered the ranking's mean Kendall tau by 0.048.
         label_margin: The least lift of the cross-validated tau for which another purchase is made.
         label_seconds: CPU-seconds of labels after which no more are bought (``None``: no such limit).
+        extend: Extend a saved ranker that stopped at a smaller budget than this call allows; ``False``
+            returns it as saved (a campaign whose candidates it scored keeps it), unless its purchases were
+            cut short by a kill.
         progress: Show progress bars.
         queue: A :class:`nas.campaign.QueuedLabels` to label through an Optuna
             storage (``nas worker`` processes on other machines label too).
@@ -273,7 +277,7 @@ def ensure_ranker(
             if ranker.config.flops_weight != config.flops_weight:
                 logger.info("the ranker at %s keeps the FLOPs-prior weight it was saved with, %g (not %g)", path,
                             ranker.config.flops_weight, config.flops_weight)
-            if not _wants_more(ranker.label_info, ranker_labels, label_seconds):
+            if not _wants_more(ranker.label_info, ranker_labels, label_seconds, extend=extend):
                 logger.info("using the ranker at %s (%s labels)", path, ranker.label_info.get("labelled", "?"))
                 return ranker
             logger.info("extending the ranker at %s beyond its %s labels", path, ranker.label_info.get("labelled"))
@@ -283,12 +287,14 @@ def ensure_ranker(
                        max_seconds=label_seconds, progress=progress, queue=queue)
 
 
-def _wants_more(info: dict[str, Any], most: int, max_seconds: float | None) -> bool:
+def _wants_more(info: dict[str, Any], most: int, max_seconds: float | None, *, extend: bool) -> bool:
     """Whether a saved ranker's labels fall short of what this call allows (it is then extended)."""
     stopped = info.get("stopped", "budget")  # a ranker saved before purchases existed was fitted on its count
     labelled = int(info.get("n", info.get("labelled", 0)))
     if stopped is None:  # killed between purchases
         return True
+    if not extend:
+        return False
     if stopped == "budget":
         return labelled < most
     if stopped == "seconds":
