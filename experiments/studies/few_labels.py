@@ -202,8 +202,39 @@ def report() -> pd.DataFrame:
                  stops.round(3).to_markdown(index=False), "", "Means by held-out status:", "",
                  means.mean().round(3).to_markdown(), ""]
     (OUT / "summary.md").write_text("\n".join(text))
+    _figure(table, refs, OUT / "kendall_by_labels")
     print("\n".join(text))
     return table
+
+
+def _figure(table: pd.DataFrame, refs: pd.DataFrame, path: Path) -> None:
+    """Mean Kendall tau over the development pairs against the label count, one line per variant, beside the
+    700-label ranker and the purchase loop's stopping point (margin 0.02) on the same pairs."""
+    from matplotlib.figure import Figure
+
+    from nas.evaluation import save_figure
+
+    dev = table[~table["held_out"]]
+    pairs = sorted(dev["pair"].unique())
+    fig = Figure(figsize=(5.2, 3.6))
+    ax = fig.subplots()
+    for variant, sub in dev.groupby("variant"):
+        wide = sub.pivot(index="labels", columns="pair", values="kendall")
+        if set(wide.columns) != set(pairs) or wide.isna().any().any():
+            continue  # a variant run on fewer pairs is not comparable on this mean
+        ax.plot(wide.index, wide.mean(axis=1), marker="o", label=f"{variant} (3 label samples per point)")
+    ax.axhline(refs.loc[pairs, "ghn_noprior"].mean(), color="black", ls="--", lw=1, label="700 labels (the default)")
+    stops = OUT / "stopping_points.csv"
+    if stops.exists():
+        st = pd.read_csv(stops)
+        st = st[(st["margin"] == 0.02) & st["pair"].isin(pairs)]
+        if len(st) == len(pairs):
+            ax.plot(st["labels"].mean(), st["kendall"].mean(), marker="*", ms=12, ls="none", color="tab:red",
+                    label="labels bought 50 at a time (margin 0.02)")
+    ax.set_xlabel("labels (short trainings of 30 SGD steps)")
+    ax.set_ylabel(f"Kendall tau vs 3-epoch training\n(mean of {len(pairs)} pairs; higher is better)")
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)
 
 
 def main() -> None:
