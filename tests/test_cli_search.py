@@ -307,3 +307,12 @@ def test_every_entry_point_defaults_to_the_same_label_recipe() -> None:
     assert (fit.ranker_labels, fit.ranker_k) == (RANKER_LABELS, RANKER_K)
     assert (config.ranker_labels, config.ranker_k) == (RANKER_LABELS, RANKER_K)
     assert (ensure["ranker_labels"].default, ensure["ranker_k"].default) == (RANKER_LABELS, RANKER_K)
+    # The label purchases: off (all labels at once) everywhere, one stopping margin.
+    from nas.evaluation import LabelRecipe
+    from nas.ghn import LABEL_MARGIN
+
+    recipe = LabelRecipe.default()
+    assert (fit.label_batch, fit.label_margin) == (0, LABEL_MARGIN)  # 0: all at once
+    assert (config.label_batch, config.label_margin) == (None, LABEL_MARGIN)
+    assert (ensure["label_batch"].default, ensure["label_margin"].default) == (None, LABEL_MARGIN)
+    assert (recipe.batch, recipe.margin) == (None, LABEL_MARGIN)

@@ -107,9 +107,9 @@ class LabelRecipe:
     def default(cls, seed: int = 1) -> LabelRecipe:
         """The recipe ``nas search`` uses: :data:`nas.ghn.RANKER_LABELS` labels of :data:`nas.ghn.RANKER_K`
         steps, bought at once (purchases, ``batch``, are a setting: they did not pass the few-label study's bar)."""
-        from nas.ghn import LABEL_MARGIN, RANKER_K, RANKER_LABELS
+        from nas.ghn import RANKER_K, RANKER_LABELS
 
-        return cls(labels=RANKER_LABELS, k=RANKER_K, seed=seed, margin=LABEL_MARGIN)
+        return cls(labels=RANKER_LABELS, k=RANKER_K, seed=seed)
 
 
 @dataclasses.dataclass

@@ -290,15 +290,15 @@ def ensure_ranker(
 def _wants_more(info: dict[str, Any], most: int, max_seconds: float | None, *, extend: bool) -> bool:
     """Whether a saved ranker's labels fall short of what this call allows (it is then extended)."""
     stopped = info.get("stopped", "budget")  # a ranker saved before purchases existed was fitted on its count
-    labelled = int(info.get("n", info.get("labelled", 0)))
+    bought = int(info.get("n", info.get("labelled", 0)))  # labels asked for (some may have failed to train)
     if stopped is None:  # killed between purchases
         return True
     if not extend:
         return False
     if stopped == "budget":
-        return labelled < most
+        return bought < most
     if stopped == "seconds":
-        return labelled < most and (max_seconds is None or info.get("label_seconds", 0.0) < max_seconds)
+        return bought < most and (max_seconds is None or info.get("label_seconds", 0.0) < max_seconds)
     return False  # "plateau": more labels did not help
 
 
@@ -320,11 +320,11 @@ def _buy_labels(space: SearchSpace, data: Dataset, ghn: GHN, ranker: GHNRanker |
         graphs, targets = short_training_labels(space, data, n, k=k, seed=seed, exclude=exclude, cache=cache,
                                                 workers=workers, progress=progress, queue=queue)
         spent, _ = label_seconds(cache, [g.key for g in graphs])
-        extend = ranker is not None and len(ranker.members) == config.ensemble and \
-            ranker.members[0].ghn.config == ghn.config
+        warm = ranker is not None and len(ranker.members) == config.ensemble and \
+            ranker.members[0].ghn.config == ghn.config  # the last fit can start this one
         label_info = {"target": "tse", "k": k, "n": n, "labelled": len(graphs), "seed": seed, "dataset": data.name,
                       "labels": str(cache.resolve())}
-        ranker = fit_ranker(ghn, graphs, targets, config, init=ranker if extend else None, label_info=label_info,
+        ranker = fit_ranker(ghn, graphs, targets, config, init=ranker if warm else None, label_info=label_info,
                             progress=progress)
         gain = ranker.cv_tau - history[-1]["cv_tau"] if history else math.nan
         history.append({"labels": n, "labelled": len(graphs), "cv_tau": ranker.cv_tau, "label_seconds": spent,
