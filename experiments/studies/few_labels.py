@@ -160,6 +160,59 @@ def run_purchases(pair, variant: str) -> None:
                     row["kendall"])
 
 
+#: Labels and SGD steps of the fidelity round (rules in ``RESULTS.md``, "Fewer, longer labels").
+FIDELITY_LABELS = 150
+FIDELITY_K = 100
+FIDELITY_COLUMNS = ["pair", "held_out", "k", "labels", "kendall", "cv_tau", "fit_seconds", "label_seconds"]
+
+
+def run_fidelity(pair) -> None:
+    """Fit today's ranker on the first :data:`FIDELITY_LABELS` labels of the pair's sample, once on their 30-step
+    labels and once on the same architectures trained for :data:`FIDELITY_K` steps (same training seed).
+
+    The longer labels go to ``<pair>_fidelity_labels.csv`` (key, both TSEs, both times; the training cache with
+    the graphs stays in the pair's uncommitted ``rankers/``), the two fits to ``fidelity.csv``.
+    """
+    from nas.ghn import tse_scores
+
+    space, data, labels, valid, gt = _setting(pair)
+    labels = labels.iloc[:FIDELITY_LABELS]
+    graphs = [ArchGraph.from_json(j) for j in labels["graph"]]
+    slim = OUT / f"{pair.name}_fidelity_labels.csv"
+    if slim.exists():
+        table = pd.read_csv(slim)
+    else:
+        cache = ROOT / pair.name / "rankers" / f"fidelity_k{FIDELITY_K}.csv"
+        cache.parent.mkdir(exist_ok=True)
+        tse = tse_scores(graphs, data, k=FIDELITY_K, seed=pair.label_seeds[0], cache=cache, progress=False)
+        timed = pd.read_csv(cache).set_index("key")["seconds"]
+        k30 = labels["seconds"]
+        if k30.isna().any():  # labels trained before times were kept: the pair's timed mean per 30-step label
+            kept = [pd.read_csv(f)["seconds"] for f in (ROOT / pair.name).glob("ranker_labels_k30_s*.csv")]
+            k30 = k30.fillna(float(pd.concat(kept).dropna().mean()))
+        table = pd.DataFrame({"key": labels["key"], "tse_k30": labels["tse"], f"tse_k{FIDELITY_K}": tse,
+                              "seconds_k30": k30,
+                              f"seconds_k{FIDELITY_K}": timed.reindex(labels["key"]).to_numpy()})
+        table.to_csv(slim, index=False)
+    out = OUT / "fidelity.csv"
+    done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=FIDELITY_COLUMNS)
+    ghn = untrained_ghn(space, data)
+    for k in (30, FIDELITY_K):
+        if ((done["pair"] == pair.name) & (done["k"] == k)).any():
+            continue
+        y = table[f"tse_k{k}"].to_numpy(dtype=np.float64)
+        keep = np.isfinite(y)
+        ranker = fit_ranker(ghn, [g for g, ok in zip(graphs, keep) if ok], y[keep], RankerConfig(), progress=False)
+        score = ranker.standardised(valid)
+        row = {"pair": pair.name, "held_out": pair.held_out, "k": k, "labels": int(keep.sum()),
+               "kendall": float(kendalltau(-score, gt).statistic), "cv_tau": ranker.cv_tau,
+               "fit_seconds": ranker.label_info["fit_seconds"],
+               "label_seconds": float(table[f"seconds_k{k}"].sum(min_count=len(table)))}
+        logger.info("%s fidelity k=%d: %d labels, tau %.3f (cv %.3f)", pair.name, k, row["labels"], row["kendall"],
+                    row["cv_tau"])
+        pd.DataFrame([row], columns=FIDELITY_COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
+
+
 def stopping_points(purchases: pd.DataFrame) -> pd.DataFrame:
     """Where each margin of :data:`MARGINS` stops the purchase loop, per pair and variant (the row it keeps)."""
     rows = []
@@ -244,6 +297,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only summarise the fits")
     parser.add_argument("--purchases", action="store_true",
                         help="run the purchase loop (50 labels at a time) of the first --variants instead")
+    parser.add_argument("--fidelity", action="store_true",
+                        help=f"fit on {FIDELITY_LABELS} labels of 30 and of {FIDELITY_K} SGD steps instead")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -254,7 +309,9 @@ def main() -> None:
         raise SystemExit(f"unknown pairs {unknown}; valid: {', '.join(pairs)}")
     if not args.report:
         for name in args.pairs:
-            if args.purchases:
+            if args.fidelity:
+                run_fidelity(pairs[name])
+            elif args.purchases:
                 run_purchases(pairs[name], args.variants[0])
             else:
                 run_pair(pairs[name], args.variants)
