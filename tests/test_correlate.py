@@ -391,3 +391,13 @@ def test_ranker_rows_buy_labels_in_purchases(space: SearchSpace, data: Dataset, 
     assert [h["labels"] for h in info["history"]] == [6, 12] and info["stopped"] == "budget"
     assert cost.fit_seconds["scratch"] == pytest.approx(info["fit_seconds"])  # both purchases' fits
     assert [s.name for s in scorers] == ["ghn", "opcount_ranker"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("labels", 3), ("k", 0), ("batch", 0), ("batch", True),
+                                              ("margin", -0.01), ("margin", math.nan), ("margin", "0.02")])
+def test_label_recipe_names_a_bad_setting(field: str, value: Any) -> None:
+    from nas.evaluation import LabelRecipe
+
+    settings = {"labels": 8, "k": 2, field: value}
+    with pytest.raises(ValueError, match=f"`{field}` must be"):
+        LabelRecipe(**settings)

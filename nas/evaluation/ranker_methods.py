@@ -102,6 +102,9 @@ class LabelRecipe:
         if self.batch is not None and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
                                        or self.batch < 1):
             raise ValueError(f"`batch` must be a positive int or None, but got {self.batch!r}.")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not (
+                math.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"`margin` must be a non-negative number, but got {self.margin!r}.")
 
     @classmethod
     def default(cls, seed: int = 1) -> LabelRecipe:
