@@ -166,21 +166,23 @@ FIDELITY_K = 100
 FIDELITY_COLUMNS = ["pair", "held_out", "k", "labels", "kendall", "cv_tau", "fit_seconds", "label_seconds"]
 
 
-def run_fidelity(pair) -> None:
-    """Fit today's ranker on the first :data:`FIDELITY_LABELS` labels of the pair's sample, once on their 30-step
-    labels and once on the same architectures trained for :data:`FIDELITY_K` steps (same training seed).
+def run_fidelity(pair, n: int = FIDELITY_LABELS) -> None:
+    """Fit today's ranker on the first ``n`` labels of the pair's sample, once on their 30-step labels and once
+    on the same architectures trained for :data:`FIDELITY_K` steps (same training seed).
 
-    The longer labels go to ``<pair>_fidelity_labels.csv`` (key, both TSEs, both times; the training cache with
-    the graphs stays in the pair's uncommitted ``rankers/``), the two fits to ``fidelity.csv``.
+    The longer labels go to ``<pair>_fidelity_labels.csv`` (key, both TSEs, both times, the most rows any run
+    asked for; the training cache with the graphs stays in the pair's uncommitted ``rankers/``), the two fits
+    to ``fidelity.csv``.
     """
     from nas.ghn import tse_scores
 
     space, data, labels, valid, gt = _setting(pair)
-    labels = labels.iloc[:FIDELITY_LABELS]
+    labels = labels.iloc[:n]
     graphs = [ArchGraph.from_json(j) for j in labels["graph"]]
     slim = OUT / f"{pair.name}_fidelity_labels.csv"
-    if slim.exists():
-        table = pd.read_csv(slim)
+    table = pd.read_csv(slim) if slim.exists() else pd.DataFrame()
+    if len(table) >= n:
+        table = table.iloc[:n]
     else:
         cache = ROOT / pair.name / "rankers" / f"fidelity_k{FIDELITY_K}.csv"
         cache.parent.mkdir(exist_ok=True)
@@ -198,10 +200,10 @@ def run_fidelity(pair) -> None:
     done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=FIDELITY_COLUMNS)
     ghn = untrained_ghn(space, data)
     for k in (30, FIDELITY_K):
-        if ((done["pair"] == pair.name) & (done["k"] == k)).any():
-            continue
         y = table[f"tse_k{k}"].to_numpy(dtype=np.float64)
-        keep = np.isfinite(y)
+        keep = np.isfinite(y)  # a label whose training diverged is dropped, as ensure_ranker does
+        if ((done["pair"] == pair.name) & (done["k"] == k) & (done["labels"] == keep.sum())).any():
+            continue
         ranker = fit_ranker(ghn, [g for g, ok in zip(graphs, keep) if ok], y[keep], RankerConfig(), progress=False)
         score = ranker.standardised(valid)
         row = {"pair": pair.name, "held_out": pair.held_out, "k": k, "labels": int(keep.sum()),
@@ -254,10 +256,45 @@ def report() -> pd.DataFrame:
         text += ["## Labels bought in purchases of 50: where each margin stops", "",
                  stops.round(3).to_markdown(index=False), "", "Means by held-out status:", "",
                  means.mean().round(3).to_markdown(), ""]
+    if (OUT / "fidelity.csv").exists():
+        text += fidelity_report(refs)
     (OUT / "summary.md").write_text("\n".join(text))
     _figure(table, refs, OUT / "kendall_by_labels")
     print("\n".join(text))
     return table
+
+
+def _label_cpu_700(pair: str) -> float:
+    """Label CPU-s of the 700 30-step labels the suite's ranker was fitted on (the pair's timed mean where a
+    label's time was not kept)."""
+    pair_obj = _pairs()[pair]
+    folder = ROOT / pair
+    sec = pd.read_csv(folder / f"ranker_labels_k30_s{pair_obj.label_seeds[0]}.csv", usecols=["seconds"])["seconds"]
+    if sec.isna().any():
+        kept = [pd.read_csv(f, usecols=["seconds"])["seconds"] for f in folder.glob("ranker_labels_k30_s*.csv")]
+        sec = sec.fillna(float(pd.concat(kept).dropna().mean()))
+    return float(sec.iloc[:700].sum())
+
+
+def fidelity_report(refs: pd.DataFrame) -> list[str]:
+    """Markdown lines of the fidelity rounds: Kendall tau and label CPU-s per pair, labels x steps, beside the
+    700-label ranker of 30-step labels; ``fidelity_summary.csv`` beside it."""
+    fits = pd.read_csv(OUT / "fidelity.csv")
+    fits["recipe"] = fits["labels"].map(lambda n: f"{(n + 25) // 50 * 50}") + " x " + fits["k"].astype(str)
+    tau = fits.pivot_table(index="pair", columns="recipe", values="kendall")
+    cpu = fits.pivot_table(index="pair", columns="recipe", values="label_seconds")
+    tau["700 x 30"] = refs["ghn_noprior"].reindex(tau.index)
+    cpu["700 x 30"] = [_label_cpu_700(p) for p in cpu.index]
+    held = fits.groupby("pair")["held_out"].first()
+    wide = tau.round(3).astype(str) + " (" + cpu.round(0).astype("Int64").astype(str) + ")"
+    wide.insert(0, "held out", held.reindex(wide.index).map({True: "yes", False: ""}))
+    means = pd.DataFrame({"development": tau[~held.reindex(tau.index)].mean(), "held out": tau[held.reindex(
+        tau.index)].mean(), "all": tau.mean(), "pairs": tau.notna().sum(),
+        "label CPU-s (mean)": cpu.mean()}).T.round(3)
+    pd.concat({"kendall": tau, "label_seconds": cpu}, axis=1).to_csv(OUT / "fidelity_summary.csv")
+    return ["## Fewer, longer labels: Kendall tau (label CPU-s), labels x SGD steps per label", "",
+            wide.to_markdown(), "", "Means (a mean covers the pairs with a value in its column):", "",
+            means.to_markdown(), ""]
 
 
 def _figure(table: pd.DataFrame, refs: pd.DataFrame, path: Path) -> None:
@@ -298,7 +335,9 @@ def main() -> None:
     parser.add_argument("--purchases", action="store_true",
                         help="run the purchase loop (50 labels at a time) of the first --variants instead")
     parser.add_argument("--fidelity", action="store_true",
-                        help=f"fit on {FIDELITY_LABELS} labels of 30 and of {FIDELITY_K} SGD steps instead")
+                        help=f"fit on --fidelity-labels labels of 30 and of {FIDELITY_K} SGD steps instead")
+    parser.add_argument("--fidelity-labels", type=int, default=FIDELITY_LABELS, metavar="N",
+                        help=f"labels of the fidelity fits (default {FIDELITY_LABELS})")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -310,7 +349,7 @@ def main() -> None:
     if not args.report:
         for name in args.pairs:
             if args.fidelity:
-                run_fidelity(pairs[name])
+                run_fidelity(pairs[name], args.fidelity_labels)
             elif args.purchases:
                 run_purchases(pairs[name], args.variants[0])
             else:
