@@ -862,8 +862,8 @@ def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
     rank, _ = small_campaign(out, None, rank_by="ranker").open()
     for overrides, fragment in (
         ({"rank_by": "loss"}, "rank_by: stored 'ranker', requested 'loss'"),
-        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_k: stored 30, requested 5"),
-        ({"rank_by": "ranker", "ranker_labels": 50}, "ranker_labels: stored 700, requested 50"),
+        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_k: stored 100, requested 5"),
+        ({"rank_by": "ranker", "ranker_labels": 50}, "ranker_labels: stored 300, requested 50"),
     ):
         with pytest.raises(StorageError) as err:
             small_campaign(out, None, **overrides).open()
