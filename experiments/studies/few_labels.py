@@ -313,7 +313,7 @@ def _figure(table: pd.DataFrame, refs: pd.DataFrame, path: Path) -> None:
         if set(wide.columns) != set(pairs) or wide.isna().any().any():
             continue  # a variant run on fewer pairs is not comparable on this mean
         ax.plot(wide.index, wide.mean(axis=1), marker="o", label=f"{variant} (3 label samples per point)")
-    ax.axhline(refs.loc[pairs, "ghn_noprior"].mean(), color="black", ls="--", lw=1, label="700 labels (the default)")
+    ax.axhline(refs.loc[pairs, "ghn_noprior"].mean(), color="black", ls="--", lw=1, label="700 labels of 30 steps (the former default)")
     stops = OUT / "stopping_points.csv"
     if stops.exists():
         st = pd.read_csv(stops)
@@ -321,7 +321,17 @@ def _figure(table: pd.DataFrame, refs: pd.DataFrame, path: Path) -> None:
         if len(st) == len(pairs):
             ax.plot(st["labels"].mean(), st["kendall"].mean(), marker="*", ms=12, ls="none", color="tab:red",
                     label="labels bought 50 at a time (margin 0.02)")
-    ax.set_xlabel("labels (short trainings of 30 SGD steps)")
+    fidelity = OUT / "fidelity.csv"
+    if fidelity.exists():  # the fidelity rounds: one label sample per pair, 150 and 300 labels
+        fid = pd.read_csv(fidelity)
+        fid = fid[fid["pair"].isin(pairs)]
+        for k, marker, color in ((30, "s", "tab:gray"), (100, "D", "tab:purple")):
+            wide = fid[fid["k"] == k].pivot_table(index="labels", columns="pair", values="kendall")
+            wide = wide[wide.notna().sum(axis=1) == len(pairs)]
+            if len(wide):
+                ax.plot(wide.index, wide.mean(axis=1), marker=marker, ls=":", color=color,
+                        label=f"labels of {k} SGD steps (fidelity rounds, 1 sample)")
+    ax.set_xlabel("labels (short trainings of 30 SGD steps unless marked)")
     ax.set_ylabel(f"Kendall tau vs 3-epoch training\n(mean of {len(pairs)} pairs; higher is better)")
     ax.legend(fontsize=7, loc="lower right")
     save_figure(fig, path)
