@@ -215,6 +215,35 @@ def run_fidelity(pair, n: int = FIDELITY_LABELS) -> None:
         pd.DataFrame([row], columns=FIDELITY_COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
 
 
+#: Architectures per pair timed at both step counts by ``--timing``.
+TIMING_ARCHS = 12
+
+
+def run_timing(pair) -> None:
+    """CPU-seconds of a 30-step and a :data:`FIDELITY_K`-step label of the pair's first :data:`TIMING_ARCHS`
+    label architectures, trained alternately in this process (one torch thread): ``timing.csv``."""
+    import time
+
+    from nas.ghn import tse_label
+
+    out = OUT / "timing.csv"
+    if out.exists() and (pd.read_csv(out)["pair"] == pair.name).any():
+        return
+    _, data, labels, _, _ = _setting(pair)
+    rows = []
+    for j in labels["graph"][:TIMING_ARCHS]:
+        graph = ArchGraph.from_json(j)
+        for k in (30, FIDELITY_K):
+            start = time.process_time()
+            tse_label(graph, data, k, pair.label_seeds[0])
+            rows.append({"pair": pair.name, "held_out": pair.held_out, "key": graph.key, "k": k,
+                         "cpu_seconds": time.process_time() - start})
+    frame = pd.DataFrame(rows)
+    frame.to_csv(out, mode="a", header=not out.exists(), index=False)
+    mean = frame.groupby("k")["cpu_seconds"].mean()
+    logger.info("%s timing: %.2f CPU-s at 30 steps, %.2f at %d", pair.name, mean[30], mean[FIDELITY_K], FIDELITY_K)
+
+
 def stopping_points(purchases: pd.DataFrame) -> pd.DataFrame:
     """Where each margin of :data:`MARGINS` stops the purchase loop, per pair and variant (the row it keeps)."""
     rows = []
@@ -313,7 +342,8 @@ def _figure(table: pd.DataFrame, refs: pd.DataFrame, path: Path) -> None:
         if set(wide.columns) != set(pairs) or wide.isna().any().any():
             continue  # a variant run on fewer pairs is not comparable on this mean
         ax.plot(wide.index, wide.mean(axis=1), marker="o", label=f"{variant} (3 label samples per point)")
-    ax.axhline(refs.loc[pairs, "ghn_noprior"].mean(), color="black", ls="--", lw=1, label="700 labels of 30 steps (the former default)")
+    ax.axhline(refs.loc[pairs, "ghn_noprior"].mean(), color="black", ls="--", lw=1,
+               label="700 labels of 30 steps (the former default)")
     stops = OUT / "stopping_points.csv"
     if stops.exists():
         st = pd.read_csv(stops)
@@ -346,6 +376,8 @@ def main() -> None:
                         help="run the purchase loop (50 labels at a time) of the first --variants instead")
     parser.add_argument("--fidelity", action="store_true",
                         help=f"fit on --fidelity-labels labels of 30 and of {FIDELITY_K} SGD steps instead")
+    parser.add_argument("--timing", action="store_true",
+                        help=f"time {TIMING_ARCHS} labels of each pair at 30 and {FIDELITY_K} steps instead")
     parser.add_argument("--fidelity-labels", type=int, default=FIDELITY_LABELS, metavar="N",
                         help=f"labels of the fidelity fits (default {FIDELITY_LABELS})")
     args = parser.parse_args()
@@ -358,7 +390,9 @@ def main() -> None:
         raise SystemExit(f"unknown pairs {unknown}; valid: {', '.join(pairs)}")
     if not args.report:
         for name in args.pairs:
-            if args.fidelity:
+            if args.timing:
+                run_timing(pairs[name])
+            elif args.fidelity:
                 run_fidelity(pairs[name], args.fidelity_labels)
             elif args.purchases:
                 run_purchases(pairs[name], args.variants[0])
