@@ -810,10 +810,9 @@ def test_rank_by_short_trains_each_candidate_briefly_once_and_resumes(
     from nas.ghn import tse_label
 
     out = tmp_path / "run"
-    # No rank_by: 8 trials cost less to train for 2 steps than the ranker's 20 labels would. The ranker's
-    # label steps (ranker_k) do not set the candidates' (short_k).
-    campaign = small_campaign(out, ghn_path, rank_by=None, ranker_labels=20, ranker_k=7, short_k=2, trials=8,
-                              batch_size=4, top_k=2, label_workers=2, self_check=3, self_check_epochs=0.1)
+    # No rank_by: 8 trials cost less to train for 2 steps than the ranker's 20 labels would.
+    campaign = small_campaign(out, ghn_path, rank_by=None, ranker_labels=20, ranker_k=2, trials=8, batch_size=4,
+                              top_k=2, label_workers=2, self_check=3, self_check_epochs=0.1)
     assert campaign.config.rank_by == "short" and campaign.config.refine == 0
     result = campaign.run()
     assert result.rank_by == "short" and result.ranker is None
@@ -848,14 +847,14 @@ def test_rank_by_short_trains_each_candidate_briefly_once_and_resumes(
 
     real, counting.calls = nas.ghn._ranker._short_training_loss, 0
     monkeypatch.setattr(nas.ghn._ranker, "_short_training_loss", counting)
-    more = small_campaign(out, ghn_path, rank_by="short", ranker_labels=20, short_k=2, trials=12, batch_size=4,
+    more = small_campaign(out, ghn_path, rank_by="short", ranker_labels=20, ranker_k=2, trials=12, batch_size=4,
                           top_k=2)
     more.rank()
     after = pd.read_csv(out / "rank_tse.csv")
     assert counting.calls == len(after) - len(every) > 0 and after["key"].is_unique
     # The default would now resolve to the ranker (12 > 10 labels): the stored campaign names its own way.
     with pytest.raises(StorageError, match="rank_by: stored 'short', requested 'ranker'"):
-        small_campaign(out, ghn_path, rank_by=None, ranker_labels=10, short_k=2, trials=12).open()
+        small_campaign(out, ghn_path, rank_by=None, ranker_labels=10, ranker_k=2, trials=12).open()
 
 
 def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
@@ -863,8 +862,8 @@ def test_changing_rank_by_on_resume_is_refused(tmp_path: Path) -> None:
     rank, _ = small_campaign(out, None, rank_by="ranker").open()
     for overrides, fragment in (
         ({"rank_by": "loss"}, "rank_by: stored 'ranker', requested 'loss'"),
-        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_k: stored 100, requested 5"),
-        ({"rank_by": "ranker", "ranker_labels": 50}, "ranker_labels: stored 300, requested 50"),
+        ({"rank_by": "ranker", "ranker_k": 5}, "ranker_k: stored 30, requested 5"),
+        ({"rank_by": "ranker", "ranker_labels": 50}, "ranker_labels: stored 700, requested 50"),
     ):
         with pytest.raises(StorageError) as err:
             small_campaign(out, None, **overrides).open()

@@ -23,7 +23,6 @@ CHANGED: dict[str, Any] = {
     "ranker": ["a.pt", "b.pt"],
     "ranker_labels": 9,
     "ranker_k": 5,
-    "short_k": 6,
     "label_batch": 3,
     "label_margin": 0.05,
     "label_seconds": 60.0,
@@ -59,12 +58,10 @@ CHANGED: dict[str, Any] = {
 #: `nas search`'s flags): `nas demo` must rank and pick the same
 #: (the latency settings came later and act only with `objectives="loss,latency"`; `rank_by` became
 #: ``None``, resolved by the trial count, with round 3 of the ranking suite; the ranker's labels are bought
-#: in purchases since the few-label study, ``label_*``; its fidelity rounds made the labels 300 of 100 steps,
-#: and short training kept its 30 steps as ``short_k``).
+#: in purchases since the few-label study, ``label_*``).
 OLD_DEFAULTS: dict[str, Any] = {
     "space": "nb201", "space_args": {}, "dataset": "mnist5k", "data_seed": 0, "ghn": None, "ghn_steps": None,
-    "rank_by": None, "ranker": None, "ranker_labels": 300, "ranker_k": 100, "short_k": 30, "label_workers": 1,
-    "queue_labels": False,
+    "rank_by": None, "ranker": None, "ranker_labels": 700, "ranker_k": 30, "label_workers": 1, "queue_labels": False,
     "label_batch": None, "label_margin": 0.02, "label_seconds": None, "trials": 300,
     "refine": None, "refine_trials": None, "sampler": "tpe", "objectives": "loss", "latency_pool": 32,
     "latency_batch_size": 1, "batch_size": 32,
@@ -163,9 +160,9 @@ def test_resolved_defaults_depend_on_the_ranking_as_before() -> None:
 @pytest.mark.parametrize(
     "values, rank_by",
     [
-        ({}, "short"),  # 300 trials cost less to train briefly than 300 labels of 100 steps
-        ({"trials": 300}, "short"),
-        ({"trials": 301}, "ranker"),
+        ({}, "short"),  # 300 trials cost less to train briefly than 700 labels
+        ({"trials": 700}, "short"),
+        ({"trials": 701}, "ranker"),
         ({"trials": 50, "ranker_labels": 40}, "ranker"),
         ({"trials": 10, "ranker": "r.pt"}, "ranker"),  # a fitted ranker costs nothing more
         ({"trials": 5000, "rank_by": "short"}, "short"),
@@ -186,22 +183,8 @@ def test_rank_by_defaults_to_short_training_when_it_costs_no_more_than_the_label
 
 def test_short_training_keeps_its_steps_in_the_identity_and_drops_the_labels() -> None:
     short = CampaignConfig(rank_by="short").identity()
-    assert short["short_k"] == 30 and short["ranker_k"] is None and short["ranker_labels"] is None
-    ranker = CampaignConfig(rank_by="ranker").identity()
-    assert (ranker["ranker_labels"], ranker["ranker_k"], ranker["short_k"]) == (300, 100, None)
-    loss = CampaignConfig(rank_by="loss").identity()
-    assert loss["ranker_k"] is None and loss["short_k"] is None
-
-
-def test_a_campaign_stored_when_one_step_count_served_both_keeps_its_short_training_steps() -> None:
-    """Before ``short_k``, ``ranker_k`` also set short training's steps: such a stored campaign reads them so."""
-    from nas.campaign._campaign import _FORMAT
-
-    old = CampaignConfig(rank_by="short", ranker_k=10).to_dict()
-    del old["short_k"]
-    stored = stored_campaign_config({"format": _FORMAT, "config": old})
-    assert (stored.short_k, stored.ranker_k) == (10, 10)
-    assert CampaignConfig.from_dict(old).short_k == 30  # a config file names its settings: no migration
+    assert short["ranker_k"] == 30 and short["ranker_labels"] is None
+    assert CampaignConfig(rank_by="loss").identity()["ranker_k"] is None
 
 
 def test_demo_settings_are_unchanged() -> None:
@@ -211,7 +194,7 @@ def test_demo_settings_are_unchanged() -> None:
     demo = CampaignConfig(**DEMO).resolved()
     old = {  # nas demo before CampaignConfig: its DEMO dict over Campaign's defaults
         **OLD_DEFAULTS, "trials": 300, "top_k": 3, "finetune_epochs": 2.0, "self_check": 8, "self_check_epochs": 1.0,
-        "batch_size": 50, "ranker_labels": 150, "ranker_k": 100, "label_workers": 2, "ghn_steps": 400,
+        "batch_size": 50, "ranker_labels": 700, "ranker_k": 30, "label_workers": 2, "ghn_steps": 400,
         "out": "runs/demo", "refine": 3, "refine_trials": 300, "pick": "rank", "rank_by": "ranker",
     }
     assert demo.to_dict() == old

@@ -343,7 +343,7 @@ def _figure(table: pd.DataFrame, refs: pd.DataFrame, path: Path) -> None:
             continue  # a variant run on fewer pairs is not comparable on this mean
         ax.plot(wide.index, wide.mean(axis=1), marker="o", label=f"{variant} (3 label samples per point)")
     ax.axhline(refs.loc[pairs, "ghn_noprior"].mean(), color="black", ls="--", lw=1,
-               label="700 labels of 30 steps (the former default)")
+               label="700 labels of 30 steps (the default)")
     stops = OUT / "stopping_points.csv"
     if stops.exists():
         st = pd.read_csv(stops)

@@ -199,7 +199,7 @@ def _short_training_summary(path: Path, config: CampaignConfig, keys: Any) -> di
     """
     runs = pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame(columns=["key", "seconds"])
     runs = runs[runs["key"].isin(set(keys))]
-    return {"trained": len(runs), "k": config.short_k, "seconds": float(pd.to_numeric(runs["seconds"]).sum()),
+    return {"trained": len(runs), "k": config.ranker_k, "seconds": float(pd.to_numeric(runs["seconds"]).sum()),
             "labels": config.ranker_labels}
 
 
@@ -488,12 +488,12 @@ class Campaign:
         return self._ranker
 
     def short_training(self) -> ShortTrainingScore:
-        """The scorer of ``rank_by="short"``: each candidate's TSE after ``short_k`` steps (``OUT/rank_tse.csv``).
+        """The scorer of ``rank_by="short"``: each candidate's TSE after ``ranker_k`` steps (``OUT/rank_tse.csv``).
 
         Trained by ``label_workers`` processes, or through the labels' queue with ``queue_labels``.
         """
         config = self.config
-        return ShortTrainingScore(self.data, k=config.short_k, seed=config.seed, cache=self.out / SHORT_TRAINING_FILE,
+        return ShortTrainingScore(self.data, k=config.ranker_k, seed=config.seed, cache=self.out / SHORT_TRAINING_FILE,
                                   workers=config.label_workers, queue=self._label_queue(), progress=config.progress)
 
     def _ranker_sources(self) -> list[Any] | Any | None:
@@ -1109,10 +1109,7 @@ def stored_campaign_config(info: Any) -> CampaignConfig | None:
     if not isinstance(info, dict):
         return None
     if info.get("format") == _FORMAT:
-        stored = dict(info["config"])
-        if "short_k" not in stored and "ranker_k" in stored:  # stored when one step count served both
-            stored["short_k"] = stored["ranker_k"]
-        return CampaignConfig.from_dict(stored)
+        return CampaignConfig.from_dict(info["config"])
     if info.get("format") != 1:
         return None
     space_info = info.get("space_info") or {}
@@ -1142,7 +1139,6 @@ def stored_campaign_config(info: Any) -> CampaignConfig | None:
         "ranker": ranker,
         "ranker_labels": int(labels.get("n", CampaignConfig.ranker_labels)),
         "ranker_k": int(labels.get("k", CampaignConfig.ranker_k)),
-        "short_k": int(labels.get("k", CampaignConfig.short_k)),  # one step count served both before
         "sampler": info.get("sampler") if info.get("sampler") in SAMPLERS else CampaignConfig.sampler,
     })
 

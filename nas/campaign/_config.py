@@ -91,8 +91,8 @@ class CampaignConfig:
         ranker: Path of a ranker checkpoint, a list of them (ranked by their
             mean), or ``None`` to fit one into ``<out>/ranker.pt``.
         ranker_labels: The most architectures trained briefly to fit that ranker (at least 4).
-        ranker_k: SGD steps of each of those short trainings.
-        short_k: SGD steps of each candidate's short training with ``rank_by="short"``.
+        ranker_k: SGD steps of each of those short trainings (and of each candidate's
+            with ``rank_by="short"``).
         label_batch: Labels bought per purchase, the ranker refitted after each;
             ``None`` (the default) buys all ``ranker_labels`` at once.
         label_margin: Buying stops when a purchase lifts the ranker's cross-validated
@@ -160,12 +160,10 @@ class CampaignConfig:
     ranker: str | list[str] | None = _setting(
         None, "ranker checkpoint (default: fit one into OUT/ranker.pt; with --rank-by ranker only); repeat it to "
         "rank by the mean of several rankers", "ranking", metavar="PATH")
-    ranker_labels: int = _setting(300, "architectures trained briefly to fit the ranker when --ranker is not "
+    ranker_labels: int = _setting(700, "architectures trained briefly to fit the ranker when --ranker is not "
                                   "given", "ranking", metavar="N", identity=True)
-    ranker_k: int = _setting(100, "SGD steps of each of those short trainings", "ranking", metavar="K",
-                             identity=True)
-    short_k: int = _setting(30, "SGD steps of each candidate's short training with --rank-by short", "ranking",
-                            metavar="K", identity=True)
+    ranker_k: int = _setting(30, "SGD steps of each of those short trainings (and of each candidate's with "
+                             "--rank-by short)", "ranking", metavar="K", identity=True)
     label_batch: int | None = _setting(None, "buy the ranker's labels N at a time, refitting it after each purchase, "
                                        "until --label-margin / --label-seconds stop it (default: all at once)",
                                        "ranking", metavar="N")
@@ -259,7 +257,6 @@ class CampaignConfig:
                 f"`ranker_labels` must be an int of at least {MIN_RANKER_LABELS}, but got {self.ranker_labels!r}."
             )
         _positive_int("ranker_k", self.ranker_k)
-        _positive_int("short_k", self.short_k)
         if self.label_batch == 0:
             set_(self, "label_batch", None)
         if self.label_batch is not None:
@@ -339,7 +336,7 @@ class CampaignConfig:
         """A copy whose ``None`` defaults that depend on other settings are filled in.
 
         ``rank_by`` becomes ``"short"`` when no ``ranker`` is given and ``trials``
-        is at most ``ranker_labels`` (training each candidate for ``short_k``
+        is at most ``ranker_labels`` (training each candidate for ``ranker_k``
         steps then costs no more than the ranker's labels), else ``"ranker"``;
         ``refine`` becomes ``top_k`` when ranking by the ranker (else 0),
         ``refine_trials`` becomes ``trials``, ``self_check_epochs`` becomes
@@ -361,14 +358,14 @@ class CampaignConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that must agree for a process to join a stored campaign (see :data:`IDENTITY_KEYS`).
 
-        The ranker's labels (``ranker_labels``, ``ranker_k``) belong to it only when the
-        campaign ranks by the ranker, ``short_k`` only when it ranks by short training.
+        The ranker's labels belong to it only when the campaign ranks by the ranker;
+        their steps (``ranker_k``) also set short training's.
         """
         values = {name: getattr(self, name) for name in IDENTITY_KEYS}
         if self.rank_by != "ranker":
-            values["ranker_labels"] = values["ranker_k"] = None
-        if self.rank_by != "short":
-            values["short_k"] = None
+            values["ranker_labels"] = None
+        if self.rank_by not in ("ranker", "short"):
+            values["ranker_k"] = None
         return _normalise(values)
 
     # ------------------------------------------------------------ serialisation

@@ -13,8 +13,8 @@ space (define-by-run) and is told its *rank score* (lower is better), one of
   weights, no SGD (about 0.6 s per candidate on a CPU core);
 * ``"short"`` (the default of a campaign that scores no more candidates than
   the ranker has labels): the candidate's own short-training loss, the quantity
-  the ranker predicts, measured at ``short_k`` steps (:class:`ShortTrainingScore`;
-  about 1 s per candidate on a CPU core for the default 30 steps on digits).
+  the ranker predicts, measured (:class:`ShortTrainingScore`; one ranker label's
+  cost per candidate, about 1 s on a CPU core for 30 steps on digits).
 
 Trials are asked in batches, so one call of the scorer (``ranker.score``,
 ``ShortTrainingScore.score`` or ``ghn.evaluate``) scores many graphs; a candidate whose canonical key was
@@ -126,7 +126,7 @@ def resolve_sampler(sampler: str | BaseSampler, *, seed: int | None = None) -> B
 
 #: What ranks the candidates (``Campaign(rank_by=...)``, ``nas search --rank-by``) -> what the rank score is.
 RANK_BY: dict[str, str] = {
-    "short": "short-training loss of the candidate itself (TSE of short_k SGD steps)",
+    "short": "short-training loss of the candidate itself (TSE of ranker_k SGD steps)",
     "ranker": "short-training loss predicted by the GHN ranker (minus its log-FLOPs prior, if any)",
     "loss": "validation loss of the GHN-predicted weights",
 }

@@ -14,7 +14,7 @@ Example::
 
     nas train-ghn --space nb201 --dataset mnist5k --ghn-steps 400 --out runs/ghn.pt
     torchrun --standalone --nproc-per-node 2 -m nas train-ghn --space nb201 --dataset mnist5k --out runs/ghn.pt
-    nas fit-ranker --space nb201 --dataset mnist5k --ghn runs/ghn.pt --ranker-labels 300 --out runs/ranker.pt
+    nas fit-ranker --space nb201 --dataset mnist5k --ghn runs/ghn.pt --ranker-labels 700 --out runs/ranker.pt
 """
 
 from __future__ import annotations

@@ -51,9 +51,9 @@ STORAGE_ENV = "NAS_STORAGE"
 
 #: Settings of ``nas demo`` (a :class:`~nas.campaign.CampaignConfig` as a dict): nb201 on mnist5k,
 #: sized to stay under 15 minutes on 2 CPU cores. Measured single-thread CPU costs on the AMD EPYC
-#: development machine: ~0.33 s per GHN meta-training step (400 steps), ~3 s per ranker label (the
-#: recipe's 100 SGD steps; 150 labels, half the recipe's ``nas.ghn.RANKER_LABELS``, on 2 worker processes,
-#: ~4 min), ~30 s to fit the ranker on them, ~5 ms per rank trial (300 plus the refinement of
+#: development machine: ~0.33 s per GHN meta-training step (400 steps), ~1.1 s per ranker label (30 SGD
+#: steps; the recipe's ``nas.ghn.RANKER_LABELS``, capped at the 300 rank trials: 300 labels on 2 worker
+#: processes, ~3 min), ~45 s to fit the ranker on them, ~5 ms per rank trial (300 plus the refinement of
 #: the top 3), ~3 s per fine-tuning epoch (3 x 2) and ~7 s per self-check epoch (8 x 1), plus loading,
 #: held-out evaluation and plots.
 DEMO: dict[str, Any] = {
@@ -66,8 +66,8 @@ DEMO: dict[str, Any] = {
     "self_check_epochs": 1.0,
     "batch_size": 50,
     "rank_by": "ranker",
-    "ranker_labels": 150,
-    "ranker_k": 100,
+    "ranker_labels": 700,
+    "ranker_k": 30,
     "label_workers": 2,
     "ghn_steps": 400,
     "out": "runs/demo",
@@ -204,7 +204,7 @@ def add_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
         help="the demo: search nb201 on mnist5k end to end",
-        description="Meta-train a GHN (or reuse OUT/ghn.pt), fit the GHN ranker on 150 short trainings (or reuse "
+        description="Meta-train a GHN (or reuse OUT/ghn.pt), fit the GHN ranker on 700 short trainings (or reuse "
         "OUT/ranker.pt), rank 300 nb201 candidates on mnist5k with it, fine-tune the top 3 from their "
         "GHN-predicted weights, run a self-check and write tables and plots into OUT (sized for about 15 minutes "
         "on 2 CPU cores).",

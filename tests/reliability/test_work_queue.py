@@ -138,7 +138,7 @@ def test_correlate_ground_truth_on_journal_file_with_three_workers(tmp_path: Pat
 # ---------------------------------------------------------------- a campaign's labels over two processes
 
 SEARCH = ["search", "--space", "nb201", "--space-arg", "C=4", "--space-arg", "N=1", "--dataset", "digits",
-          "--ranker-labels", "10", "--ranker-k", "5", "--short-k", "5", "--top-k", "1", "--finetune-epochs", "0.02",
+          "--ranker-labels", "10", "--ranker-k", "5", "--top-k", "1", "--finetune-epochs", "0.02",
           "--refine", "0", "--no-progress"]
 #: Per --rank-by: the trials, and the cache of short trainings the queue fills (10 ranker labels, or 10 candidates).
 RANK_MODES = {"ranker": (["--trials", "10", "--rank-by", "ranker"], "ranker_labels.csv"),
