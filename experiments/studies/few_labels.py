@@ -215,6 +215,27 @@ def run_fidelity(pair, n: int = FIDELITY_LABELS) -> None:
         pd.DataFrame([row], columns=FIDELITY_COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
 
 
+#: Label rows of the "next round" (rules in ``RESULTS.md``): 300 labels of 30 steps the fidelity fits never saw.
+ROWS = (300, 600)
+
+
+def run_rows(pair) -> None:
+    """Fit today's ranker on the 30-step labels of rows :data:`ROWS` of the pair's sample: ``rows.csv``."""
+    out = OUT / "rows.csv"
+    if out.exists() and (pd.read_csv(out)["pair"] == pair.name).any():
+        return
+    space, data, labels, valid, gt = _setting(pair)
+    rows = labels.iloc[ROWS[0]:ROWS[1]]
+    graphs = [ArchGraph.from_json(j) for j in rows["graph"]]
+    ranker = fit_ranker(untrained_ghn(space, data), graphs, rows["tse"].to_numpy(dtype=np.float64), RankerConfig(),
+                        progress=False)
+    tau = float(kendalltau(-ranker.standardised(valid), gt).statistic)
+    row = {"pair": pair.name, "held_out": pair.held_out, "first_row": ROWS[0], "labels": len(rows), "k": 30,
+           "kendall": tau, "cv_tau": ranker.cv_tau, "fit_seconds": ranker.label_info["fit_seconds"]}
+    pd.DataFrame([row]).to_csv(out, mode="a", header=not out.exists(), index=False)
+    logger.info("%s rows %d-%d: tau %.3f (cv %.3f)", pair.name, ROWS[0], ROWS[1] - 1, tau, ranker.cv_tau)
+
+
 #: Architectures per pair timed at both step counts by ``--timing``.
 TIMING_ARCHS = 12
 
@@ -376,6 +397,8 @@ def main() -> None:
                         help="run the purchase loop (50 labels at a time) of the first --variants instead")
     parser.add_argument("--fidelity", action="store_true",
                         help=f"fit on --fidelity-labels labels of 30 and of {FIDELITY_K} SGD steps instead")
+    parser.add_argument("--rows", action="store_true",
+                        help=f"fit on the 30-step labels of rows {ROWS[0]}-{ROWS[1] - 1} instead (the next round)")
     parser.add_argument("--timing", action="store_true",
                         help=f"time {TIMING_ARCHS} labels of each pair at 30 and {FIDELITY_K} steps instead")
     parser.add_argument("--fidelity-labels", type=int, default=FIDELITY_LABELS, metavar="N",
@@ -390,7 +413,9 @@ def main() -> None:
         raise SystemExit(f"unknown pairs {unknown}; valid: {', '.join(pairs)}")
     if not args.report:
         for name in args.pairs:
-            if args.timing:
+            if args.rows:
+                run_rows(pairs[name])
+            elif args.timing:
                 run_timing(pairs[name])
             elif args.fidelity:
                 run_fidelity(pairs[name], args.fidelity_labels)
