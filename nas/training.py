@@ -54,6 +54,14 @@ def check_seed(name: str, value: Any) -> int:
     return value
 
 
+def check_non_negative(name: str, value: Any) -> float:
+    """``value`` if it is a finite number ``>= 0`` (a bool is not a number here), else a ``ValueError`` naming
+    ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"`{name}` must be a non-negative number, but got {value!r}.")
+    return value
+
+
 def _cosine(optimizer: Optimizer, total_steps: int) -> LRScheduler:
     return CosineAnnealingLR(optimizer, T_max=total_steps)
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from nas.data import Dataset, load_dataset
-from nas.training import TrainConfig, TrainResult, evaluate, train
+from nas.training import TrainConfig, TrainResult, check_non_negative, evaluate, train
 
 
 @pytest.fixture(scope="module")
@@ -426,3 +426,21 @@ def test_step_hook_stops_training_and_the_result_says_so(digits: Dataset) -> Non
     # Asking to stop after the last step is no early stop.
     last = train_graph(graph, digits, TrainConfig(steps=12, seed=3), on_step=lambda step, _: step == 12)
     assert not last.stopped and last.steps == 12 and last.val_acc == full.val_acc
+
+
+@pytest.mark.parametrize("value", [0, 0.5, 3])
+def test_check_non_negative_returns_a_valid_number(value):
+    assert check_non_negative("margin", value) == value
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), True, "0.1", None])
+def test_check_non_negative_names_the_setting_and_value(value):
+    with pytest.raises(ValueError, match=r"`margin` must be a non-negative number, but got"):
+        check_non_negative("margin", value)
+
+
+def test_ensure_ranker_refuses_an_infinite_label_budget(tmp_path):
+    from nas.ghn import ensure_ranker
+
+    with pytest.raises(ValueError, match=r"`label_seconds` must be a non-negative number, but got inf"):
+        ensure_ranker(None, None, None, path=tmp_path / "ranker.pt", label_seconds=float("inf"))

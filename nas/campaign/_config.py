@@ -28,7 +28,7 @@ from typing import Any
 from nas.campaign._finetune import FINETUNE_METRICS
 from nas.campaign._rank import OBJECTIVES, RANK_BY, SAMPLERS, resolve_objectives, resolve_rank_by
 from nas.campaign._report import PICKS
-from nas.training import check_seed
+from nas.training import check_non_negative, check_seed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -262,10 +262,8 @@ class CampaignConfig:
         if self.label_batch is not None:
             _positive_int("label_batch", self.label_batch)
         for name in ("label_margin", "label_seconds"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not (math.isfinite(value) and value >= 0)):
-                raise ValueError(f"`{name}` must be a non-negative number, but got {value!r}.")
+            if getattr(self, name) is not None:
+                check_non_negative(name, getattr(self, name))
         _positive_int("label_workers", self.label_workers)
         if not isinstance(self.queue_labels, bool):
             raise ValueError(f"`queue_labels` must be true or false, but got {self.queue_labels!r}.")

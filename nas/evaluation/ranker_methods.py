@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from nas.evaluation.ghn_variants import GHNRankerScorer, LabelRegressorScorer
 from nas.evaluation.scorers import Scorer
+from nas.training import check_non_negative
 
 if TYPE_CHECKING:
     from nas.data import Dataset
@@ -102,9 +103,7 @@ class LabelRecipe:
         if self.batch is not None and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
                                        or self.batch < 1):
             raise ValueError(f"`batch` must be a positive int or None, but got {self.batch!r}.")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not (
-                math.isfinite(self.margin) and self.margin >= 0):
-            raise ValueError(f"`margin` must be a non-negative number, but got {self.margin!r}.")
+        check_non_negative("margin", self.margin)
 
     @classmethod
     def default(cls, seed: int = 1) -> LabelRecipe:

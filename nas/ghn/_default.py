@@ -25,6 +25,7 @@ from nas.ghn._meta_train import MetaTrainConfig, meta_train
 from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._ranker import GHNRanker, RankerConfig, fit_ranker, label_seconds, short_training_labels
 from nas.graph import ArchGraph
+from nas.training import check_non_negative
 
 if TYPE_CHECKING:
     from nas.data import Dataset
@@ -246,9 +247,8 @@ def ensure_ranker(
                                     or label_batch < 1):
         raise ValueError(f"`label_batch` must be a positive int or None, but got {label_batch!r}.")
     for name, value in (("label_margin", label_margin), ("label_seconds", label_seconds)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not value >= 0):
-            raise ValueError(f"`{name}` must be a non-negative number, but got {value!r}.")
+        if value is not None:
+            check_non_negative(name, value)
     config = config or RankerConfig(seed=seed)
     if ghn is None:
         if config.pretrained:

@@ -76,6 +76,7 @@ from nas.exceptions import CheckpointError
 from nas.ghn._checkpoint import read_checkpoint, write_checkpoint
 from nas.ghn._model import GHN, GHNConfig
 from nas.graph import ArchGraph
+from nas.training import check_non_negative
 
 if TYPE_CHECKING:
     from nas.data import Dataset
@@ -133,10 +134,7 @@ class RankerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, but got {value!r}.")
-        if isinstance(self.flops_weight, bool) or not isinstance(self.flops_weight, (int, float)) or not (
-            math.isfinite(self.flops_weight) and self.flops_weight >= 0
-        ):
-            raise ValueError(f"`flops_weight` must be a non-negative number, but got {self.flops_weight!r}.")
+        check_non_negative("flops_weight", self.flops_weight)
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < (0 if name != "lr" else 1e-12):
