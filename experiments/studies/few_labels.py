@@ -11,6 +11,8 @@ proxy scores, and pretraining the graph network on the free features of 1,000 un
 None passed the study's rule, so the library dropped them; their code and this script's runs of them
 are at commit e8d41e0 (``git show e8d41e0:experiments/studies/few_labels.py``); their rows stay in the
 fits files.
+The proxy-features round (``--omni``: the ``zc`` features at 150 labels of 30 or 100 steps) ran with that
+feature code restored; it did not pass either, so ``--omni`` runs only at commit c4c1541, where the code is.
 
 Resumable: every fit is one row of ``experiments/results/few_labels/<pair>_fits.csv``, appended as it finishes;
 the proxy features of each pair that the ``zc`` variant read are in ``<pair>_features.csv``.
@@ -279,7 +281,11 @@ PROXY_TIMING_ARCHS = 50
 
 def _features(pair_name: str, graphs: list[ArchGraph], data) -> pd.DataFrame:
     """Free and proxy features of ``graphs``, cached per pair in ``<pair>_features.csv`` (missing keys only)."""
-    from nas.ghn import graph_features
+    try:
+        from nas.ghn import graph_features
+    except ImportError:
+        raise SystemExit("--omni needs the ranker's feature code, which left the library after the round; "
+                         "run it at commit c4c1541") from None
 
     path = OUT / f"{pair_name}_features.csv"
     have = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["key", *FREE, *PROXIES])

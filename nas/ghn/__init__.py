@@ -55,12 +55,10 @@ from nas.ghn._model import GHN, GHNConfig
 from nas.ghn._predicted import calibrate_batch_norm
 from nas.ghn._protocol import Ranker
 from nas.ghn._ranker import (
-    FEATURES,
     RANKER_FORMAT,
     GHNRanker,
     RankerConfig,
     fit_ranker,
-    graph_features,
     label_seconds,
     log_flops,
     short_training_labels,
@@ -74,9 +72,7 @@ from nas.ghn.pyg import NODE_FEATURES, to_pyg
 __all__ = [
     "GHN",
     "GHNConfig",
-    "FEATURES",
     "GHNRanker",
-    "graph_features",
     "GHN_FORMAT",
     "GatedDAGConv",
     "IDENTITY_KEYS",

@@ -82,7 +82,7 @@ if TYPE_CHECKING:
     from nas.space import SearchSpace
 
 __all__ = [
-    "FEATURES", "GHNRanker", "RankerConfig", "fit_ranker", "graph_features", "label_seconds", "log_flops", "short_training_labels",
+    "GHNRanker", "RankerConfig", "fit_ranker", "label_seconds", "log_flops", "short_training_labels",
     "with_flops_prior",
 ]
 
@@ -91,41 +91,6 @@ logger = logging.getLogger(__name__)
 #: ``format`` of a ranker checkpoint (a GHN checkpoint has another).
 RANKER_FORMAT = "ghn-nas/ranker"
 RANKER_VERSION = 1
-
-
-#: Losses :func:`fit_ranker` can fit with.
-LOSSES = ("mse", "pairwise")
-#: Features free of any data (read off the graph).
-FREE_FEATURES = ("log_flops", "log_params")
-#: Every per-graph feature :class:`RankerConfig` can name: the free ones and the zero-cost proxies.
-FEATURES = (*FREE_FEATURES, "snip", "synflow", "grad_norm", "naswot", "jacob_cov")
-
-
-def graph_features(graphs: Sequence[ArchGraph], names: Sequence[str], data: Dataset | None = None) -> np.ndarray:
-    """Per-graph features ``[B, F]`` for :class:`RankerConfig`'s ``features``.
-
-    ``log_flops`` and ``log_params`` are read off the graph; a proxy name scores the
-    graph at its seeded random initialisation (:class:`nas.evaluation.ProxyScorer`'s
-    defaults) and is taken as ``sign(x) log(1 + |x|)``, since proxies span decades.
-
-    Raises:
-        ValueError: A proxy is named but ``data`` is ``None``.
-    """
-    graphs = list(graphs)
-    columns = []
-    for name in names:
-        if name == "log_flops":
-            columns.append(log_flops(graphs))
-        elif name == "log_params":
-            columns.append(np.log(np.array([max(g.num_params(), 1) for g in graphs], dtype=np.float64)))
-        else:
-            if data is None:
-                raise ValueError(f"feature {name!r} is a zero-cost proxy and needs the dataset, but got `data=None`.")
-            from nas.evaluation.proxies import ProxyScorer
-
-            x = np.array(ProxyScorer(name).score(graphs, data), dtype=np.float64)
-            columns.append(np.sign(x) * np.log1p(np.abs(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))))
-    return np.stack(columns, axis=1) if columns else np.zeros((len(graphs), 0))
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -149,15 +114,6 @@ class RankerConfig:
             TSE); ``0``, the default, scores by the predicted TSE alone. Round 3
             of the ranking suite chose 0 over 0.5 (mean Kendall tau 0.795 against
             0.755 over ten space / dataset pairs; 0.5 ranks better on nb201 / mnist5k).
-        loss: ``"mse"`` (mean squared error on the standardised labels) or
-            ``"pairwise"`` (a logistic loss on every pair of a minibatch whose labels
-            differ: only the order of the predictions is fitted).
-        features: Per-graph features the head reads beside the pooled graph
-            embedding (names of :data:`FEATURES`; proxies need the dataset).
-        pretrain_graphs: Unlabelled architectures on whose log FLOPs and log
-            parameters the graph network is fitted first (targets that need no
-            training; ``0`` skips the step).
-        pretrain_epochs: Passes over them.
         seed: Seed of splits, initialisation and batch order.
     """
 
@@ -170,23 +126,9 @@ class RankerConfig:
     val_fraction: float = 0.2
     pretrained: bool = False
     flops_weight: float = 0.0
-    loss: str = "mse"
-    features: tuple[str, ...] = ()
-    pretrain_graphs: int = 0
-    pretrain_epochs: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"`loss` must be one of {', '.join(LOSSES)}, but got {self.loss!r}.")
-        self.features = tuple(self.features)
-        unknown = [f for f in self.features if f not in FEATURES]
-        if unknown:
-            raise ValueError(f"`features` has unknown names {unknown}; valid: {', '.join(FEATURES)}.")
-        for name in ("pretrain_graphs", "pretrain_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` must be a non-negative int, but got {value!r}.")
         for name in ("epochs", "batch_size", "head_hidden", "ensemble"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -207,25 +149,19 @@ class RankerConfig:
 class _Member(nn.Module):
     """One graph network (a GHN without its decoder's use) plus a regression head."""
 
-    def __init__(self, ghn: GHN, head_hidden: int, features: int = 0) -> None:
+    def __init__(self, ghn: GHN, head_hidden: int) -> None:
         super().__init__()
         self.ghn = ghn
         hidden = ghn.config.hidden
-        self.head = nn.Sequential(nn.Linear(2 * hidden + features, head_hidden), nn.ReLU(), nn.Linear(head_hidden, 1))
+        self.head = nn.Sequential(nn.Linear(2 * hidden, head_hidden), nn.ReLU(), nn.Linear(head_hidden, 1))
 
-    def embed(self, batch: Batch) -> Tensor:
-        """Mean- and max-pooled node states ``[B, 2 * hidden]``."""
+    def forward(self, batch: Batch) -> Tensor:
         h = self.ghn(batch)  # [N, hidden] node states
         B = int(batch.num_graphs)  # graphs
-        return torch.cat(
+        pooled = torch.cat(
             [scatter(h, batch.batch, 0, dim_size=B, reduce="mean"), scatter(h, batch.batch, 0, dim_size=B, reduce="max")],
             dim=1,
-        )
-
-    def forward(self, batch: Batch, features: Tensor | None = None) -> Tensor:
-        pooled = self.embed(batch)  # [B, 2 * hidden]
-        if features is not None and features.shape[1]:
-            pooled = torch.cat([pooled, features], dim=1)  # [B, 2 * hidden + F]
+        )  # [B, 2 * hidden]
         return self.head(pooled).squeeze(1)  # [B]
 
 
@@ -244,8 +180,6 @@ class GHNRanker(nn.Module):
         label_info: What the labels are (``{"target": "tse", "k": 30, "n": 600, ...}``).
         flops_mean: Mean log-FLOPs of the labelled architectures (for :meth:`score`).
         flops_std: Their standard deviation.
-        feature_mean: Mean of each of ``config.features`` over the labelled architectures.
-        feature_std: Their standard deviations.
 
     Shapes:
         - :meth:`predict`: ``B`` graphs -> ``[B]`` predicted labels.
@@ -263,14 +197,9 @@ class GHNRanker(nn.Module):
         label_info: dict[str, Any] | None = None,
         flops_mean: float = 0.0,
         flops_std: float = 1.0,
-        feature_mean: Sequence[float] = (),
-        feature_std: Sequence[float] = (),
     ) -> None:
         super().__init__()
         self.config = config
-        nf = len(config.features)
-        self.feature_mean = np.asarray(feature_mean if len(feature_mean) else np.zeros(nf), dtype=np.float64)
-        self.feature_std = np.asarray(feature_std if len(feature_std) else np.ones(nf), dtype=np.float64)
         self.flops_mean = float(flops_mean)
         self.flops_std = float(flops_std)
         self.space_info = dict(space_info)
@@ -283,7 +212,7 @@ class GHNRanker(nn.Module):
         #: those members' predictions (``nan`` when fewer than 3 labels were held out).
         self.cv_tau: float = math.nan
         self.members = nn.ModuleList(
-            _Member(GHN(ghn_config, space_info=space_info), config.head_hidden, nf) for _ in range(config.ensemble)
+            _Member(GHN(ghn_config, space_info=space_info), config.head_hidden) for _ in range(config.ensemble)
         )
 
     @property
@@ -291,14 +220,11 @@ class GHNRanker(nn.Module):
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def predict(self, graphs: Sequence[ArchGraph], *, data: Dataset | None = None, features: np.ndarray | None = None,
-                chunk: int = 512) -> np.ndarray:
+    def predict(self, graphs: Sequence[ArchGraph], *, chunk: int = 512) -> np.ndarray:
         """Predicted short-training loss of each graph (label units; lower is better).
 
         Args:
             graphs: The architectures.
-            data: The dataset, needed when ``config.features`` names a zero-cost proxy.
-            features: Their raw features ``[B, F]`` (:func:`graph_features`), if already computed.
             chunk: Graphs per forward pass.
 
         Returns:
@@ -306,26 +232,21 @@ class GHNRanker(nn.Module):
 
         Raises:
             CheckpointError: A graph has an op the GHN cannot read.
-            ValueError: A proxy feature and no ``data``.
         """
         graphs = list(graphs)
         self.eval()
         out = np.zeros(len(graphs))
-        raw = graph_features(graphs, self.config.features, data) if features is None else np.asarray(features)
-        feats = torch.tensor((raw - self.feature_mean) / self.feature_std, dtype=torch.float32)  # [B, F]
         for start in range(0, len(graphs), chunk):
             part = graphs[start : start + chunk]
             total = torch.zeros(len(part), dtype=torch.float64)
             # The members share one graph network config, so one conversion serves them all.
             batch = Batch.from_data_list([self.members[0].ghn.entry(g).data for g in part]).to(self.device)
-            f = feats[start : start + len(part)].to(self.device)
             for member in self.members:
-                total += member(batch, f).double().cpu()
+                total += member(batch).double().cpu()
             out[start : start + len(part)] = (total / len(self.members)).numpy()
         return out * self.label_std + self.label_mean
 
-    def score(self, graphs: Sequence[ArchGraph], *, data: Dataset | None = None, features: np.ndarray | None = None,
-              chunk: int = 512) -> np.ndarray:
+    def score(self, graphs: Sequence[ArchGraph], *, chunk: int = 512) -> np.ndarray:
         """Rank score of each graph; lower is better (the score a campaign ranks by).
 
         ``z(predicted TSE) - flops_weight * z(log FLOPs)``, where ``z``
@@ -334,24 +255,21 @@ class GHNRanker(nn.Module):
 
         Args:
             graphs: The architectures.
-            data: The dataset, needed when ``config.features`` names a zero-cost proxy.
-            features: Their raw features ``[B, F]``, if already computed.
             chunk: Graphs per forward pass.
 
         Returns:
             Array ``[B]``.
         """
         graphs = list(graphs)
-        z = self.standardised(graphs, data=data, features=features, chunk=chunk)
+        z = self.standardised(graphs, chunk=chunk)
         return with_flops_prior(z, graphs, weight=self.config.flops_weight, mean=self.flops_mean, std=self.flops_std)
 
-    def standardised(self, graphs: Sequence[ArchGraph], *, data: Dataset | None = None,
-                     features: np.ndarray | None = None, chunk: int = 512) -> np.ndarray:
+    def standardised(self, graphs: Sequence[ArchGraph], *, chunk: int = 512) -> np.ndarray:
         """Predicted TSE standardised over the labelled architectures, lower is better; ``[B]``.
 
         This is :meth:`score` without the capacity prior.
         """
-        return (self.predict(graphs, data=data, features=features, chunk=chunk) - self.label_mean) / self.label_std
+        return (self.predict(graphs, chunk=chunk) - self.label_mean) / self.label_std
 
     def check_compatible(self, space: SearchSpace, *, source: str | Path | None = None) -> None:
         """Refuse a space this ranker cannot score.
@@ -395,8 +313,6 @@ class GHNRanker(nn.Module):
             "label_info": self.label_info,
             "flops_mean": self.flops_mean,
             "flops_std": self.flops_std,
-            "feature_mean": [float(v) for v in self.feature_mean],
-            "feature_std": [float(v) for v in self.feature_std],
             "member_tau": list(self.member_tau),
             "cv_tau": self.cv_tau,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
@@ -424,8 +340,6 @@ class GHNRanker(nn.Module):
                 label_info=payload.get("label_info", {}),
                 flops_mean=payload.get("flops_mean", 0.0),
                 flops_std=payload.get("flops_std", 1.0),
-                feature_mean=payload.get("feature_mean", ()),
-                feature_std=payload.get("feature_std", ()),
             )
             ranker.load_state_dict(payload["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -485,16 +399,6 @@ def _tau(pred: np.ndarray, target: np.ndarray) -> float:
     return float(kendalltau(pred, target).statistic)
 
 
-def _pairwise_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Logistic loss over every pair of the minibatch whose targets differ (RankNet); ``pred``, ``target`` ``[B]``."""
-    diff = pred[:, None] - pred[None, :]  # [B, B]
-    sign = torch.sign(target[:, None] - target[None, :])  # [B, B]
-    mask = sign != 0
-    if not mask.any():
-        return pred.sum() * 0.0
-    return F.softplus(-sign[mask] * diff[mask]).mean()
-
-
 def _held_out(keys: Sequence[str], member: int, config: RankerConfig) -> np.ndarray:
     """Which labels member ``member`` holds out for early stopping: ``[B]`` bool.
 
@@ -509,37 +413,6 @@ def _held_out(keys: Sequence[str], member: int, config: RankerConfig) -> np.ndar
     return out
 
 
-def _pretrain(ghn: GHN, graphs: Sequence[ArchGraph], config: RankerConfig, *, progress: bool) -> dict[str, Tensor]:
-    """A graph network (random start) fitted to the standardised log FLOPs and log parameters of ``graphs``.
-
-    Returns:
-        Its state dict, the start of every member.
-    """
-    free = graph_features(graphs, FREE_FEATURES)  # [B, 2]
-    target = torch.tensor((free - free.mean(0)) / np.where(free.std(0) > 0, free.std(0), 1.0), dtype=torch.float32,
-                          device=ghn.device)
-    data = [ghn.entry(g).data for g in graphs]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed * 1000 + 999)
-        net = GHN(ghn.config, space_info=ghn.space_info).to(ghn.device)
-        head = nn.Linear(2 * ghn.config.hidden, target.shape[1]).to(ghn.device)
-    member = _Member(net, 1)
-    params = [p for name, p in net.named_parameters() if not name.startswith("decoder.")] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed * 1000 + 999)
-    for _ in tqdm(range(config.pretrain_epochs), desc="pretrain ranker", unit="epoch", disable=not progress,
-                  dynamic_ncols=True):
-        order = torch.randperm(len(graphs), generator=gen)
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size].tolist()
-            batch = Batch.from_data_list([data[i] for i in idx]).to(ghn.device)
-            loss = F.mse_loss(head(member.embed(batch)), target[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-
 def fit_ranker(
     ghn: GHN,
     graphs: Sequence[ArchGraph],
@@ -547,9 +420,6 @@ def fit_ranker(
     config: RankerConfig | None = None,
     *,
     label_info: dict[str, Any] | None = None,
-    data: Dataset | None = None,
-    features: np.ndarray | None = None,
-    unlabelled: Sequence[ArchGraph] = (),
     init: GHNRanker | None = None,
     progress: bool = True,
 ) -> GHNRanker:
@@ -557,8 +427,9 @@ def fit_ranker(
 
     Each member standardises the labels, holds out about ``val_fraction`` of the
     graphs (its own seeded split, by a hash of each graph's key), trains the graph
-    network and a head with AdamW on ``config.loss``, and keeps the epoch whose
-    Kendall tau on its held-out graphs is highest (the last epoch when fewer than 3 are held out).
+    network and a head with AdamW on the mean squared error, and keeps the epoch
+    whose Kendall tau on its held-out graphs is highest (the last epoch when fewer
+    than 3 are held out). The out-of-fold predictions give :attr:`GHNRanker.cv_tau`.
 
     Args:
         ghn: A meta-trained GHN (its weights are copied, not changed).
@@ -566,47 +437,30 @@ def fit_ranker(
         labels: One finite label per graph, lower is better (e.g. TSE).
         config: Settings (default :class:`RankerConfig`).
         label_info: Stored in the ranker, e.g. ``{"target": "tse", "k": 30}``.
-        data: The dataset, when ``config.features`` names a zero-cost proxy.
-        features: The raw features ``[B, F]`` of ``graphs`` (:func:`graph_features`), if already computed.
-        unlabelled: Architectures for ``config.pretrain_graphs`` (the first that many are used).
-        init: A ranker fitted on some of these labels with the same settings: each member starts from its
-            weights (the ranker is extended with more labels, not fitted from scratch).
+        init: A ranker fitted on some of these labels with the same members and graph network: each
+            member starts from its weights (the ranker is extended with more labels, not fitted from scratch).
         progress: Show a progress bar.
 
     Returns:
         The fitted :class:`GHNRanker` (in eval mode, on ``ghn``'s device).
 
     Raises:
-        ValueError: Fewer than 4 graphs, a length mismatch, a label that is not finite, or
-            ``config.pretrain_graphs`` without ``unlabelled`` graphs.
+        ValueError: Fewer than 4 graphs, a length mismatch, a label that is not finite, or an ``init``
+            with other members or graph network settings.
     """
     config = config or RankerConfig()
     started = time.perf_counter()
     graphs, y = _per_graph(graphs, labels, name="labels", minimum=4, what="labelled")
-    if init is not None and (init.config.features != config.features or len(init.members) != config.ensemble
-                             or init.members[0].ghn.config != ghn.config):
-        raise ValueError("`init` was fitted with other features, members or graph network settings than `config`.")
-    if config.pretrain_graphs and not unlabelled and init is None:
-        raise ValueError(f"`config.pretrain_graphs` is {config.pretrain_graphs}, but got no `unlabelled` graphs.")
-    raw = graph_features(graphs, config.features, data) if features is None else np.asarray(features, np.float64)
-    if raw.shape != (len(graphs), len(config.features)):
-        raise ValueError(f"`features` must have shape ({len(graphs)}, {len(config.features)}), but got {raw.shape}.")
-    f_std = raw.std(0)
+    if init is not None and (len(init.members) != config.ensemble or init.members[0].ghn.config != ghn.config):
+        raise ValueError("`init` was fitted with other members or graph network settings than `config` and `ghn`.")
     mean, std = float(y.mean()), float(y.std()) or 1.0
     flops = log_flops(graphs)
     ranker = GHNRanker(
         ghn.config, space_info=ghn.space_info, config=config, label_mean=mean, label_std=std, label_info=label_info,
         flops_mean=float(flops.mean()), flops_std=float(flops.std()) or 1.0,
-        feature_mean=raw.mean(0), feature_std=np.where(f_std > 0, f_std, 1.0),
     ).to(ghn.device)
-    feats = torch.tensor((raw - ranker.feature_mean) / ranker.feature_std, dtype=torch.float32,
-                         device=ghn.device)  # [B, F]
     target = torch.tensor((y - mean) / std, dtype=torch.float32, device=ghn.device)
-    data_list = [ghn.entry(g).data for g in graphs]
-    start_state = None
-    if config.pretrain_graphs and init is None:
-        start_state = _pretrain(ghn, list(unlabelled)[: config.pretrain_graphs], config, progress=progress)
-    criterion = _pairwise_loss if config.loss == "pairwise" else F.mse_loss
+    data = [ghn.entry(g).data for g in graphs]
     keys = [g.key for g in graphs]
     oof_sum, oof_count = np.zeros(len(graphs)), np.zeros(len(graphs))  # out-of-fold predictions, per label
     bar = tqdm(total=config.ensemble * config.epochs, desc="fit ranker", unit="epoch", disable=not progress,
@@ -619,8 +473,6 @@ def fit_ranker(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed * 1000 + m)
                 member.ghn = GHN(ghn.config, space_info=ghn.space_info).to(ghn.device)
-            if start_state is not None:
-                member.ghn.load_state_dict(start_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed * 1000 + m)
             for layer in member.head:
@@ -640,17 +492,16 @@ def fit_ranker(
             order = train_idx[torch.randperm(len(train_idx), generator=gen)]
             for start in range(0, len(order), config.batch_size):
                 idx = order[start : start + config.batch_size].tolist()
-                batch = Batch.from_data_list([data_list[i] for i in idx]).to(ghn.device)
-                loss = criterion(member(batch, feats[idx]), target[idx])
+                batch = Batch.from_data_list([data[i] for i in idx]).to(ghn.device)
+                loss = F.mse_loss(member(batch), target[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
             if len(val_idx) >= 3:
                 member.eval()
                 with torch.no_grad():
-                    vi = val_idx.tolist()
-                    batch = Batch.from_data_list([data_list[i] for i in vi]).to(ghn.device)
-                    pred = member(batch, feats[vi]).cpu().numpy()
+                    batch = Batch.from_data_list([data[i] for i in val_idx.tolist()]).to(ghn.device)
+                    pred = member(batch).cpu().numpy()
                     tau = _tau(pred, y[val_idx.numpy()])
                 if tau > best_tau:
                     best_tau, best_state, best_pred = tau, copy.deepcopy(member.state_dict()), pred
