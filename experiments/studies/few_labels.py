@@ -11,6 +11,8 @@ proxy scores, and pretraining the graph network on the free features of 1,000 un
 None passed the study's rule, so the library dropped them; their code and this script's runs of them
 are at commit e8d41e0 (``git show e8d41e0:experiments/studies/few_labels.py``); their rows stay in the
 fits files.
+The proxy-features round (``--omni``: the ``zc`` features at 150 labels of 30 or 100 steps) ran with that
+feature code restored; it did not pass either, so ``--omni`` runs only at commit c4c1541, where the code is.
 
 Resumable: every fit is one row of ``experiments/results/few_labels/<pair>_fits.csv``, appended as it finishes;
 the proxy features of each pair that the ``zc`` variant read are in ``<pair>_features.csv``.
@@ -265,6 +267,140 @@ def run_timing(pair) -> None:
     logger.info("%s timing: %.2f CPU-s at 30 steps, %.2f at %d", pair.name, mean[30], mean[FIDELITY_K], FIDELITY_K)
 
 
+#: The proxy-features round (rules in ``RESULTS.md``, "Proxy features at 150 labels").
+OMNI_LABELS = 150
+OMNI_SAMPLES = 2
+FREE = ("log_flops", "log_params")
+PROXIES = ("snip", "synflow", "naswot")
+OMNI_RECIPES = {"mse": (), "zc": (*FREE, *PROXIES)}
+OMNI_COLUMNS = ["pair", "held_out", "recipe", "k", "labels", "sample", "kendall", "cv_tau", "fit_seconds",
+                "label_seconds"]
+#: Label architectures per pair whose proxies ``--proxy-timing`` times.
+PROXY_TIMING_ARCHS = 50
+
+
+def _features(pair_name: str, graphs: list[ArchGraph], data) -> pd.DataFrame:
+    """Free and proxy features of ``graphs``, cached per pair in ``<pair>_features.csv`` (missing keys only)."""
+    try:
+        from nas.ghn import graph_features
+    except ImportError:
+        raise SystemExit("--omni needs the ranker's feature code, which left the library after the round; "
+                         "run it at commit c4c1541") from None
+
+    path = OUT / f"{pair_name}_features.csv"
+    have = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["key", *FREE, *PROXIES])
+    known = set(have["key"])
+    missing = [g for g in graphs if g.key not in known]
+    if missing:
+        new = pd.DataFrame(graph_features(missing, (*FREE, *PROXIES), data), columns=[*FREE, *PROXIES])
+        new.insert(0, "key", [g.key for g in missing])
+        have = pd.concat([have, new], ignore_index=True) if len(have) else new
+        tmp = path.with_suffix(".csv.tmp")
+        have.to_csv(tmp, index=False)
+        tmp.replace(path)
+        logger.info("%s: features of %d graphs", pair_name, len(missing))
+    return have.drop_duplicates("key").set_index("key")
+
+
+def run_omni(pair) -> None:
+    """Fit ``mse`` and ``zc`` (:data:`OMNI_RECIPES`) on :data:`OMNI_SAMPLES` disjoint samples of
+    :data:`OMNI_LABELS` label rows, at 30 and 100 steps: ``omni.csv``."""
+    space, data, labels, valid, gt = _setting(pair)
+    table = pd.read_csv(OUT / f"{pair.name}_fidelity_labels.csv")
+    if len(table) < OMNI_LABELS * OMNI_SAMPLES or list(table["key"]) != list(labels["key"][: len(table)]):
+        raise SystemExit(f"{pair.name}: the fidelity labels do not cover rows 0-{OMNI_LABELS * OMNI_SAMPLES - 1}")
+    graphs = [ArchGraph.from_json(j) for j in labels["graph"][: len(table)]]
+    feats = _features(pair.name, graphs + valid, data)
+    out = OUT / "omni.csv"
+    done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=OMNI_COLUMNS)
+    ghn = untrained_ghn(space, data)
+    for sample in range(OMNI_SAMPLES):
+        rows = np.arange(sample * OMNI_LABELS, (sample + 1) * OMNI_LABELS)
+        for k in (30, FIDELITY_K):
+            y = table[f"tse_k{k}"].to_numpy(dtype=np.float64)[rows]
+            keep = np.isfinite(y)  # a label whose training diverged is dropped, as ensure_ranker does
+            fit_graphs = [graphs[i] for i in rows[keep]]
+            for recipe, names in OMNI_RECIPES.items():
+                if ((done["pair"] == pair.name) & (done["recipe"] == recipe) & (done["k"] == k)
+                        & (done["sample"] == sample)).any():
+                    continue
+                ranker = fit_ranker(ghn, fit_graphs, y[keep], RankerConfig(features=names), progress=False,
+                                    features=feats.loc[[g.key for g in fit_graphs], list(names)].to_numpy())
+                score = ranker.standardised(valid, features=feats.loc[[g.key for g in valid], list(names)].to_numpy())
+                row = {"pair": pair.name, "held_out": pair.held_out, "recipe": recipe, "k": k,
+                       "labels": int(keep.sum()), "sample": sample, "kendall": float(kendalltau(-score, gt).statistic),
+                       "cv_tau": ranker.cv_tau, "fit_seconds": ranker.label_info["fit_seconds"],
+                       "label_seconds": float(table[f"seconds_k{k}"].to_numpy()[rows].sum())}
+                logger.info("%s omni %s k=%d sample %d: tau %.3f (cv %.3f)", pair.name, recipe, k, sample,
+                            row["kendall"], row["cv_tau"])
+                pd.DataFrame([row], columns=OMNI_COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
+                done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+
+
+def run_proxy_timing(pair) -> None:
+    """CPU-seconds of each proxy of :data:`PROXIES` on the pair's first :data:`PROXY_TIMING_ARCHS` label
+    architectures, scored in this process (one torch thread): ``proxy_timing.csv``."""
+    import time
+
+    from nas.evaluation.proxies import ProxyScorer
+
+    out = OUT / "proxy_timing.csv"
+    if out.exists() and (pd.read_csv(out)["pair"] == pair.name).any():
+        return
+    _, data, labels, _, _ = _setting(pair)
+    graphs = [ArchGraph.from_json(j) for j in labels["graph"][:PROXY_TIMING_ARCHS]]
+    rows = []
+    for name in PROXIES:
+        start = time.process_time()
+        ProxyScorer(name).score(graphs, data)
+        cpu = time.process_time() - start
+        rows.append({"pair": pair.name, "held_out": pair.held_out, "proxy": name, "graphs": len(graphs),
+                     "cpu_seconds": cpu, "per_graph": cpu / len(graphs)})
+    pd.DataFrame(rows).to_csv(out, mode="a", header=not out.exists(), index=False)
+    logger.info("%s proxy timing: %.3f CPU-s per graph for %s", pair.name, sum(r["per_graph"] for r in rows),
+                "+".join(PROXIES))
+
+
+def omni_report(refs: pd.DataFrame, ranked: tuple[int, ...] = (300, 700)) -> list[str]:
+    """Markdown lines of the proxy-features round: mean Kendall tau per recipe (development, held out, all) and
+    its CPU per pair as the rules count it, beside the 700-label ranker; ``omni_summary.csv`` beside it."""
+    fits = pd.read_csv(OUT / "omni.csv")
+    timing = pd.read_csv(OUT / "timing.csv").groupby(["pair", "k"])["cpu_seconds"].mean()
+    proxy = OUT / "proxy_timing.csv"
+    per_graph = pd.read_csv(proxy).groupby("pair")["per_graph"].sum() if proxy.exists() else None
+    rows = []
+    for (recipe, k), sub in fits.groupby(["recipe", "k"]):
+        per_pair = sub.groupby("pair").agg(kendall=("kendall", "mean"), held_out=("held_out", "first"),
+                                           samples=("kendall", "size"))
+        labels = np.mean([OMNI_LABELS * timing[(p, k)] for p in per_pair.index])
+        row = {"recipe": f"{recipe}, 150 x {k}", "pairs": len(per_pair), "samples": int(per_pair["samples"].min()),
+               "development": per_pair.loc[~per_pair["held_out"], "kendall"].mean(),
+               "held out": per_pair.loc[per_pair["held_out"], "kendall"].mean(), "all": per_pair["kendall"].mean(),
+               "label CPU-s": labels}
+        for n in ranked:
+            extra = 0.0
+            if recipe == "zc":
+                extra = math.nan if per_graph is None else float(np.mean(
+                    [(OMNI_LABELS + n) * per_graph.get(p, math.nan) for p in per_pair.index]))
+            row[f"CPU-s, {n} ranked"] = labels + extra
+        row["fit s"] = sub["fit_seconds"].mean()
+        rows.append(row)
+    held = fits.groupby("pair")["held_out"].first()
+    ref = refs["ghn_noprior"].reindex(held.index)
+    default = np.mean([700 * timing[(p, 30)] for p in held.index])
+    rows.append({"recipe": "mse, 700 x 30 (the default)", "pairs": len(held), "samples": 1,
+                 "development": ref[~held].mean(), "held out": ref[held].mean(), "all": ref.mean(),
+                 "label CPU-s": default, **{f"CPU-s, {n} ranked": default for n in ranked}})
+    table = pd.DataFrame(rows)
+    table.to_csv(OUT / "omni_summary.csv", index=False)
+    per_pair = fits.pivot_table(index="pair", columns=["recipe", "k"], values="kendall")
+    per_pair.columns = [f"{r}, 150 x {k}" for r, k in per_pair.columns]
+    per_pair["700 x 30"] = ref
+    return ["## Proxy features at 150 labels: mean Kendall tau (two label samples) and CPU-s per pair", "",
+            table.round(3).to_markdown(index=False), "", "Per pair (mean of the two samples):", "",
+            per_pair.round(3).to_markdown(), ""]
+
+
 def stopping_points(purchases: pd.DataFrame) -> pd.DataFrame:
     """Where each margin of :data:`MARGINS` stops the purchase loop, per pair and variant (the row it keeps)."""
     rows = []
@@ -308,6 +444,8 @@ def report() -> pd.DataFrame:
                  means.mean().round(3).to_markdown(), ""]
     if (OUT / "fidelity.csv").exists():
         text += fidelity_report(refs)
+    if (OUT / "omni.csv").exists():
+        text += omni_report(refs)
     (OUT / "summary.md").write_text("\n".join(text))
     _figure(table, refs, OUT / "kendall_by_labels")
     print("\n".join(text))
@@ -401,6 +539,11 @@ def main() -> None:
                         help=f"fit on the 30-step labels of rows {ROWS[0]}-{ROWS[1] - 1} instead (the next round)")
     parser.add_argument("--timing", action="store_true",
                         help=f"time {TIMING_ARCHS} labels of each pair at 30 and {FIDELITY_K} steps instead")
+    parser.add_argument("--omni", action="store_true",
+                        help=f"fit with and without proxy features on {OMNI_SAMPLES} samples of {OMNI_LABELS} "
+                             f"labels of 30 and {FIDELITY_K} steps instead")
+    parser.add_argument("--proxy-timing", action="store_true",
+                        help=f"time the proxies on {PROXY_TIMING_ARCHS} label architectures of each pair instead")
     parser.add_argument("--fidelity-labels", type=int, default=FIDELITY_LABELS, metavar="N",
                         help=f"labels of the fidelity fits (default {FIDELITY_LABELS})")
     args = parser.parse_args()
@@ -413,7 +556,11 @@ def main() -> None:
         raise SystemExit(f"unknown pairs {unknown}; valid: {', '.join(pairs)}")
     if not args.report:
         for name in args.pairs:
-            if args.rows:
+            if args.omni:
+                run_omni(pairs[name])
+            elif args.proxy_timing:
+                run_proxy_timing(pairs[name])
+            elif args.rows:
                 run_rows(pairs[name])
             elif args.timing:
                 run_timing(pairs[name])
