@@ -520,6 +520,15 @@ def _figure(table: pd.DataFrame, refs: pd.DataFrame, path: Path) -> None:
             if len(wide):
                 ax.plot(wide.index, wide.mean(axis=1), marker=marker, ls=":", color=color,
                         label=f"labels of {k} SGD steps (fidelity rounds, 1 sample)")
+    omni = OUT / "omni.csv"
+    if omni.exists():  # the proxy-features round: 150 labels, two label samples per pair
+        fits = pd.read_csv(omni)
+        fits = fits[(fits["recipe"] == "zc") & fits["pair"].isin(pairs)]
+        for k, marker in ((30, "^"), (100, "v")):
+            per_pair = fits[fits["k"] == k].groupby("pair")["kendall"].mean()
+            if len(per_pair) == len(pairs):
+                ax.plot(OMNI_LABELS, per_pair.mean(), marker=marker, ms=8, ls="none", color="tab:green",
+                        label=f"+ proxy features, {k}-step labels (2 samples)")
     ax.set_xlabel("labels (short trainings of 30 SGD steps unless marked)")
     ax.set_ylabel(f"Kendall tau vs 3-epoch training\n(mean of {len(pairs)} pairs; higher is better)")
     ax.legend(fontsize=7, loc="lower right")
