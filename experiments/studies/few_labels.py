@@ -272,7 +272,12 @@ OMNI_LABELS = 150
 OMNI_SAMPLES = 2
 FREE = ("log_flops", "log_params")
 PROXIES = ("snip", "synflow", "naswot")
-OMNI_RECIPES = {"mse": (), "zc": (*FREE, *PROXIES)}
+#: Recipe -> (RankerConfig settings, label step counts); ``zcpair`` is the round after (``RESULTS.md``).
+OMNI_RECIPES: dict[str, tuple[dict, tuple[int, ...]]] = {
+    "mse": ({}, (30, 100)),
+    "zc": ({"features": (*FREE, *PROXIES)}, (30, 100)),
+    "zcpair": ({"features": (*FREE, *PROXIES), "loss": "pairwise"}, (100,)),
+}
 OMNI_COLUMNS = ["pair", "held_out", "recipe", "k", "labels", "sample", "kendall", "cv_tau", "fit_seconds",
                 "label_seconds"]
 #: Label architectures per pair whose proxies ``--proxy-timing`` times.
@@ -302,9 +307,9 @@ def _features(pair_name: str, graphs: list[ArchGraph], data) -> pd.DataFrame:
     return have.drop_duplicates("key").set_index("key")
 
 
-def run_omni(pair) -> None:
-    """Fit ``mse`` and ``zc`` (:data:`OMNI_RECIPES`) on :data:`OMNI_SAMPLES` disjoint samples of
-    :data:`OMNI_LABELS` label rows, at 30 and 100 steps: ``omni.csv``."""
+def run_omni(pair, recipes: list[str]) -> None:
+    """Fit ``recipes`` (of :data:`OMNI_RECIPES`) on :data:`OMNI_SAMPLES` disjoint samples of
+    :data:`OMNI_LABELS` label rows, at each recipe's step counts: ``omni.csv``."""
     space, data, labels, valid, gt = _setting(pair)
     table = pd.read_csv(OUT / f"{pair.name}_fidelity_labels.csv")
     if len(table) < OMNI_LABELS * OMNI_SAMPLES or list(table["key"]) != list(labels["key"][: len(table)]):
@@ -320,13 +325,15 @@ def run_omni(pair) -> None:
             y = table[f"tse_k{k}"].to_numpy(dtype=np.float64)[rows]
             keep = np.isfinite(y)  # a label whose training diverged is dropped, as ensure_ranker does
             fit_graphs = [graphs[i] for i in rows[keep]]
-            for recipe, names in OMNI_RECIPES.items():
-                if ((done["pair"] == pair.name) & (done["recipe"] == recipe) & (done["k"] == k)
+            for recipe in recipes:
+                settings, steps = OMNI_RECIPES[recipe]
+                names = list(settings.get("features", ()))
+                if k not in steps or ((done["pair"] == pair.name) & (done["recipe"] == recipe) & (done["k"] == k)
                         & (done["sample"] == sample)).any():
                     continue
-                ranker = fit_ranker(ghn, fit_graphs, y[keep], RankerConfig(features=names), progress=False,
-                                    features=feats.loc[[g.key for g in fit_graphs], list(names)].to_numpy())
-                score = ranker.standardised(valid, features=feats.loc[[g.key for g in valid], list(names)].to_numpy())
+                ranker = fit_ranker(ghn, fit_graphs, y[keep], RankerConfig(**settings), progress=False,
+                                    features=feats.loc[[g.key for g in fit_graphs], names].to_numpy())
+                score = ranker.standardised(valid, features=feats.loc[[g.key for g in valid], names].to_numpy())
                 row = {"pair": pair.name, "held_out": pair.held_out, "recipe": recipe, "k": k,
                        "labels": int(keep.sum()), "sample": sample, "kendall": float(kendalltau(-score, gt).statistic),
                        "cv_tau": ranker.cv_tau, "fit_seconds": ranker.label_info["fit_seconds"],
@@ -377,9 +384,11 @@ def omni_report(refs: pd.DataFrame, ranked: tuple[int, ...] = (300, 700)) -> lis
                "development": per_pair.loc[~per_pair["held_out"], "kendall"].mean(),
                "held out": per_pair.loc[per_pair["held_out"], "kendall"].mean(), "all": per_pair["kendall"].mean(),
                "label CPU-s": labels}
+        for sample, part in sub.groupby("sample"):
+            row[f"all, sample {sample}"] = part.groupby("pair")["kendall"].mean().mean()
         for n in ranked:
             extra = 0.0
-            if recipe == "zc":
+            if recipe != "mse":
                 extra = math.nan if per_graph is None else float(np.mean(
                     [(OMNI_LABELS + n) * per_graph.get(p, math.nan) for p in per_pair.index]))
             row[f"CPU-s, {n} ranked"] = labels + extra
@@ -551,6 +560,8 @@ def main() -> None:
     parser.add_argument("--omni", action="store_true",
                         help=f"fit with and without proxy features on {OMNI_SAMPLES} samples of {OMNI_LABELS} "
                              f"labels of 30 and {FIDELITY_K} steps instead")
+    parser.add_argument("--omni-recipes", nargs="+", default=["mse", "zc"], choices=list(OMNI_RECIPES),
+                        help="the recipes --omni fits (default: mse zc, the first proxy-features round)")
     parser.add_argument("--proxy-timing", action="store_true",
                         help=f"time the proxies on {PROXY_TIMING_ARCHS} label architectures of each pair instead")
     parser.add_argument("--fidelity-labels", type=int, default=FIDELITY_LABELS, metavar="N",
@@ -566,7 +577,7 @@ def main() -> None:
     if not args.report:
         for name in args.pairs:
             if args.omni:
-                run_omni(pairs[name])
+                run_omni(pairs[name], args.omni_recipes)
             elif args.proxy_timing:
                 run_proxy_timing(pairs[name])
             elif args.rows:
