@@ -81,6 +81,25 @@ def _setting(pair) -> tuple:
     return space, data, labels, valid, gt
 
 
+def _fit_and_score(ghn, graphs: list[ArchGraph], y: np.ndarray, valid: list[ArchGraph], gt: np.ndarray,
+                   config: RankerConfig | None = None, *, init=None, features: np.ndarray | None = None,
+                   valid_features: np.ndarray | None = None) -> tuple[float, object]:
+    """Fit a ranker on ``graphs`` / ``y`` (no progress bar) and score ``valid``: ``(Kendall tau against gt, ranker)``.
+
+    ``init`` and the raw per-graph ``features`` of the fit and of ``valid`` are passed on only when given, so the
+    call runs as well on a library without the feature code.
+    """
+    extra = {name: value for name, value in (("init", init), ("features", features)) if value is not None}
+    ranker = fit_ranker(ghn, graphs, y, config or RankerConfig(), progress=False, **extra)
+    score = ranker.standardised(valid, **({} if valid_features is None else {"features": valid_features}))
+    return float(kendalltau(-score, gt).statistic), ranker
+
+
+def _append(path: Path, row: dict, columns: list[str]) -> None:
+    """Append one row to the CSV at ``path`` (its header first when the file is new)."""
+    pd.DataFrame([row], columns=columns).to_csv(path, mode="a", header=not path.exists(), index=False)
+
+
 def run_pair(pair, variants: list[str]) -> None:
     space, data, labels, valid, gt = _setting(pair)
     if len(labels) < BLOCK * BLOCKS:
@@ -99,10 +118,8 @@ def run_pair(pair, variants: list[str]) -> None:
                     continue
                 rows = list(range(block * BLOCK, block * BLOCK + n))
                 graphs = [label_graphs[i] for i in rows]
-                config = RankerConfig(**settings)
-                ranker = fit_ranker(ghn, graphs, labels["tse"].to_numpy()[rows], config, progress=False)
-                score = ranker.standardised(valid)
-                tau = float(kendalltau(-score, gt).statistic)
+                tau, ranker = _fit_and_score(ghn, graphs, labels["tse"].to_numpy()[rows], valid, gt,
+                                             RankerConfig(**settings))
                 sec = seconds[rows]
                 row = {"pair": pair.name, "held_out": pair.held_out, "variant": variant, "labels": n,
                        "block": block, "kendall": tau, "cv_tau": float(np.nanmean(ranker.member_tau)),
@@ -110,7 +127,7 @@ def run_pair(pair, variants: list[str]) -> None:
                        "label_seconds": float(np.nansum(sec)) if np.isfinite(sec).all() else math.nan}
                 logger.info("%s %s n=%d block %d: tau %.3f (cv %.3f, fit %.0f s)", pair.name, variant, n, block,
                             tau, row["cv_tau"], row["fit_seconds"])
-                pd.DataFrame([row], columns=COLUMNS).to_csv(fits, mode="a", header=not fits.exists(), index=False)
+                _append(fits, row, COLUMNS)
                 done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
 
 
@@ -148,16 +165,15 @@ def run_purchases(pair, variant: str) -> None:
     n = int(done["labels"].max()) if len(done) else 0
     while n < min(len(labels), 700) and not (len(taus) >= 2 and taus[-1] - taus[-2] < min(MARGINS)):
         n = min(n + PURCHASE, len(labels), 700)
-        ranker = fit_ranker(ghn, graphs_all[:n], labels["tse"].to_numpy()[:n], RankerConfig(**settings),
-                            init=ranker, progress=False)
-        score = ranker.standardised(valid)
+        tau, ranker = _fit_and_score(ghn, graphs_all[:n], labels["tse"].to_numpy()[:n], valid, gt,
+                                     RankerConfig(**settings), init=ranker)
         row = {"pair": pair.name, "held_out": pair.held_out, "variant": variant, "labels": n, "cv_tau": ranker.cv_tau,
-               "kendall": float(kendalltau(-score, gt).statistic), "fit_seconds": ranker.label_info["fit_seconds"],
+               "kendall": tau, "fit_seconds": ranker.label_info["fit_seconds"],
                "label_seconds": float(seconds[:n].sum())}
         taus.append(ranker.cv_tau)
         saved.parent.mkdir(exist_ok=True)
         ranker.save(saved)
-        pd.DataFrame([row], columns=PURCHASE_COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
+        _append(out, row, PURCHASE_COLUMNS)
         logger.info("%s %s purchases: %d labels, cv tau %.3f, tau %.3f", pair.name, variant, n, ranker.cv_tau,
                     row["kendall"])
 
@@ -206,15 +222,14 @@ def run_fidelity(pair, n: int = FIDELITY_LABELS) -> None:
         keep = np.isfinite(y)  # a label whose training diverged is dropped, as ensure_ranker does
         if ((done["pair"] == pair.name) & (done["k"] == k) & (done["labels"] == keep.sum())).any():
             continue
-        ranker = fit_ranker(ghn, [g for g, ok in zip(graphs, keep) if ok], y[keep], RankerConfig(), progress=False)
-        score = ranker.standardised(valid)
+        tau, ranker = _fit_and_score(ghn, [g for g, ok in zip(graphs, keep) if ok], y[keep], valid, gt)
         row = {"pair": pair.name, "held_out": pair.held_out, "k": k, "labels": int(keep.sum()),
-               "kendall": float(kendalltau(-score, gt).statistic), "cv_tau": ranker.cv_tau,
+               "kendall": tau, "cv_tau": ranker.cv_tau,
                "fit_seconds": ranker.label_info["fit_seconds"],
                "label_seconds": float(table[f"seconds_k{k}"].sum(min_count=len(table)))}
         logger.info("%s fidelity k=%d: %d labels, tau %.3f (cv %.3f)", pair.name, k, row["labels"], row["kendall"],
                     row["cv_tau"])
-        pd.DataFrame([row], columns=FIDELITY_COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
+        _append(out, row, FIDELITY_COLUMNS)
 
 
 #: Label rows of the "next round" (rules in ``RESULTS.md``): 300 labels of 30 steps the fidelity fits never saw.
@@ -229,12 +244,10 @@ def run_rows(pair) -> None:
     space, data, labels, valid, gt = _setting(pair)
     rows = labels.iloc[ROWS[0]:ROWS[1]]
     graphs = [ArchGraph.from_json(j) for j in rows["graph"]]
-    ranker = fit_ranker(untrained_ghn(space, data), graphs, rows["tse"].to_numpy(dtype=np.float64), RankerConfig(),
-                        progress=False)
-    tau = float(kendalltau(-ranker.standardised(valid), gt).statistic)
+    tau, ranker = _fit_and_score(untrained_ghn(space, data), graphs, rows["tse"].to_numpy(dtype=np.float64), valid, gt)
     row = {"pair": pair.name, "held_out": pair.held_out, "first_row": ROWS[0], "labels": len(rows), "k": 30,
            "kendall": tau, "cv_tau": ranker.cv_tau, "fit_seconds": ranker.label_info["fit_seconds"]}
-    pd.DataFrame([row]).to_csv(out, mode="a", header=not out.exists(), index=False)
+    _append(out, row, list(row))
     logger.info("%s rows %d-%d: tau %.3f (cv %.3f)", pair.name, ROWS[0], ROWS[1] - 1, tau, ranker.cv_tau)
 
 
@@ -331,16 +344,17 @@ def run_omni(pair, recipes: list[str]) -> None:
                 if k not in steps or ((done["pair"] == pair.name) & (done["recipe"] == recipe) & (done["k"] == k)
                         & (done["sample"] == sample)).any():
                     continue
-                ranker = fit_ranker(ghn, fit_graphs, y[keep], RankerConfig(**settings), progress=False,
-                                    features=feats.loc[[g.key for g in fit_graphs], names].to_numpy())
-                score = ranker.standardised(valid, features=feats.loc[[g.key for g in valid], names].to_numpy())
+                tau, ranker = _fit_and_score(
+                    ghn, fit_graphs, y[keep], valid, gt, RankerConfig(**settings),
+                    features=feats.loc[[g.key for g in fit_graphs], names].to_numpy(),
+                    valid_features=feats.loc[[g.key for g in valid], names].to_numpy())
                 row = {"pair": pair.name, "held_out": pair.held_out, "recipe": recipe, "k": k,
-                       "labels": int(keep.sum()), "sample": sample, "kendall": float(kendalltau(-score, gt).statistic),
+                       "labels": int(keep.sum()), "sample": sample, "kendall": tau,
                        "cv_tau": ranker.cv_tau, "fit_seconds": ranker.label_info["fit_seconds"],
                        "label_seconds": float(table[f"seconds_k{k}"].to_numpy()[rows].sum())}
                 logger.info("%s omni %s k=%d sample %d: tau %.3f (cv %.3f)", pair.name, recipe, k, sample,
                             row["kendall"], row["cv_tau"])
-                pd.DataFrame([row], columns=OMNI_COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
+                _append(out, row, OMNI_COLUMNS)
                 done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
 
 
@@ -461,12 +475,11 @@ def report() -> pd.DataFrame:
     return table
 
 
-def _label_cpu_700(pair: str) -> float:
+def _label_cpu_700(pair) -> float:
     """Label CPU-s of the 700 30-step labels the suite's ranker was fitted on (the pair's timed mean where a
     label's time was not kept)."""
-    pair_obj = _pairs()[pair]
-    folder = ROOT / pair
-    sec = pd.read_csv(folder / f"ranker_labels_k30_s{pair_obj.label_seeds[0]}.csv", usecols=["seconds"])["seconds"]
+    folder = ROOT / pair.name
+    sec = pd.read_csv(folder / f"ranker_labels_k30_s{pair.label_seeds[0]}.csv", usecols=["seconds"])["seconds"]
     if sec.isna().any():
         kept = [pd.read_csv(f, usecols=["seconds"])["seconds"] for f in folder.glob("ranker_labels_k30_s*.csv")]
         sec = sec.fillna(float(pd.concat(kept).dropna().mean()))
@@ -481,7 +494,8 @@ def fidelity_report(refs: pd.DataFrame) -> list[str]:
     tau = fits.pivot_table(index="pair", columns="recipe", values="kendall")
     cpu = fits.pivot_table(index="pair", columns="recipe", values="label_seconds")
     tau["700 x 30"] = refs["ghn_noprior"].reindex(tau.index)
-    cpu["700 x 30"] = [_label_cpu_700(p) for p in cpu.index]
+    pairs = _pairs()
+    cpu["700 x 30"] = [_label_cpu_700(pairs[p]) for p in cpu.index]
     held = fits.groupby("pair")["held_out"].first()
     wide = tau.round(3).astype(str) + " (" + cpu.round(0).astype("Int64").astype(str) + ")"
     wide.insert(0, "held out", held.reindex(wide.index).map({True: "yes", False: ""}))
