@@ -9,8 +9,8 @@ on top at a longer budget. This study trains a part of the benchmark's 240-candi
 - every architecture of the reference's 3-epoch top 10% (judge: mean of seeds 1-4 at 3 epochs) and
   ``--others`` drawn uniformly (seed 0) from the rest, so that the top is covered exactly and the rest by a
   sample whose each member stands for ``rest / others`` architectures (inverse-probability weights);
-- Kendall tau between the 3-epoch judge and the 9-epoch mean, beside the 9-epoch seed-1 / seed-2 tau (the
-  noise at 9 epochs) and the 3-epoch seed-1 / seed-2 tau on the same architectures;
+- Kendall tau between the 3-epoch judge and the 9-epoch mean, beside the tau between the first two of
+  ``--seeds`` at 9 epochs (the noise there) and the 3-epoch seed-1 / seed-2 tau on the same architectures;
 - the share of the 9-epoch top 5% (weighted quantile over the reference) that was in the 3-epoch top 5%;
 - the seconds of a 9-epoch training (one torch thread per worker), for the cost model's per-step fit.
 
@@ -68,6 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.top < 1:
         raise SystemExit(f"error: --top must be in (0, 1), but got {args.top}")
+    if len(args.seeds) < 2:
+        raise SystemExit(f"error: --seeds needs at least two training seeds (seed-to-seed tau), but got {args.seeds}")
     if args.others < 2:
         raise SystemExit(f"error: --others must be at least 2, but got {args.others}")
     torch.set_num_threads(1)

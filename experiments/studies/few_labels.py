@@ -12,7 +12,8 @@ None passed the study's rule, so the library dropped them; their code and this s
 are at commit e8d41e0 (``git show e8d41e0:experiments/studies/few_labels.py``); their rows stay in the
 fits files.
 The proxy-features round (``--omni``: the ``zc`` features at 150 labels of 30 or 100 steps) ran with that
-feature code restored; it did not pass either, so ``--omni`` runs only at commit c4c1541, where the code is.
+feature code restored; it did not pass either, so ``--omni`` needs that code back: check out
+``nas/ghn/_ranker.py`` and ``nas/ghn/__init__.py`` of commit c4c1541 over this tree, as the rounds ran.
 
 Resumable: every fit is one row of ``experiments/results/few_labels/<pair>_fits.csv``, appended as it finishes;
 the proxy features of each pair that the ``zc`` variant read are in ``<pair>_features.csv``.
@@ -86,8 +87,9 @@ def _fit_and_score(ghn, graphs: list[ArchGraph], y: np.ndarray, valid: list[Arch
                    valid_features: np.ndarray | None = None) -> tuple[float, object]:
     """Fit a ranker on ``graphs`` / ``y`` (no progress bar) and score ``valid``: ``(Kendall tau against gt, ranker)``.
 
-    ``init`` and the raw per-graph ``features`` of the fit and of ``valid`` are passed on only when given, so the
-    call runs as well on a library without the feature code.
+    ``init`` and the raw per-graph ``features`` of the fit and of ``valid`` are passed on only when not ``None``
+    (the ``mse`` recipe of ``--omni`` passes empty ``[B, 0]`` ones), so the other rounds run as well on a library
+    without the feature code.
     """
     extra = {name: value for name, value in (("init", init), ("features", features)) if value is not None}
     ranker = fit_ranker(ghn, graphs, y, config or RankerConfig(), progress=False, **extra)
@@ -303,7 +305,7 @@ def _features(pair_name: str, graphs: list[ArchGraph], data) -> pd.DataFrame:
         from nas.ghn import graph_features
     except ImportError:
         raise SystemExit("--omni needs the ranker's feature code, which left the library after the round; "
-                         "run it at commit c4c1541") from None
+                         "check out nas/ghn/_ranker.py and nas/ghn/__init__.py of commit c4c1541 first") from None
 
     path = OUT / f"{pair_name}_features.csv"
     have = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["key", *FREE, *PROXIES])
@@ -351,7 +353,7 @@ def run_omni(pair, recipes: list[str]) -> None:
                 row = {"pair": pair.name, "held_out": pair.held_out, "recipe": recipe, "k": k,
                        "labels": int(keep.sum()), "sample": sample, "kendall": tau,
                        "cv_tau": ranker.cv_tau, "fit_seconds": ranker.label_info["fit_seconds"],
-                       "label_seconds": float(table[f"seconds_k{k}"].to_numpy()[rows].sum())}
+                       "label_seconds": float(table[f"seconds_k{k}"].to_numpy()[rows][keep].sum())}
                 logger.info("%s omni %s k=%d sample %d: tau %.3f (cv %.3f)", pair.name, recipe, k, sample,
                             row["kendall"], row["cv_tau"])
                 _append(out, row, OMNI_COLUMNS)
@@ -504,6 +506,8 @@ def fidelity_report(refs: pd.DataFrame) -> list[str]:
         "label CPU-s (mean)": cpu.mean()}).T.round(3)
     pd.concat({"kendall": tau, "label_seconds": cpu}, axis=1).to_csv(OUT / "fidelity_summary.csv")
     return ["## Fewer, longer labels: Kendall tau (label CPU-s), labels x SGD steps per label", "",
+            "Label CPU-s here are the times recorded when each label was trained (other sessions, other loads);",
+            "the proxy-features table below uses `timing.csv`, both step counts timed alike in one process.", "",
             wide.to_markdown(), "", "Means (a mean covers the pairs with a value in its column):", "",
             means.to_markdown(), ""]
 
