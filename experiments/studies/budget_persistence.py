@@ -62,7 +62,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=9, help="the longer budget (default 9 epochs)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="its training seeds (default 1 2)")
     parser.add_argument("--top", type=float, default=0.10, help="share of the reference kept whole (default 0.10)")
-    parser.add_argument("--others", type=int, default=36, help="architectures drawn from the rest (default 36)")
+    parser.add_argument("--others", type=int, default=36, help="architectures per draw from the rest (default 36)")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="draws of --others, draw d with seed d from what earlier draws left (default 1); "
+                             "outputs of more than one draw get the suffix _draws<D>")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "budget_persistence.sqlite")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
@@ -70,6 +73,8 @@ def main() -> None:
         raise SystemExit(f"error: --top must be in (0, 1), but got {args.top}")
     if len(args.seeds) < 2:
         raise SystemExit(f"error: --seeds needs at least two training seeds (seed-to-seed tau), but got {args.seeds}")
+    if args.draws < 1:
+        raise SystemExit(f"error: --draws must be at least 1, but got {args.draws}")
     if args.others < 2:
         raise SystemExit(f"error: --others must be at least 2, but got {args.others}")
     torch.set_num_threads(1)
@@ -89,7 +94,11 @@ def main() -> None:
     ranked = judge.sort_values("val_acc", ascending=False).index.tolist()
     n_top = int(round(args.top * len(ranked)))
     rest = ranked[n_top:]
-    drawn = list(np.random.default_rng(0).choice(rest, size=min(args.others, len(rest)), replace=False))
+    drawn: list[str] = []
+    for d in range(args.draws):  # each draw from what the earlier ones left, so draw 0 is the same at every --draws
+        left = [k for k in rest if k not in set(drawn)]
+        drawn += list(np.random.default_rng(d).choice(left, size=min(args.others, len(left)), replace=False))
+    draw_of = {key: i // args.others for i, key in enumerate(drawn)}
     chosen = ranked[:n_top] + drawn
     by_key = {g.key: g for g in graphs}
     cache = GroundTruthCache(args.cache)
@@ -99,7 +108,7 @@ def main() -> None:
     rows = []
     for key in chosen:
         records = [cache.get(by_key[key], data, budget, seed=s) for s in args.seeds]
-        row = {"key": key, "stratum": "top" if key in ranked[:n_top] else "rest",
+        row = {"key": key, "stratum": "top" if key in ranked[:n_top] else "rest", "draw": draw_of.get(key, -1),
                "weight": 1.0 if key in ranked[:n_top] else len(rest) / len(drawn),
                "rank_3ep": ranked.index(key) + 1, "val_3ep": judge.loc[key, "val_acc"],
                "test_3ep": judge.loc[key, "test_acc"], "val_3ep_s1": each[1][key], "val_3ep_s2": each[2][key]}
@@ -111,7 +120,8 @@ def main() -> None:
     long = table[[f"val_{args.epochs:g}ep_s{s}" for s in args.seeds]].mean(axis=1).to_numpy()
     table[f"val_{args.epochs:g}ep"] = long
     OUT.mkdir(parents=True, exist_ok=True)
-    table.to_csv(OUT / "persistence.csv", index=False)
+    suffix = "" if args.draws == 1 else f"_draws{args.draws}"
+    table.to_csv(OUT / f"persistence{suffix}.csv", index=False)
 
     w = table["weight"].to_numpy()
     short_val = table["val_3ep"].to_numpy()
@@ -122,6 +132,7 @@ def main() -> None:
     steps = bench.training_steps(data, args.epochs)
     summary = {
         "architectures": len(table), "top_stratum": n_top, "rest_drawn": len(drawn), "rest": len(rest),
+        "draws": args.draws,
         "kendall_3ep_vs_long": float(kendalltau(short_val, long).statistic),
         "kendall_long_seed_vs_seed": float(kendalltau(s1, s2).statistic),
         "kendall_3ep_seed_vs_seed": float(kendalltau(table["val_3ep_s1"], table["val_3ep_s2"]).statistic),
@@ -131,7 +142,7 @@ def main() -> None:
         "long_top5_ranks_3ep": table.loc[np.argsort(-long)[:5], "rank_3ep"].tolist(),
         "seconds_per_training": float(np.mean(seconds)), "steps": steps,
     }
-    pd.Series(summary).to_frame("value").to_csv(OUT / "summary.csv")
+    pd.Series(summary).to_frame("value").to_csv(OUT / f"summary{suffix}.csv")
     for name, value in summary.items():
         print(f"{name}: {value if not isinstance(value, float) else round(value, 3)}")
 
