@@ -97,9 +97,15 @@ def _fit_and_score(ghn, graphs: list[ArchGraph], y: np.ndarray, valid: list[Arch
     return float(kendalltau(-score, gt).statistic), ranker
 
 
-def _append(path: Path, row: dict, columns: list[str]) -> None:
-    """Append one row to the CSV at ``path`` (its header first when the file is new)."""
-    pd.DataFrame([row], columns=columns).to_csv(path, mode="a", header=not path.exists(), index=False)
+def _append(path: Path, rows: dict | list[dict], columns: list[str]) -> None:
+    """Append a row (or rows) to the CSV at ``path`` (its header first when the file is new)."""
+    pd.DataFrame(rows if isinstance(rows, list) else [rows], columns=columns).to_csv(
+        path, mode="a", header=not path.exists(), index=False)
+
+
+def _has_pair(path: Path, pair) -> bool:
+    """Whether the CSV at ``path`` already has a row of ``pair`` (the once-per-pair rounds resume by it)."""
+    return path.exists() and bool((pd.read_csv(path)["pair"] == pair.name).any())
 
 
 def run_pair(pair, variants: list[str]) -> None:
@@ -241,7 +247,7 @@ ROWS = (300, 600)
 def run_rows(pair) -> None:
     """Fit today's ranker on the 30-step labels of rows :data:`ROWS` of the pair's sample: ``rows.csv``."""
     out = OUT / "rows.csv"
-    if out.exists() and (pd.read_csv(out)["pair"] == pair.name).any():
+    if _has_pair(out, pair):
         return
     space, data, labels, valid, gt = _setting(pair)
     rows = labels.iloc[ROWS[0]:ROWS[1]]
@@ -265,7 +271,7 @@ def run_timing(pair) -> None:
     from nas.ghn import tse_label
 
     out = OUT / "timing.csv"
-    if out.exists() and (pd.read_csv(out)["pair"] == pair.name).any():
+    if _has_pair(out, pair):
         return
     _, data, labels, _, _ = _setting(pair)
     rows = []
@@ -276,9 +282,8 @@ def run_timing(pair) -> None:
             tse_label(graph, data, k, pair.label_seeds[0])
             rows.append({"pair": pair.name, "held_out": pair.held_out, "key": graph.key, "k": k,
                          "cpu_seconds": time.process_time() - start})
-    frame = pd.DataFrame(rows)
-    frame.to_csv(out, mode="a", header=not out.exists(), index=False)
-    mean = frame.groupby("k")["cpu_seconds"].mean()
+    _append(out, rows, list(rows[0]))
+    mean = pd.DataFrame(rows).groupby("k")["cpu_seconds"].mean()
     logger.info("%s timing: %.2f CPU-s at 30 steps, %.2f at %d", pair.name, mean[30], mean[FIDELITY_K], FIDELITY_K)
 
 
@@ -368,7 +373,7 @@ def run_proxy_timing(pair) -> None:
     from nas.evaluation.proxies import ProxyScorer
 
     out = OUT / "proxy_timing.csv"
-    if out.exists() and (pd.read_csv(out)["pair"] == pair.name).any():
+    if _has_pair(out, pair):
         return
     _, data, labels, _, _ = _setting(pair)
     graphs = [ArchGraph.from_json(j) for j in labels["graph"][:PROXY_TIMING_ARCHS]]
@@ -379,7 +384,7 @@ def run_proxy_timing(pair) -> None:
         cpu = time.process_time() - start
         rows.append({"pair": pair.name, "held_out": pair.held_out, "proxy": name, "graphs": len(graphs),
                      "cpu_seconds": cpu, "per_graph": cpu / len(graphs)})
-    pd.DataFrame(rows).to_csv(out, mode="a", header=not out.exists(), index=False)
+    _append(out, rows, list(rows[0]))
     logger.info("%s proxy timing: %.3f CPU-s per graph for %s", pair.name, sum(r["per_graph"] for r in rows),
                 "+".join(PROXIES))
 
