@@ -93,13 +93,15 @@ def main() -> None:
     each = {s: short.judge_seeds(graphs, [s], train=False).set_index("key")["val_acc"] for s in (1, 2)}
     ranked = judge.sort_values("val_acc", ascending=False).index.tolist()
     n_top = int(round(args.top * len(ranked)))
-    rest = ranked[n_top:]
+    top, rest = ranked[:n_top], ranked[n_top:]
     drawn: list[str] = []
     for d in range(args.draws):  # each draw from what the earlier ones left, so draw 0 is the same at every --draws
-        left = [k for k in rest if k not in set(drawn)]
+        taken = set(drawn)
+        left = [k for k in rest if k not in taken]
         drawn += list(np.random.default_rng(d).choice(left, size=min(args.others, len(left)), replace=False))
-    draw_of = {key: i // args.others for i, key in enumerate(drawn)}
-    chosen = ranked[:n_top] + drawn
+    draw_of = {key: i // args.others for i, key in enumerate(drawn)}  # a top architecture has no draw: -1
+    rank_of = {key: i + 1 for i, key in enumerate(ranked)}
+    chosen = top + drawn
     by_key = {g.key: g for g in graphs}
     cache = GroundTruthCache(args.cache)
     budget = TrainConfig(epochs=args.epochs)
@@ -108,9 +110,10 @@ def main() -> None:
     rows = []
     for key in chosen:
         records = [cache.get(by_key[key], data, budget, seed=s) for s in args.seeds]
-        row = {"key": key, "stratum": "top" if key in ranked[:n_top] else "rest", "draw": draw_of.get(key, -1),
-               "weight": 1.0 if key in ranked[:n_top] else len(rest) / len(drawn),
-               "rank_3ep": ranked.index(key) + 1, "val_3ep": judge.loc[key, "val_acc"],
+        in_top = key not in draw_of
+        row = {"key": key, "stratum": "top" if in_top else "rest", "draw": draw_of.get(key, -1),
+               "weight": 1.0 if in_top else len(rest) / len(drawn),
+               "rank_3ep": rank_of[key], "val_3ep": judge.loc[key, "val_acc"],
                "test_3ep": judge.loc[key, "test_acc"], "val_3ep_s1": each[1][key], "val_3ep_s2": each[2][key]}
         for s, r in zip(args.seeds, records):
             row.update({f"val_{args.epochs:g}ep_s{s}": r.val_acc, f"test_{args.epochs:g}ep_s{s}": r.test_acc,
